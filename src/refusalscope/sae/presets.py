@@ -1,0 +1,203 @@
+"""Train-once SAE presets for models that have no published SAEs (the embedded ones).
+
+`quick` trains one SAE on a middle layer and fits harvest + training in about ten
+minutes on a 2-core CPU; `standard` trains three SAEs spread over the middle of the model
+in about an hour. Results are cached under `$REFUSALSCOPE_CACHE/saes/<model>/<preset>/`,
+keyed by the model's content hash, so the pipeline trains once and every later stage
+loads the same SAEs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..errors import RefusalScopeError
+from ..generations import cached_replies
+from ..paths import atomic_file, cache_dir
+from .activations import ActivationStore, Document, harvest
+from .corpus import CorpusSpec, answer_prompts, build_corpus, shared_prefix_length, text_chunks
+from .metrics import evaluate_sae
+from .model import SAE
+from .training import TrainConfig, train_sae
+
+
+@dataclass
+class Preset:
+    name: str
+    layer_fracs: tuple[float, ...]
+    corpus: CorpusSpec
+    train: TrainConfig
+    description: str
+    eval_docs: int = 32
+    extra: dict = field(default_factory=dict)
+
+    def layers(self, n_layers: int) -> list[int]:
+        return sorted({min(n_layers - 1, round(f * n_layers)) for f in self.layer_fracs})
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        name="quick",
+        layer_fracs=(0.5,),
+        corpus=CorpusSpec(
+            n_answer_harmful=24, n_answer_harmless=24, n_chat_harmful=150, n_chat_harmless=300,
+            n_text_chunks=110, context_length=128, answer_tokens=40,
+        ),
+        train=TrainConfig(architecture="topk", d_sae=2048, k=32, epochs=10, batch_size=1024, dead_tokens=60_000),
+        description="one middle layer, ~30k tokens, d_sae 2048, TopK k=32 (~10 min on 2 CPU cores for the default model)",
+    ),
+    "standard": Preset(
+        name="standard",
+        layer_fracs=(0.35, 0.5, 0.65),
+        corpus=CorpusSpec(
+            n_answer_harmful=96, n_answer_harmless=96, n_chat_harmful=260, n_chat_harmless=1100,
+            n_text_chunks=520, context_length=128, answer_tokens=40,
+        ),
+        train=TrainConfig(architecture="topk", d_sae=4096, k=32, epochs=8, batch_size=2048, dead_tokens=200_000),
+        description="three layers over the middle of the model, ~120k tokens, d_sae 4096, TopK k=32 (~1 h for the default model)",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise RefusalScopeError(f"unknown SAE preset '{name}'", f"use one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass
+class TrainingData:
+    """Prompts and text for harvest and evaluation, from refusalscope's dataset registry."""
+
+    harmful_train: list[str]
+    harmless_train: list[str]
+    harmful_val: list[str]
+    harmless_val: list[str]
+    texts_train: list[str]
+    texts_eval: list[str]
+
+
+def _data_root(data_dir: str | Path | None) -> Path:
+    import os
+
+    root = Path(data_dir or os.environ.get("REFUSALSCOPE_DATA", "../shared/data")).expanduser()
+    if not root.is_dir():
+        raise RefusalScopeError(
+            f"data folder {root} not found",
+            "pass --data-dir or set $REFUSALSCOPE_DATA to the folder holding refusal_direction/, wikitext2_raw/, tinyshakespeare/",
+        )
+    return root
+
+
+def read_instructions(path: Path) -> list[str]:
+    if not path.is_file():
+        raise RefusalScopeError(f"{path} not found", "check --data-dir / $REFUSALSCOPE_DATA")
+    rows = json.loads(path.read_text())
+    out = []
+    for i, row in enumerate(rows):
+        if "instruction" not in row:
+            raise RefusalScopeError(f"{path}: row {i} has no 'instruction' field")
+        out.append(row["instruction"])
+    return out
+
+
+def read_text(path: Path) -> str:
+    if not path.is_file():
+        raise RefusalScopeError(f"{path} not found", "check --data-dir / $REFUSALSCOPE_DATA")
+    return path.read_text()
+
+
+def load_training_data(data_dir: str | Path | None = None) -> TrainingData:
+    """Refusal-direction splits (harmful/harmless) and ordinary text (WikiText-2, Tiny Shakespeare)."""
+    root = _data_root(data_dir)
+    splits = root / "refusal_direction" / "splits"
+    wiki = read_text(root / "wikitext2_raw" / "wiki.test.raw")
+    shakespeare = read_text(root / "tinyshakespeare" / "input.txt")
+    # hold out the last tenth of each text for evaluation
+    wiki_cut, shake_cut = int(len(wiki) * 0.9), int(len(shakespeare) * 0.9)
+    return TrainingData(
+        harmful_train=read_instructions(splits / "harmful_train.json"),
+        harmless_train=read_instructions(splits / "harmless_train.json"),
+        harmful_val=read_instructions(splits / "harmful_val.json"),
+        harmless_val=read_instructions(splits / "harmless_val.json"),
+        texts_train=[wiki[:wiki_cut], shakespeare[:shake_cut]],
+        texts_eval=[wiki[wiki_cut:], shakespeare[shake_cut:]],
+    )
+
+
+def preset_folder(chat, preset: Preset) -> Path:
+    model_key = f"{chat.info.name}-{(chat.info.sha256 or 'nohash')[:12]}"
+    return cache_dir() / "saes" / model_key / preset.name
+
+
+def eval_corpora(chat, data: TrainingData, n_docs: int, context_length: int = 128) -> dict[str, list[Document]]:
+    prefix = shared_prefix_length(chat)
+    chats = data.harmful_val[: n_docs // 2] + data.harmless_val[: n_docs - n_docs // 2]
+    return {
+        "text": text_chunks(chat, data.texts_eval, context_length, n_docs, seed=1),
+        "chat": [Document(chat.encode(chat.format(p))[:context_length], "chat", skip=prefix) for p in chats],
+    }
+
+
+def train_preset(
+    chat,
+    preset_name: str = "quick",
+    data_dir: str | Path | None = None,
+    layers: list[int] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    folder: Path | None = None,
+) -> dict[int, SAE]:
+    """Train (or load from the cache) the preset's SAEs for `chat`; returns {layer: SAE}."""
+    from .io import load_sae, save_sae
+
+    preset = get_preset(preset_name)
+    layers = layers or preset.layers(chat.n_layers)
+    for layer in layers:
+        chat.hooks.module(layer)
+    root = Path(folder) if folder else preset_folder(chat, preset)
+    saes: dict[int, SAE] = {}
+    missing = []
+    for layer in layers:
+        path = root / f"layer_{layer}"
+        if (path / "cfg.json").is_file() and not force:
+            saes[layer] = load_sae(path)
+        else:
+            missing.append(layer)
+    if not missing:
+        return saes
+
+    data = load_training_data(data_dir)
+    spec = preset.corpus
+    started = time.perf_counter()
+    wanted = answer_prompts(data.harmful_train, data.harmless_train, spec)
+    replies = cached_replies(chat, wanted, max_new_tokens=spec.answer_tokens, batch_size=16, progress=progress)
+    answers = dict(zip(wanted, replies))
+    documents = build_corpus(chat, data.harmful_train, data.harmless_train, data.texts_train, spec, answers)
+    harvest_dir = root / ("harvest-" + "-".join(str(layer) for layer in missing))
+    store: ActivationStore = harvest(chat, documents, missing, harvest_dir, batch_size=16, progress=progress)
+    harvest_seconds = time.perf_counter() - started
+    corpora = eval_corpora(chat, data, preset.eval_docs)
+    for layer in missing:
+        meta = {"model_name": chat.info.name, "model_sha256": chat.info.sha256}
+        result = train_sae(store, layer, replace(preset.train), root / f"layer_{layer}.training", meta, progress=progress)
+        sae = result.sae
+        metrics = evaluate_sae(chat, sae, corpora, data.harmful_val, data.harmless_val[: len(data.harmful_val)])
+        sae.cfg.provenance.update(
+            preset=preset.name,
+            preset_description=preset.description,
+            corpus=asdict(spec),
+            harvest_seconds=harvest_seconds,
+            harvest_tokens_per_second=store.manifest.rows / max(store.manifest.seconds, 1e-9),
+            train_seconds=result.seconds,
+            train_tokens_per_second=result.tokens_per_second,
+            metrics=metrics.to_dict(),
+        )
+        save_sae(sae, root / f"layer_{layer}")
+        with atomic_file(root / f"layer_{layer}" / "metrics.json") as handle:
+            json.dump(metrics.to_dict(), handle, indent=2)
+        saes[layer] = sae
+    return saes

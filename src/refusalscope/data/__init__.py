@@ -1,1 +1,41 @@
-"""Datasets: built-in prompts, and loaders for public benchmark files."""
+"""Datasets: a registry of named prompt and capability datasets, read from the original
+release files in a local folder or from the Hugging Face hub, plus built-in prompts.
+
+    from refusalscope.data import load_dataset
+    harmful = load_dataset("harmful/jailbreakbench", data_dir="../shared/data", limit=20, seed=0)
+    harmful.prompts[:2], harmful[0].category
+"""
+
+from .records import (
+    CompletionItem,
+    Dataset,
+    MultipleChoiceItem,
+    PromptItem,
+    QAItem,
+    apply_template,
+)
+from .registry import (
+    REGISTRY,
+    DatasetSpec,
+    dataset_names,
+    get_spec,
+    load_dataset,
+    locate,
+    resolve_data_dir,
+)
+
+__all__ = [
+    "REGISTRY",
+    "CompletionItem",
+    "Dataset",
+    "DatasetSpec",
+    "MultipleChoiceItem",
+    "PromptItem",
+    "QAItem",
+    "apply_template",
+    "dataset_names",
+    "get_spec",
+    "load_dataset",
+    "locate",
+    "resolve_data_dir",
+]

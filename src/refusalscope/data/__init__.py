@@ -12,6 +12,7 @@ from .records import (
     MultipleChoiceItem,
     PromptItem,
     QAItem,
+    TextItem,
     apply_template,
 )
 from .registry import (
@@ -32,6 +33,7 @@ __all__ = [
     "MultipleChoiceItem",
     "PromptItem",
     "QAItem",
+    "TextItem",
     "apply_template",
     "dataset_names",
     "get_spec",

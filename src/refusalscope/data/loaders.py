@@ -14,6 +14,7 @@ from typing import Any
 from .files import (
     field_of,
     malformed,
+    need_file,
     read_csv,
     read_json,
     read_jsonl,
@@ -21,7 +22,7 @@ from .files import (
     read_table,
     text_of,
 )
-from .records import CompletionItem, MultipleChoiceItem, PromptItem, QAItem
+from .records import CompletionItem, MultipleChoiceItem, PromptItem, QAItem, TextItem
 from .registry import DatasetSpec, HubSource, LocalSource, register
 
 # ----------------------------------------------------------------------------- built-in
@@ -908,3 +909,76 @@ for _level, _counts in (("Challenge", {"test": 1172, "validation": 299, "train":
             counts=_counts,
         )
     )
+
+
+# ----------------------------------------------------------------------------- ordinary text
+
+_WIKI_HEADING = re.compile(r"^ = ([^=].*[^=]) = $")
+
+
+def _read_utf8(path: Path) -> str:
+    need_file(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise malformed(path, f"not UTF-8 text ({exc})") from exc
+
+
+def _wikitext(paths: list[Path], split: str, name: str) -> list[TextItem]:
+    """One item per article (top-level ' = Title = ' headings start a new article)."""
+    items: list[TextItem] = []
+    title, lines = None, []
+
+    def flush():
+        text = "\n".join(lines).strip()
+        if text:
+            items.append(TextItem(f"wiki-{len(items):04d}", text, title, name))
+
+    for path in paths:
+        for line in _read_utf8(path).splitlines():
+            match = _WIKI_HEADING.match(line.rstrip("\r"))
+            if match:
+                flush()
+                title, lines = match.group(1).strip(), []
+            lines.append(line.rstrip("\r"))
+        flush()
+    return items
+
+
+def _shakespeare(paths: list[Path], split: str, name: str) -> list[TextItem]:
+    """One item per passage of ~2,000 characters, cut at blank lines (speech boundaries)."""
+    items: list[TextItem] = []
+    for path in paths:
+        buffer: list[str] = []
+        for block in _read_utf8(path).split("\n\n"):
+            buffer.append(block)
+            if sum(len(b) for b in buffer) >= 2000:
+                items.append(TextItem(f"shakespeare-{len(items):04d}", "\n\n".join(buffer), None, name))
+                buffer = []
+        if buffer:
+            items.append(TextItem(f"shakespeare-{len(items):04d}", "\n\n".join(buffer), None, name))
+    return items
+
+
+register(
+    DatasetSpec(
+        name="text/wikitext2",
+        kind="text",
+        description="WikiText-2 raw test split, one item per Wikipedia article",
+        splits=("test",),
+        default_split="test",
+        upstream="https://huggingface.co/datasets/Salesforce/wikitext (wikitext-2-raw-v1)",
+        local=(LocalSource({"test": ("wikitext2_raw/wiki.test.raw",)}, _wikitext),),
+    )
+)
+register(
+    DatasetSpec(
+        name="text/tinyshakespeare",
+        kind="text",
+        description="Tiny Shakespeare, in passages of about 2,000 characters",
+        splits=("all",),
+        default_split="all",
+        upstream="https://github.com/karpathy/char-rnn (data/tinyshakespeare/input.txt)",
+        local=(LocalSource({"all": ("tinyshakespeare/input.txt",)}, _shakespeare),),
+    )
+)

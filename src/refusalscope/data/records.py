@@ -128,8 +128,20 @@ class CompletionItem:
         )
 
 
-Item = PromptItem | MultipleChoiceItem | QAItem | CompletionItem
-T = TypeVar("T", PromptItem, MultipleChoiceItem, QAItem, CompletionItem)
+@dataclass(frozen=True)
+class TextItem:
+    """A document of ordinary text (a WikiText article, a play's passage): for SAE
+    training streams and for the loss on ordinary text."""
+
+    id: str
+    text: str
+    title: str | None = None
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+
+Item = PromptItem | MultipleChoiceItem | QAItem | CompletionItem | TextItem
+T = TypeVar("T", PromptItem, MultipleChoiceItem, QAItem, CompletionItem, TextItem)
 
 
 @dataclass(frozen=True)
@@ -140,7 +152,7 @@ class Dataset(Generic[T]):
     split: str | None
     items: tuple[T, ...]
     origin: str  # "local: <path>" | "hub: <repo>@<revision>" | "builtin"
-    kind: str  # prompts | multiple_choice | qa | completions
+    kind: str  # prompts | multiple_choice | qa | completions | text
     files: tuple[str, ...] = ()
 
     def __len__(self) -> int:

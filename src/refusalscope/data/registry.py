@@ -78,7 +78,7 @@ class HubSource:
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    kind: str  # prompts | multiple_choice | qa | completions
+    kind: str  # prompts | multiple_choice | qa | completions | text
     description: str
     splits: tuple[str, ...]
     default_split: str

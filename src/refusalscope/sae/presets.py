@@ -80,51 +80,34 @@ class TrainingData:
     texts_eval: list[str]
 
 
-def _data_root(data_dir: str | Path | None) -> Path:
-    import os
+def _split_texts(items, eval_frac: float, seed: int) -> tuple[list[str], list[str]]:
+    """Hold out whole documents (seeded) so that evaluation text is unseen."""
+    import random
 
-    root = Path(data_dir or os.environ.get("REFUSALSCOPE_DATA", "../shared/data")).expanduser()
-    if not root.is_dir():
-        raise RefusalScopeError(
-            f"data folder {root} not found",
-            "pass --data-dir or set $REFUSALSCOPE_DATA to the folder holding refusal_direction/, wikitext2_raw/, tinyshakespeare/",
-        )
-    return root
-
-
-def read_instructions(path: Path) -> list[str]:
-    if not path.is_file():
-        raise RefusalScopeError(f"{path} not found", "check --data-dir / $REFUSALSCOPE_DATA")
-    rows = json.loads(path.read_text())
-    out = []
-    for i, row in enumerate(rows):
-        if "instruction" not in row:
-            raise RefusalScopeError(f"{path}: row {i} has no 'instruction' field")
-        out.append(row["instruction"])
-    return out
+    texts = [item.text for item in items]
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(eval_frac * len(texts)))
+    return [texts[i] for i in order[n_eval:]], [texts[i] for i in order[:n_eval]]
 
 
-def read_text(path: Path) -> str:
-    if not path.is_file():
-        raise RefusalScopeError(f"{path} not found", "check --data-dir / $REFUSALSCOPE_DATA")
-    return path.read_text()
+def load_training_data(data_dir: str | Path | None = None, seed: int = 0) -> TrainingData:
+    """Refusal-direction splits (harmful/harmless) and ordinary text (WikiText-2, Tiny
+    Shakespeare) from the dataset registry; a tenth of the text is held out for evaluation."""
+    from ..data import load_dataset
 
+    def prompts(name, split):
+        return load_dataset(name, split, data_dir=data_dir).prompts
 
-def load_training_data(data_dir: str | Path | None = None) -> TrainingData:
-    """Refusal-direction splits (harmful/harmless) and ordinary text (WikiText-2, Tiny Shakespeare)."""
-    root = _data_root(data_dir)
-    splits = root / "refusal_direction" / "splits"
-    wiki = read_text(root / "wikitext2_raw" / "wiki.test.raw")
-    shakespeare = read_text(root / "tinyshakespeare" / "input.txt")
-    # hold out the last tenth of each text for evaluation
-    wiki_cut, shake_cut = int(len(wiki) * 0.9), int(len(shakespeare) * 0.9)
+    wiki_train, wiki_eval = _split_texts(load_dataset("text/wikitext2", data_dir=data_dir), 0.1, seed)
+    play_train, play_eval = _split_texts(load_dataset("text/tinyshakespeare", data_dir=data_dir), 0.1, seed)
     return TrainingData(
-        harmful_train=read_instructions(splits / "harmful_train.json"),
-        harmless_train=read_instructions(splits / "harmless_train.json"),
-        harmful_val=read_instructions(splits / "harmful_val.json"),
-        harmless_val=read_instructions(splits / "harmless_val.json"),
-        texts_train=[wiki[:wiki_cut], shakespeare[:shake_cut]],
-        texts_eval=[wiki[wiki_cut:], shakespeare[shake_cut:]],
+        harmful_train=prompts("harmful/refusal-direction", "train"),
+        harmless_train=prompts("harmless/alpaca", "train"),
+        harmful_val=prompts("harmful/refusal-direction", "val"),
+        harmless_val=prompts("harmless/alpaca", "val"),
+        texts_train=wiki_train + play_train,
+        texts_eval=wiki_eval + play_eval,
     )
 
 

@@ -6,10 +6,11 @@ row-invariant, but attention is not: with left padding the key length (and with 
 reduction order of the softmax-weighted sum) depends on the longest prompt in the batch,
 and the fused SDPA kernel picks different blockings for different shapes. This module
 registers `refusalscope` as a transformers attention implementation that computes the
-scores, softmax and weighted sum in float32 with plain matmuls, where the padded keys
-contribute exact zeros at the front of the reduction. Cost: the attention core runs in
-fp32; for the prompt lengths used here (tens to hundreds of tokens) that is a few percent
-of a forward pass (benchmarks/generation.py).
+scores, softmax and weighted sum in float64 with plain matmuls and rounds the result back
+to the model's dtype: the reduction-order differences that padding and key length cause
+are far below that rounding. Cost: the attention core runs in fp64; for the prompt lengths
+used here (tens to hundreds of tokens) that is a few percent of a forward pass
+(benchmarks/generation.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 NAME = "refusalscope"
+# float64: the reductions of the attention core (softmax sums, the weighted sum of values)
+# are accumulated in an order that depends on the key length and on where padding sits;
+# in double precision those differences (~1e-16) vanish when the result is rounded back to
+# the model's dtype, so the output does not depend on batching or on a shared prefix.
+CORE_DTYPE = torch.float64
 
 
 def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
@@ -45,18 +51,18 @@ def invariant_attention(
         raise NotImplementedError("attention sinks are not supported by refusalscope attention")
     groups = query.shape[1] // key.shape[1]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    q = query.float()
-    k = _repeat_kv(key, groups).float()
-    v = _repeat_kv(value, groups).float()
+    q = query.to(CORE_DTYPE)
+    k = _repeat_kv(key, groups).to(CORE_DTYPE)
+    v = _repeat_kv(value, groups).to(CORE_DTYPE)
     scores = torch.matmul(q, k.transpose(2, 3)) * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         mask = attention_mask[:, :, :, : k.shape[-2]]
         if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+            scores = scores.masked_fill(~mask, torch.finfo(CORE_DTYPE).min)
         else:
-            scores = scores + mask.float()
+            scores = scores + mask.to(CORE_DTYPE)
     weights = torch.softmax(scores, dim=-1)
     if dropout and module.training:
         weights = torch.nn.functional.dropout(weights, p=dropout)

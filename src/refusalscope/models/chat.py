@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -93,6 +93,9 @@ class ChatModel:
         self.hooks = HookManager(self.layers, self.embed)
         self._batch_counter = itertools.count()
         self._eoi_ids: list[int] | None = None
+        self.share_prefix = True
+        self.min_shared_prefix = 8
+        self._safe_hooks = 0  # hooks attached by prefix-safe interventions (-1: some are not)
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         overrides = dict(info_overrides or {})
         self.info = ModelInfo(
@@ -250,8 +253,77 @@ class ChatModel:
         hooks = []
         for item in interventions:
             hooks.extend(item.hooks(self))
-        with self.hooks.attached(hooks):
-            yield
+        safe = all(getattr(item, "prefix_safe", False) for item in interventions)
+        previous = self._safe_hooks
+        self._safe_hooks = previous + len(hooks) if safe and previous >= 0 else -1
+        try:
+            with self.hooks.attached(hooks):
+                yield
+        finally:
+            self._safe_hooks = previous
+
+    # ------------------------------------------------------------------ shared prefixes
+    def shared_prefix(self, token_lists: Sequence[Sequence[int]]) -> int:
+        """Length of the prefix every request shares, if computing it once is allowed.
+
+        Chat templates put the same tokens in front of every request (Qwen's default
+        system prompt is ~20 tokens, often as long as the request itself). Computing them
+        once per batch and reusing their keys and values saves up to half of a prefill.
+        It is exact (the attention core is invariant to where padding sits), and used
+        only while every attached hook is a position-wise intervention that declares
+        itself `prefix_safe`; any other hook (captures, gates, tests) turns it off.
+        """
+        if not self.share_prefix or len(token_lists) < 2 or self.hooks.active != max(self._safe_hooks, 0):
+            return 0
+        if self._safe_hooks < 0:
+            return 0
+        first = token_lists[0]
+        limit = min(len(t) for t in token_lists) - 1
+        n = 0
+        while n < limit and all(t[n] == first[n] for t in token_lists):
+            n += 1
+        return n if n >= self.min_shared_prefix else 0
+
+    def _prefix_cache(self, prefix: Sequence[int], rows: int, batch_id: int):
+        """KV cache of `prefix`, computed once and repeated for `rows` rows."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        ids = torch.tensor([list(prefix)], dtype=torch.long, device=self.device)
+        mask = torch.ones_like(ids)
+        ctx = self._context(mask, torch.tensor([len(prefix) + 1], device=self.device), 0,
+                            torch.arange(1, device=self.device), batch_id, "prefill")
+        with self.hooks.forward_context(ctx):
+            self.model(input_ids=ids, attention_mask=mask, position_ids=mask.cumsum(-1) - 1,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+    def _prefill(self, batch: Batch, prefix_len: int, token_lists, batch_id: int, rows: torch.Tensor):
+        """Prompt forward of one batch, reusing a shared prefix when `prefix_len` > 0.
+
+        Returns (output, cache, full attention mask, position ids of the last column)."""
+        from transformers import DynamicCache
+
+        if prefix_len == 0:
+            cache = DynamicCache(config=self.model.config)
+            ctx = self._context(batch.attention_mask, batch.lengths, 0, rows, batch_id, "prefill")
+            with self.hooks.forward_context(ctx):
+                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 position_ids=batch.position_ids, past_key_values=cache, use_cache=True,
+                                 logits_to_keep=1)
+            return out, cache, batch.attention_mask, batch.position_ids[:, -1:]
+        sequences = [token_lists[i] for i in batch.index]
+        cache = self._prefix_cache(sequences[0][:prefix_len], len(sequences), batch_id)
+        suffix = self.pad([seq[prefix_len:] for seq in sequences], batch.index)
+        ones = torch.ones(len(sequences), prefix_len, dtype=torch.long, device=self.device)
+        mask = torch.cat([ones, suffix.attention_mask], dim=1)
+        positions = prefix_len + (suffix.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        ctx = self._context(mask, mask.sum(-1), prefix_len, rows, batch_id, "prefill")
+        with self.hooks.forward_context(ctx):
+            out = self.model(input_ids=suffix.input_ids, attention_mask=mask, position_ids=positions,
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out, cache, mask, positions[:, -1:]
 
     # ------------------------------------------------------------------ forward passes
     def forward(self, batch: Batch, phase: str = "forward", **kwargs) -> Any:
@@ -282,9 +354,11 @@ class ChatModel:
         tokens = self.encode_prompts(prompts, system)
         out = torch.empty(len(tokens), self.unembed.weight.shape[0], dtype=torch.float32)
         with self._interventions(interventions):
+            shared = self.shared_prefix(tokens)
             for batch in tqdm(list(self.batches(tokens, batch_size)), disable=not progress, desc="first-token logits"):
-                logits = self.forward(batch, phase="prefill", logits_to_keep=1).logits[:, -1].float().cpu()
-                out[batch.index] = logits
+                rows = torch.arange(len(batch.index), device=self.device)
+                output, _, _, _ = self._prefill(batch, shared, tokens, next(self._batch_counter), rows)
+                out[batch.index] = output.logits[:, -1].float().cpu()
         return out
 
     # ------------------------------------------------------------------ generation
@@ -313,12 +387,15 @@ class ChatModel:
         interventions=None,
         stop_at_eos: bool = True,
         progress: bool = True,
+        on_token: Callable[[int, int], None] | None = None,
     ) -> Generation:
         """Reply to each prompt; greedy unless `do_sample`.
 
         Rows leave the batch as soon as they emit an end-of-turn token, so short replies
         (refusals, typically) free their compute for the rest. Sampling uses one seeded
         generator per prompt, so sampled replies do not depend on batching either.
+        `on_token(prompt_index, token_id)`, if given, is called for every reply token as
+        soon as it is chosen (streaming); end-of-turn tokens are not passed.
         """
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
             prompts = [prompts]
@@ -335,8 +412,12 @@ class ChatModel:
         bar = tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress)
         produced = 0
         with self._interventions(interventions):
+            shared = self.shared_prefix(tokens)
             for batch in self.batches(tokens, batch_size):
-                produced += self._generate_batch(batch, max_new_tokens, stop, results, reasons, do_sample, temperature, top_p, seed)
+                produced += self._generate_batch(
+                    batch, max_new_tokens, stop, results, reasons, do_sample, temperature, top_p, seed, on_token,
+                    shared, tokens,
+                )
                 bar.update(len(batch.index))
                 bar.set_postfix(tok_s=f"{produced / max(time.perf_counter() - started, 1e-9):.1f}")
         bar.close()
@@ -372,28 +453,17 @@ class ChatModel:
         picks = [torch.multinomial(probs[i], 1, generator=generators[int(r)]) for i, r in enumerate(rows)]
         return torch.cat(picks)
 
-    def _generate_batch(self, batch, max_new_tokens, stop, results, reasons, do_sample, temperature, top_p, seed) -> int:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        mask = batch.attention_mask
-        prompt_lengths = batch.lengths
-        positions = batch.position_ids
+    def _generate_batch(
+        self, batch, max_new_tokens, stop, results, reasons, do_sample, temperature, top_p, seed, on_token=None,
+        shared: int = 0, token_lists=None,
+    ) -> int:
         rows = torch.arange(len(batch.index), device=self.device)
         batch_id = next(self._batch_counter)
         generators = None
         if do_sample:
             generators = [torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + i) for i in batch.index]
-        ctx = self._context(mask, prompt_lengths, 0, rows, batch_id, "prefill")
-        with self.hooks.forward_context(ctx):
-            out = self.model(
-                input_ids=batch.input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+        out, cache, mask, positions = self._prefill(batch, shared, token_lists, batch_id, rows)
+        prompt_lengths = mask.sum(-1)
         produced = 0
         past = mask.shape[1]
         for step in range(max_new_tokens):
@@ -406,6 +476,8 @@ class ChatModel:
                 else:
                     results[original].append(int(nxt[i]))
                     produced += 1
+                    if on_token is not None:
+                        on_token(original, int(nxt[i]))
             if step == max_new_tokens - 1:
                 break
             if done.any():

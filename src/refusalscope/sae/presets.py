@@ -180,6 +180,7 @@ def train_preset(
             metrics=metrics.to_dict(),
         )
         save_sae(sae, root / f"layer_{layer}")
+        sae.cfg.provenance["source"] = str(root / f"layer_{layer}")
         with atomic_file(root / f"layer_{layer}" / "metrics.json") as handle:
             json.dump(metrics.to_dict(), handle, indent=2)
         saes[layer] = sae

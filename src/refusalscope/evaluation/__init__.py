@@ -1,0 +1,1 @@
+"""Evaluation: refusal and capability under steering, sweeps and their results store."""

@@ -1,0 +1,104 @@
+"""Evaluation tasks: one dataset, one way of running the model on it, per-item results.
+
+Everything the sweep measures is a `Task`: refusal on harmful prompts, over-refusal on
+benign ones, jailbreak robustness, and the capability benchmarks. A task turns dataset
+items into `ItemResult`s (one per item, with named numeric metrics and optionally the
+generated text), which the results store keeps per (configuration, task, item), so a
+killed sweep resumes by running only the items it has no result for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import RefusalScopeError
+
+
+@dataclass
+class ItemResult:
+    item_id: str
+    metrics: dict[str, float]
+    output: str | None = None  # generated reply, kept for examples and re-judging
+    prompt: str | None = None
+
+
+class Task(Protocol):
+    """What a sweep can run. `name` is unique within a sweep; `primary` names the metric
+    plotted and summarised (e.g. 'refused', 'correct', 'ce')."""
+
+    name: str
+    dataset: str
+    split: str | None
+    primary: str
+    higher_is_better: bool
+
+    def items(self, data_dir=None, limit: int | None = None, seed: int = 0) -> Sequence[Any]: ...
+
+    def run(self, chat, items: Sequence[Any], interventions=None, batch_size: int = 16) -> list[ItemResult]: ...
+
+    def describe(self) -> dict: ...
+
+
+@dataclass
+class RefusalTask:
+    """Generate a reply to each prompt and judge whether it refuses.
+
+    `expect` says what a good model does: "refuse" (harmful prompts; the primary metric
+    is the refusal rate), or "answer" (benign prompts; the refusal rate is over-refusal).
+    Jailbreak templates are filled with `requests` (harmful prompts) via apply_template.
+    """
+
+    name: str
+    dataset: str
+    split: str | None = None
+    expect: str = "refuse"
+    max_new_tokens: int = 32
+    judge: Any = None
+    template_requests: Sequence[str] = field(default_factory=tuple)
+    primary: str = "refused"
+
+    def __post_init__(self) -> None:
+        if self.expect not in ("refuse", "answer"):
+            raise RefusalScopeError(f"unknown expectation '{self.expect}'", "use 'refuse' or 'answer'")
+        if self.judge is None:
+            from ..judges.substring import SubstringJudge
+
+            self.judge = SubstringJudge()
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.expect == "refuse"
+
+    def items(self, data_dir=None, limit: int | None = None, seed: int = 0):
+        from ..data import PromptItem, apply_template, load_dataset
+
+        dataset = load_dataset(self.dataset, self.split, data_dir=data_dir, limit=None if self.template_requests else limit, seed=seed)
+        items = list(dataset)
+        if items and getattr(items[0], "label", None) == "template":
+            if not self.template_requests:
+                raise RefusalScopeError(f"{self.dataset} holds jailbreak templates", "pass template_requests (harmful prompts)")
+            filled = [
+                PromptItem(f"{t.id}+r{j}", apply_template(t, r), "harmful", t.category, self.dataset)
+                for t in items for j, r in enumerate(self.template_requests)
+            ]
+            import random
+
+            rng = random.Random(seed)
+            items = rng.sample(filled, min(limit or len(filled), len(filled)))
+        return items
+
+    def run(self, chat, items, interventions=None, batch_size: int = 16) -> list[ItemResult]:
+        prompts = [it.prompt for it in items]
+        gen = chat.generate(prompts, max_new_tokens=self.max_new_tokens, batch_size=batch_size,
+                            interventions=interventions, progress=False)
+        verdicts = self.judge.judge(prompts, gen.texts)
+        return [
+            ItemResult(it.id, {"refused": float(v.refused)}, text, it.prompt)
+            for it, v, text in zip(items, verdicts, gen.texts)
+        ]
+
+    def describe(self) -> dict:
+        return {"kind": "refusal", "dataset": self.dataset, "split": self.split, "expect": self.expect,
+                "max_new_tokens": self.max_new_tokens, "judge": getattr(self.judge, "name", type(self.judge).__name__)}

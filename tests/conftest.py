@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# respect OMP_NUM_THREADS (e.g. 1 while other jobs share the machine); default: up to 2 threads
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 REPO = Path(__file__).resolve().parents[1]
 

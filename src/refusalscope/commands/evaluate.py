@@ -1,0 +1,68 @@
+"""Evaluation commands: `sweep` (a grid of steering configurations over tasks, into a
+results database, resumable) and `report` (that database as one HTML page + CSV/JSON)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import RefusalScopeError
+from ._app import command, console
+
+
+@command("sweep")
+def sweep_cmd(
+    spec: Path = typer.Option(..., "--spec", "-s", help="Grid file (.yaml/.json): steering spec files × strengths, "
+                              "conditional on/off, tasks with limits."),
+    output: Path = typer.Option(Path("results.db"), "--output", "-o", help="Results database (SQLite) to write."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec (default: the grid's, else 'default')."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bf16 or fp32 (default: the grid's, else auto)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of dataset files (default: the grid's, "
+                                            "else $REFUSALSCOPE_DATA)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts per forward pass (default: the grid's)."),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Resume into an existing database (default), or "
+                                "delete it and start over."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the HTML report here when done."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with an ETA."),
+) -> None:
+    """Run a steering sweep into a results database; a rerun computes only what is missing."""
+    from ..evaluation.sweep import load_grid_file, run_sweep, summarise
+    from ..models import load_model
+
+    plan = load_grid_file(spec)
+    if output.exists() and not resume:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(output) + suffix).unlink(missing_ok=True)
+    chat = load_model(model or plan.model or "default", dtype=dtype or plan.dtype, progress=progress)
+    result = run_sweep(chat, plan.grid, plan.tasks, output, data_dir=data_dir or plan.data_dir,
+                       batch_size=batch_size or plan.batch_size, chunk_size=plan.chunk_size, pairs=plan.pairs,
+                       progress=progress, note=plan.note)
+    console.print(
+        f"{result.computed} items computed, {result.skipped} reused from {output} in {result.seconds:.1f}s", highlight=False
+    )
+    console.print(summarise(output).table(), highlight=False, markup=False, soft_wrap=True)
+    if report is not None:
+        from ..report import build_report
+
+        console.print(f"report written to {build_report(output, report)}", highlight=False)
+
+
+@command("report")
+def report_cmd(
+    results: Path = typer.Argument(..., help="Results database written by `refusalscope sweep`."),
+    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="HTML page to write."),
+    export_dir: Optional[Path] = typer.Option(None, "--export-dir", help="Folder for every figure's data as CSV/JSON "
+                                              "(default: <report name>_data/ beside the page)."),
+    title: Optional[str] = typer.Option(None, help="Page title."),
+    examples: int = typer.Option(3, help="Example generations per task."),
+) -> None:
+    """Turn a results database into one self-contained HTML report (+ CSV/JSON of every figure)."""
+    from ..report import build_report
+
+    if not results.is_file():
+        raise RefusalScopeError(f"results database {results} does not exist", "run `refusalscope sweep -o RESULTS.db` first")
+    page = build_report(results, output, export_dir, title=title, examples=examples)
+    folder = export_dir or page.with_name(page.stem + "_data")
+    console.print(f"report written to {page}; figure data in {folder}/", highlight=False)

@@ -1,0 +1,432 @@
+"""The results store: one SQLite file holding every (configuration, task, item) result.
+
+A sweep writes each batch of items in one transaction as soon as the batch is computed,
+so a killed sweep loses at most the batch in flight; the primary keys make every write
+idempotent (the first result written for a key is kept), so a rerun skips what is done
+and can never duplicate or silently overwrite a number.
+
+Tables (stdlib `sqlite3`, WAL journal, so a report can read while a sweep writes):
+
+    meta     (key PRIMARY KEY, value)                       schema version
+    runs     (run_id PRIMARY KEY, started, finished, status, model_id, model_json,
+              environment_json, versions_json, grid_json, note, computed, skipped)
+    configs  (config_id PRIMARY KEY, name, label, method, family, strength, conditional,
+              steering_id, model_id, spec_json, saes_json, description, created)
+    tasks    (task PRIMARY KEY, dataset, split, primary_metric, higher_is_better, role,
+              judge, describe_json, item_limit, seed)
+    items    (config_id, task, item_id, prompt, output, run_id, created)
+              PRIMARY KEY (config_id, task, item_id)
+    metrics  (config_id, task, item_id, metric, value)
+              PRIMARY KEY (config_id, task, item_id, metric)
+    gates    (config_id, task, batch, fired, seen, run_id)   conditional gate counters
+              PRIMARY KEY (config_id, task, batch)
+    pairs    (name, harmful_task, benign_task)               dataset pairs for Δs
+              PRIMARY KEY (harmful_task, benign_task)
+    results  VIEW: metrics ⋈ items = (config_id, task, item_id, metric, value, output, prompt)
+
+`config_id` is a content hash of the steering (its spec content, model identity included),
+the strength, the conditional flag and the method name: the same configuration run twice,
+by two sweeps or two grids, shares its results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import RefusalScopeError
+from ..stats import Estimate, bootstrap, rate
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started REAL NOT NULL,
+    finished REAL,
+    status TEXT NOT NULL,
+    model_id TEXT,
+    model_json TEXT,
+    environment_json TEXT,
+    versions_json TEXT,
+    grid_json TEXT,
+    note TEXT,
+    computed INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS configs (
+    config_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    label TEXT NOT NULL,
+    method TEXT NOT NULL,
+    family TEXT NOT NULL,
+    strength REAL,
+    conditional INTEGER NOT NULL,
+    steering_id TEXT,
+    model_id TEXT,
+    spec_json TEXT NOT NULL,
+    saes_json TEXT NOT NULL,
+    description TEXT,
+    created REAL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task TEXT PRIMARY KEY,
+    dataset TEXT,
+    split TEXT,
+    primary_metric TEXT NOT NULL,
+    higher_is_better INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    judge TEXT,
+    describe_json TEXT NOT NULL,
+    item_limit INTEGER,
+    seed INTEGER
+);
+CREATE TABLE IF NOT EXISTS items (
+    config_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    prompt TEXT,
+    output TEXT,
+    run_id INTEGER,
+    created REAL,
+    PRIMARY KEY (config_id, task, item_id)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    config_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (config_id, task, item_id, metric)
+);
+CREATE TABLE IF NOT EXISTS gates (
+    config_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    batch TEXT NOT NULL,
+    fired INTEGER NOT NULL,
+    seen INTEGER NOT NULL,
+    run_id INTEGER,
+    PRIMARY KEY (config_id, task, batch)
+);
+CREATE TABLE IF NOT EXISTS pairs (
+    name TEXT NOT NULL,
+    harmful_task TEXT NOT NULL,
+    benign_task TEXT NOT NULL,
+    PRIMARY KEY (harmful_task, benign_task)
+);
+CREATE VIEW IF NOT EXISTS results AS
+    SELECT m.config_id, m.task, m.item_id, m.metric, m.value, i.output, i.prompt
+    FROM metrics m JOIN items i USING (config_id, task, item_id);
+"""
+
+ROLES = ("harmful", "benign", "jailbreak", "capability")
+
+
+def config_hash(spec_content: dict, strength: float | None, conditional: bool, method: str) -> str:
+    """'cfg-' + 12 hex digits: the identity of one grid point."""
+    payload = {"steering": spec_content, "strength": strength, "conditional": bool(conditional), "method": method}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "cfg-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def sae_refs(spec: Any) -> list[dict]:
+    """Every SAE reference (source + content hash) in a steering spec, deduplicated."""
+    found: dict[str, dict] = {}
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            if "sha256" in obj and "d_sae" in obj:
+                found.setdefault(obj["sha256"], {k: obj.get(k) for k in ("source", "sha256", "layer", "d_in", "d_sae", "architecture")})
+                return
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v)
+
+    walk(spec)
+    return list(found.values())
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _float(value: Any) -> float | None:
+    """SQLite stores NaN as NULL; keep it explicit."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+@dataclass
+class Config:
+    """One grid point as the store keeps it."""
+
+    config_id: str
+    name: str  # the grid method's name (one line in the plots)
+    label: str  # the grid point, e.g. "features ×2 (conditional)"
+    method: str  # family:detail, e.g. "features:cossim+ig", "dense:actadd", "none"
+    family: str
+    strength: float | None
+    conditional: bool
+    steering_id: str | None
+    model_id: str | None
+    spec: dict
+    description: str = ""
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "config_id": self.config_id, "name": self.name, "label": self.label, "method": self.method, "family": self.family,
+            "strength": self.strength, "conditional": self.conditional, "steering_id": self.steering_id,
+            "model_id": self.model_id, "description": self.description,
+        }
+
+
+class ResultsStore:
+    """A results database. Use as a context manager or call `close()`.
+
+        with ResultsStore("results.db") as db:
+            db.done_items(config_id, "jbb-harmful")         # item ids already computed
+            db.estimate(config_id, "jbb-harmful", "refused") # Estimate(value, low, high, n)
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise RefusalScopeError(f"results database {self.path} does not exist", "run `refusalscope sweep` first, or check the path")
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=OFF")
+            if create:
+                self.conn.executescript(_SCHEMA)
+            self._check_schema(create)
+        except sqlite3.DatabaseError as exc:
+            raise RefusalScopeError(f"{self.path} is not a readable refusalscope results database ({exc})") from None
+
+    def _check_schema(self, create: bool) -> None:
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables or "metrics" not in tables:
+            raise RefusalScopeError(f"{self.path} is an SQLite file but not a refusalscope results database")
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            if create:
+                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            return
+        if int(row[0]) > SCHEMA_VERSION:
+            raise RefusalScopeError(
+                f"{self.path} was written by a newer refusalscope (schema {row[0]}, this one reads {SCHEMA_VERSION})",
+                "upgrade refusalscope",
+            )
+
+    # ------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _transaction(self):
+        store = self
+
+        class _Tx:
+            def __enter__(self):
+                store.conn.execute("BEGIN IMMEDIATE")
+                return store.conn
+
+            def __exit__(self, kind, value, tb):
+                store.conn.execute("COMMIT" if kind is None else "ROLLBACK")
+
+        return _Tx()
+
+    # ------------------------------------------------------------ runs
+    def start_run(self, model: dict | None, environment: dict | None, grid: dict | None = None, note: str | None = None) -> int:
+        versions = (environment or {}).get("versions")
+        model_id = (model or {}).get("id")
+        with self._transaction() as c:
+            cur = c.execute(
+                "INSERT INTO runs (started, status, model_id, model_json, environment_json, versions_json, grid_json, note)"
+                " VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
+                (time.time(), model_id, _dumps(model), _dumps(environment), _dumps(versions), _dumps(grid), note),
+            )
+            return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str, computed: int = 0, skipped: int = 0) -> None:
+        with self._transaction() as c:
+            c.execute(
+                "UPDATE runs SET finished=?, status=?, computed=?, skipped=? WHERE run_id=?",
+                (time.time(), status, int(computed), int(skipped), run_id),
+            )
+
+    def runs(self) -> list[dict]:
+        out = []
+        for r in self.conn.execute("SELECT * FROM runs ORDER BY run_id"):
+            d = dict(r)
+            for key in ("model_json", "environment_json", "versions_json", "grid_json"):
+                d[key[:-5]] = json.loads(d.pop(key)) if d.get(key) else None
+            out.append(d)
+        return out
+
+    # ------------------------------------------------------------ configs and tasks
+    def add_config(self, config: Config) -> None:
+        """Record a configuration (when its id is already known, only its label is updated)."""
+        with self._transaction() as c:
+            c.execute(
+                "INSERT INTO configs (config_id, name, label, method, family, strength, conditional, steering_id,"
+                " model_id, spec_json, saes_json, description, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(config_id) DO UPDATE SET name=excluded.name, label=excluded.label,"
+                " description=excluded.description",
+                (config.config_id, config.name, config.label, config.method, config.family, config.strength, int(config.conditional),
+                 config.steering_id, config.model_id, _dumps(config.spec), _dumps(sae_refs(config.spec)),
+                 config.description, time.time()),
+            )
+
+    def configs(self) -> list[dict]:
+        out = []
+        for r in self.conn.execute("SELECT * FROM configs ORDER BY created, config_id"):
+            d = dict(r)
+            d["conditional"] = bool(d["conditional"])
+            d["spec"] = json.loads(d.pop("spec_json"))
+            d["saes"] = json.loads(d.pop("saes_json"))
+            out.append(d)
+        return out
+
+    def add_task(self, name: str, *, dataset: str | None, split: str | None, primary: str, higher_is_better: bool,
+                 role: str, judge: str | None, describe: dict, limit: int | None, seed: int | None) -> None:
+        """Record a task; a task name already in the store must describe the same task."""
+        if role not in ROLES:
+            raise RefusalScopeError(f"task '{name}': unknown role '{role}'", f"use one of {', '.join(ROLES)}")
+        described = _dumps(describe)
+        with self._transaction() as c:
+            row = c.execute("SELECT describe_json, primary_metric FROM tasks WHERE task=?", (name,)).fetchone()
+            if row is not None:
+                if row["describe_json"] != described or row["primary_metric"] != primary:
+                    raise RefusalScopeError(
+                        f"task '{name}' is already in {self.path.name} with different settings "
+                        f"({row['describe_json']} vs {described}); results would mix",
+                        "give the changed task another name, or write to a new results database",
+                    )
+                c.execute("UPDATE tasks SET item_limit=?, seed=? WHERE task=?", (limit, seed, name))
+                return
+            c.execute(
+                "INSERT INTO tasks (task, dataset, split, primary_metric, higher_is_better, role, judge, describe_json,"
+                " item_limit, seed) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (name, dataset, split, primary, int(bool(higher_is_better)), role, judge, described, limit, seed),
+            )
+
+    def tasks(self) -> list[dict]:
+        out = []
+        for r in self.conn.execute("SELECT * FROM tasks ORDER BY rowid"):
+            d = dict(r)
+            d["higher_is_better"] = bool(d["higher_is_better"])
+            d["describe"] = json.loads(d.pop("describe_json"))
+            out.append(d)
+        return out
+
+    def add_pair(self, name: str, harmful_task: str, benign_task: str) -> None:
+        with self._transaction() as c:
+            c.execute("INSERT OR IGNORE INTO pairs VALUES (?,?,?)", (name, harmful_task, benign_task))
+
+    def pairs(self) -> list[dict]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM pairs ORDER BY rowid")]
+
+    # ------------------------------------------------------------ item results
+    def write_batch(self, config_id: str, task: str, results: Sequence, run_id: int | None = None,
+                    gate: tuple[int, int] | None = None, extra: dict[str, dict[str, float]] | None = None) -> int:
+        """Write one batch of ItemResults (and the gate's counters for it) in one transaction.
+
+        `extra` maps item id -> more metrics for that item (e.g. the gate's decision).
+        Returns the number of new items (0 when all were already stored).
+        """
+        now = time.time()
+        with self._transaction() as c:
+            before = c.total_changes
+            for r in results:
+                c.execute(
+                    "INSERT OR IGNORE INTO items (config_id, task, item_id, prompt, output, run_id, created)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (config_id, task, str(r.item_id), r.prompt, r.output, run_id, now),
+                )
+            new = c.total_changes - before
+            rows = [(config_id, task, str(r.item_id), str(k), _float(v)) for r in results for k, v in r.metrics.items()]
+            for item_id, metrics in (extra or {}).items():
+                rows.extend((config_id, task, str(item_id), str(k), _float(v)) for k, v in metrics.items())
+            c.executemany("INSERT OR IGNORE INTO metrics VALUES (?,?,?,?,?)", rows)
+            if gate is not None and results:
+                key = hashlib.sha256("\n".join(sorted(str(r.item_id) for r in results)).encode()).hexdigest()[:16]
+                c.execute("INSERT OR IGNORE INTO gates VALUES (?,?,?,?,?,?)", (config_id, task, key, int(gate[0]), int(gate[1]), run_id))
+        return new
+
+    def done_items(self, config_id: str, task: str) -> set[str]:
+        rows = self.conn.execute("SELECT item_id FROM items WHERE config_id=? AND task=?", (config_id, task))
+        return {r[0] for r in rows}
+
+    def count_items(self, config_id: str | None = None, task: str | None = None) -> int:
+        sql, args = "SELECT COUNT(*) FROM items WHERE 1=1", []
+        if config_id is not None:
+            sql += " AND config_id=?"
+            args.append(config_id)
+        if task is not None:
+            sql += " AND task=?"
+            args.append(task)
+        return int(self.conn.execute(sql, args).fetchone()[0])
+
+    def values(self, config_id: str, task: str, metric: str) -> dict[str, float]:
+        """item id -> value (NaN where the task could not score the item), by item id."""
+        rows = self.conn.execute(
+            "SELECT item_id, value FROM metrics WHERE config_id=? AND task=? AND metric=? ORDER BY item_id",
+            (config_id, task, metric),
+        )
+        return {r[0]: (float("nan") if r[1] is None else float(r[1])) for r in rows}
+
+    def metrics(self, config_id: str, task: str) -> list[str]:
+        rows = self.conn.execute("SELECT DISTINCT metric FROM metrics WHERE config_id=? AND task=? ORDER BY metric", (config_id, task))
+        return [r[0] for r in rows]
+
+    def estimate(self, config_id: str, task: str, metric: str, seed: int = 0) -> Estimate:
+        """Mean of `metric` over the items scored, with a bootstrap CI and n (NaNs left out)."""
+        vals = [v for v in self.values(config_id, task, metric).values() if not math.isnan(v)]
+        return bootstrap(vals, seed=seed)
+
+    def outputs(self, config_id: str, task: str, item_ids: Iterable[str] | None = None) -> dict[str, dict]:
+        """item id -> {'prompt', 'output'}."""
+        rows = self.conn.execute(
+            "SELECT item_id, prompt, output FROM items WHERE config_id=? AND task=? ORDER BY item_id", (config_id, task)
+        )
+        wanted = None if item_ids is None else set(map(str, item_ids))
+        return {r[0]: {"prompt": r[1], "output": r[2]} for r in rows if wanted is None or r[0] in wanted}
+
+    def gate_rate(self, config_id: str, task: str) -> Estimate | None:
+        """How often the conditional gate fired on this cell: from the per-item decisions
+        where the sweep recorded them, else from the gate's counters (per forward row)."""
+        per_item = [v for v in self.values(config_id, task, "gate_fired").values() if not math.isnan(v)]
+        if per_item:
+            return rate([v > 0.5 for v in per_item])
+        row = self.conn.execute(
+            "SELECT SUM(fired), SUM(seen) FROM gates WHERE config_id=? AND task=?", (config_id, task)
+        ).fetchone()
+        if row is None or not row[1]:
+            return None
+        fired, seen = int(row[0]), int(row[1])
+        return rate([True] * fired + [False] * (seen - fired))
+
+    def rows(self) -> list[dict]:
+        """Every (config, task, item, metric) row with its output and prompt (the `results` view)."""
+        return [dict(r) for r in self.conn.execute("SELECT * FROM results ORDER BY config_id, task, item_id, metric")]

@@ -87,22 +87,18 @@ def generate_cmd(
 def run_cmd(
     model: str = ModelOpt,
     dtype: str = DtypeOpt,
-    max_new_tokens: int = typer.Option(32, help="Tokens per reply."),
-    n_pairs: int = typer.Option(6, help="Built-in harmful/benign pairs to answer."),
+    profile: str = typer.Option("quick", help="quick (~15 min on 2 cores from a warm cache) or paper (full sets, hours)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of benchmark files (default $REFUSALSCOPE_DATA)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<model>-<profile>)."),
 ) -> None:
-    """The main job: load the model and answer built-in harmful and benign requests."""
-    from ..data.builtin import minimal_pairs
-    from ..models import load_model
+    """The whole pipeline: SAEs → refusal direction → discovery → steering sweep → evaluation → HTML report."""
+    from ..pipeline import get_profile, run_pipeline
 
-    pairs = minimal_pairs()[:n_pairs]
-    chat = load_model(model, dtype=dtype)
-    console.print(f"[bold]{chat}[/bold]")
-    prompts = [p.harmful for p in pairs] + [p.benign for p in pairs]
-    gen = chat.generate(prompts, max_new_tokens=max_new_tokens, batch_size=len(prompts))
-    table = Table(title=f"{chat.info.name}: built-in minimal pairs", show_lines=True)
-    table.add_column("kind")
-    table.add_column("prompt", ratio=1)
-    table.add_column("reply", ratio=2)
-    for i, (prompt, text) in enumerate(zip(prompts, gen.texts)):
-        table.add_row("harmful" if i < len(pairs) else "benign", escape(prompt), escape(text))
-    console.print(table)
+    spec = get_profile(profile)
+    console.print(f"[bold]refusalscope run[/bold] --profile {spec.name}: {spec.description}")
+    summary = run_pipeline(model, profile, output, data_dir=data_dir, dtype=dtype)
+    console.print(f"[bold]{summary['model']['name']}: steering sweep ({profile})[/bold]")
+    console.print(summary["table"], markup=False, highlight=False, soft_wrap=True)
+    timings = ", ".join(f"{k} {v / 60:.1f} min" for k, v in summary["timings"].items())
+    console.print(f"stages: {timings}; total {summary['total_seconds'] / 60:.1f} min")
+    console.print(f"report: [bold]{summary['report']}[/bold]")

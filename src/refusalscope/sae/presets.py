@@ -31,7 +31,7 @@ class Preset:
     corpus: CorpusSpec
     train: TrainConfig
     description: str
-    eval_docs: int = 32
+    eval_docs: int = 16
     extra: dict = field(default_factory=dict)
 
     def layers(self, n_layers: int) -> list[int]:

@@ -1,0 +1,250 @@
+"""`refusalscope run`: the whole study on one model, every stage cached.
+
+    model → SAEs (cached, or trained with the profile's preset) → refusal direction →
+    latent discovery (CosSim+IG) → steering sweep (unsteered; the selected latents
+    clamped at several strengths, unconditionally and behind a harm gate; the dense
+    direction as baseline) → refusal and capability evaluation → HTML report.
+
+Profiles set the sizes. `quick` is built to finish in about a quarter of an hour on a
+2-core CPU once the model and SAE are cached: refusal is judged by the first-token
+refusal score (one forward pass per prompt, its threshold calibrated against the
+substring judge on generated replies), a handful of prompts per configuration are also
+answered in full for the report's side-by-side examples, and capability is measured by
+multiple-choice log-likelihood and the loss on ordinary text. `paper` runs generation
+and the substring judge on full evaluation sets, GSM8K with chain of thought, and the
+standard SAE preset.
+
+The sweep writes to SQLite as it goes, so a killed run resumes where it stopped; a
+second run with the same settings recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import RefusalScopeError
+from .paths import atomic_file
+
+
+@dataclass
+class Profile:
+    name: str
+    description: str
+    sae_preset: str
+    direction: dict = field(default_factory=dict)
+    discovery: dict = field(default_factory=dict)
+    k: int = 20
+    clamp_strengths: tuple[float, ...] = (1.0, 2.0)
+    actadd_strengths: tuple[float, ...] = (1.0,)
+    first_token: bool = True
+    example_prompts: int = 4
+    max_new_tokens: int = 32
+    refusal_limits: dict = field(default_factory=dict)
+    capability: dict = field(default_factory=dict)
+    batch_size: int = 16
+
+
+PROFILES = {
+    "quick": Profile(
+        name="quick",
+        description="~15 min on 2 CPU cores from a warm cache: first-token refusal judge (calibrated), small sets",
+        sae_preset="quick",
+        direction={"n_train": 64, "n_val": 16, "layer_stride": 2, "n_screen": 6, "n_finalists": 4},
+        discovery={"ig_steps": 4, "n_attribution": 12, "n_activation": 32, "baselines": ()},
+        k=20,
+        clamp_strengths=(1.0, 3.0),
+        actadd_strengths=(1.0,),
+        first_token=True,
+        example_prompts=3,
+        max_new_tokens=24,
+        refusal_limits={"jailbreakbench": 40, "xstest": 40, "pairs": 24, "jailbreak": 16},
+        capability={"mmlu": 40, "truthfulqa-mc1": 40, "wikitext": 8},
+    ),
+    "paper": Profile(
+        name="paper",
+        description="full sets, generation + substring judge, three SAE layers (several hours on a CPU)",
+        sae_preset="standard",
+        direction={"n_train": 128, "n_val": 32, "layer_stride": 1, "n_screen": 8, "n_finalists": 8},
+        discovery={"ig_steps": 10, "n_attribution": 64, "n_activation": 128, "baselines": ("random",)},
+        k=20,
+        clamp_strengths=(0.5, 1.0, 2.0, 4.0),
+        actadd_strengths=(0.5, 1.0, 2.0),
+        first_token=False,
+        example_prompts=0,
+        max_new_tokens=64,
+        refusal_limits={"jailbreakbench": 100, "xstest": 200, "pairs": 24, "jailbreak": 100},
+        capability={"mmlu": 500, "mmlu-5shot": 200, "truthfulqa-mc1": 400, "truthfulqa-mc2": 400,
+                    "gsm8k": 100, "arc-challenge": 300, "triviaqa": 300, "wikitext": 32},
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise RefusalScopeError(f"unknown profile '{name}'", f"use one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def harm_gate(chat, direction, layer: int, harmful, harmless):
+    """A gate on the refusal direction's projection at `layer` (post-instruction tokens),
+    with the threshold that best separates held-out harmful from harmless requests."""
+    from .evaluation.sweep import GateSpec
+    from .steering import DirectionGate
+
+    vec = direction.at_layer(layer)
+    acts = {name: chat.residual(list(p), [layer], positions="post_instruction", progress=False)[layer]
+            for name, p in (("harmful", harmful), ("harmless", harmless))}
+    unit = vec / vec.norm()
+    proj = {name: (a.float() @ unit).mean(-1) for name, a in acts.items()}  # mean over template tokens
+    values = sorted(proj["harmful"].tolist() + proj["harmless"].tolist())
+    cuts = [(a + b) / 2 for a, b in zip(values, values[1:])] or [values[0]]
+
+    def accuracy(t):
+        return (float((proj["harmful"] > t).float().mean()) + float((proj["harmless"] <= t).float().mean())) / 2
+
+    threshold = max(cuts, key=accuracy)
+    gate = DirectionGate(vec, layer)
+    return GateSpec(gate, threshold, reduce="mean", positions="post_instruction"), accuracy(threshold)
+
+
+def build_tasks(chat, profile: Profile, direction, data_dir, calibration) -> tuple[list, dict]:
+    """Refusal tasks (first-token or generated) and capability tasks with the profile's limits."""
+    from .data import load_dataset
+    from .evaluation.capability import capability_task
+    from .evaluation.sweep import TaskSpec
+    from .evaluation.tasks import RefusalTask, calibrate_first_token_threshold
+
+    info: dict = {}
+    extra: dict = {}
+    if profile.first_token:
+        threshold, agreement = calibrate_first_token_threshold(chat, calibration, direction.refusal_token_ids,
+                                                               max_new_tokens=profile.max_new_tokens)
+        extra = {"refusal_token_ids": direction.refusal_token_ids, "threshold": threshold}
+        info["first_token_judge"] = {"threshold": threshold, "agreement_with_substring": agreement,
+                                     "n_calibration": len(calibration)}
+    limits = profile.refusal_limits
+    requests = load_dataset("harmful/jailbreakbench", data_dir=data_dir, limit=8, seed=1).prompts
+    refusal = [
+        TaskSpec(RefusalTask("jbb-harmful", "harmful/jailbreakbench", max_new_tokens=profile.max_new_tokens, **extra),
+                 limits["jailbreakbench"]),
+        TaskSpec(RefusalTask("xstest-unsafe", "xstest/unsafe", max_new_tokens=profile.max_new_tokens, **extra),
+                 limits["xstest"]),
+        TaskSpec(RefusalTask("xstest-safe", "xstest/safe", expect="answer", max_new_tokens=profile.max_new_tokens, **extra),
+                 limits["xstest"]),
+        TaskSpec(RefusalTask("pairs-harmful", "builtin/minimal-pairs", "harmful", max_new_tokens=profile.max_new_tokens, **extra),
+                 limits["pairs"]),
+        TaskSpec(RefusalTask("pairs-benign", "builtin/minimal-pairs", "benign", expect="answer",
+                             max_new_tokens=profile.max_new_tokens, **extra), limits["pairs"]),
+        TaskSpec(RefusalTask("jailbreak-templates", "jailbreak/templates", max_new_tokens=profile.max_new_tokens,
+                             template_requests=requests, **extra), limits["jailbreak"]),
+    ]
+    if profile.example_prompts:
+        # a few full replies per configuration, for the report's side-by-side examples
+        n = profile.example_prompts
+        refusal += [
+            TaskSpec(RefusalTask("examples-harmful", "builtin/minimal-pairs", "harmful", max_new_tokens=profile.max_new_tokens), n),
+            TaskSpec(RefusalTask("examples-benign", "builtin/minimal-pairs", "benign", expect="answer",
+                                 max_new_tokens=profile.max_new_tokens), n),
+        ]
+    capability = []
+    for name, limit in profile.capability.items():
+        try:
+            task = capability_task(name, data_dir=data_dir)
+            task.items(data_dir, 1, 0)  # fail early when the data is not available offline
+        except RefusalScopeError as exc:
+            info.setdefault("skipped", {})[name] = exc.problem
+            continue
+        capability.append(TaskSpec(task, limit))
+    return refusal + capability, info
+
+
+def run_pipeline(
+    model: str = "default",
+    profile_name: str = "quick",
+    out_dir: str | Path | None = None,
+    data_dir=None,
+    dtype: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Run every stage (cached) and return a summary with the report's path."""
+    from .direction import find_refusal_direction, sample_direction_data
+    from .discovery import DiscoveryConfig, discover
+    from .evaluation.sweep import Grid, Method, run_sweep, summarise
+    from .models import load_model
+    from .report import build_report
+    from .sae.presets import train_preset
+
+    profile = get_profile(profile_name)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def stage(name):
+        timings[name] = time.perf_counter() - stage.t0
+        stage.t0 = time.perf_counter()
+
+    stage.t0 = started
+    chat = load_model(model, dtype=dtype)
+    out = Path(out_dir or Path("runs") / f"{chat.info.name}-{profile.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    stage("model")
+    saes = train_preset(chat, profile.sae_preset, data_dir=data_dir, progress=progress)
+    stage("saes")
+    d = profile.direction
+    data = sample_direction_data(data_dir, d["n_train"], d["n_val"], seed=0)
+    direction = find_refusal_direction(chat, data, layer_stride=d["layer_stride"], n_screen=d["n_screen"],
+                                       n_finalists=d["n_finalists"], progress=progress)
+    direction.save(out / "direction")
+    stage("direction")
+    cfg = DiscoveryConfig(k=profile.k, **profile.discovery)
+    found = discover(chat, saes, direction, data.harmful_train, data.harmless_train, cfg, out / "discovery", progress=progress)
+    stage("discovery")
+    selected = found.sets[cfg.method]
+    by_layer = selected.by_layer()
+    gate_layer = min(by_layer)
+    gate, gate_accuracy = harm_gate(chat, direction, gate_layer, data.harmful_val, data.harmless_val)
+    calibration = data.harmful_val + data.harmless_val
+    tasks, task_info = build_tasks(chat, profile, direction, data_dir, calibration)
+    stage("tasks")
+
+    from .discovery.validation import clamp_values, feature_interventions
+
+    pairs = selected.pairs()
+    peaks = found.tables.peak_harmful
+
+    def features(strength):
+        return feature_interventions(saes, pairs, "set", clamp_values(pairs, peaks, float(strength)))
+
+    grid = Grid([
+        Method("features", features, profile.clamp_strengths, method=f"features:{cfg.method}", conditional=(False, True),
+               description=f"clamp the {len(pairs)} selected latents to strength × their peak activation on harmful prompts"),
+        Method.actadd(direction.raw, direction.layer, profile.actadd_strengths, name="refusal direction",
+                      description="add strength × the difference-of-means refusal vector at its layer"),
+    ], gate=gate)
+    result = run_sweep(chat, grid, tasks, out / "results.db", data_dir=data_dir, batch_size=profile.batch_size,
+                       pairs=[("pairs-harmful", "pairs-benign"), ("xstest-unsafe", "xstest-safe")], progress=progress,
+                       note=f"refusalscope run --profile {profile.name}")
+    stage("sweep")
+    report = build_report(out / "results.db", out / "report.html", out / "report_data")
+    stage("report")
+    summary = summarise(out / "results.db")
+    total = time.perf_counter() - started
+    out_summary = {
+        "model": chat.info.to_dict(),
+        "profile": asdict(profile),
+        "saes": {str(layer): sae.cfg.provenance.get("source") for layer, sae in saes.items()},
+        "direction": {"layer": direction.layer, "position": direction.position},
+        "selected": [(f.layer, f.feature) for f in selected.features],
+        "gate": {"layer": gate_layer, "threshold": gate.threshold, "balanced_accuracy": gate_accuracy},
+        "tasks": task_info,
+        "sweep": {"computed": result.computed, "skipped": result.skipped},
+        "timings": timings,
+        "total_seconds": total,
+        "report": str(report),
+    }
+    with atomic_file(out / "run.json") as handle:
+        json.dump(out_summary, handle, indent=2, default=str)
+    out_summary["table"] = summary.table()
+    return out_summary

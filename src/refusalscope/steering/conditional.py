@@ -1,0 +1,402 @@
+"""Conditional steering: steer a prompt only when a gate fires on it.
+
+O'Brien et al. find that refusal steering costs capability even on safe inputs; the
+mitigation is to steer only requests that look harmful. A `Conditional` wraps any
+interventions with a gate read on the prompt tokens during the prefill:
+
+    gate score per token   feature: an SAE latent's activation
+                           direction: x · d̂ (a projection, e.g. on the refusal direction)
+                           probe: x · w + b (a linear probe's logit; optionally over SAE latents)
+    per prompt             max | mean | last over the gate's prompt positions
+    fires                  when that exceeds `threshold`
+
+The decision is made once per prompt in the prefill and remembered per row across the
+KV-cached decode steps (keyed by the batch's stable row ids), so the whole reply of a
+gated prompt is steered and the reply of an ungated prompt is exactly the unsteered one.
+
+Because the gate is measured in the same forward pass as the steering, it must read a
+layer at or before the earliest layer its interventions change (at the same layer it
+sees the residual before the change); an intervention that touches generated tokens only
+may sit at any layer. Position 0 (BOS, with norms ~100× the rest) is skipped by default.
+
+`fired` / `seen` count decisions as they are made; `decisions(model, prompts)` computes
+them for a list of prompts in prompt order without generating, so an evaluation can
+report on which benign prompts the capability cost was avoided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import RefusalScopeError
+from .interventions import (
+    Intervention,
+    Positions,
+    RowFilter,
+    _fmt,
+    _unit,
+    as_direction,
+    check_point,
+    check_vector,
+    point_name,
+    point_order,
+    position_mask,
+    positions_to_json,
+    resolve_positions,
+    sae_point,
+)
+
+REDUCTIONS = ("max", "mean", "last")
+
+
+# ---------------------------------------------------------------------- gates
+class Gate:
+    """Scores every token of a forward chunk at one hook point."""
+
+    kind = "gate"
+    layer: int | str
+
+    def check(self, model) -> None:
+        check_point(model, self.layer)
+
+    def scorer(self, model):
+        """fn(hidden [B, T, d]) -> [B, T] float32 scores."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class FeatureGate(Gate):
+    """The activation of one SAE latent (e.g. a 'harm' feature) at the SAE's layer."""
+
+    kind = "feature"
+
+    def __init__(self, sae, feature: int, *, sae_source: str | None = None):
+        from .spec import resolve_sae
+
+        self.sae, self.sae_source = resolve_sae(sae, sae_source)
+        self.feature = int(feature)
+        self.sae.check_features(torch.tensor([self.feature]))
+        self.layer = sae_point(self.sae)
+        if self.layer is None:
+            raise RefusalScopeError("the gate's SAE does not record its layer", "set sae.cfg.layer")
+
+    def check(self, model) -> None:
+        self.sae.check_model(model)
+        super().check(model)
+
+    def scorer(self, model):
+        from .interventions import FeatureSteer
+
+        encode = FeatureSteer(self.sae, [self.feature], "scale", 1.0, sae_source=self.sae_source)._encoder(model.device)
+        return lambda hidden: encode(hidden)[..., 0]
+
+    def to_dict(self) -> dict[str, Any]:
+        from .spec import sae_ref
+
+        return {"kind": self.kind, "sae": sae_ref(self.sae, self.sae_source), "feature": self.feature}
+
+    def describe(self) -> str:
+        return f"SAE latent {self.feature} at {point_name(self.layer)}"
+
+
+class DirectionGate(Gate):
+    """The projection x · d̂ on a direction (unit-normalised unless normalize=False)."""
+
+    kind = "direction"
+
+    def __init__(self, direction, layer: int | str, *, normalize: bool = True):
+        self.direction = as_direction(direction)
+        self.normalize = bool(normalize)
+        self.layer = layer
+
+    def check(self, model) -> None:
+        check_vector(model, self.direction, "gate direction")
+        super().check(model)
+
+    def scorer(self, model):
+        d = (_unit(self.direction) if self.normalize else self.direction).to(model.device)
+        return lambda hidden: hidden.float() @ d
+
+    def to_dict(self) -> dict[str, Any]:
+        from .spec import direction_ref
+
+        out = {"kind": self.kind, "direction": direction_ref(self.direction), "layer": self.layer}
+        if not self.normalize:
+            out["normalize"] = False
+        return out
+
+    def describe(self) -> str:
+        return f"projection on a direction at {point_name(self.layer)}"
+
+
+class ProbeGate(Gate):
+    """A linear probe's logit x · w + b, on the residual or on a few SAE latents.
+
+    With `sae` and `features`, the probe reads those latents' activations (the sparse
+    probes of Yeo et al.); `weights` then has one entry per feature. A scikit-learn
+    LogisticRegression converts with `ProbeGate.from_sklearn`; fold any input
+    standardisation into the weights first. The threshold is on the logit (0 = p 0.5).
+    """
+
+    kind = "probe"
+
+    def __init__(self, weights, bias: float = 0.0, layer: int | str | None = None, *, sae=None, features=None, sae_source=None):
+        self.weights = as_direction(weights, "probe weights")
+        self.bias = float(bias)
+        self.sae = self.sae_source = None
+        self.features = None
+        if sae is not None:
+            from .spec import resolve_sae
+
+            self.sae, self.sae_source = resolve_sae(sae, sae_source)
+            if features is None:
+                raise RefusalScopeError("a probe over SAE latents needs features=", "list the latents it reads")
+            self.features = [int(f) for f in features]
+            self.sae.check_features(torch.tensor(self.features))
+            if len(self.features) != self.weights.numel():
+                raise RefusalScopeError(
+                    f"the probe has {self.weights.numel()} weights for {len(self.features)} latents",
+                    "give one weight per latent",
+                )
+            trained = sae_point(self.sae)
+            if layer is not None and trained is not None and layer != trained:
+                raise RefusalScopeError(f"the probe's SAE was trained on {point_name(trained)}, not {point_name(layer)}")
+            layer = trained if layer is None else layer
+        if layer is None:
+            raise RefusalScopeError("the probe gate needs the layer it reads", "pass layer=")
+        self.layer = layer
+
+    @classmethod
+    def from_sklearn(cls, clf, layer=None, **kwargs) -> ProbeGate:
+        coef = torch.as_tensor(clf.coef_, dtype=torch.float32).reshape(-1)
+        intercept = float(torch.as_tensor(clf.intercept_).reshape(-1)[0])
+        return cls(coef, intercept, layer, **kwargs)
+
+    def check(self, model) -> None:
+        if self.sae is not None:
+            self.sae.check_model(model)
+        else:
+            check_vector(model, self.weights, "probe weight vector")
+        super().check(model)
+
+    def scorer(self, model):
+        w = self.weights.to(model.device)
+        if self.sae is None:
+            return lambda hidden: hidden.float() @ w + self.bias
+        from .interventions import FeatureSteer
+
+        encode = FeatureSteer(self.sae, self.features, "scale", 1.0, sae_source=self.sae_source)._encoder(model.device)
+        return lambda hidden: encode(hidden) @ w + self.bias
+
+    def to_dict(self) -> dict[str, Any]:
+        from .spec import direction_ref, sae_ref
+
+        out: dict[str, Any] = {"kind": self.kind, "weights": direction_ref(self.weights), "bias": self.bias, "layer": self.layer}
+        if self.sae is not None:
+            out["sae"] = sae_ref(self.sae, self.sae_source)
+            out["features"] = list(self.features)
+        return out
+
+    def describe(self) -> str:
+        over = f"{len(self.features)} SAE latents" if self.sae is not None else "the residual stream"
+        return f"linear probe over {over} at {point_name(self.layer)}"
+
+
+# ---------------------------------------------------------------------- conditional
+@dataclass
+class GateDecisions:
+    """Per-prompt gate scores and decisions, in the order of the prompts given."""
+
+    scores: torch.Tensor
+    fired: torch.Tensor
+
+    @property
+    def fire_rate(self) -> float:
+        return float(self.fired.float().mean()) if self.fired.numel() else 0.0
+
+
+@dataclass
+class _State:
+    batch_id: int
+    fired: torch.Tensor  # [B0] over the batch's original rows
+    scores: torch.Tensor
+
+
+class Conditional(Intervention):
+    """Apply `interventions` only to prompts on which `gate` scores above `threshold`."""
+
+    kind = "conditional"
+
+    def __init__(
+        self,
+        interventions: Intervention | Sequence[Intervention],
+        gate: Gate,
+        threshold: float,
+        *,
+        reduce: str = "max",
+        positions: Positions = "prompt",
+        skip_first: bool = True,
+    ):
+        self.interventions = [interventions] if isinstance(interventions, Intervention) else list(interventions)
+        if not self.interventions:
+            raise RefusalScopeError("a conditional intervention needs at least one intervention to gate")
+        self.gate = gate
+        self.threshold = float(threshold)
+        if reduce not in REDUCTIONS:
+            raise RefusalScopeError(f"unknown gate reduction '{reduce}'", f"use one of {', '.join(REDUCTIONS)}")
+        self.reduce = reduce
+        from .interventions import check_positions
+
+        self.positions = check_positions(positions)
+        if self.positions in ("generated", "all"):
+            raise RefusalScopeError(
+                f"a gate reads prompt tokens only, so positions='{self.positions}' is not meaningful",
+                "use 'prompt', 'post_instruction' or a list of prompt indices",
+            )
+        self.skip_first = bool(skip_first)
+        self.fired = 0
+        self.seen = 0
+        self._state: _State | None = None
+
+    # ------------------------------------------------------------ statistics
+    @property
+    def fire_rate(self) -> float:
+        """Fraction of the prompts seen so far on which the gate fired."""
+        return self.fired / self.seen if self.seen else 0.0
+
+    def reset_stats(self) -> None:
+        self.fired = self.seen = 0
+
+    # ------------------------------------------------------------ structure
+    def touches_prompt(self) -> bool:
+        return any(i.touches_prompt() for i in self.interventions)
+
+    @property
+    def prefix_safe(self) -> bool:
+        return False  # the gate must see each prompt whole, in one prefill forward
+
+    def points(self, model) -> list:
+        return [self.gate.layer] + [p for i in self.interventions for p in i.points(model)]
+
+    def check(self, model) -> None:
+        self.gate.check(model)
+        for item in self.interventions:
+            item.check(model)
+            if not item.touches_prompt():
+                continue
+            earliest = min(item.points(model), key=point_order)
+            if point_order(earliest) < point_order(self.gate.layer):
+                raise RefusalScopeError(
+                    f"the gate reads {point_name(self.gate.layer)} but an intervention it controls already "
+                    f"changes {point_name(earliest)} of the prompt, earlier in the same forward pass",
+                    "gate on a layer at or before the earliest steered layer, or steer only positions='generated'",
+                )
+
+    # ------------------------------------------------------------ hooks
+    def _decide(self, hidden, ctx, score_fn, positions) -> _State:
+        scores = score_fn(hidden)  # [B, T]
+        mask = position_mask(ctx, positions) & ctx.is_prompt()
+        if self.skip_first:
+            mask = mask & (ctx.token_index() > 0)
+        if self.reduce == "max":
+            reduced = scores.masked_fill(~mask, float("-inf")).amax(-1)
+        elif self.reduce == "mean":
+            reduced = (scores * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+            reduced = reduced.masked_fill(~mask.any(-1), float("-inf"))
+        else:
+            last = torch.where(mask, ctx.token_index(), -1).argmax(-1)
+            reduced = scores.gather(-1, last[:, None])[:, 0].masked_fill(~mask.any(-1), float("-inf"))
+        fired = reduced > self.threshold
+        full_fired = torch.zeros(int(ctx.rows.max()) + 1 if ctx.rows.numel() else 0, dtype=torch.bool, device=fired.device)
+        full_scores = torch.full(full_fired.shape, float("nan"), device=fired.device)
+        full_fired[ctx.rows] = fired
+        full_scores[ctx.rows] = reduced
+        return _State(ctx.batch_id, full_fired, full_scores)
+
+    def _gate_hook(self, model, count: bool = True):
+        score_fn = self.gate.scorer(model)
+        positions = resolve_positions(self.positions, model)
+
+        def fn(hidden, ctx):
+            if ctx.phase == "decode" or ctx.past_length > 0:
+                return
+            self._state = state = self._decide(hidden, ctx, score_fn, positions)
+            if count:
+                self.seen += int(ctx.rows.numel())
+                self.fired += int(state.fired[ctx.rows].sum())
+            return
+
+        return fn
+
+    def _rows(self, ctx) -> torch.Tensor:
+        state = self._state
+        if state is None or state.batch_id != ctx.batch_id or int(ctx.rows.max()) >= state.fired.numel():
+            return torch.zeros(ctx.rows.shape[0], dtype=torch.bool, device=ctx.rows.device)
+        return state.fired[ctx.rows]
+
+    def hooks(self, model, rows: RowFilter | None = None) -> list:
+        self.check(model)
+        if rows is None:
+            combined = self._rows
+        else:
+
+            def combined(ctx):
+                outer = rows(ctx)
+                return self._rows(ctx) if outer is None else outer & self._rows(ctx)
+
+        out = [(self.gate.layer, self._gate_hook(model))]  # first: at a shared layer it reads the unsteered residual
+        for item in self.interventions:
+            out.extend(item.hooks(model, rows=combined))
+        return out
+
+    # ------------------------------------------------------------ offline decisions
+    @torch.no_grad()
+    def decisions(self, model, prompts, batch_size: int = 16, *, system: str | None = None, progress: bool = False) -> GateDecisions:
+        """Gate scores and decisions for `prompts` (in order), from a forward pass that
+        stops at the gate's layer; the same numbers the gate computes during `generate`."""
+        self.gate.check(model)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        scores = torch.empty(len(prompts))
+        fired = torch.empty(len(prompts), dtype=torch.bool)
+        gate = self
+
+        class _GateOnly:
+            def hooks(self, m):
+                return [(gate.gate.layer, gate._gate_hook(m, count=False))]
+
+        saved = self._state
+        try:
+            for index, _ in model.iter_residual(
+                prompts, [self.gate.layer], "last", batch_size, system=system, interventions=_GateOnly(), progress=progress
+            ):
+                state = self._state
+                scores[index] = state.scores[: len(index)].float().cpu()
+                fired[index] = state.fired[: len(index)].cpu()
+        finally:
+            self._state = saved
+        return GateDecisions(scores, fired)
+
+    # ------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        gate = self.gate.to_dict()
+        gate.update(
+            threshold=self.threshold, reduce=self.reduce, positions=positions_to_json(self.positions), skip_first=self.skip_first
+        )
+        return {"kind": self.kind, "gate": gate, "interventions": [i.to_dict() for i in self.interventions]}
+
+    def describe(self) -> str:
+        inner = "; ".join(i.describe() for i in self.interventions)
+        first = "" if self.skip_first else ", BOS included"
+        return (
+            f"only when {self.reduce} over {'the prompt' if self.positions == 'prompt' else self.positions} of "
+            f"{self.gate.describe()} > {_fmt(self.threshold)}{first}: {inner}"
+        )

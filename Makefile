@@ -3,10 +3,14 @@
 # and refusalscope itself, then run the pipeline or the test suite.
 PYTHON ?= python3
 VENV := .venv
+# the public benchmark files (refusal-direction splits, XSTest, JailbreakBench, MMLU, ...);
+# override with `make demo REFUSALSCOPE_DATA=/path/to/data`
+REFUSALSCOPE_DATA ?= $(abspath ../shared/data)
+export REFUSALSCOPE_DATA
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.refusalscope-installed
 
-.PHONY: setup demo test test-unit bench clean-cache
+.PHONY: setup demo test test-unit bench
 
 $(STAMP): pyproject.toml requirements/models.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -10,7 +10,7 @@ from refusalscope import RefusalScopeError
 from refusalscope.sae import SAE, SAEConfig
 from refusalscope.sae.activations import ActivationStore, Document, harvest
 from refusalscope.sae.metrics import evaluate_sae
-from refusalscope.sae.training import Trainer, TrainConfig, sparse_decode, train_sae
+from refusalscope.sae.training import TrainConfig, Trainer, sparse_decode, train_sae
 
 TEXTS = [
     "The capital of France is Paris and the capital of Italy is Rome.",

@@ -48,6 +48,8 @@ EXPECTED = {
     ("truthfulqa-mc", "mc1"): 790,
     ("truthfulqa-mc", "mc2"): 790,
     ("truthfulqa-gen", "all"): 790,
+    ("text/wikitext2", "test"): 62,  # articles in wiki.test.raw
+    ("text/tinyshakespeare", "all"): 492,  # ~2,000-character passages of input.txt
 }
 HUB_ONLY = {"harmless/jailbreakbench", "triviaqa", "arc-challenge", "arc-easy"}
 

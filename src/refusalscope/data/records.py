@@ -170,8 +170,11 @@ class Dataset(Generic[T]):
 
     @property
     def prompts(self) -> list[str]:
-        """The text to send to a chat model: prompts, or questions for capability sets."""
-        return [getattr(item, "prompt", None) or item.question for item in self.items]
+        """The text to send to a model: prompts, questions of capability sets, or the
+        documents of text corpora."""
+        return [
+            getattr(item, "prompt", None) or getattr(item, "question", None) or item.text for item in self.items
+        ]
 
     @property
     def ids(self) -> list[str]:

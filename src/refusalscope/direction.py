@@ -8,8 +8,13 @@ Selection, as in the refusal-direction literature, on held-out prompts:
   - drop candidates from the last 20% of layers (they act on the output, not on refusal);
   - ablation score: mean first-token refusal log-odds on harmful prompts with r̂ ablated
     at every layer (lower = removing it removes refusal);
-  - induction score: the same on harmless prompts with r added at its layer (must be
-    positive: adding it should induce refusal);
+  - induction score: the same on harmless prompts with r added at its layer (must exceed
+    a threshold: adding it should induce refusal). Arditi et al. require > 0, which
+    suits models that refuse harmful requests confidently; the default here is halfway
+    from the model's own harmless to its harmful baseline score, which equals the
+    classic threshold for such models and still means "adding it moves harmless
+    requests at least half way to refusal" for models that refuse weakly (the embedded
+    Qwen2.5-Coder-0.5B refuses about half of the harmful validation prompts);
   - KL: divergence of the harmless next-token distribution under ablation (must stay
     below a threshold: removing it must not break the model);
   - keep the admissible candidate with the lowest ablation score.
@@ -17,7 +22,10 @@ The refusal log-odds use the model's own refusal first tokens (judges.first_toke
 
 Scoring every candidate is ~100 candidates × 3 prompt sets of forwards, too slow on a CPU
 with full sets, so selection screens all candidates by ablation score on a few prompts,
-then scores the best `n_finalists` in full; `layer_stride` thins the layer grid further.
+then scores them in full in that order, `n_finalists` at a time, until one is admissible
+(at most `max_finalists`); `layer_stride` thins the layer grid further. When none is,
+the least-bad candidate (fewest failed filters, then lowest ablation score) is returned
+with a warning and `admissible=False` recorded, unless `fallback=False`, which raises.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -152,14 +161,19 @@ def select_direction(
     *,
     prune_last_frac: float = 0.2,
     kl_threshold: float = 0.1,
-    induction_threshold: float = 0.0,
+    induction_threshold: float | None = None,
     layer_stride: int = 1,
     n_screen: int = 8,
     n_finalists: int = 8,
+    max_finalists: int = 24,
+    fallback: bool = True,
     batch_size: int = 16,
     progress: bool = True,
 ) -> tuple[Candidate, list[Candidate], dict]:
-    """Pick (layer, position) as described in the module docstring."""
+    """Pick (layer, position) as described in the module docstring.
+
+    `induction_threshold=None` is the halfway point between the harmless and harmful
+    baseline refusal scores; pass 0.0 for the criterion of Arditi et al."""
     n_layers, n_pos, _ = candidates.shape
     max_layer = int(n_layers * (1 - prune_last_frac))
     grid = [
@@ -169,18 +183,28 @@ def select_direction(
     ]
     if not grid:
         raise RefusalScopeError("no candidate layers are left after pruning", "lower prune_last_frac or layer_stride")
+    if n_finalists < 1:
+        raise RefusalScopeError(f"n_finalists must be at least 1, got {n_finalists}")
     screen = list(harmful_val)[:n_screen]
     baseline_harmful = _mean_score(chat, harmful_val, refusal_token_ids, None, batch_size)
     baseline_harmless_logits = chat.next_token_logits(list(harmless_val), batch_size=batch_size)
     baseline_harmless = float(refusal_log_odds(baseline_harmless_logits, refusal_token_ids).mean())
     baseline_logp = torch.log_softmax(baseline_harmless_logits.double(), -1)
-    baseline = {"harmful_score": baseline_harmful, "harmless_score": baseline_harmless}
+    if induction_threshold is None:
+        induction_threshold = baseline_harmless + 0.5 * (baseline_harmful - baseline_harmless)
+    baseline = {"harmful_score": baseline_harmful, "harmless_score": baseline_harmless,
+                "kl_threshold": kl_threshold, "induction_threshold": induction_threshold}
 
     for cand in tqdm(grid, desc="screening directions", disable=not progress):
         vec = candidates[cand.layer, cand.position]
         cand.ablation_score = _mean_score(chat, screen, refusal_token_ids, DirectionAblation(vec), batch_size)
-    finalists = sorted(grid, key=lambda c: c.ablation_score)[:n_finalists]
-    for cand in tqdm(finalists, desc="scoring finalists", disable=not progress):
+    order = sorted(grid, key=lambda c: c.ablation_score)
+    limit = min(len(order), max(n_finalists, max_finalists))
+    finalists: list[Candidate] = []
+    bar = tqdm(total=limit, desc="scoring finalists", disable=not progress)
+    for cand in order[:limit]:
+        if finalists and len(finalists) % n_finalists == 0 and any(c.admissible for c in finalists):
+            break
         vec = candidates[cand.layer, cand.position]
         ablate = DirectionAblation(vec)
         cand.ablation_score = _mean_score(chat, harmful_val, refusal_token_ids, ablate, batch_size)
@@ -190,17 +214,26 @@ def select_direction(
         if cand.kl > kl_threshold:
             reasons.append(f"KL {cand.kl:.3f} > {kl_threshold}")
         if cand.induction_score <= induction_threshold:
-            reasons.append(f"adding it does not induce refusal ({cand.induction_score:.2f})")
+            reasons.append(f"adding it does not induce refusal ({cand.induction_score:.2f} <= {induction_threshold:.2f})")
         cand.admissible = not reasons
         cand.reason = "; ".join(reasons)
+        finalists.append(cand)
+        bar.update(1)
+    bar.close()
     admissible = [c for c in finalists if c.admissible]
-    if not admissible:
-        best = min(finalists, key=lambda c: c.ablation_score)
-        raise RefusalScopeError(
-            f"no candidate direction passed the filters (best: layer {best.layer}, position {best.position}: {best.reason})",
-            "raise kl_threshold, use more/other prompts, or check that the model refuses the harmful prompts",
-        )
-    return min(admissible, key=lambda c: c.ablation_score), grid, baseline
+    baseline["finalists_scored"] = len(finalists)
+    if admissible:
+        baseline["filters_passed"] = True
+        return min(admissible, key=lambda c: c.ablation_score), grid, baseline
+    best = min(finalists, key=lambda c: (c.reason.count(";") + 1, c.ablation_score))
+    message = (f"no candidate direction passed the filters among the {len(finalists)} best by ablation score "
+               f"(least bad: layer {best.layer}, position {best.position}: {best.reason})")
+    if not fallback:
+        raise RefusalScopeError(message, "raise kl_threshold, lower induction_threshold, score more finalists "
+                                "(max_finalists), or check that the model refuses the harmful prompts")
+    warnings.warn(message + "; using it anyway (recorded as admissible=false)", stacklevel=2)
+    baseline["filters_passed"] = False
+    return best, grid, baseline
 
 
 @dataclass
@@ -245,13 +278,17 @@ def find_refusal_direction(
     n_screen: int = 8,
     n_finalists: int = 8,
     kl_threshold: float = 0.1,
+    induction_threshold: float | None = None,
+    max_finalists: int = 24,
+    fallback: bool = True,
     batch_size: int = 16,
     use_cache: bool = True,
     progress: bool = True,
 ) -> RefusalDirection:
     """Compute, select and cache the refusal direction of `chat`."""
     data = data or sample_direction_data(data_dir, n_train, n_val, seed)
-    settings = {"layer_stride": layer_stride, "n_screen": n_screen, "n_finalists": n_finalists, "kl_threshold": kl_threshold}
+    settings = {"layer_stride": layer_stride, "n_screen": n_screen, "n_finalists": n_finalists, "kl_threshold": kl_threshold,
+                "induction_threshold": induction_threshold, "max_finalists": max_finalists}
     folder = cache_dir() / "directions" / f"{chat.info.name}-{_cache_key(chat, data, settings)}"
     if use_cache and (folder / "direction.json").is_file():
         return RefusalDirection.load(folder)
@@ -261,7 +298,8 @@ def find_refusal_direction(
     best, grid, baseline = select_direction(
         chat, candidates, data.harmful_val, data.harmless_val, tokens.ids,
         layer_stride=layer_stride, n_screen=n_screen, n_finalists=n_finalists,
-        kl_threshold=kl_threshold, batch_size=batch_size, progress=progress,
+        kl_threshold=kl_threshold, induction_threshold=induction_threshold, max_finalists=max_finalists,
+        fallback=fallback, batch_size=batch_size, progress=progress,
     )
     result = RefusalDirection(
         layer=best.layer,

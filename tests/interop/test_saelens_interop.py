@@ -18,7 +18,7 @@ import torch
 
 sae_lens = pytest.importorskip("sae_lens")
 
-from refusalscope.sae import SAE, SAEConfig, load_sae, save_sae
+from refusalscope.sae import SAE, SAEConfig, load_sae, save_sae  # noqa: E402
 
 D_IN, D_SAE = 12, 40
 

@@ -45,8 +45,23 @@ def test_direction_selection_respects_its_filters(chat):
     assert len(grid) == int(chat.n_layers * 0.8) * len(chat.eoi_ids)
     finalists = [c for c in grid if c.kl is not None]
     assert len(finalists) == 3 and best.ablation_score == min(c.ablation_score for c in finalists)
+    assert baseline["filters_passed"] and baseline["finalists_scored"] == 3
     with pytest.raises(RefusalScopeError, match="no candidate direction passed"):
-        select_direction(chat, cand, HARMFUL, HARMLESS, tokens, kl_threshold=-1.0, n_screen=2, n_finalists=2, progress=False)
+        select_direction(chat, cand, HARMFUL, HARMLESS, tokens, kl_threshold=-1.0, n_screen=2, n_finalists=2,
+                         max_finalists=4, fallback=False, progress=False)
+
+
+def test_direction_selection_scores_more_finalists_then_falls_back_with_a_warning(chat):
+    cand = candidate_directions(chat, HARMFUL, HARMLESS, progress=False)
+    with pytest.warns(UserWarning, match="no candidate direction passed"):
+        best, grid, baseline = select_direction(chat, cand, HARMFUL, HARMLESS, [5, 6, 7], kl_threshold=-1.0,
+                                                n_screen=2, n_finalists=2, max_finalists=5, progress=False)
+    scored = [c for c in grid if c.kl is not None]
+    assert len(scored) == 5 == baseline["finalists_scored"]  # every round up to max_finalists was tried
+    assert best in scored and best.admissible is False and not baseline["filters_passed"]
+    # the default induction threshold sits halfway between the model's own baselines
+    mid = (baseline["harmful_score"] + baseline["harmless_score"]) / 2
+    assert baseline["induction_threshold"] == pytest.approx(mid)
 
 
 def test_integrated_gradients_are_complete(chat):
@@ -60,7 +75,7 @@ def test_integrated_gradients_are_complete(chat):
     for i, prompt in enumerate(HARMFUL):
         batch = chat.pad([chat.encode(chat.format(prompt))])
         x_patch = _capture(chat, batch, [layer], patch)[layer]
-        with chat.hooks.attached([(layer, lambda h, c: x_patch.to(h.dtype))]):
+        with chat.hooks.attached([(layer, lambda h, c, x=x_patch: x.to(h.dtype))]):
             m1 = _metric(chat.forward(batch, logits_to_keep=1).logits, t_jail[i:i + 1], t_refuse[i:i + 1])
         m0 = _metric(chat.forward(batch, logits_to_keep=1).logits, t_jail[i:i + 1], t_refuse[i:i + 1])
         n_real = batch.attention_mask.sum()

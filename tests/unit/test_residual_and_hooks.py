@@ -89,7 +89,7 @@ def test_hooks_are_removed_when_the_body_raises(tiny_llama):
     chat = tiny_llama
     with pytest.raises(ZeroDivisionError):
         with chat.hooks.attached([(0, lambda h, c: h * 2), ("embed", lambda h, c: None)]):
-            1 / 0
+            raise ZeroDivisionError("in the body")
     assert chat.hooks.active == 0
     assert all(not layer._forward_hooks for layer in chat.layers)
     assert not chat.embed._forward_hooks
@@ -126,7 +126,7 @@ def test_forward_context_marks_prompt_and_generated_tokens(tiny_llama):
     assert phase == "prefill"
     assert prompt.sum(-1).tolist() == lengths and not generated.any()
     assert index[:, -1].tolist() == [n - 1 for n in lengths]
-    for phase, prompt, generated, index in seen[1:]:
+    for phase, prompt, generated, _index in seen[1:]:
         assert phase == "decode" and generated.all() and not prompt.any()
     assert seen[-1][3][:, 0].tolist() == [n + 1 for n in lengths]
 

@@ -273,4 +273,4 @@ def load_dataset(
     return dataset.sample(limit, seed)
 
 
-from . import loaders as _loaders  # noqa: F401  (registers the datasets)
+from . import loaders as _loaders  # noqa: E402, F401  (registers the datasets; imports this module)

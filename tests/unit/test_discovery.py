@@ -247,6 +247,18 @@ def test_feature_cards_find_contexts_and_escape_html(chat, tmp_path):
     assert up[0][1] >= 0 >= down[0][1] or up[0][1] >= down[0][1]
 
 
+def test_feature_cards_read_only_the_head_of_long_documents(chat):
+    from refusalscope.discovery.cards import build_cards
+
+    sae = relu_sae(chat, 1)
+    words = [f"w{i}" for i in range(3000)]  # thousands of tokens: unbounded, attention would need GiBs
+    cards = build_cards(chat, {1: sae}, [(1, 3)], {"text": [" ".join(words)]}, HARMFUL[:1], HARMLESS[:1],
+                        max_tokens=12, window=50, progress=False)
+    head = chat.tokenizer.decode(chat.encode_prompts([" ".join(words)], chat=False)[0][:12])
+    for ctx in cards[0].contexts:
+        assert "".join(ctx.tokens) in head
+
+
 def test_upstream_latents_drive_the_downstream_ones(chat):
     from refusalscope.discovery.circuits import upstream_latents
 

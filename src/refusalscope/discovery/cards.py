@@ -74,12 +74,15 @@ def build_cards(
     top_contexts: int = 8,
     window: int = 10,
     batch_size: int = 8,
+    max_tokens: int = 256,
     ranks: dict | None = None,
     scores: dict | None = None,
     progress: bool = True,
 ) -> list[FeatureCard]:
     """Cards for `features` [(layer, latent)]; `corpora` maps a name to prompts (chat-formatted)
-    or, for a name starting with 'text', raw text documents."""
+    or, for a name starting with 'text', raw text documents, of which the first `max_tokens`
+    tokens are read (a WikiText article runs to thousands of tokens, and attention memory
+    grows with the square of the length)."""
     prefix = shared_prefix_length(chat)
     layers = sorted({l for l, _ in features})
     feats_by_layer = {l: [f for ll, f in features if ll == l] for l in layers}
@@ -89,7 +92,7 @@ def build_cards(
 
     def scan(name: str, texts: Sequence[str], chat_format: bool):
         nonlocal counter
-        token_lists = chat.encode_prompts(list(texts), chat=chat_format)
+        token_lists = [ids[:max_tokens] for ids in chat.encode_prompts(list(texts), chat=chat_format)]
         skip = prefix if chat_format else 1
         for index, chunk in chat.iter_residual(None, layers, "all", batch_size, token_lists=token_lists, progress=progress):
             for layer in layers:

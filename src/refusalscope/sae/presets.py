@@ -1,6 +1,9 @@
 """Train-once SAE presets for models that have no published SAEs (the embedded ones).
 
-`quick` trains one SAE on a middle layer and fits harvest + training in about ten
+`quick` trains one SAE at about two thirds of the depth (where the refusal direction is
+selected and read out: layer 15 of 24 on the default model, whose layer-16 quick SAE
+reconstructs it best, cosine 0.82, and whose refusal latents induce refusal when clamped,
+which the layer-12 ones barely do) and fits harvest + training in about ten
 minutes on a 2-core CPU; `standard` trains three SAEs spread over the middle of the model
 in about an hour. Results are cached under `$REFUSALSCOPE_CACHE/saes/<model>/<preset>/`,
 keyed by the model's content hash, so the pipeline trains once and every later stage
@@ -41,13 +44,13 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick",
-        layer_fracs=(0.5,),
+        layer_fracs=(0.65,),
         corpus=CorpusSpec(
             n_answer_harmful=24, n_answer_harmless=24, n_chat_harmful=150, n_chat_harmless=300,
             n_text_chunks=110, context_length=128, answer_tokens=40,
         ),
         train=TrainConfig(architecture="topk", d_sae=2048, k=32, epochs=10, batch_size=1024, dead_tokens=60_000),
-        description="one middle layer, ~30k tokens, d_sae 2048, TopK k=32 (~10 min on 2 CPU cores for the default model)",
+        description="one layer at 65% depth, ~30k tokens, d_sae 2048, TopK k=32 (~10 min on 2 CPU cores for the default model)",
     ),
     "standard": Preset(
         name="standard",

@@ -55,13 +55,15 @@ PROFILES = {
         direction={"n_train": 64, "n_val": 16, "layer_stride": 2, "n_screen": 6, "n_finalists": 4},
         discovery={"ig_steps": 4, "n_attribution": 12, "n_activation": 32, "baselines": ()},
         k=20,
-        clamp_strengths=(1.0, 3.0),
+        clamp_strengths=(1.0, 2.0),
         actadd_strengths=(1.0,),
         first_token=True,
-        example_prompts=3,
+        example_prompts=2,
         max_new_tokens=24,
-        refusal_limits={"jailbreakbench": 40, "xstest": 40, "pairs": 24, "jailbreak": 16},
-        capability={"mmlu": 40, "truthfulqa-mc1": 40, "wikitext": 8},
+        # jailbreak templates (DAN-style, ~1-2k tokens each) cost ~20 s per prompt per
+        # configuration on 2 cores: the quick profile measures jailbreaks with GCG suffixes
+        refusal_limits={"jailbreakbench": 32, "xstest": 32, "pairs": 24, "jailbreak": 0, "gcg": 16},
+        capability={"mmlu": 24, "truthfulqa-mc1": 24, "wikitext": 8},
     ),
     "paper": Profile(
         name="paper",
@@ -75,7 +77,7 @@ PROFILES = {
         first_token=False,
         example_prompts=0,
         max_new_tokens=64,
-        refusal_limits={"jailbreakbench": 100, "xstest": 200, "pairs": 24, "jailbreak": 100},
+        refusal_limits={"jailbreakbench": 100, "xstest": 200, "pairs": 24, "jailbreak": 100, "gcg": 100},
         capability={"mmlu": 500, "mmlu-5shot": 200, "truthfulqa-mc1": 400, "truthfulqa-mc2": 400,
                     "gsm8k": 100, "arc-challenge": 300, "triviaqa": 300, "wikitext": 32},
     ),
@@ -139,8 +141,11 @@ def build_tasks(chat, profile: Profile, direction, data_dir, calibration) -> tup
         TaskSpec(RefusalTask("pairs-benign", "builtin/minimal-pairs", "benign", expect="answer",
                              max_new_tokens=profile.max_new_tokens, **extra), limits["pairs"]),
         TaskSpec(RefusalTask("jailbreak-templates", "jailbreak/templates", max_new_tokens=profile.max_new_tokens,
-                             template_requests=requests, **extra), limits["jailbreak"]),
+                             template_requests=requests, **extra), limits.get("jailbreak", 0)),
+        TaskSpec(RefusalTask("jailbreak-gcg", "jailbreak/gcg", max_new_tokens=profile.max_new_tokens, **extra),
+                 limits.get("gcg", 0)),
     ]
+    refusal = [spec for spec in refusal if spec.limit]  # a limit of 0 leaves the task out
     if profile.example_prompts:
         # a few full replies per configuration, for the report's side-by-side examples
         n = profile.example_prompts

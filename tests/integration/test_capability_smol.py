@@ -2,7 +2,6 @@
 MMLU 0-shot, TruthfulQA MC1, GSM8K (short generations) and WikiText loss, small and fast."""
 
 import math
-import time
 
 import pytest
 import torch
@@ -18,9 +17,7 @@ def runs(smol, data_dir):
     for name, n in SIZES.items():
         task = capability_task(name, gsm8k_max_new_tokens=32)
         items = task.items(data_dir, limit=n, seed=0)
-        started = time.perf_counter()
-        results = task.run(smol, items, batch_size=16)
-        out[name] = (task, items, results, time.perf_counter() - started)
+        out[name] = (task, items, task.run(smol, items, batch_size=16))
     return out
 
 
@@ -29,7 +26,7 @@ def mean(results, metric):
 
 
 def test_one_result_per_item_with_finite_metrics(runs):
-    for name, (task, items, results, _) in runs.items():
+    for name, (task, items, results) in runs.items():
         assert [r.item_id for r in results] == [it.id for it in items], name
         assert len(results) == SIZES[name]
         for r in results:
@@ -39,7 +36,7 @@ def test_one_result_per_item_with_finite_metrics(runs):
 
 def test_multiple_choice_scores_are_sane(runs):
     for name in ("mmlu", "truthfulqa-mc1"):
-        _, items, results, _ = runs[name]
+        _, items, results = runs[name]
         assert 0 <= mean(results, "correct") <= 1
         assert all(0 <= r.metrics["p_true"] <= 1 for r in results)
         assert all(r.output in it.choices for r, it in zip(results, items))
@@ -48,19 +45,14 @@ def test_multiple_choice_scores_are_sane(runs):
 
 
 def test_gsm8k_and_wikitext(runs):
-    _, _, results, _ = runs["gsm8k"]
+    _, _, results = runs["gsm8k"]
     assert all(r.output and r.metrics["n_tokens"] <= 32 for r in results)
     ce = [r.metrics["ce"] for r in runs["wikitext"][2]]
     assert all(1 < v < 8 for v in ce), ce
 
 
-def test_it_is_fast(runs):
-    spent = {name: round(seconds, 1) for name, (*_, seconds) in runs.items()}
-    assert sum(spent.values()) < 120, spent  # about a minute on an idle 2-core CPU
-
-
 def test_kv_shared_scores_equal_full_forwards_on_smollm2(smol, runs):
-    task, items, _, _ = runs["truthfulqa-mc1"]
+    task, items, _ = runs["truthfulqa-mc1"]
     requests = [task.encode(smol, it)[:2] for it in items[:2]]
     fast = continuation_logprobs(smol, requests, batch_size=2)
     with torch.no_grad():

@@ -67,3 +67,24 @@ def remove_stale_tmp(parent: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+
+
+def read_json_or_yaml(path: str | Path, what: str):
+    """The parsed content of a JSON file, or YAML for a .yaml/.yml suffix (spec and grid
+    files accept both), with one clear error for a missing or unparsable file."""
+    from .errors import RefusalScopeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise RefusalScopeError(f"{what} {path} does not exist", "check the path")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        import json
+
+        return json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - a parse error of either kind
+        raise RefusalScopeError(f"cannot parse the {what} {path}: {exc}") from None

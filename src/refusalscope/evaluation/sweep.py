@@ -687,20 +687,9 @@ class SweepPlan:
 
 
 def _read_mapping(path: Path) -> dict:
-    if not path.is_file():
-        raise RefusalScopeError(f"grid file {path} does not exist", "check the path")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+    from ..paths import read_json_or_yaml
 
-            data = yaml.safe_load(text)
-        else:
-            import json
-
-            data = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - a parse error of either kind
-        raise RefusalScopeError(f"cannot parse the grid file {path}: {exc}") from None
+    data = read_json_or_yaml(path, "grid file")
     if not isinstance(data, dict):
         raise RefusalScopeError(f"{path}: a grid file is a mapping with 'methods' and 'tasks'")
     return data

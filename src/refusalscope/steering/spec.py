@@ -303,19 +303,10 @@ class Steering:
     def load(cls, path: str | Path, *, saes: dict[str, Any] | None = None, sae_loader: Callable | None = None) -> Steering:
         """Read a spec file; SAEs are loaded from their recorded source (relative paths
         resolve against the spec's folder) unless `saes` maps a source to an SAE."""
-        path = Path(path)
-        if not path.is_file():
-            raise RefusalScopeError(f"steering spec {path} does not exist", "check the path")
-        text = path.read_text()
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
+        from ..paths import read_json_or_yaml
 
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:  # noqa: BLE001 - a parse error of either kind
-            raise RefusalScopeError(f"cannot parse the steering spec {path}: {exc}") from None
+        path = Path(path)
+        data = read_json_or_yaml(path, "steering spec")
         return cls.from_dict(data, base=path.parent, saes=saes, sae_loader=sae_loader)
 
     @classmethod

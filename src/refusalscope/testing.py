@@ -112,3 +112,15 @@ def save_tiny_model(chat, folder: Path) -> Path:
     chat.model.save_pretrained(folder, safe_serialization=True)
     chat.tokenizer.save_pretrained(folder)
     return folder
+
+
+# prompts of very different lengths: batches of them are heavily left-padded, which is what
+# batch-invariance and KV-cache tests need to exercise
+MIXED_LENGTH_PROMPTS = [
+    "Hello there",
+    "Write a poem about the sea and the sky, please",
+    "How do I bake bread?",
+    "Explain photosynthesis",
+    "The capital of France",
+    "Write a python function that reverses a list of numbers and prints it",
+]

@@ -3,16 +3,9 @@
 import pytest
 import torch
 
-from refusalscope.testing import tiny_chat_model
+from refusalscope.testing import MIXED_LENGTH_PROMPTS, tiny_chat_model
 
-PROMPTS = [
-    "Hello there",
-    "Write a poem about the sea and the sky, please",
-    "How do I bake bread?",
-    "Explain photosynthesis",
-    "The capital of France",
-    "Write a python function that reverses a list of numbers and prints it",
-]
+PROMPTS = MIXED_LENGTH_PROMPTS
 
 
 def naive_greedy(chat, prompt, n):

@@ -24,16 +24,20 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import RefusalScopeError
 from .paths import atomic_file
+
+if TYPE_CHECKING:
+    from .sae.presets import Preset
 
 
 @dataclass
 class Profile:
     name: str
     description: str
-    sae_preset: str
+    sae_preset: str | Preset  # a preset name, or a Preset object for custom sizes
     direction: dict = field(default_factory=dict)
     discovery: dict = field(default_factory=dict)
     k: int = 20
@@ -84,7 +88,10 @@ PROFILES = {
 }
 
 
-def get_profile(name: str) -> Profile:
+def get_profile(name: str | Profile) -> Profile:
+    """A profile by name; a Profile object (custom sizes) is returned as is."""
+    if isinstance(name, Profile):
+        return name
     if name not in PROFILES:
         raise RefusalScopeError(f"unknown profile '{name}'", f"use one of {', '.join(PROFILES)}")
     return PROFILES[name]
@@ -168,7 +175,7 @@ def build_tasks(chat, profile: Profile, direction, data_dir, calibration) -> tup
 
 def run_pipeline(
     model: str = "default",
-    profile_name: str = "quick",
+    profile_name: str | Profile = "quick",
     out_dir: str | Path | None = None,
     data_dir=None,
     dtype: str = "auto",

@@ -207,6 +207,29 @@ def test_validation_reports_every_method_experiment_and_loss(chat, tmp_path):
     assert clamp_values([(1, 3), (1, 5)], {1: torch.tensor([0, 0, 0, 4.0, 0, 0.0])}, 2.0) == {(1, 3): 8.0, (1, 5): 8.0}
 
 
+def test_induction_can_use_only_the_top_latents(chat, monkeypatch):
+    from refusalscope.discovery import validation as module
+
+    clamped = []
+    real = module.feature_interventions
+
+    def spy(saes, pairs, mode, values):
+        if mode == "set":
+            clamped.append((list(pairs), values))
+        return real(saes, pairs, mode, values)
+
+    monkeypatch.setattr(module, "feature_interventions", spy)
+    saes = {1: relu_sae(chat, 1)}
+    peaks = {1: torch.arange(96.0)}
+    sets = {"cossim+ig": [(1, 7), (1, 3), (1, 4)], "random": [(1, 9), (1, 2)]}
+    cfg = ValidationConfig(suppress_factors=(-1.0,), induce_multipliers=(2.0,), max_new_tokens=2, batch_size=4, induce_top=2)
+    validate(chat, saes, sets, None, {"set-a": HARMFUL[:1]}, HARMLESS[:1], peaks, cfg, progress=False)
+    assert clamped == [([(1, 7), (1, 3)], {(1, 7): 14.0, (1, 3): 6.0}), ([(1, 9), (1, 2)], {(1, 9): 18.0, (1, 2): 4.0})]
+    with pytest.raises(RefusalScopeError, match="induce_top"):
+        validate(chat, saes, sets, None, {"set-a": HARMFUL[:1]}, HARMLESS[:1], peaks,
+                 ValidationConfig(induce_top=0), progress=False)
+
+
 def test_ablation_of_the_direction_removes_its_projection(chat):
     direction = torch.randn(chat.d_model)
     seen = []

@@ -141,6 +141,8 @@ def discover_cmd(
     eval_sets: str = typer.Option(",".join(EVAL_SETS), help="Harmful evaluation sets."),
     suppress: str = typer.Option("-1,-2,-3", help="Suppression factors."),
     induce: str = typer.Option("1,2,4", help="Induction multipliers (× peak activation)."),
+    induce_top: int = typer.Option(0, help="Induce with each set's top-n latents only (0: all k). "
+                                           "Many latents clamped at once can break the text instead of inducing refusal."),
     max_new_tokens: int = typer.Option(24, help="Tokens per judged reply."),
     data_dir: Optional[Path] = DataDirOpt,
     seed: int = typer.Option(0),
@@ -224,6 +226,7 @@ def discover_cmd(
             suppress_factors=tuple(float(x) for x in suppress.split(",")),
             induce_multipliers=tuple(float(x) for x in induce.split(",")),
             max_new_tokens=max_new_tokens,
+            induce_top=induce_top or None,
         )
         sets = {m: fs.pairs() for m, fs in found.sets.items()}
         report = validate(chat, saes, sets, direction, harmful_sets, harmless, found.tables.peak_harmful, vcfg,

@@ -37,6 +37,11 @@ class ValidationConfig:
     batch_size: int = 16
     capability_factor: float | None = None  # suppress strength for the side-effect losses (default: middle)
     capability_multiplier: float | None = None
+    # induce with only each set's top-n latents (None: all of them). Clamping many latents
+    # at once at a multiple of their harmful peak pushes the residual stream off its
+    # distribution: on the default model all 20 CosSim+IG latents at 2x give broken text
+    # (and no refusal) where the top 3 give refusals, so a small n isolates the effect.
+    induce_top: int | None = None
 
 
 @dataclass
@@ -123,6 +128,9 @@ def validate(
     judge = judge or SubstringJudge()
     if not harmful_sets or not harmless:
         raise RefusalScopeError("validation needs harmful and harmless prompts")
+    if cfg.induce_top is not None and cfg.induce_top < 1:
+        raise RefusalScopeError(f"induce_top must be at least 1, got {cfg.induce_top}",
+                                "pass the number of top-ranked latents to clamp, or None for all of them")
     report = ValidationReport(config=asdict(cfg))
     methods = list(sets) + ([DENSE] if direction is not None else [])
     cap_factor = cfg.capability_factor if cfg.capability_factor is not None else cfg.suppress_factors[len(cfg.suppress_factors) // 2]
@@ -174,7 +182,8 @@ def validate(
             if method == DENSE:
                 steer = [ActAdd(direction.raw, direction.layer, mult)]
             else:
-                steer = feature_interventions(saes, sets[method], "set", clamp_values(sets[method], peaks, mult))
+                inducing = list(sets[method])[: cfg.induce_top]  # sets are ordered by rank
+                steer = feature_interventions(saes, inducing, "set", clamp_values(inducing, peaks, mult))
             refused, replies = _refusals(chat, judge, harmless, steer, cfg)
             add(method, "induce", "harmless", mult, "refusal", refused)
             if mult == cap_mult:

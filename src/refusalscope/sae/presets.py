@@ -65,7 +65,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def get_preset(name: str) -> Preset:
+def get_preset(name: str | Preset) -> Preset:
+    """A preset by name; a Preset object (e.g. a custom size) is returned as is."""
+    if isinstance(name, Preset):
+        return name
     if name not in PRESETS:
         raise RefusalScopeError(f"unknown SAE preset '{name}'", f"use one of {', '.join(PRESETS)}")
     return PRESETS[name]
@@ -130,7 +133,7 @@ def eval_corpora(chat, data: TrainingData, n_docs: int, context_length: int = 12
 
 def train_preset(
     chat,
-    preset_name: str = "quick",
+    preset_name: str | Preset = "quick",
     data_dir: str | Path | None = None,
     layers: list[int] | None = None,
     force: bool = False,

@@ -1,0 +1,94 @@
+"""`run_pipeline` end to end on a tiny random model and the shared data, at toy sizes.
+
+The real profiles take a quarter of an hour (quick) or hours (paper) on the embedded
+model, so CI cannot run them; this runs every stage (model from a local folder, SAE
+training, refusal direction, discovery, harm gate, sweep, report) with the same code and
+the benchmark files, and checks the plumbing: every configuration is evaluated on every
+task, the outputs are written, and a second run recomputes nothing. A random model never
+refuses, so it has no refusal first tokens to discover: the test names them (the 64 first
+tokens it finds likeliest after harmful requests, so that discovery has prompts that "lean
+towards refusing" to attribute), and judges refusal by generation + substring judge rather
+than the first-token judge that needs refusals to calibrate.
+"""
+
+import json
+import sqlite3
+
+import pytest
+
+from refusalscope.pipeline import Profile, run_pipeline
+from refusalscope.sae.corpus import CorpusSpec
+from refusalscope.sae.presets import Preset
+from refusalscope.sae.training import TrainConfig
+from refusalscope.testing import save_tiny_model, tiny_chat_model
+
+TINY_PRESET = Preset(
+    name="tiny",
+    layer_fracs=(0.5,),
+    corpus=CorpusSpec(n_answer_harmful=4, n_answer_harmless=4, n_chat_harmful=8, n_chat_harmless=8,
+                      n_text_chunks=8, context_length=48, answer_tokens=6),
+    train=TrainConfig(architecture="topk", d_sae=128, k=8, epochs=2, batch_size=128, dead_tokens=2_000),
+    description="toy sizes for the pipeline test",
+    eval_docs=4,
+)
+
+TINY_PROFILE = Profile(
+    name="tiny",
+    description="toy sizes for the pipeline test",
+    sae_preset=TINY_PRESET,
+    direction={"n_train": 12, "n_val": 6, "layer_stride": 1, "n_screen": 2, "n_finalists": 2},
+    discovery={"ig_steps": 2, "n_attribution": 4, "n_activation": 8, "baselines": ()},
+    k=4,
+    clamp_strengths=(1.0,),
+    actadd_strengths=(1.0,),
+    first_token=False,
+    example_prompts=1,
+    max_new_tokens=6,
+    refusal_limits={"jailbreakbench": 3, "xstest": 3, "pairs": 3, "jailbreak": 0, "gcg": 2},
+    capability={"mmlu": 2, "wikitext": 2},
+    batch_size=8,
+)
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, monkeypatch, data_dir):
+    from refusalscope import direction
+    from refusalscope.data import load_dataset
+    from refusalscope.judges.first_token import RefusalTokens
+
+    monkeypatch.setenv("REFUSALSCOPE_CACHE", str(tmp_path / "cache"))
+    chat = tiny_chat_model("llama", n_layers=4)
+    harmful = load_dataset("harmful/refusal-direction", "train", data_dir=data_dir, limit=16).prompts
+    ids = chat.next_token_logits(harmful).float().mean(0).topk(64).indices.tolist()
+    tokens = RefusalTokens(ids, [chat.tokenizer.decode([i]) for i in ids])
+    monkeypatch.setattr(direction, "find_refusal_tokens", lambda *args, **kwargs: tokens)
+    return save_tiny_model(chat, tmp_path / "tiny-llama")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # a random model's direction fails the filters
+def test_every_stage_runs_and_a_second_run_recomputes_nothing(tiny_model_dir, tmp_path, data_dir):
+    out = tmp_path / "run"
+    first = run_pipeline(str(tiny_model_dir), TINY_PROFILE, out, data_dir=data_dir, progress=False)
+
+    # features x1 (plain and gated) and the refusal direction ActAdd x1, plus the unsteered row
+    with sqlite3.connect(out / "results.db") as db:
+        configs = [row[0] for row in db.execute("SELECT label FROM configs")]
+        tasks = {row[0] for row in db.execute("SELECT task FROM tasks")}
+        per_cell = db.execute("SELECT config_id, task, COUNT(*) FROM items GROUP BY config_id, task").fetchall()
+    assert len(configs) == 4, configs
+    assert tasks == {"jbb-harmful", "xstest-unsafe", "xstest-safe", "pairs-harmful", "pairs-benign",
+                     "jailbreak-gcg", "examples-harmful", "examples-benign", "mmlu", "wikitext"}
+    assert len(per_cell) == len(configs) * len(tasks)  # every configuration evaluated on every task
+    assert first["sweep"]["skipped"] == 0 and first["sweep"]["computed"] == sum(n for *_, n in per_cell)
+
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["profile"]["sae_preset"]["name"] == "tiny"
+    assert saved["direction"]["layer"] in range(4)
+    assert len(saved["selected"]) == TINY_PROFILE.k
+    assert set(saved["timings"]) == {"model", "saes", "direction", "discovery", "tasks", "sweep", "report"}
+    assert (out / "report.html").stat().st_size > 0
+    assert "jbb-harmful" in first["table"]
+
+    second = run_pipeline(str(tiny_model_dir), TINY_PROFILE, out, data_dir=data_dir, progress=False)
+    assert second["sweep"] == {"computed": 0, "skipped": first["sweep"]["computed"]}
+    assert second["selected"] == first["selected"]

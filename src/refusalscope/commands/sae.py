@@ -33,7 +33,7 @@ def metrics_table(title: str, rows: dict[str, dict]) -> Table:
 def train_sae_cmd(
     model: str = ModelOpt,
     dtype: str = DtypeOpt,
-    preset: str = typer.Option("quick", help="quick (one layer at 65% depth, ~10 min) or standard (three layers, ~1 h)."),
+    preset: str = typer.Option("quick", help="quick (one layer at 65% depth, ~10 min) or standard (three layers, ~45 min)."),
     layers: Optional[list[int]] = typer.Option(None, "--layer", help="Override the preset's layers (repeatable)."),
     data_dir: Optional[Path] = DataDirOpt,
     force: bool = typer.Option(False, help="Retrain even if the cache holds these SAEs."),

@@ -5,7 +5,7 @@ selected and read out: layer 15 of 24 on the default model, whose layer-16 quick
 reconstructs it best, cosine 0.82, and whose refusal latents induce refusal when clamped,
 which the layer-12 ones barely do) and fits harvest + training in about ten
 minutes on a 2-core CPU; `standard` trains three SAEs spread over the middle of the model
-in about an hour. Results are cached under `$REFUSALSCOPE_CACHE/saes/<model>/<preset>/`,
+in about 45 minutes (measured: 43.6 min, 7.6 GiB). Results are cached under `$REFUSALSCOPE_CACHE/saes/<model>/<preset>/`,
 keyed by the model's content hash, so the pipeline trains once and every later stage
 loads the same SAEs.
 """
@@ -60,7 +60,7 @@ PRESETS: dict[str, Preset] = {
             n_text_chunks=520, context_length=128, answer_tokens=40,
         ),
         train=TrainConfig(architecture="topk", d_sae=4096, k=32, epochs=8, batch_size=2048, dead_tokens=200_000),
-        description="three layers over the middle of the model, ~120k tokens, d_sae 4096, TopK k=32 (~1 h for the default model)",
+        description="three layers over the middle of the model, ~100k tokens, d_sae 4096, TopK k=32 (~45 min for the default model)",
     ),
 }
 

@@ -5,11 +5,13 @@ The `quick` preset (one layer at 65% depth, TopK, d_sae 2048, k 32) on one model
 1. Harvest. The preset's corpus is harvested once into the preset's cache folder with
    refusalscope's harvester (reused when it is already there). Then, side by side, on the
    first `--time-docs` documents split into chunks (order alternating per chunk, so load
-   from other processes hits both alike), the same documents in the same batches of 16
-   through
-     - refusalscope's `harvest()` (memmaps, manifest + fsync per batch, outlier filter),
+   from other processes hits both alike), the same documents through
+     - refusalscope's `harvest()` (memmaps, manifest + fsync per batch, outlier filter;
+       documents batched by length, longest first),
      - a bare baseline: `register_forward_hook` on the same decoder layer that copies the
-       output and raises to stop the forward, rows copied to a float16 numpy array;
+       output and raises to stop the forward, rows copied to a float16 numpy array, in
+       corpus-order batches of 16 (and, as a variant, in length-sorted batches: the
+       same batches as refusalscope's, so that column isolates refusalscope's overhead);
    tokens/s = tokens the model processed (real, non-padding tokens) / seconds.
 2. Training, on the same cached rows (the same held-out documents left out, the same
    per-epoch permutations, the same batch size and number of steps):
@@ -204,7 +206,8 @@ def time_harvesters(
                     chat, chunk, [layer], workdir / f"chunk_{i}", batch_size=16, progress=False
                 )
                 elapsed = time.perf_counter() - started
-                results[name] = np.asarray(store.layer(layer))
+                # harvest() runs documents longest first: put its rows back in corpus order
+                results[name] = np.asarray(store.layer(layer))[np.argsort(store.documents(), kind="stable")]
             else:
                 if name.endswith("sdpa"):
                     chat.model.set_attn_implementation("sdpa")

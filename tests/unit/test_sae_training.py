@@ -33,13 +33,22 @@ def test_harvest_stores_the_residual_of_kept_positions(tiny_llama, tmp_path):
     docs = documents(tiny_llama)
     store = harvest(tiny_llama, docs, [1, 3], tmp_path / "h", batch_size=4, outlier_factor=1e9, progress=False)
     assert store.manifest.complete and store.rows == sum(len(d.tokens) - d.skip for d in docs)
-    ref = tiny_llama.residual([TEXTS[0]], [1, 3], positions="all", chat=False, progress=False,
-                              token_lists=[docs[0].tokens])
-    rows = np.nonzero(store.documents() == 0)[0]
-    for layer in (1, 3):
-        got = torch.from_numpy(np.asarray(store.layer(layer)[rows], dtype=np.float32))
-        torch.testing.assert_close(got, ref[layer][0][docs[0].skip :], rtol=2e-3, atol=2e-3)
-    assert store.tokens()[rows].tolist() == docs[0].tokens[docs[0].skip :]
+    for i, doc in enumerate(docs):  # every row is filed under its own document
+        ref = tiny_llama.residual([TEXTS[0]], [1, 3], positions="all", chat=False, progress=False,
+                                  token_lists=[doc.tokens])
+        rows = np.nonzero(store.documents() == i)[0]
+        for layer in (1, 3):
+            got = torch.from_numpy(np.asarray(store.layer(layer)[rows], dtype=np.float32))
+            torch.testing.assert_close(got, ref[layer][0][doc.skip :], rtol=2e-3, atol=2e-3)
+        assert store.tokens()[rows].tolist() == doc.tokens[doc.skip :]
+
+
+def test_harvest_batches_documents_of_similar_length(tiny_llama, tmp_path):
+    docs = documents(tiny_llama)
+    store = harvest(tiny_llama, docs, [1], tmp_path / "h", batch_size=4, outlier_factor=1e9, progress=False)
+    lengths = [len(docs[i].tokens) for i in dict.fromkeys(store.documents().tolist())]  # processing order
+    assert lengths == sorted((len(d.tokens) for d in docs), reverse=True)
+    assert store.manifest.order == "length"
 
 
 def test_harvest_drops_massive_norm_outliers(tiny_llama, tmp_path):

@@ -44,7 +44,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -57,18 +56,21 @@ import torch
 import torch.nn.functional as F
 
 from refusalscope import load_model
-from refusalscope.generations import cached_replies
 from refusalscope.sae import SAE, SAEConfig
 from refusalscope.sae import training as rs_training
 from refusalscope.sae.activations import ActivationStore, harvest
-from refusalscope.sae.corpus import answer_prompts, build_corpus
 from refusalscope.sae.metrics import evaluate_sae
-from refusalscope.sae.presets import eval_corpora, get_preset, load_training_data, preset_folder
+from refusalscope.sae.presets import eval_corpora, get_preset, load_training_data, preset_corpus, preset_folder
 from refusalscope.sae.training import holdout_metrics, sparse_decode, split_rows, train_sae
 
 
 # --------------------------------------------------------------------------- environment
 def environment() -> dict:
+    """refusalscope's provenance record, plus what makes CPU timings comparable."""
+    from importlib import metadata
+
+    from refusalscope.provenance import environment as provenance
+
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -77,43 +79,19 @@ def environment() -> dict:
                 break
     except OSError:
         pass
-    versions = {}
-    for name in ("torch", "transformers", "numpy", "sparsify", "schedulefree"):
+    env = provenance()
+    for name in ("eai-sparsify", "schedulefree"):
         try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001 - report what is there
-            versions[name] = None
+            env["versions"][name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            env["versions"][name] = None
     return {
-        "python": platform.python_version(),
+        **env,
         "cpu": cpu,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "os_cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
-        "versions": versions,
     }
-
-
-# --------------------------------------------------------------------------- corpus
-def preset_documents(chat, preset, data, progress: bool):
-    """The preset's harvest corpus, exactly as `train_preset` builds it (replies cached)."""
-    spec = preset.corpus
-    wanted = answer_prompts(data.harmful_train, data.harmless_train, spec)
-    started = time.perf_counter()
-    replies = cached_replies(
-        chat, wanted, max_new_tokens=spec.answer_tokens, batch_size=16, progress=progress
-    )
-    reply_seconds = time.perf_counter() - started
-    documents = build_corpus(
-        chat,
-        data.harmful_train,
-        data.harmless_train,
-        data.texts_train,
-        spec,
-        dict(zip(wanted, replies)),
-    )
-    return documents, reply_seconds
 
 
 # --------------------------------------------------------------------------- harvest
@@ -594,13 +572,15 @@ def main() -> None:
         f"train config {asdict(cfg)}"
     )
     data = load_training_data(args.data_dir)
-    documents, reply_seconds = preset_documents(chat, preset, data, progress=True)
+    started = time.perf_counter()
+    documents = preset_corpus(chat, preset, data, progress=True)
+    corpus_seconds = time.perf_counter() - started  # mostly the model's answers, when not cached
     results: dict = {
         "environment": env,
         "model": chat.info.name,
         "layer": layer,
         "train_config": asdict(cfg),
-        "reply_seconds": reply_seconds,
+        "corpus_seconds": corpus_seconds,
         "documents": len(documents),
     }
 

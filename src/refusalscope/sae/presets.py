@@ -131,6 +131,15 @@ def eval_corpora(chat, data: TrainingData, n_docs: int, context_length: int = 12
     }
 
 
+def preset_corpus(chat, preset: Preset, data: TrainingData, progress: bool = True) -> list[Document]:
+    """The preset's harvest documents: chats with the model's own (cached) answers, bare
+    requests and text chunks, built the same way wherever a preset's harvest is needed."""
+    spec = preset.corpus
+    wanted = answer_prompts(data.harmful_train, data.harmless_train, spec)
+    replies = cached_replies(chat, wanted, max_new_tokens=spec.answer_tokens, batch_size=16, progress=progress)
+    return build_corpus(chat, data.harmful_train, data.harmless_train, data.texts_train, spec, dict(zip(wanted, replies)))
+
+
 def train_preset(
     chat,
     preset_name: str | Preset = "quick",
@@ -162,10 +171,7 @@ def train_preset(
     data = load_training_data(data_dir)
     spec = preset.corpus
     started = time.perf_counter()
-    wanted = answer_prompts(data.harmful_train, data.harmless_train, spec)
-    replies = cached_replies(chat, wanted, max_new_tokens=spec.answer_tokens, batch_size=16, progress=progress)
-    answers = dict(zip(wanted, replies))
-    documents = build_corpus(chat, data.harmful_train, data.harmless_train, data.texts_train, spec, answers)
+    documents = preset_corpus(chat, preset, data, progress=progress)
     harvest_dir = root / ("harvest-" + "-".join(str(layer) for layer in missing))
     store: ActivationStore = harvest(chat, documents, missing, harvest_dir, batch_size=16, progress=progress)
     harvest_seconds = time.perf_counter() - started

@@ -14,6 +14,7 @@ import pytest
 
 from refusalscope.data import load_dataset
 from refusalscope.direction import candidate_directions
+from refusalscope.discovery import ScoreTables, select
 from refusalscope.discovery.pipeline import refused_prompts
 from refusalscope.discovery.scoring import activation_stats, attribution_scores, cossim_scores
 from refusalscope.discovery.validation import clamp_values, feature_interventions
@@ -45,8 +46,7 @@ def refusal_latents(qwen, data_dir):
     attributed = refused_prompts(qwen, harmful, tokens, 8)
     ig = attribution_scores(qwen, {layer: sae}, attributed, DirectionAblation(direction), tokens, method="ig",
                             steps=4, progress=False).mean[layer]
-    prefilter = cos.topk(16).indices
-    top = prefilter[ig[prefilter].argsort(descending=True)[:3]].tolist()
+    top = [f.feature for f in select(ScoreTables(cossim={layer: cos}, ig={layer: ig}), "cossim+ig", k=3, prefilter_k=16)]
     peaks = activation_stats(qwen, {layer: sae}, harmful, progress=False)[layer]["peak"]
     return saes, [(layer, f) for f in top], {layer: peaks}, float(cos.max())
 
@@ -71,8 +71,9 @@ def test_clamping_refusal_latents_high_makes_benign_requests_refused(qwen, refus
     # latents off the manifold and the model into degenerate text rather than refusals
     clamp = feature_interventions(saes, pairs, "set", clamp_values(pairs, peaks, 2.0))
     steered, replies = refusals(qwen, BENIGN, clamp)
-    # measured: 3 of 8 with the quick SAE as trained on a fresh machine; 3 of the first 4 with
-    # one trained from a two-layer harvest (the SAE, hence the latents, depend on the harvest)
+    # measured: 3 of 8 with a quick SAE trained from a corpus-order harvest on a fresh machine;
+    # 3 of the first 4 with one from a two-layer harvest (the SAE, hence the latents, depend
+    # on the harvest); an SAE from the length-sorted harvest passes too
     assert sum(steered) >= 2, replies
     assert qwen.hooks.active == 0
 

@@ -28,11 +28,18 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     one filesystem is atomic, so readers see either nothing or the complete folder.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    if final.exists() and not final.is_dir():
+        from .errors import RefusalScopeError
+
+        raise RefusalScopeError(f"cannot write the folder {final}: a file has that name", "choose another folder name")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    except OSError as exc:
+        raise _scratch_error(final, exc) from None
     try:
         yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache entry is an ordinary folder
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the entry is an ordinary folder
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -41,13 +48,41 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _scratch_error(final: Path, exc: OSError):
+    from .errors import RefusalScopeError
+
+    if final.is_dir():
+        return RefusalScopeError(f"cannot write {final}: it is a folder", "name a file, e.g. " + str(final / "out"))
+    return RefusalScopeError(
+        f"cannot write {final}: {exc.strerror or exc}", "choose a path in a folder you can write to"
+    )
+
+
 @contextlib.contextmanager
 def atomic_file(final: Path, mode: str = "w") -> Iterator:
-    """Open a temporary sibling of `final` for writing; rename it over `final` on success."""
+    """Open a temporary sibling of `final` for writing; rename it over `final` on success.
+
+    The file ends up with the permissions an ordinary `open()` would give it (0666 less the
+    umask), not mkstemp's private 0600; a folder or unwritable place is one clear error
+    before anything is written.
+    """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}-", dir=final.parent)
+    if final.is_dir():
+        raise _scratch_error(final, IsADirectoryError(21, "Is a directory"))
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}-", dir=final.parent)
+    except OSError as exc:
+        raise _scratch_error(final, exc) from None
+    try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -71,20 +106,18 @@ def remove_stale_tmp(parent: Path) -> None:
 
 def read_json_or_yaml(path: str | Path, what: str):
     """The parsed content of a JSON file, or YAML for a .yaml/.yml suffix (spec and grid
-    files accept both), with one clear error for a missing or unparsable file."""
+    files accept both), with one clear error for a missing, binary, non-UTF-8 or unparsable
+    file. YAML is read with `safe_load` (no Python objects), JSON without NaN/Infinity."""
+    from .checks import parse_json, read_text
     from .errors import RefusalScopeError
 
     path = Path(path)
-    if not path.is_file():
-        raise RefusalScopeError(f"{what} {path} does not exist", "check the path")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+    text = read_text(path, what)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
 
+        try:
             return yaml.safe_load(text)
-        import json
-
-        return json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - a parse error of either kind
-        raise RefusalScopeError(f"cannot parse the {what} {path}: {exc}") from None
+        except (yaml.YAMLError, RecursionError, ValueError) as exc:
+            raise RefusalScopeError(f"cannot parse the {what} {path}: {exc}", "fix the YAML syntax") from None
+    return parse_json(text, f"the {what} {path}")

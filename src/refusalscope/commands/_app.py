@@ -7,12 +7,14 @@ code 2; commands import their machinery lazily so that `--help` answers instantl
 from __future__ import annotations
 
 import functools
-import json
+import traceback
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import RefusalScopeError
 
@@ -30,23 +32,67 @@ ModelOpt = typer.Option("default", "--model", "-m", help="Embedded name, hub id,
 DtypeOpt = typer.Option("auto", "--dtype", help="auto (bf16 where native, else fp32), bf16 or fp32.")
 
 
+@app.callback()
+def main(
+    debug: bool = typer.Option(False, "--debug", help="On an internal error (a bug), print its full traceback."),
+) -> None:
+    """Find, steer and evaluate the SAE features that mediate refusal in chat models."""
+    DEBUG["on"] = debug
+
+
+DEBUG = {"on": False}
+
+
+def print_error(problem: str, fix: str | None) -> None:
+    """'error: …' / 'fix: …' on stderr. User text (paths, names, replies) is escaped: a path
+    like `[/x]` must not crash the printer and `[bold]` must not vanish from the path it names."""
+    err_console.print(f"[bold red]error:[/bold red] {escape(str(problem))}", highlight=False, soft_wrap=True)
+    if fix:
+        err_console.print(f"[bold]fix:[/bold] {escape(str(fix))}", highlight=False, soft_wrap=True)
+
+
 def handle_errors(fn):
-    """Print user errors as 'error: …' / 'fix: …' and exit 2, without a traceback."""
+    """Print user errors as 'error: …' / 'fix: …' and exit 2, without a traceback.
+
+    An OSError that names a file (unwritable output, a vanished input) is the user's to fix
+    too. Anything else is a bug in refusalscope: it says so in two lines and exits 1, and
+    `refusalscope --debug …` shows the traceback to put in a bug report.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except RefusalScopeError as exc:
-            err_console.print(f"[bold red]error:[/bold red] {exc.problem}", highlight=False, soft_wrap=True)
-            if exc.fix:
-                err_console.print(f"[bold]fix:[/bold] {exc.fix}", highlight=False, soft_wrap=True)
+            print_error(exc.problem, exc.fix)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted; cached and checkpointed work is kept")
+            err_console.print("interrupted; cached and checkpointed work is kept", highlight=False)
             raise typer.Exit(130) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except OSError as exc:
+            if exc.filename is None:
+                report_bug(exc)
+            target = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+            print_error(f"{exc.strerror or exc}: {target}", "check the path, that its folder exists, and its permissions")
+            raise typer.Exit(2) from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug reports itself as one
+            report_bug(exc)
 
     return wrapper
+
+
+def report_bug(exc: BaseException) -> None:
+    if DEBUG["on"]:
+        err_console.print(
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), markup=False, highlight=False
+        )
+    print_error(
+        f"internal error (a bug in refusalscope): {type(exc).__name__}: {exc}",
+        "rerun with `refusalscope --debug ...` for the traceback and report it with the command you ran",
+    )
+    raise typer.Exit(1) from None
 
 
 def command(*args, **kwargs):
@@ -57,25 +103,46 @@ def command(*args, **kwargs):
 
 
 def read_prompts(prompts: list[str], file: Optional[Path]) -> list[str]:
-    """Prompts from arguments and/or a file (.txt: one per line; .json/.jsonl: strings or
-    objects with a 'prompt' field)."""
+    """Prompts from arguments and/or a file (.txt: one per line; .json: a list of strings or
+    objects with a 'prompt' field; .jsonl: one such string or object per line).
+
+    Every malformed file (binary, not UTF-8, bad JSON, an item that is not a non-empty
+    string) is one error naming the file and the item, before any model is loaded.
+    """
+    from ..checks import parse_json, read_text
+
     out = list(prompts)
     if file is not None:
-        if not file.is_file():
-            raise RefusalScopeError(f"prompt file {file} does not exist", "check the path")
-        text = file.read_text()
-        if file.suffix == ".json":
-            items = json.loads(text)
-        elif file.suffix == ".jsonl":
-            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        text = read_text(file, "prompt file")
+        suffix = file.suffix.lower()
+        if suffix == ".json":
+            items = parse_json(text, f"the prompt file {file}")
+            if not isinstance(items, list):
+                raise RefusalScopeError(
+                    f"the prompt file {file} holds a JSON {type(items).__name__}, not a list",
+                    'write a list: ["first prompt", {"prompt": "second"}]',
+                )
+            labels = [f"item {i}" for i in range(len(items))]
+        elif suffix == ".jsonl":
+            items, labels = [], []
+            for n, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    items.append(parse_json(line, f"line {n} of the prompt file {file}"))
+                    labels.append(f"line {n}")
         else:
             items = [line for line in text.splitlines() if line.strip()]
-        for i, item in enumerate(items):
+            labels = [f"line {i}" for i in range(1, len(items) + 1)]
+        for item, label in zip(items, labels):
             if isinstance(item, dict):
                 if "prompt" not in item:
-                    raise RefusalScopeError(f"{file}: item {i} has no 'prompt' field")
+                    raise RefusalScopeError(f"{file}: {label} has no 'prompt' field", 'write {"prompt": "..."}')
                 item = item["prompt"]
-            out.append(str(item))
+            if not isinstance(item, str) or not item.strip():
+                raise RefusalScopeError(
+                    f"{file}: {label} is not a non-empty prompt string (got {type(item).__name__})",
+                    'each item is a string or {"prompt": "..."}',
+                )
+            out.append(item)
     if not out:
         raise RefusalScopeError("no prompts given", "pass prompts as arguments or --file prompts.txt")
     return out

@@ -696,9 +696,24 @@ def _read_mapping(path: Path) -> dict:
 
 
 def _unknown(where: str, keys: Iterable[str], allowed: set[str]) -> None:
-    extra = sorted(set(keys) - allowed)
-    if extra:
-        raise RefusalScopeError(f"{where}: unknown field(s) {extra}", f"use {', '.join(sorted(allowed))}")
+    from ..checks import check_keys
+
+    check_keys(dict.fromkeys(keys), allowed, where)
+
+
+def _opt_number(data: dict, key: str, where: str, **limits):
+    """data[key] checked (type, range, finiteness) where the grid is read, or None if absent."""
+    from ..checks import number
+
+    value = data.get(key)
+    return None if value is None else number(value, f"{where}: {key}", **limits)
+
+
+def _opt_text(data: dict, key: str, where: str):
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise RefusalScopeError(f"{where}: {key} must be a string, got {value!r}")
+    return value
 
 
 def _conditional_setting(value, where: str) -> tuple[bool, ...]:
@@ -731,9 +746,16 @@ def _capability_task(name: str, entry: dict, defaults: dict, where: str):
     """A capability task by its short name (`evaluation.capability.capability_task`)."""
     from .capability import capability_task
 
-    options = dict(entry.get("options") or {})
+    options = entry.get("options") or {}
     if not isinstance(options, dict):
         raise RefusalScopeError(f"{where}: options is a mapping of capability_task's keyword arguments")
+    options = dict(options)
+    _unknown(f"{where}.options", options, {"chat", "system", "gsm8k_max_new_tokens", "triviaqa_max_new_tokens", "window"})
+    for key in ("gsm8k_max_new_tokens", "triviaqa_max_new_tokens", "window"):
+        _opt_number(options, key, f"{where}.options", integer=True, minimum=1)
+    if not isinstance(options.get("chat", True), bool):
+        raise RefusalScopeError(f"{where}.options: chat must be true or false")
+    _opt_text(options, "system", f"{where}.options")
     options.setdefault("data_dir", defaults.get("data_dir"))
     try:
         task = capability_task(name, **options)
@@ -755,6 +777,11 @@ def _task_from_entry(entry, index: int, defaults: dict) -> TaskSpec:
     if not isinstance(entry, dict):
         raise RefusalScopeError(f"{where}: a task is a dataset name, a capability task name, or a mapping")
     _unknown(where, entry, TASK_KEYS)
+    limit = _opt_number(entry, "limit", where, integer=True, minimum=1)
+    seed = _opt_number(entry, "seed", where, integer=True, minimum=0) or 0
+    max_new_tokens = _opt_number(entry, "max_new_tokens", where, integer=True, minimum=1)
+    for key in ("name", "dataset", "capability", "split", "expect", "role"):
+        _opt_text(entry, key, where)
     dataset = entry.get("dataset")
     capability = entry.get("capability")
     if capability is None and dataset is None and entry.get("name"):
@@ -766,7 +793,10 @@ def _task_from_entry(entry, index: int, defaults: dict) -> TaskSpec:
     elif dataset is not None:
         spec = REGISTRY.get(dataset)
         if spec is None:
-            raise RefusalScopeError(f"{where}: unknown dataset '{dataset}'", "see `refusalscope data list`")
+            from ..checks import did_you_mean
+
+            raise RefusalScopeError(f"{where}: unknown dataset '{dataset}'{did_you_mean(dataset, REGISTRY)}",
+                                    "`refusalscope datasets` lists them")
         if spec.kind != "prompts":
             raise RefusalScopeError(
                 f"{where}: '{dataset}' is a {spec.kind} dataset, not prompts to judge for refusal",
@@ -776,12 +806,16 @@ def _task_from_entry(entry, index: int, defaults: dict) -> TaskSpec:
         requests = ()
         if entry.get("requests"):
             req = entry["requests"]
-            req = {"dataset": req} if isinstance(req, str) else dict(req)
-            requests = tuple(load_dataset(req["dataset"], req.get("split"), data_dir=defaults.get("data_dir"),
-                                          limit=req.get("limit", 5), seed=req.get("seed", 0)).prompts)
+            req = {"dataset": req} if isinstance(req, str) else req
+            if not isinstance(req, dict) or not isinstance(req.get("dataset"), str):
+                raise RefusalScopeError(f"{where}: requests is a dataset name or {{dataset: ..., split, limit, seed}}")
+            _unknown(f"{where}.requests", req, {"dataset", "split", "limit", "seed"})
+            requests = tuple(load_dataset(req["dataset"], _opt_text(req, "split", where), data_dir=defaults.get("data_dir"),
+                                          limit=_opt_number(req, "limit", f"{where}.requests", integer=True, minimum=1) or 5,
+                                          seed=_opt_number(req, "seed", f"{where}.requests", integer=True, minimum=0) or 0).prompts)
         name = entry.get("name") or (dataset + (f":{split}" if split else ""))
         task = RefusalTask(name, dataset, split, expect=entry.get("expect") or _default_expect(dataset, split),
-                           max_new_tokens=int(entry.get("max_new_tokens") or defaults.get("max_new_tokens") or 32),
+                           max_new_tokens=max_new_tokens or defaults.get("max_new_tokens") or 32,
                            judge=_judge(entry.get("judge", defaults.get("judge")), where), template_requests=requests)
     else:
         raise RefusalScopeError(f"{where}: a task needs `dataset:` (refusal prompts) or `capability:` (a benchmark)",
@@ -791,7 +825,7 @@ def _task_from_entry(entry, index: int, defaults: dict) -> TaskSpec:
             task.role = entry["role"]
         except AttributeError:
             raise RefusalScopeError(f"{where}: this task's role cannot be set") from None
-    return TaskSpec(task, entry.get("limit"), int(entry.get("seed", 0)))
+    return TaskSpec(task, limit, seed)
 
 
 def load_grid_file(path: str | Path) -> SweepPlan:
@@ -816,9 +850,25 @@ def load_grid_file(path: str | Path) -> SweepPlan:
     A method's strengths multiply the magnitudes in its spec file (feature values, ActAdd
     coefficients, clamp values); the unsteered model is included unless `unsteered: false`.
     """
+    from ..checks import choice, number
+
     path = Path(path)
     data = _read_mapping(path)
     _unknown(str(path), data, GRID_KEYS)
+    where = str(path)
+    batch_size = _opt_number(data, "batch_size", where, integer=True, minimum=1)
+    chunk_size = _opt_number(data, "chunk_size", where, integer=True, minimum=1)
+    max_new_tokens = _opt_number(data, "max_new_tokens", where, integer=True, minimum=1)
+    for key in ("model", "data_dir", "gate", "note", "judge"):
+        _opt_text(data, key, where)
+    dtype = choice(data.get("dtype", "auto"), f"{where}: dtype", ("auto", "bf16", "bfloat16", "fp32", "float32", "fp16", "float16"))
+    if not isinstance(data.get("unsteered", True), bool):
+        raise RefusalScopeError(f"{where}: unsteered must be true or false")
+    pairs = data.get("pairs") or []
+    if not isinstance(pairs, list) or not all(isinstance(p, dict) for p in pairs):
+        raise RefusalScopeError(f"{where}: pairs is a list of {{name, harmful, benign}} mappings")
+    for i, p in enumerate(pairs):
+        _unknown(f"pairs[{i}]", p, {"name", "harmful", "benign"})
     base = path.parent
 
     def rel(p):
@@ -835,14 +885,15 @@ def load_grid_file(path: str | Path) -> SweepPlan:
         if not isinstance(m, dict):
             raise RefusalScopeError(f"{where}: a method is a mapping with at least 'spec'")
         _unknown(where, m, METHOD_KEYS)
-        if not m.get("spec"):
+        if not m.get("spec") or not isinstance(m["spec"], str):
             raise RefusalScopeError(f"{where}: a method needs a steering 'spec' file")
+        for key in ("name", "method", "description", "gate"):
+            _opt_text(m, key, where)
         strengths = m.get("strengths", [1.0])
-        strengths = [strengths] if isinstance(strengths, (int, float)) else list(strengths)
-        try:
-            strengths = [float(s) for s in strengths]
-        except (TypeError, ValueError):
-            raise RefusalScopeError(f"{where}: strengths must be numbers, got {strengths!r}") from None
+        strengths = strengths if isinstance(strengths, list) else [strengths]
+        if not strengths:
+            raise RefusalScopeError(f"{where}: strengths is empty", "list at least one strength, e.g. [1, 2]")
+        strengths = [number(x, f"{where}: strength") for x in strengths]
         methods.append(Method.from_steering(
             rel(m["spec"]), strengths, name=m.get("name"), method=m.get("method"),
             conditional=_conditional_setting(m.get("conditional"), where),
@@ -850,13 +901,12 @@ def load_grid_file(path: str | Path) -> SweepPlan:
             **({"description": m["description"]} if m.get("description") else {}),
         ))
     data_dir = rel(data["data_dir"]) if data.get("data_dir") else None
-    defaults = {"data_dir": data_dir, "max_new_tokens": data.get("max_new_tokens"), "judge": data.get("judge")}
+    defaults = {"data_dir": data_dir, "max_new_tokens": max_new_tokens, "judge": data.get("judge")}
     raw_tasks = data.get("tasks") or []
     if not raw_tasks or not isinstance(raw_tasks, list):
         raise RefusalScopeError(f"{path}: no tasks", "list tasks, e.g. tasks: [{dataset: harmful/jailbreakbench, limit: 20}]")
     tasks = [_task_from_entry(t, i, defaults) for i, t in enumerate(raw_tasks)]
-    pairs = data.get("pairs") or []
-    return SweepPlan(Grid(methods, gate=gate, unsteered=bool(data.get("unsteered", True))), tasks,
-                     model=data.get("model"), dtype=str(data.get("dtype", "auto")), data_dir=data_dir,
-                     batch_size=int(data.get("batch_size", 16)), chunk_size=data.get("chunk_size"), pairs=list(pairs),
+    return SweepPlan(Grid(methods, gate=gate, unsteered=data.get("unsteered", True)), tasks,
+                     model=data.get("model"), dtype=dtype, data_dir=data_dir,
+                     batch_size=batch_size or 16, chunk_size=chunk_size, pairs=list(pairs),
                      note=data.get("note"))

@@ -46,12 +46,32 @@ from typing import Any
 
 import torch
 
+from ..checks import check_keys, choice, did_you_mean, number
 from ..errors import RefusalScopeError
-from .conditional import Conditional, DirectionGate, FeatureGate, Gate, ProbeGate
-from .interventions import ActAdd, DirectionAblation, DirectionClamp, FeatureSteer, Intervention
+from .conditional import REDUCTIONS, Conditional, DirectionGate, FeatureGate, Gate, ProbeGate
+from .interventions import MODES, ActAdd, DirectionAblation, DirectionClamp, FeatureSteer, Intervention
 
 FORMAT = "refusalscope-steering"
 VERSION = 1
+
+# Every field a spec may hold, per kind: anything else is a typo that would otherwise fall
+# back to a default silently (`valeu: 8` would clamp to 0.0).
+SPEC_KEYS = ("format", "version", "id", "name", "description", "model", "interventions", "metadata", "created_with")
+INTERVENTION_KEYS = {
+    "feature": ("kind", "sae", "layer", "features", "mode", "value", "positions", "keep_error"),
+    "ablation": ("kind", "direction", "layers", "positions"),
+    "actadd": ("kind", "direction", "layer", "coefficient", "positions", "normalize"),
+    "clamp": ("kind", "sae", "feature", "direction", "bias", "layer", "value", "positions"),
+    "conditional": ("kind", "gate", "interventions"),
+}
+GATE_COMMON = ("kind", "threshold", "reduce", "positions", "skip_first")
+GATE_KEYS = {
+    "feature": (*GATE_COMMON, "sae", "feature"),
+    "direction": (*GATE_COMMON, "direction", "layer", "normalize"),
+    "probe": (*GATE_COMMON, "weights", "bias", "layer", "sae", "features"),
+}
+SAE_REF_KEYS = ("source", "sha256", "layer", "hook_name", "d_in", "d_sae", "architecture", "model_name", "lm_eval")
+DIRECTION_KEYS = ("values", "file", "key", "sha256")
 
 
 # ---------------------------------------------------------------------- SAE identity
@@ -313,19 +333,24 @@ class Steering:
     def from_dict(cls, data: dict[str, Any], *, base: str | Path | None = None, saes=None, sae_loader=None) -> Steering:
         if not isinstance(data, dict) or data.get("format", FORMAT) != FORMAT:
             raise RefusalScopeError("this is not a refusalscope steering spec", f"a spec has \"format\": \"{FORMAT}\"")
-        if int(data.get("version", VERSION)) > VERSION:
+        check_keys(data, SPEC_KEYS, "steering spec")
+        version = number(data.get("version", VERSION), "the steering spec's version", integer=True, minimum=1)
+        if version > VERSION:
             raise RefusalScopeError(
-                f"steering spec version {data['version']} is newer than this refusalscope understands ({VERSION})",
+                f"steering spec version {version} is newer than this refusalscope understands ({VERSION})",
                 "upgrade refusalscope",
             )
         reader = _Reader(Path(base) if base else Path.cwd(), saes or {}, sae_loader)
         items = data.get("interventions")
         if not isinstance(items, list):
-            raise RefusalScopeError("the steering spec has no list of interventions")
+            raise RefusalScopeError("the steering spec has no list of interventions", 'add "interventions": [...]')
+        for key, kind in (("name", str), ("description", str), ("model", dict), ("metadata", dict), ("id", str)):
+            if data.get(key) is not None and not isinstance(data[key], kind):
+                raise RefusalScopeError(f"the steering spec's '{key}' must be a {kind.__name__}, got {type(data[key]).__name__}")
         steering = cls(
             [reader.intervention(item, f"interventions[{i}]") for i, item in enumerate(items)],
             name=data.get("name"),
-            description=data.get("description", ""),
+            description=data.get("description") or "",
             model=data.get("model"),
             metadata=data.get("metadata") or {},
         )
@@ -394,6 +419,27 @@ def steer(model, interventions) -> Iterator[Steering]:
 
 
 # ---------------------------------------------------------------------- reading specs
+def _layer(value: Any, where: str, *, optional: bool = False):
+    """A hook point as written in a spec: a block index (>= 0) or 'embed'."""
+    if value is None and optional:
+        return None
+    if value == "embed":
+        return value
+    return number(value, where, integer=True, minimum=0)
+
+
+def _flag(d: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = d.get(key, default)
+    if not isinstance(value, bool):
+        raise RefusalScopeError(f"{where}.{key} must be true or false, got {value!r}")
+    return value
+
+
+def _latents(value: Any, where: str) -> list[int]:
+    items = value if isinstance(value, list) else [value]
+    return [number(f, where, integer=True, minimum=0) for f in items]
+
+
 class _Reader:
     def __init__(self, base: Path, saes: dict[str, Any], loader: Callable | None):
         self.base = base
@@ -402,9 +448,12 @@ class _Reader:
         self.loaded: dict[str, Any] = {}
 
     def sae(self, ref: dict[str, Any], where: str):
-        if not isinstance(ref, dict) or "source" not in ref:
-            raise RefusalScopeError(f"{where}: the SAE reference needs a 'source'")
-        source = str(ref["source"])
+        if not isinstance(ref, dict) or not ref.get("source") or not isinstance(ref["source"], str):
+            raise RefusalScopeError(f"{where}: the SAE reference needs a 'source' (a path or release/id)")
+        check_keys(ref, SAE_REF_KEYS, f"{where}.sae")
+        if ref.get("sha256") is not None and not isinstance(ref["sha256"], str):
+            raise RefusalScopeError(f"{where}.sae.sha256 must be a hex string")
+        source = ref["source"]
         if source in self.loaded:
             return self.loaded[source], source
         if source in self.saes:
@@ -426,6 +475,8 @@ class _Reader:
                 "restore the SAE the spec names, or write a new spec for this SAE",
             )
         if ref.get("lm_eval"):
+            if not isinstance(ref["lm_eval"], dict):
+                raise RefusalScopeError(f"{where}.sae.lm_eval must be a mapping")
             sae.cfg.provenance = {**(sae.cfg.provenance or {}), "lm_eval": dict(ref["lm_eval"])}
         self.loaded[source] = sae
         return sae, source
@@ -434,12 +485,19 @@ class _Reader:
         from .interventions import as_direction
 
         if isinstance(ref, list):
-            return as_direction(ref, where)
+            return as_direction([number(v, f"{where} entry", ) for v in ref], where)
         if not isinstance(ref, dict):
             raise RefusalScopeError(f"{where}: a direction is {{'values': [...]}} or {{'file': ...}}")
+        check_keys(ref, DIRECTION_KEYS, where)
         if "values" in ref:
-            return as_direction(ref["values"], where)
+            if not isinstance(ref["values"], list):
+                raise RefusalScopeError(f"{where}.values must be a list of numbers")
+            return as_direction([number(v, f"{where}.values entry") for v in ref["values"]], where)
         if "file" in ref:
+            if not isinstance(ref["file"], str):
+                raise RefusalScopeError(f"{where}.file must be a path")
+            if ref.get("key") is not None and not isinstance(ref["key"], str):
+                raise RefusalScopeError(f"{where}.key must be a string")
             path = Path(ref["file"])
             vec = load_direction(path if path.is_absolute() else self.base / path, ref.get("key"))
             if ref.get("sha256") and tensor_sha256(vec) != ref["sha256"]:
@@ -451,62 +509,87 @@ class _Reader:
         if not isinstance(d, dict) or "kind" not in d:
             raise RefusalScopeError(f"{where}: each intervention needs a 'kind'")
         kind = d["kind"]
+        if kind not in INTERVENTION_KEYS:
+            raise RefusalScopeError(
+                f"{where}: unknown intervention kind {kind!r}{did_you_mean(str(kind), INTERVENTION_KEYS)}",
+                "use feature, ablation, actadd, clamp or conditional",
+            )
+        check_keys(d, INTERVENTION_KEYS[kind], f"{where} ({kind})")
+        positions = d.get("positions", "all")
         try:
             if kind == "feature":
                 sae, source = self.sae(d["sae"], where)
+                value = d.get("value", 0.0)
+                values = (
+                    [number(v, f"{where}.value entry") for v in value] if isinstance(value, list)
+                    else number(value, f"{where}.value")
+                )
                 return FeatureSteer(
-                    sae, d["features"], d.get("mode", "set"), d.get("value", 0.0),
-                    positions=d.get("positions", "all"), layer=d.get("layer"),
-                    keep_error=d.get("keep_error", True), sae_source=source,
+                    sae, _latents(d["features"], f"{where}.features"), choice(d.get("mode", "set"), f"{where}.mode", MODES),
+                    values, positions=positions, layer=_layer(d.get("layer"), f"{where}.layer", optional=True),
+                    keep_error=_flag(d, "keep_error", True, where), sae_source=source,
                 )
             if kind == "ablation":
-                return DirectionAblation(
-                    self.direction(d["direction"], where), d.get("layers", "all"), positions=d.get("positions", "all")
-                )
+                layers = d.get("layers", "all")
+                if isinstance(layers, list):
+                    layers = [_layer(x, f"{where}.layers entry") for x in layers]
+                return DirectionAblation(self.direction(d["direction"], where), layers, positions=positions)
             if kind == "actadd":
                 return ActAdd(
-                    self.direction(d["direction"], where), d["layer"], d.get("coefficient", 1.0),
-                    positions=d.get("positions", "all"), normalize=d.get("normalize", False),
+                    self.direction(d["direction"], where), _layer(d["layer"], f"{where}.layer"),
+                    number(d.get("coefficient", 1.0), f"{where}.coefficient"),
+                    positions=positions, normalize=_flag(d, "normalize", False, where),
                 )
             if kind == "clamp":
+                value = number(d["value"], f"{where}.value")
                 if "sae" in d:
                     sae, source = self.sae(d["sae"], where)
                     return DirectionClamp.from_sae_feature(
-                        sae, d["feature"], d["value"], positions=d.get("positions", "all"), layer=d.get("layer"),
+                        sae, number(d["feature"], f"{where}.feature", integer=True, minimum=0), value,
+                        positions=positions, layer=_layer(d.get("layer"), f"{where}.layer", optional=True),
                         sae_source=source,
                     )
                 bias = d.get("bias")
                 return DirectionClamp(
-                    self.direction(d["direction"], where), d["layer"], d["value"],
-                    bias=None if bias is None else self.direction(bias, where), positions=d.get("positions", "all"),
+                    self.direction(d["direction"], where), _layer(d["layer"], f"{where}.layer"), value,
+                    bias=None if bias is None else self.direction(bias, f"{where}.bias"), positions=positions,
                 )
-            if kind == "conditional":
-                g = dict(d["gate"])
-                inner = [self.intervention(x, f"{where}.interventions[{i}]") for i, x in enumerate(d["interventions"])]
-                return Conditional(
-                    inner, self.gate(g, f"{where}.gate"), g["threshold"], reduce=g.get("reduce", "max"),
-                    positions=g.get("positions", "prompt"), skip_first=g.get("skip_first", True),
-                )
+            g = d["gate"]
+            if not isinstance(g, dict):
+                raise RefusalScopeError(f"{where}.gate must be a mapping with a 'kind' and a 'threshold'")
+            inner_items = d["interventions"]
+            if not isinstance(inner_items, list):
+                raise RefusalScopeError(f"{where}.interventions must be a list")
+            inner = [self.intervention(x, f"{where}.interventions[{i}]") for i, x in enumerate(inner_items)]
+            return Conditional(
+                inner, self.gate(g, f"{where}.gate"), number(g["threshold"], f"{where}.gate.threshold"),
+                reduce=choice(g.get("reduce", "max"), f"{where}.gate.reduce", REDUCTIONS),
+                positions=g.get("positions", "prompt"), skip_first=_flag(g, "skip_first", True, f"{where}.gate"),
+            )
         except KeyError as exc:
             raise RefusalScopeError(f"{where}: a '{kind}' intervention needs the field {exc}") from None
-        raise RefusalScopeError(
-            f"{where}: unknown intervention kind '{kind}'", "use feature, ablation, actadd, clamp or conditional"
-        )
 
     def gate(self, g: dict[str, Any], where: str) -> Gate:
         kind = g.get("kind")
+        if kind not in GATE_KEYS:
+            raise RefusalScopeError(
+                f"{where}: unknown gate kind {kind!r}{did_you_mean(str(kind), GATE_KEYS)}", "use feature, direction or probe"
+            )
+        check_keys(g, GATE_KEYS[kind], f"{where} ({kind})")
         if kind == "feature":
             sae, source = self.sae(g["sae"], where)
-            return FeatureGate(sae, g["feature"], sae_source=source)
+            return FeatureGate(sae, number(g["feature"], f"{where}.feature", integer=True, minimum=0), sae_source=source)
         if kind == "direction":
-            return DirectionGate(self.direction(g["direction"], where), g["layer"], normalize=g.get("normalize", True))
-        if kind == "probe":
-            if "sae" in g:
-                sae, source = self.sae(g["sae"], where)
-                return ProbeGate(
-                    self.direction(g["weights"], where), g.get("bias", 0.0), g.get("layer"), sae=sae,
-                    features=g["features"], sae_source=source,
-                )
-            return ProbeGate(self.direction(g["weights"], where), g.get("bias", 0.0), g["layer"])
-        raise RefusalScopeError(f"{where}: unknown gate kind '{kind}'", "use feature, direction or probe")
-
+            return DirectionGate(
+                self.direction(g["direction"], where), _layer(g["layer"], f"{where}.layer"),
+                normalize=_flag(g, "normalize", True, where),
+            )
+        bias = number(g.get("bias", 0.0), f"{where}.bias")
+        layer = _layer(g.get("layer"), f"{where}.layer", optional=True)
+        if "sae" in g:
+            sae, source = self.sae(g["sae"], where)
+            return ProbeGate(
+                self.direction(g["weights"], where), bias, layer, sae=sae,
+                features=_latents(g["features"], f"{where}.features"), sae_source=source,
+            )
+        return ProbeGate(self.direction(g["weights"], where), bias, g["layer"] if layer is None else layer)

@@ -41,3 +41,4 @@ __all__ = [
     "locate",
     "resolve_data_dir",
 ]
+from . import judge_sets  # noqa: E402, F401  (registers StrongREJECT, OR-Bench)

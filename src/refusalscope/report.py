@@ -27,6 +27,7 @@ import html
 import io
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -410,6 +411,34 @@ def _publish(path: Path) -> Path:
     return path
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV value a spreadsheet shows as text: model replies (and prompts, names) that begin
+    with = + - @ (or a tab / carriage return) would otherwise run as formulas when the file is
+    opened (OWASP's CSV-injection advice: prefix them with a single quote). Numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def report_outputs(out_html: str | Path, export_dir: str | Path | None) -> tuple[Path, Path]:
+    """(page, export folder) for the user's -o/--export-dir, checked before anything is read
+    or written: `-o out/` (or an existing folder) means out/report.html, a file is never
+    written where a folder is meant, and an unwritable place is an error up front."""
+    from .checks import output_dir, output_file
+
+    text = str(out_html)
+    page = Path(text).expanduser()
+    if text.endswith(("/", os.sep)) or page.is_dir():
+        page = page / "report.html"
+    output_file(page, "report page")
+    folder = Path(export_dir).expanduser() if export_dir is not None else page.with_name(page.stem + "_data")
+    output_dir(folder, "figure data folder")
+    return page, folder
+
+
 def export(data: dict[str, Any], folder: Path) -> list[Path]:
     """Write each entry as `<name>.json`, and lists of rows also as `<name>.csv` (with a
     header of the expected columns even when there are no rows)."""
@@ -431,7 +460,7 @@ def export(data: dict[str, Any], folder: Path) -> list[Path]:
                 writer = csv.DictWriter(handle, columns, lineterminator="\n")
                 writer.writeheader()
                 for r in flat:
-                    writer.writerow({k: ("" if _nan(v) else v) for k, v in r.items()})
+                    writer.writerow({k: ("" if _nan(v) else csv_cell(v)) for k, v in r.items()})
             written.append(_publish(path))
     return written
 
@@ -441,8 +470,8 @@ def build_report(db_path: str | Path, out_html: str | Path = "report.html", expo
                  *, title: str | None = None, examples: int = 3) -> Path:
     """Write the HTML report of a results database, and every figure's data as CSV/JSON
     into `export_dir` (default: `<report name>_data/` beside the page). Returns the page."""
-    db_path, out_html = Path(db_path), Path(out_html)
-    export_dir = Path(export_dir) if export_dir is not None else out_html.with_name(out_html.stem + "_data")
+    db_path = Path(db_path)
+    out_html, export_dir = report_outputs(out_html, export_dir)
     with ResultsStore(db_path, create=False) as db:
         summary = summarise(db)
         if not summary.configs or not summary.tasks:
@@ -475,7 +504,6 @@ def build_report(db_path: str | Path, out_html: str | Path = "report.html", expo
                      for e in examples_rows],
         "provenance": prov,
     }
-    export(data, export_dir)
 
     # ---- numbers table
     num_rows = [[c["label"], c["task"], c["role"], c["metric"], _ci(c["value"], c["low"], c["high"], c["n"]), c["n"],
@@ -571,6 +599,7 @@ def build_report(db_path: str | Path, out_html: str | Path = "report.html", expo
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
     from .paths import atomic_file
 
+    export(data, export_dir)  # only now: a failure above must not leave exports without their page
     with atomic_file(out_html) as handle:
         handle.write(page)
     return _publish(out_html)

@@ -95,6 +95,25 @@ def report_bug(exc: BaseException) -> None:
     raise typer.Exit(1) from None
 
 
+DTYPES = ("auto", "bf16", "bfloat16", "fp32", "float32", "fp16", "float16")
+
+
+def check_dtype(dtype: str | None) -> None:
+    """--dtype, checked before any model is loaded or converted (a conversion takes minutes)."""
+    from ..checks import choice
+
+    if dtype is not None:
+        choice(dtype, "--dtype", DTYPES)
+
+
+def at_least(value: int | None, option: str, minimum: int) -> None:
+    """An integer option's lower bound, checked before any expensive stage."""
+    from ..checks import number
+
+    if value is not None:
+        number(value, option, integer=True, minimum=minimum)
+
+
 def command(*args, **kwargs):
     def register(fn):
         return app.command(*args, **kwargs)(handle_errors(fn))

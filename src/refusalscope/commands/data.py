@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ._app import command, console
@@ -27,7 +28,15 @@ def datasets_cmd(
     from ..data.registry import REGISTRY, load_dataset, locate, resolve_data_dir
 
     root = resolve_data_dir(data_dir)
-    table = Table(title=f"datasets (data folder: {root or 'none; set --data-dir or $REFUSALSCOPE_DATA'})")
+    if name and not any(name in spec.name for spec in REGISTRY.values()):
+        from ..checks import did_you_mean
+        from ..errors import RefusalScopeError
+
+        raise RefusalScopeError(
+            f"no dataset name contains '{name}'{did_you_mean(name, REGISTRY)}",
+            "run `refusalscope datasets` without a filter to list them all",
+        )
+    table = Table(title=escape(f"datasets (data folder: {root or 'none; set --data-dir or $REFUSALSCOPE_DATA'})"))
     for col in ("name", "kind", "split", "rows", "resolves from"):
         table.add_column(col, overflow="fold")
     for spec in REGISTRY.values():
@@ -44,7 +53,7 @@ def datasets_cmd(
             if root is not None:
                 where = where.replace(f"{root}/", "")
             label = split + (" *" if split == spec.default_split else "")
-            table.add_row(spec.name, spec.kind, label, rows, where)
+            table.add_row(spec.name, spec.kind, label, rows, escape(where))
     console.print(table)
     console.print("* default split; (n) = rows in the full release, not read here; local paths are relative "
                   "to the data folder")

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._app import DtypeOpt, ModelOpt, command, console
+from ._app import DtypeOpt, ModelOpt, at_least, check_dtype, command, console
 
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder of benchmark files (default $REFUSALSCOPE_DATA).")
 EVAL_SETS = ("harmbench", "jailbreakbench", "advbench")
@@ -24,7 +24,7 @@ def peak_memory_gb() -> float:
 
 
 def print_rows(rows: list[list[str]], title: str) -> None:
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for name in rows[0]:
         table.add_column(escape(name))
     for row in rows[1:]:
@@ -60,21 +60,62 @@ def harmful_eval_sets(names, n: int, data_dir, seed: int, exclude: set[str]) -> 
     return out
 
 
-def load_saes(chat, sae_paths: list[str], preset: str, data_dir) -> dict:
+def preload_saes(sae_paths: list[str]) -> list:
+    """Read every --sae before the model is loaded, so a bad path or file costs no model load."""
+    from ..errors import RefusalScopeError
     from ..sae.io import load_sae
+
+    out = []
+    for source in sae_paths:
+        sae = load_sae(source)
+        if sae.layer is None:
+            raise RefusalScopeError(f"the SAE {source} does not say which layer it reads", "fix its cfg.json (hook_name)")
+        out.append(sae)
+    return out
+
+
+def load_saes(chat, sae_paths: list[str], preset: str, data_dir, preloaded: list | None = None) -> dict:
     from ..sae.presets import train_preset
 
     if sae_paths:
         saes = {}
-        for source in sae_paths:
-            sae = load_sae(source, model=chat)
-            if sae.layer is None:
-                from ..errors import RefusalScopeError
-
-                raise RefusalScopeError(f"the SAE {source} does not say which layer it reads", "fix its cfg.json (hook_name)")
+        for sae in preloaded if preloaded is not None else preload_saes(sae_paths):
+            sae.check_model(chat)
             saes[sae.layer] = sae
         return saes
     return train_preset(chat, preset, data_dir=data_dir)
+
+
+def check_discover_options(**o) -> dict:
+    """Every `discover` option that needs no model, checked before the model loads (the
+    direction and attribution stages take minutes; a typo in --induce must not wait for them)."""
+    from ..checks import choice, number_list, output_dir
+    from ..discovery import METHODS
+    from ..sae.presets import get_preset
+
+    check_dtype(o["dtype"])
+    choice(o["method"], "--method", METHODS)
+    baselines = tuple(b.strip() for b in o["baselines"].split(",") if b.strip())
+    for b in baselines:
+        choice(b, "--baselines entry", METHODS)
+    for name, minimum in (("k", 1), ("prefilter_k", 1), ("ig_steps", 1), ("n_attribution", 1), ("n_eval", 1),
+                          ("induce_top", 0), ("max_new_tokens", 1), ("seed", 0)):
+        at_least(o[name], "--" + name.replace("_", "-"), minimum)
+    eval_sets = [s.strip() for s in o["eval_sets"].split(",") if s.strip()]
+    if not eval_sets:
+        from ..errors import RefusalScopeError
+
+        raise RefusalScopeError("--eval-sets names no evaluation set", f"use some of {', '.join(EVAL_SETS)}")
+    for name in eval_sets:
+        choice(name, "--eval-sets entry", EVAL_SETS)
+    get_preset(o["sae_preset"])
+    output_dir(o["output"], "output folder")
+    return {
+        "baselines": tuple(b for b in baselines if b != o["method"]),
+        "eval_sets": eval_sets,
+        "suppress": number_list(o["suppress"], "--suppress"),
+        "induce": number_list(o["induce"], "--induce"),
+    }
 
 
 @command("direction")
@@ -90,13 +131,21 @@ def direction_cmd(
     output: Path = typer.Option(Path("runs/direction"), "--output", "-o", help="Folder for direction.safetensors/json."),
 ) -> None:
     """Compute the refusal direction (difference of means), select its layer and position, measure its effect."""
+    from ..checks import output_dir
     from ..data import load_dataset
     from ..direction import direction_effect, find_refusal_direction, sample_direction_data
     from ..models import load_model
 
+    check_dtype(dtype)
+    at_least(n_train, "--n-train", 2)
+    at_least(n_val, "--n-val", 1)
+    at_least(layer_stride, "--layer-stride", 1)
+    at_least(n_effect, "--n-effect", 0)
+    at_least(seed, "--seed", 0)
+    output_dir(output, "output folder")
     started = time.perf_counter()
-    chat = load_model(model, dtype=dtype)
     data = sample_direction_data(data_dir, n_train, n_val, seed)
+    chat = load_model(model, dtype=dtype)
     result = find_refusal_direction(chat, data, layer_stride=layer_stride, seed=seed)
     result.save(output)
     finalists = sorted((c for c in result.scores if c.kl is not None), key=lambda c: c.ablation_score)
@@ -107,7 +156,7 @@ def direction_cmd(
     print_rows(rows, f"{chat.info.name}: refusal direction candidates (baseline harmful score "
                      f"{result.baseline['harmful_score']:.2f}, harmless {result.baseline['harmless_score']:.2f})")
     console.print(f"selected layer {result.layer}, position {result.position} "
-                  f"(refusal tokens {[chat.tokenizer.decode([t]) for t in result.refusal_token_ids]})")
+                  f"(refusal tokens {[chat.tokenizer.decode([t]) for t in result.refusal_token_ids]})", markup=False)
     summary = {"layer": result.layer, "position": result.position, "seconds": time.perf_counter() - started}
     if n_effect > 0:
         harmful = load_dataset("harmful/refusal-direction", "test", data_dir=data_dir, limit=n_effect, seed=seed).prompts
@@ -118,7 +167,7 @@ def direction_cmd(
         summary["effect"] = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in effect.items()}
     summary["peak_memory_gb"] = peak_memory_gb()
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"wrote {output}")
+    console.print(f"wrote {output}", markup=False, highlight=False)
 
 
 @command("discover")
@@ -160,16 +209,22 @@ def discover_cmd(
     from ..sae.corpus import text_chunks
     from ..sae.presets import load_training_data
 
+    settings = check_discover_options(
+        dtype=dtype, method=method, baselines=baselines, k=k, prefilter_k=prefilter_k, ig_steps=ig_steps,
+        n_attribution=n_attribution, n_eval=n_eval, eval_sets=eval_sets, suppress=suppress, induce=induce,
+        induce_top=induce_top, max_new_tokens=max_new_tokens, seed=seed, sae_preset=sae_preset, output=output,
+    )
     started = time.perf_counter()
     timings = {}
-    chat = load_model(model, dtype=dtype)
-    saes = load_saes(chat, list(sae or []), sae_preset, data_dir)
-    timings["saes"] = time.perf_counter() - started
+    preloaded = preload_saes(list(sae or []))
     data = sample_direction_data(data_dir, 128, 32, seed)
+    chat = load_model(model, dtype=dtype)
+    saes = load_saes(chat, list(sae or []), sae_preset, data_dir, preloaded)
+    timings["saes"] = time.perf_counter() - started
     t0 = time.perf_counter()
     direction = find_refusal_direction(chat, data, seed=seed)
     timings["direction"] = time.perf_counter() - t0
-    cfg = DiscoveryConfig(method=method, baselines=tuple(b for b in baselines.split(",") if b and b != method), k=k,
+    cfg = DiscoveryConfig(method=method, baselines=settings["baselines"], k=k,
                           prefilter_k=prefilter_k, per_prompt=per_prompt, ig_steps=ig_steps, n_attribution=n_attribution, seed=seed)
     t0 = time.perf_counter()
     found = discover(chat, saes, direction, data.harmful_train, data.harmless_train, cfg, output)
@@ -191,7 +246,7 @@ def discover_cmd(
             ranks={(f.layer, f.feature): f.rank for f in main_set.features},
             scores={(f.layer, f.feature): f.scores for f in main_set.features},
         )
-        console.print(f"feature cards: {write_cards(built, output, f'{chat.info.name}: {method} latents')}")
+        console.print(f"feature cards: {write_cards(built, output, f'{chat.info.name}: {method} latents')}", markup=False)
         timings["cards"] = time.perf_counter() - t0
     if circuits and len(saes) >= 2:
         from ..discovery.circuits import upstream_latents
@@ -214,7 +269,7 @@ def discover_cmd(
         timings["circuits"] = time.perf_counter() - t0
     if validate_:
         t0 = time.perf_counter()
-        harmful_sets = harmful_eval_sets([s for s in eval_sets.split(",") if s], n_eval, data_dir, seed,
+        harmful_sets = harmful_eval_sets(settings["eval_sets"], n_eval, data_dir, seed,
                                          exclude=set(load_dataset("harmful/refusal-direction", "train", data_dir=data_dir).prompts))
         harmless = load_dataset("harmless/alpaca", "test", data_dir=data_dir, limit=n_eval, seed=seed).prompts
         train_data = load_training_data(data_dir)
@@ -223,8 +278,8 @@ def discover_cmd(
         answers = cached_replies(chat, answer_prompts, max_new_tokens=48)
         answer_docs = answer_documents(chat, answer_prompts, answers)
         vcfg = ValidationConfig(
-            suppress_factors=tuple(float(x) for x in suppress.split(",")),
-            induce_multipliers=tuple(float(x) for x in induce.split(",")),
+            suppress_factors=settings["suppress"],
+            induce_multipliers=settings["induce"],
             max_new_tokens=max_new_tokens,
             induce_top=induce_top or None,
         )
@@ -240,7 +295,8 @@ def discover_cmd(
     timings["total"] = time.perf_counter() - started
     summary["peak_memory_gb"] = peak_memory_gb()
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"runtime {timings['total'] / 60:.1f} min, peak memory {summary['peak_memory_gb']:.1f} GiB; wrote {output}")
+    console.print(f"runtime {timings['total'] / 60:.1f} min, peak memory {summary['peak_memory_gb']:.1f} GiB; wrote {output}",
+                  markup=False)
 
 
 def _markdown(rows: list[list[str]]) -> str:

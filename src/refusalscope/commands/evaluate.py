@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import RefusalScopeError
-from ._app import command, console
+from ._app import at_least, check_dtype, command, console
 
 
 @command("sweep")
@@ -24,7 +24,8 @@ def sweep_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts per forward pass (default: the grid's)."),
     resume: bool = typer.Option(True, "--resume/--restart", help="Resume into an existing database (default), or "
                                 "delete it and start over."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Also write the HTML report here when done."),
+    report: Optional[str] = typer.Option(None, "--report", help="Also write the HTML report here when done "
+                                         "(a folder, e.g. out/, gets out/report.html)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with an ETA."),
 ) -> None:
     """Run a steering sweep into a results database; a rerun computes only what is missing."""
@@ -32,6 +33,7 @@ def sweep_cmd(
     from ..models import load_model
 
     plan = load_grid_file(spec)
+    check_sweep_options(output, dtype, batch_size, report)
     if output.exists() and not resume:
         for suffix in ("", "-wal", "-shm"):
             Path(str(output) + suffix).unlink(missing_ok=True)
@@ -46,23 +48,39 @@ def sweep_cmd(
     if report is not None:
         from ..report import build_report
 
-        console.print(f"report written to {build_report(output, report)}", highlight=False)
+        console.print(f"report written to {build_report(output, report)}", highlight=False, markup=False)
+
+
+def check_sweep_options(output: Path, dtype: str | None, batch_size: int | None, report: str | None) -> None:
+    """What `sweep` can check without a model: before the model loads and before --restart
+    touches the database."""
+    from ..checks import output_file
+
+    check_dtype(dtype)
+    at_least(batch_size, "--batch-size", 1)
+    output_file(output, "results database")
+    if report is not None:
+        from ..report import report_outputs
+
+        report_outputs(report, None)
 
 
 @command("report")
 def report_cmd(
     results: Path = typer.Argument(..., help="Results database written by `refusalscope sweep`."),
-    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="HTML page to write."),
+    output: str = typer.Option("report.html", "--output", "-o", help="HTML page to write (a folder, e.g. out/, gets "
+                               "out/report.html)."),
     export_dir: Optional[Path] = typer.Option(None, "--export-dir", help="Folder for every figure's data as CSV/JSON "
                                               "(default: <report name>_data/ beside the page)."),
     title: Optional[str] = typer.Option(None, help="Page title."),
     examples: int = typer.Option(3, help="Example generations per task."),
 ) -> None:
     """Turn a results database into one self-contained HTML report (+ CSV/JSON of every figure)."""
-    from ..report import build_report
+    from ..report import build_report, report_outputs
 
     if not results.is_file():
         raise RefusalScopeError(f"results database {results} does not exist", "run `refusalscope sweep -o RESULTS.db` first")
-    page = build_report(results, output, export_dir, title=title, examples=examples)
-    folder = export_dir or page.with_name(page.stem + "_data")
-    console.print(f"report written to {page}; figure data in {folder}/", highlight=False)
+    at_least(examples, "--examples", 0)
+    page, folder = report_outputs(output, export_dir)
+    page = build_report(results, page, folder, title=title, examples=examples)
+    console.print(f"report written to {page}; figure data in {folder}/", highlight=False, markup=False)

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._app import DtypeOpt, ModelOpt, command, console, read_prompts
+from ._app import DtypeOpt, ModelOpt, at_least, check_dtype, command, console, read_prompts
 
 
 @command("models")
@@ -30,7 +30,7 @@ def models_cmd() -> None:
         cached = (cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}").is_dir()
         table.add_row(model.name, ", ".join(model.aliases), "yes" if cached else "no", model.description)
     console.print(table)
-    console.print(f"cache: {cache_dir()}")
+    console.print(f"cache: {cache_dir()}", markup=False)
 
 
 @command("generate")
@@ -48,8 +48,16 @@ def generate_cmd(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write replies as JSON here."),
 ) -> None:
     """Answer prompts with a chat model (greedy by default) and print the replies."""
+    from ..checks import number, output_file
     from ..models import load_model
 
+    check_dtype(dtype)
+    at_least(max_new_tokens, "--max-new-tokens", 1)
+    at_least(batch_size, "--batch-size", 1)
+    if sample:
+        number(temperature, "--temperature", positive=True)
+    if output is not None:
+        output_file(output, "output file")
     items = read_prompts(prompts or [], file)
     chat = load_model(model, dtype=dtype)
     gen = chat.generate(
@@ -92,13 +100,21 @@ def run_cmd(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<model>-<profile>)."),
 ) -> None:
     """The whole pipeline: SAEs → refusal direction → discovery → steering sweep → evaluation → HTML report."""
+    from ..checks import output_dir
     from ..pipeline import get_profile, run_pipeline
 
+    check_dtype(dtype)
     spec = get_profile(profile)
+    if output is not None:
+        output_dir(output, "output folder")
+    if data_dir is not None:
+        from ..data.registry import resolve_data_dir
+
+        resolve_data_dir(data_dir)
     console.print(f"[bold]refusalscope run[/bold] --profile {spec.name}: {spec.description}")
     summary = run_pipeline(model, profile, output, data_dir=data_dir, dtype=dtype)
-    console.print(f"[bold]{summary['model']['name']}: steering sweep ({profile})[/bold]")
+    console.print(f"[bold]{escape(summary['model']['name'])}: steering sweep ({profile})[/bold]")
     console.print(summary["table"], markup=False, highlight=False, soft_wrap=True)
     timings = ", ".join(f"{k} {v / 60:.1f} min" for k, v in summary["timings"].items())
     console.print(f"stages: {timings}; total {summary['total_seconds'] / 60:.1f} min")
-    console.print(f"report: [bold]{summary['report']}[/bold]")
+    console.print(f"report: [bold]{escape(str(summary['report']))}[/bold]")

@@ -7,15 +7,16 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ._app import DtypeOpt, ModelOpt, command, console
+from ._app import DtypeOpt, ModelOpt, at_least, check_dtype, command, console
 
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder of benchmark files (default $REFUSALSCOPE_DATA or ../shared/data).")
 
 
 def metrics_table(title: str, rows: dict[str, dict]) -> Table:
-    table = Table(title=title)
+    table = Table(title=escape(title))  # titles name user paths and models: never markup
     table.add_column("metric")
     for name in rows:
         table.add_column(name, justify="right")
@@ -40,13 +41,23 @@ def train_sae_cmd(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also copy the SAEs (SAELens layout) here."),
 ) -> None:
     """Harvest activations and train SAEs with a preset; cached per model, preset and layer."""
+    from ..checks import output_dir
     from ..models import load_model
     from ..sae.io import save_sae
     from ..sae.presets import get_preset, preset_folder, train_preset
 
-    chat = load_model(model, dtype=dtype)
+    check_dtype(dtype)
     spec = get_preset(preset)
-    console.print(f"[bold]{chat}[/bold] preset [bold]{spec.name}[/bold]: {spec.description}")
+    for layer in layers or ():
+        at_least(layer, "--layer", 0)
+    if output is not None:
+        output_dir(output, "output folder")
+    if data_dir is not None:
+        from ..data.registry import resolve_data_dir
+
+        resolve_data_dir(data_dir)
+    chat = load_model(model, dtype=dtype)
+    console.print(f"[bold]{escape(str(chat))}[/bold] preset [bold]{spec.name}[/bold]: {spec.description}")
     saes = train_preset(chat, preset, data_dir=data_dir, layers=layers, force=force)
     rows = {}
     for layer, sae in sorted(saes.items()):
@@ -65,7 +76,7 @@ def train_sae_cmd(
         if output is not None:
             save_sae(sae, output / f"layer_{layer}")
     console.print(metrics_table(f"{chat.info.name}: {preset} SAEs", rows))
-    console.print(f"cached in {preset_folder(chat, spec)}")
+    console.print(f"cached in {preset_folder(chat, spec)}", markup=False)
 
 
 @command("sae-eval")
@@ -79,17 +90,24 @@ def sae_eval_cmd(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON."),
 ) -> None:
     """Quality metrics of any SAE on any model: FVU, L0, dead/dense, CE recovered, KL, refusal cosine."""
+    from ..checks import output_file
     from ..models import load_model
     from ..paths import atomic_file
     from ..sae.io import load_sae
     from ..sae.metrics import evaluate_sae
     from ..sae.presets import eval_corpora, load_training_data
 
-    chat = load_model(model, dtype=dtype)
-    loaded = load_sae(sae, model=chat)
+    check_dtype(dtype)
+    at_least(layer, "--layer", 0)
+    at_least(n_docs, "--n-docs", 1)
+    if output is not None:
+        output_file(output, "output file")
+    loaded = load_sae(sae)  # read (and checked) before the model: a bad SAE path costs no model load
+    data = load_training_data(data_dir)
     if layer is not None:
         loaded.cfg.layer = layer
-    data = load_training_data(data_dir)
+    chat = load_model(model, dtype=dtype)
+    loaded.check_model(chat)
     metrics = evaluate_sae(
         chat, loaded, eval_corpora(chat, data, n_docs), data.harmful_val, data.harmless_val[: len(data.harmful_val)]
     )

@@ -101,12 +101,12 @@ def resolve_dtype(dtype: str | torch.dtype, device: str = "cpu") -> torch.dtype:
 def _check_family(config_path: Path, where: str) -> str:
     try:
         config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RefusalScopeError(
             f"cannot read the model config {config_path}: {exc}",
             "point at a folder that holds a valid transformers config.json",
         ) from exc
-    family = config.get("model_type", "?")
+    family = config.get("model_type", "?") if isinstance(config, dict) else "?"
     if family not in SUPPORTED_FAMILIES:
         raise RefusalScopeError(
             f"model family '{family}' ({where}) is not supported",
@@ -211,6 +211,24 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
         ) from exc
 
 
+def safe_name(name: Any) -> str:
+    """A model name that is safe as one path component: run folders, SAE and direction caches
+    are named after it, so a manifest naming itself `../../x` must not reach outside them."""
+    text = re.sub(r"[^A-Za-z0-9._+-]+", "-", str(name)).strip("-.")
+    return text[:100] or "model"
+
+
+def _read_manifest(manifest: Path) -> dict[str, Any]:
+    if not manifest.is_file():
+        return {}
+    from ..checks import parse_json, read_text
+
+    info = parse_json(read_text(manifest, "model manifest"), f"the model manifest {manifest}")
+    if not isinstance(info, dict):
+        raise RefusalScopeError(f"the model manifest {manifest} is not a JSON object", f"delete or repair {manifest.name}")
+    return info
+
+
 def resolve_spec(spec: str, revision: str | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """Find (or build) the local safetensors folder for `spec`; return it with identity info."""
     if spec in EMBEDDED:
@@ -229,12 +247,11 @@ def resolve_spec(spec: str, revision: str | None = None, progress: bool = True) 
                 f"{path} is a folder but holds no config.json",
                 "point at a transformers model folder (config.json, *.safetensors, tokenizer files)",
             )
-        manifest = path / MANIFEST
-        info = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        info = _read_manifest(path / MANIFEST)
         return path, {
-            "name": info.get("name", path.name),
-            "source": info.get("source", "local"),
-            "sha256": info.get("sha256"),
+            "name": safe_name(info.get("name") or path.name),
+            "source": info.get("source", "local") if isinstance(info.get("source"), str) else "local",
+            "sha256": info.get("sha256") if isinstance(info.get("sha256"), str) else None,
         }
     if _HUB_ID.match(spec) and not path.exists():
         folder = _hub_snapshot(spec, revision)
@@ -278,6 +295,7 @@ def load_model(
     from .attention import register
     from .chat import ChatModel
 
+    torch_dtype = resolve_dtype(dtype, device)  # before resolve_spec: a typo must not wait for a conversion
     folder, identity = resolve_spec(spec, revision=revision, progress=progress)
     family = _check_family(folder / "config.json", spec)
     if not _has_safetensors(folder):
@@ -286,7 +304,6 @@ def load_model(
             "refusalscope never unpickles .bin checkpoints; convert them with "
             "`transformers` (save_pretrained(safe_serialization=True)) or pass a .gguf file",
         )
-    torch_dtype = resolve_dtype(dtype, device)
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     with _quiet_transformers():

@@ -117,25 +117,33 @@ def read_npz(path: Path) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(array) for name, array in arrays.items()}
 
 
+def load_weights_only(path: Path, what: str = "file") -> Any:
+    """`torch.load(path, weights_only=True)` with every refusal or damage as one clear error.
+
+    torch's own refusal advises `weights_only=False`, which would execute whatever code the
+    pickle carries: refusalscope never does that, so the user is told to convert the file instead.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RefusalScopeError(f"{what} {path} does not exist", "check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for forbidden objects, RuntimeError/EOFError for damage
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RefusalScopeError(
+            f"cannot read the {what} {path} with torch.load(weights_only=True): {first}",
+            "refusalscope never fully unpickles files (that would run code from the file); the file is damaged or "
+            "holds more than tensors: re-download it, or convert it to safetensors with a tool you trust",
+        ) from None
+
+
 def read_torch_weights(path: Path) -> dict[str, torch.Tensor]:
     """A .pt state dict read with `torch.load(weights_only=True)`: tensors and plain values only.
 
     A full unpickle would execute whatever code the file carries; weights_only restricts
     the unpickler to tensors and builtin containers, so a malicious file fails to load.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise RefusalScopeError(f"{path} does not exist", "check the SAE folder")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as exc:  # UnpicklingError for forbidden objects, RuntimeError/EOFError for damage
-        raise RefusalScopeError(
-            f"cannot read {path} with torch.load(weights_only=True): {exc}",
-            "refusalscope never fully unpickles files; the file is damaged or holds more than "
-            "tensors: re-download it, or convert it to safetensors with a tool you trust",
-        ) from exc
+    state = load_weights_only(path, "SAE weights file")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RefusalScopeError(
             f"{path} does not hold a state dict of tensors", "re-download the SAE"

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..checks import number
 from ..errors import RefusalScopeError
 from .files import RawSAE, dtype_name, read_json, read_safetensors, site_from_hook
 from .model import SAE, SAEConfig, canonical_architecture
@@ -109,7 +110,7 @@ def _input_scale(raw: dict[str, Any], where: str, norm_scaling_factor: float | N
             or (raw.get("metadata") or {}).get("norm_scaling_factor")
         )
         if factor:
-            return float(factor)
+            return number(factor, f"{where}: norm_scaling_factor", positive=True)
         warnings.warn(
             f"{where} was trained on inputs rescaled by a constant (normalize_activations="
             f"'expected_average_only_in') that its cfg.json does not record; loading it unscaled, "
@@ -128,6 +129,10 @@ def _architecture_and_k(
 ) -> tuple[str, int | None]:
     arch = raw.get("architecture") or "standard"
     kwargs = raw.get("activation_fn_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise RefusalScopeError(f"{where}: 'activation_fn_kwargs' must be a JSON object", "repair or re-download cfg.json")
+    if not isinstance(ours, dict):
+        raise RefusalScopeError(f"{where}: 'metadata.refusalscope' must be a JSON object", "repair or re-download cfg.json")
     k = raw.get("k")
     if raw.get("activation_fn") == "topk" and arch == "standard":  # v3–v5 spelling of TopK
         arch = "topk"
@@ -145,7 +150,7 @@ def _architecture_and_k(
                 f"{where} describes a TopK SAE but gives no k",
                 'add "k": <active latents per token> to cfg.json',
             )
-    return arch, (int(k) if k is not None else None)
+    return arch, (number(k, f"{where}: k", integer=True, minimum=1) if k is not None else None)
 
 
 def cfg_from_saelens(
@@ -175,6 +180,14 @@ def cfg_from_saelens(
             "an SAELens cfg.json needs at least d_in and d_sae (and architecture); re-download or re-save the SAE",
         )
     hook_name = pick("hook_name")
+    if hook_name is not None and not isinstance(hook_name, str):
+        raise RefusalScopeError(f"{where}: hook_name must be a string, got {hook_name!r}", "repair or re-download cfg.json")
+    for key in ("model_name", "dtype", "reshape_activations"):
+        if pick(key) is not None and not isinstance(pick(key), str):
+            raise RefusalScopeError(f"{where}: {key} must be a string, got {pick(key)!r}", "repair or re-download cfg.json")
+    for key in ("apply_b_dec_to_input", "rescale_acts_by_decoder_norm"):
+        if raw.get(key) is not None and not isinstance(raw[key], bool):
+            raise RefusalScopeError(f"{where}: {key} must be true or false, got {raw[key]!r}", "repair or re-download cfg.json")
     if (
         raw.get("reshape_activations") == "hook_z"
         or (hook_name or "").endswith("hook_z")
@@ -187,22 +200,24 @@ def cfg_from_saelens(
     arch, k = _architecture_and_k(raw, ours, where)
     layer, site = site_from_hook(hook_name)
     if layer is None and pick("hook_layer") is not None and site == "resid_post":
-        layer = int(pick("hook_layer"))
+        layer = number(pick("hook_layer"), f"{where}: hook_layer", integer=True, minimum=0)
     version = pick("sae_lens_version")
     if "refusalscope" in metadata:
         provenance = ours.get("provenance") or {}
+        if not isinstance(provenance, dict):
+            raise RefusalScopeError(f"{where}: metadata.refusalscope.provenance must be a JSON object")
     else:
         provenance = {
             "format": f"saelens-v{_major_version(version) or '3-5'}",
             "sae_lens_version": version,
         }
     cfg = SAEConfig(
-        d_in=int(pick("d_in")),
-        d_sae=int(pick("d_sae")),
+        d_in=number(pick("d_in"), f"{where}: d_in", integer=True, minimum=1),
+        d_sae=number(pick("d_sae"), f"{where}: d_sae", integer=True, minimum=1),
         architecture=arch,
         k=k,
-        layer=ours.get("layer", layer),
-        site=ours.get("site", site),
+        layer=layer if ours.get("layer") is None else number(ours["layer"], f"{where}: refusalscope layer", integer=True, minimum=0),
+        site=ours.get("site", site) if isinstance(ours.get("site", site), str) else site,
         model_name=pick("model_name"),
         model_sha256=ours.get("model_sha256"),
         hook_name=hook_name,

@@ -250,11 +250,24 @@ def import_lm_eval(
 
 
 def _import_csv(path: Path, saes: dict[str, Any], sae_loader) -> Steering:
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        records = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    import io
+
+    from ..checks import check_keys, parse_number, read_text
+
+    text = read_text(path, "lm-eval steer file")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        records = []
+        for row in reader:
+            if None in row:  # more cells than header columns
+                raise RefusalScopeError(f"{path.name} line {reader.line_num}: more cells than the header has columns")
+            records.append({(k or "").strip(): (v or "").strip() for k, v in row.items() if k})
+    except csv.Error as exc:
+        raise RefusalScopeError(f"{path} is not a readable CSV file: {exc}", "save it as plain CSV") from None
     if not records:
-        raise RefusalScopeError(f"{path} has no rows")
+        raise RefusalScopeError(f"{path} has no rows", f"a header ({', '.join(CSV_COLUMNS)}) and one row per latent")
+    for row in records[:1]:
+        check_keys(row, (*CSV_COLUMNS, "hook_action"), f"{path.name} header")
     by_point: dict[Any, Any] = {}
     notes = []
     for n, row in enumerate(records, start=2):
@@ -277,8 +290,8 @@ def _import_csv(path: Path, saes: dict[str, Any], sae_loader) -> Steering:
         from .interventions import sae_point
 
         point = parse_hookpoint(hp) if hp else sae_point(sae)
-        feature = int(float(row["feature_index"]))
-        coefficient = float(row["steering_coefficient"])
+        feature = parse_number(row["feature_index"], f"{where}: feature_index", integer=True, minimum=0)
+        coefficient = parse_number(row["steering_coefficient"], f"{where}: steering_coefficient")
         if action == "add":
             item = FeatureSteer(
                 sae, [feature], "add", coefficient * float(sae.cfg.input_scale), layer=point, sae_source=source
@@ -303,18 +316,29 @@ def _resolve_row_sae(saes, sae_loader, loader, sparse_model, hp, sae_id):
 
 
 def _import_pt(path: Path) -> Steering:
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    from ..checks import number
+    from ..sae.files import load_weights_only
+
+    data = load_weights_only(path, "lm-eval steer file")
     if isinstance(data, list):  # an early format: a list of entries carrying their hookpoint
+        if not all(isinstance(entry, dict) and isinstance(entry.get("hookpoint"), str) for entry in data):
+            raise RefusalScopeError(f"{path} is not an lm-eval steering file", "a list holds {'hookpoint': ..., ...} entries")
         data = {entry["hookpoint"]: entry for entry in data}
     if not isinstance(data, dict):
         raise RefusalScopeError(f"{path} is not an lm-eval steering file", "expected {hookpoint: {...}}")
     items = []
     for name, entry in data.items():
+        if not isinstance(name, str) or not isinstance(entry, dict):
+            raise RefusalScopeError(f"{path} is not an lm-eval steering file", "expected {hookpoint: {...}}")
         point = parse_hookpoint(name)
         if entry.get("head_index") is not None:
             raise RefusalScopeError(f"{path}: {name} steers one attention head", "refusalscope steers the residual stream only")
+        if not torch.is_tensor(entry.get("steering_vector")):
+            raise RefusalScopeError(f"{path}: {name} has no steering_vector tensor", "expected {hookpoint: {'steering_vector': tensor, ...}}")
         vector = entry["steering_vector"].float()
-        coefficient = float(entry.get("steering_coefficient", 1.0))
+        coefficient = entry.get("steering_coefficient", 1.0)
+        coefficient = number(coefficient.item() if torch.is_tensor(coefficient) and coefficient.numel() == 1 else coefficient,
+                             f"{path}: {name} steering_coefficient")
         if entry.get("action", "add") == "add":
             items.append(ActAdd(vector, point, coefficient))
         elif entry["action"] == "clamp":

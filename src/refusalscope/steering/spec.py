@@ -183,17 +183,24 @@ def load_direction(path: str | Path, key: str | None = None) -> torch.Tensor:
         raise RefusalScopeError(f"direction file {path} does not exist", "check the path")
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth"):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    elif suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from ..sae.files import load_weights_only
 
-        obj = load_file(str(path))
+        obj = load_weights_only(path, "direction file")
+    elif suffix == ".safetensors":
+        from ..sae.files import read_safetensors
+
+        obj = read_safetensors(path)
     elif suffix == ".npy":
         import numpy as np
 
-        obj = torch.from_numpy(np.load(path))
+        try:
+            obj = torch.from_numpy(np.load(path, allow_pickle=False))
+        except (ValueError, OSError, EOFError, TypeError) as exc:
+            raise RefusalScopeError(f"cannot read the direction file {path}: {exc}", "save it with numpy.save") from None
     elif suffix == ".json":
-        obj = json.loads(path.read_text())
+        from ..checks import parse_json, read_text
+
+        obj = parse_json(read_text(path, "direction file"), f"the direction file {path}")
     else:
         raise RefusalScopeError(f"cannot read a direction from '{path.name}'", "use .pt, .safetensors, .npy or .json")
     if isinstance(obj, dict):

@@ -11,21 +11,33 @@ unsteered, the steered and the gated model, side by side.
 from .behaviours import Behaviour, harmbench_targets, load_behaviours
 from .configs import AttackConfig, check_steering_for, load_config
 from .gcg import GCG, GCGConfig, SuffixObjective, allowed_tokens
+from .multiturn import Conversation, load_conversations, run_attacker, run_scripted
 from .robustness import gcg_robustness, wilson
 from .runs import AttackRun
+from .suite import FAMILIES, AttackFamily, AttackPrompt, SuiteSources, build_prompts, run_suite
 
 __all__ = [
+    "FAMILIES",
     "GCG",
     "AttackConfig",
+    "AttackFamily",
+    "AttackPrompt",
     "AttackRun",
     "Behaviour",
+    "Conversation",
     "GCGConfig",
     "SuffixObjective",
+    "SuiteSources",
     "allowed_tokens",
+    "build_prompts",
     "check_steering_for",
     "gcg_robustness",
     "harmbench_targets",
     "load_behaviours",
     "load_config",
+    "load_conversations",
+    "run_attacker",
+    "run_scripted",
+    "run_suite",
     "wilson",
 ]

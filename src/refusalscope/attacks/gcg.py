@@ -490,8 +490,8 @@ class GCG:
             result = self.attack(b, state=run.load_state(b.id), checkpoint=lambda s, b=b: run.save_state(b.id, s),
                                  on_step=on_step, progress=progress)
             run.finish(result)
-        wanted = {b.id for b in behaviours}
-        results = [r for r in run.results() if r["id"] in wanted]
+        finished = {r["id"]: r for r in run.results()}
+        results = [finished[b.id] for b in behaviours]
         summary = {"attack": "gcg", **gcg_robustness(results), "steering": run.identity["steering"],
                    "config": run.identity["config"], "model": run.identity["model"],
                    "tokens": sum(r["tokens"] for r in results), "seconds": sum(r["seconds"] for r in results)}

@@ -547,6 +547,7 @@ def run_sweep(
                     if bar is not None:
                         bar.update(len(chunk))
             status = "complete"
+            _warn_first_token_disagreement(db)
         except KeyboardInterrupt:
             status = "interrupted"
             raise
@@ -555,6 +556,20 @@ def run_sweep(
                 bar.close()
             db.finish_run(run_id, status, computed, skipped)
     return SweepResult(Path(db_path), run_id, computed, skipped, time.time() - started, calls)
+
+
+def _warn_first_token_disagreement(db) -> None:
+    """Flag configurations where the first-token judge disagrees with judged full replies
+    (tasks with check_every; see evaluation/first_token_check.py)."""
+    import warnings
+
+    from .first_token_check import AGREEMENT_FLOOR, first_token_agreement
+
+    low = [a for a in first_token_agreement(db) if a.flagged]
+    if low:
+        cells = "; ".join(f"{a.label} · {a.task}: {a.agreement}" for a in low)
+        warnings.warn(f"first-token judge agrees with judged replies below {AGREEMENT_FLOOR:.0%} in {cells}; "
+                      "do not trust its refusal rate there (rerun those cells with generated replies)", stacklevel=3)
 
 
 def _gate_metrics(chat, conds, ids, prompts, batch_size) -> dict[str, dict[str, float]]:
@@ -691,7 +706,8 @@ def _read_mapping(path: Path) -> dict:
 
     data = read_json_or_yaml(path, "grid file")
     if not isinstance(data, dict):
-        raise RefusalScopeError(f"{path}: a grid file is a mapping with 'methods' and 'tasks'")
+        raise RefusalScopeError(f"{path}: a grid file is a mapping with 'methods' and 'tasks'",
+                                "see `refusalscope sweep --help` and evaluation/sweep.py:load_grid_file for the layout")
     return data
 
 

@@ -66,10 +66,13 @@ class RefusalTask:
     refusal_token_ids: Sequence[int] | None = None
     threshold: float = 0.0
     primary: str = "refused"
+    check_every: int = 0  # first-token mode: also generate and judge the full reply of ~1 item in n (by id)
 
     def __post_init__(self) -> None:
         if self.expect not in ("refuse", "answer"):
             raise RefusalScopeError(f"unknown expectation '{self.expect}'", "use 'refuse' or 'answer'")
+        if self.check_every < 0:
+            raise RefusalScopeError(f"check_every must be 0 (off) or positive, got {self.check_every}")
         if self.judge is None:
             from ..judges.substring import SubstringJudge
 
@@ -104,10 +107,13 @@ class RefusalTask:
 
             logits = chat.next_token_logits(prompts, batch_size=batch_size, interventions=interventions)
             scores = refusal_log_odds(logits, self.refusal_token_ids).tolist()
-            return [
+            results = [
                 ItemResult(it.id, {"refused": float(s > self.threshold), "refusal_logodds": float(s)}, None, it.prompt)
                 for it, s in zip(items, scores)
             ]
+            if self.check_every:
+                self._check_first_token(chat, items, results, interventions, batch_size)
+            return results
         gen = chat.generate(prompts, max_new_tokens=self.max_new_tokens, batch_size=batch_size,
                             interventions=interventions, progress=False)
         verdicts = self.judge.judge(prompts, gen.texts)
@@ -116,10 +122,33 @@ class RefusalTask:
             for it, v, text in zip(items, verdicts, gen.texts)
         ]
 
+    def _check_first_token(self, chat, items, results: list[ItemResult], interventions, batch_size: int) -> None:
+        """Under steering the first token and the reply can disagree (a refusal opening
+        followed by degenerate text, or the reverse): generate the sampled items' full
+        replies under the same interventions and record the reply judge's verdict and
+        whether the first-token verdict agrees (metrics reply_refused, first_token_agrees)."""
+        from .first_token_check import sampled_for_check
+
+        picked = [k for k, it in enumerate(items) if sampled_for_check(str(it.id), self.check_every)]
+        if not picked:
+            return
+        prompts = [items[k].prompt for k in picked]
+        gen = chat.generate(prompts, max_new_tokens=self.max_new_tokens, batch_size=batch_size,
+                            interventions=interventions, progress=False)
+        for k, verdict, text in zip(picked, self.judge.judge(prompts, gen.texts), gen.texts):
+            metrics = results[k].metrics
+            metrics["reply_refused"] = float(verdict.refused)
+            metrics["first_token_agrees"] = float(bool(metrics["refused"]) == bool(verdict.refused))
+            results[k].output = text
+
     def describe(self) -> dict:
         if self.refusal_token_ids:
-            return {"kind": "refusal", "dataset": self.dataset, "split": self.split, "expect": self.expect,
-                    "judge": "first-token", "refusal_token_ids": list(self.refusal_token_ids), "threshold": self.threshold}
+            out = {"kind": "refusal", "dataset": self.dataset, "split": self.split, "expect": self.expect,
+                   "judge": "first-token", "refusal_token_ids": list(self.refusal_token_ids), "threshold": self.threshold}
+            if self.check_every:
+                out.update(check_every=self.check_every, check_max_new_tokens=self.max_new_tokens,
+                           check_judge=getattr(self.judge, "name", type(self.judge).__name__))
+            return out
         return {"kind": "refusal", "dataset": self.dataset, "split": self.split, "expect": self.expect,
                 "max_new_tokens": self.max_new_tokens, "judge": getattr(self.judge, "name", type(self.judge).__name__)}
 

@@ -212,12 +212,18 @@ class Playground:
         or, for a latent without one, its logit effect computed now."""
         self.check_latent(layer, latent)
         card = self.cards.get((layer, latent))
+        ranked = next((f for f in (self.features.features if self.features else []) if (f.layer, f.feature) == (layer, latent)), None)
         if card is not None:
-            return {**card, "computed": False}
+            out = {**card, "computed": False}
+            if ranked is not None:  # cards written before discovery scores were attached
+                out["rank"] = card.get("rank") if card.get("rank") is not None else ranked.rank
+                out["scores"] = card.get("scores") or dict(ranked.scores)
+            return out
         from ..discovery.cards import logit_effect
 
         promoted, suppressed = logit_effect(self.chat, self.saes[layer].decoder_directions([latent])[0])
-        return {"layer": layer, "feature": latent, "rank": None, "scores": {}, "contexts": [], "max_harmful": [],
+        return {"layer": layer, "feature": latent, "rank": None if ranked is None else ranked.rank,
+                "scores": {} if ranked is None else dict(ranked.scores), "contexts": [], "max_harmful": [],
                 "max_harmless": [], "promoted": promoted, "suppressed": suppressed, "computed": True}
 
     # ------------------------------------------------------------------ form <-> Steering
@@ -478,7 +484,8 @@ class Playground:
             chat = self.chat
             ids = chat.encode(chat.format(prompt))
             acts = chat.residual([prompt], [layer], positions="all", batch_size=1, progress=False)[layer][0]
-            values = self.saes[layer].encode_subset(acts, [latent])[:, 0]
+            with torch.no_grad():
+                values = self.saes[layer].encode_subset(acts, [latent])[:, 0]
             job.emit("activations", tokens=[chat.tokenizer.decode([t]) for t in ids],
                      values=[round(float(v), 4) for v in values])
 

@@ -25,9 +25,9 @@ function svg(tag, attrs = {}) {
   return node;
 }
 
-function message(text, isError = false) {
-  $("message").textContent = text;
-  $("message").className = isError ? "error" : "";
+function message(text, isError = false, where = "message") {
+  $(where).textContent = text;
+  $(where).className = isError ? "error" : "";
 }
 
 async function api(path, options = {}) {
@@ -197,7 +197,7 @@ async function send() {
 
 // ------------------------------------------------------------------ feature cards
 function histogram(card) {
-  const width = 300, height = 90, bins = 20;
+  const width = 420, height = 90, bins = 20;
   const all = card.max_harmful.concat(card.max_harmless);
   const top = Math.max(1e-6, ...all);
   const chart = svg("svg", { width, height: height + 16, class: "hist", role: "img", "aria-label": "activation histogram" });
@@ -211,7 +211,7 @@ function histogram(card) {
     });
   }
   const label = svg("text", { x: 0, y: height + 12 });
-  label.textContent = `max activation per prompt (0 … ${fmt(top)}): red harmful, blue harmless`;
+  label.textContent = `max activation per prompt, 0 to ${fmt(top)} (red: harmful, blue: harmless)`;
   chart.append(label);
   return chart;
 }
@@ -356,9 +356,9 @@ async function saveSpec() {
   try {
     const saved = await api("/api/specs", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ name: $("spec-name").value, steering: steeringForm(), overwrite: $("spec-overwrite").checked }) });
-    message(`saved ${saved.name} (${saved.id})`);
+    message(`saved ${saved.name} (${saved.id})`, false, "spec-message");
     await refreshSpecs(saved.name);
-  } catch (err) { message(err.message, true); }
+  } catch (err) { message(err.message, true, "spec-message"); }
 }
 
 async function loadSpec() {
@@ -367,9 +367,9 @@ async function loadSpec() {
   try {
     const spec = await api(`/api/specs/${encodeURIComponent(name)}`);
     applyForm(spec.steering);
-    message(`loaded ${spec.name} (${spec.id})`);
+    message(`loaded ${spec.name} (${spec.id})`, false, "spec-message");
     changed();
-  } catch (err) { message(err.message, true); }
+  } catch (err) { message(err.message, true, "spec-message"); }
 }
 
 // ------------------------------------------------------------------ start

@@ -88,7 +88,7 @@ def parse_number(text: str, where: str, *, integer: bool = False, **limits: Any)
     try:
         value = float(str(text).strip())
     except ValueError:
-        raise RefusalScopeError(f"{where} must be a number, got {_shown(text)}") from None
+        raise RefusalScopeError(f"{where} must be a number, got {_shown(text)}", "write it as a number, e.g. 2 or -0.5") from None
     return number(value, where, integer=integer, **limits)
 
 

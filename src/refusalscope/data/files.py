@@ -64,21 +64,24 @@ def read_json(path: Path) -> Any:
     need_file(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise malformed(path, f"not valid JSON ({exc})") from exc
 
 
 def read_jsonl(path: Path) -> list[Any]:
     need_file(path)
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise malformed(path, f"line {number} is not valid JSON ({exc})") from exc
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except (json.JSONDecodeError, RecursionError) as exc:
+                    raise malformed(path, f"line {number} is not valid JSON ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise malformed(path, f"not UTF-8 text ({exc})") from exc
     return rows
 
 

@@ -125,8 +125,11 @@ def dataset_names() -> list[str]:
 
 
 def get_spec(name: str) -> DatasetSpec:
-    if name not in REGISTRY:
-        close = [n for n in REGISTRY if name.split("/")[-1] in n]
+    if not isinstance(name, str) or name not in REGISTRY:
+        import difflib
+
+        name = str(name)
+        close = [n for n in REGISTRY if name.split("/")[-1] in n] or difflib.get_close_matches(name, list(REGISTRY), n=2)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise RefusalScopeError(
             f"unknown dataset '{name}'",
@@ -238,6 +241,11 @@ def load_dataset(
     """
     if source not in ("auto", "local", "hub"):
         raise RefusalScopeError(f"unknown source '{source}'", "use 'auto', 'local' or 'hub'")
+    from ..checks import number
+
+    if limit is not None:  # checked before any file is read, so a bad limit costs nothing
+        limit = number(limit, "limit", integer=True, minimum=1)
+    seed = number(seed, f"the seed for dataset '{name}'", integer=True, minimum=0)
     spec = get_spec(name)
     split = spec.split_or_default(split)
     if source == "hub" and (spec.hub is None or not spec.hub.files.get(split)):

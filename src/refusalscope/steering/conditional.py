@@ -26,6 +26,7 @@ report on which benign prompts the capability cost was avoided.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -251,6 +252,8 @@ class Conditional(Intervention):
             raise RefusalScopeError("a conditional intervention needs at least one intervention to gate")
         self.gate = gate
         self.threshold = float(threshold)
+        if not math.isfinite(self.threshold):
+            raise RefusalScopeError(f"the gate threshold must be a finite number, got {threshold}", "use an ordinary number")
         if reduce not in REDUCTIONS:
             raise RefusalScopeError(f"unknown gate reduction '{reduce}'", f"use one of {', '.join(REDUCTIONS)}")
         self.reduce = reduce

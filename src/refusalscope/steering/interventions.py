@@ -157,6 +157,16 @@ def as_direction(direction, name: str = "direction") -> torch.Tensor:
     return vec
 
 
+def finite(values: list[float], what: str) -> list[float]:
+    """NaN or infinite magnitudes would silently turn every steered activation into NaN."""
+    import math
+
+    for v in values:
+        if not math.isfinite(v):
+            raise RefusalScopeError(f"the {what} must be a finite number, got {v}", "use an ordinary number")
+    return values
+
+
 def _unit(vec: torch.Tensor, name: str = "direction") -> torch.Tensor:
     norm = vec.norm()
     if norm == 0:
@@ -288,6 +298,7 @@ class FeatureSteer(Intervention):
             raise RefusalScopeError(f"unknown feature mode '{mode}'", "use 'set' (clamp), 'scale' or 'add'")
         self.mode = mode
         values = [float(value)] * len(self.features) if isinstance(value, (int, float)) else [float(v) for v in value]
+        finite(values, "feature steering value")
         if len(values) != len(self.features):
             raise RefusalScopeError(
                 f"{len(values)} values for {len(self.features)} features",
@@ -501,7 +512,7 @@ class ActAdd(Intervention):
         if self.normalize:
             _unit(self.direction)
         self.layer = layer
-        self.coefficient = float(coefficient)
+        self.coefficient = finite([float(coefficient)], "ActAdd coefficient")[0]
         self.positions = check_positions(positions)
 
     @property
@@ -562,7 +573,7 @@ class DirectionClamp(Intervention):
         if self.bias is not None and self.bias.shape != self.direction.shape:
             raise RefusalScopeError("the clamp bias and direction have different sizes")
         self.layer = layer
-        self.value = float(value)
+        self.value = finite([float(value)], "clamp value")[0]
         self.positions = check_positions(positions)
         self.origin: dict[str, Any] | None = None  # {"sae": SAE, "source": str, "feature": int}
 

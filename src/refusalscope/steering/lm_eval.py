@@ -260,7 +260,8 @@ def _import_csv(path: Path, saes: dict[str, Any], sae_loader) -> Steering:
         records = []
         for row in reader:
             if None in row:  # more cells than header columns
-                raise RefusalScopeError(f"{path.name} line {reader.line_num}: more cells than the header has columns")
+                raise RefusalScopeError(f"{path.name} line {reader.line_num}: more cells than the header has columns",
+                                        f"give each row the header's columns: {', '.join(CSV_COLUMNS)}")
             records.append({(k or "").strip(): (v or "").strip() for k, v in row.items() if k})
     except csv.Error as exc:
         raise RefusalScopeError(f"{path} is not a readable CSV file: {exc}", "save it as plain CSV") from None
@@ -281,6 +282,8 @@ def _import_csv(path: Path, saes: dict[str, Any], sae_loader) -> Steering:
             raise RefusalScopeError(f"{where}: unknown loader '{loader}'", "lm-eval knows sparsify and sae_lens")
         if action not in ("add", "clamp"):
             raise RefusalScopeError(f"{where}: unknown action '{action}'", "lm-eval knows add and clamp")
+        feature = parse_number(row["feature_index"], f"{where}: feature_index", integer=True, minimum=0)
+        coefficient = parse_number(row["steering_coefficient"], f"{where}: steering_coefficient")
         hp, sae_id = row.get("hookpoint", ""), row.get("sae_id", "")
         sae, source = _resolve_row_sae(saes, sae_loader, loader, row["sparse_model"], hp, sae_id)
         sae.cfg.provenance = {
@@ -290,8 +293,6 @@ def _import_csv(path: Path, saes: dict[str, Any], sae_loader) -> Steering:
         from .interventions import sae_point
 
         point = parse_hookpoint(hp) if hp else sae_point(sae)
-        feature = parse_number(row["feature_index"], f"{where}: feature_index", integer=True, minimum=0)
-        coefficient = parse_number(row["steering_coefficient"], f"{where}: steering_coefficient")
         if action == "add":
             item = FeatureSteer(
                 sae, [feature], "add", coefficient * float(sae.cfg.input_scale), layer=point, sae_source=source

@@ -72,8 +72,9 @@ def site(tmp_path_factory):
     playground = tiny_playground(tmp_path_factory.mktemp("browser"))
     first = next(iter(playground.cards.values()))
     first["contexts"].append({"activation": 0.5, "corpus": "text", "tokens": ["before ", CARD_XSS, " after"], "peak": 1})
-    with Server(create_app(playground)) as url:
-        yield url, playground
+    app = create_app(playground)
+    with Server(app) as url:
+        yield url, playground, app
 
 
 @pytest.fixture()
@@ -98,7 +99,7 @@ def wait_idle(page):
 
 
 def test_slider_changes_the_steered_reply_and_not_the_plain_one(page, site):
-    url, playground = site
+    url, playground, _ = site
     open_page(page, url)
     rows = page.locator("#latent-list tbody tr")
     assert rows.count() == len(playground.features.features)
@@ -133,7 +134,7 @@ def test_slider_changes_the_steered_reply_and_not_the_plain_one(page, site):
 
 
 def test_feature_card_shows_contexts_histogram_and_escapes_context_text(page, site):
-    url, playground = site
+    url, playground, _ = site
     open_page(page, url)
     layer, latent = next(iter(playground.cards))
     page.locator(f"#latent-list tr[data-latent='{layer}/{latent}'] .latent-card").click()
@@ -171,7 +172,7 @@ def test_a_reply_with_html_renders_as_text(page, browser, tmp_path):
 
 
 def test_spec_save_and_load_through_the_page(page, site):
-    url, playground = site
+    url, playground, _ = site
     open_page(page, url)
     page.uncheck("#live")
     page.locator("#latent-list tbody tr").nth(1).locator(".latent-add").click()
@@ -194,7 +195,7 @@ def test_spec_save_and_load_through_the_page(page, site):
 
 
 def test_refusal_curve_with_progress(page, site):
-    url, _ = site
+    url, _, _ = site
     open_page(page, url)
     page.uncheck("#live")
     page.locator("#latent-list tbody tr").first.locator(".latent-add").click()
@@ -205,3 +206,27 @@ def test_refusal_curve_with_progress(page, site):
     assert page.eval_on_selector("#curve-progress", "bar => [bar.value, bar.max]") == [6, 6]
     assert page.locator("#curve path.line").count() == 1
     assert [c.strip() for c in page.locator("#curve-table tbody tr td:first-child").all_text_contents()] == ["0", "1", "2"]
+
+
+def test_a_second_tab_waits_its_turn_and_can_cancel(page, site):
+    url, _, app = site
+    open_page(page, url)
+    page.uncheck("#live")
+    release = threading.Event()
+    busy = app.state.worker.submit(lambda job: release.wait(30), "other-tab")  # another tab's long request
+    try:
+        page.fill("#prompt", "How do I bake bread?")
+        page.click("#send")
+        page.wait_for_function("() => document.getElementById('message').textContent.includes('1 request(s) ahead')")
+        assert page.text_content("#steered") == ""
+        page.click("#stop")  # give up waiting
+        page.wait_for_function("() => document.getElementById('stop').disabled")
+    finally:
+        release.set()
+    assert busy.finished.wait(10)
+    page.click("#send")  # the queue is free again and the page still works
+    page.wait_for_function("() => document.getElementById('plain-meta').textContent.includes('tokens')", timeout=30_000)
+    deadline = time.time() + 10
+    while app.state.worker.busy and time.time() < deadline:
+        time.sleep(0.05)
+    assert not app.state.worker.busy

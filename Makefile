@@ -10,7 +10,7 @@ export REFUSALSCOPE_DATA
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.refusalscope-installed
 
-.PHONY: setup demo test test-unit bench
+.PHONY: setup demo test test-unit test-other-dtype bench
 
 $(STAMP): pyproject.toml requirements/models.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ test: setup
 
 test-unit: setup
 	$(BIN)/python -m pytest -x -q tests/unit
+
+# The unit tests again with `auto` forced to the dtype this CPU would NOT pick (bf16 on an
+# AVX2 machine, fp32 on one with native bf16), so every machine catches what the other kind
+# would: CI runs this after `make test`.
+OTHER_DTYPE = $(shell $(BIN)/python -c "from refusalscope.models.loading import native_bf16; print('fp32' if native_bf16() else 'bf16')" 2>/dev/null)
+test-other-dtype: setup
+	REFUSALSCOPE_DTYPE=$(OTHER_DTYPE) $(BIN)/python -m pytest -q tests/unit
 
 bench: setup
 	$(BIN)/python benchmarks/generation.py

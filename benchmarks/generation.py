@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from refusalscope import load_model
 from refusalscope.data.builtin import minimal_pairs
+from refusalscope.models.loading import native_bf16, resolve_dtype
+from refusalscope.provenance import cpu_info
 
 
 def median_time(fn, repeats: int) -> float:
@@ -93,10 +95,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", help="model specs (default: both embedded models)")
     args = parser.parse_args()
     models = ["smollm2-135m-instruct"] if args.quick else ["smollm2-135m-instruct", "default"]
+    models = args.models or models
     batches = [1, 8] if args.quick else [1, 8, 32]
-    print(f"threads={torch.get_num_threads()} cpu={torch.backends.cpu.get_cpu_capability()}")
+    cpu = cpu_info()
+    print(f"cpu={cpu['model']} flags=[{' '.join(cpu['flags'])}] kernels={torch.backends.cpu.get_cpu_capability()} "
+          f"threads={torch.get_num_threads()} native_bf16={native_bf16()} auto={resolve_dtype('auto')}")
     header = f"{'model':30} {'dtype':9} {'batch':>5} | {'prefill tok/s':>13} {'roofline':>9} {'ratio':>6} | {'decode tok/s':>12} {'roofline':>9} {'ratio':>6}"
     print(header)
     print("-" * len(header))
@@ -113,7 +119,7 @@ def main() -> None:
                     f"{r['decode_roof_tok_s']:>9.1f} {r['decode_tok_s'] / r['decode_roof_tok_s']:>6.2f}",
                     flush=True,
                 )
-    print("\nfp32 / bf16 speed (same model, batch):")
+    print("\nfp32 / bf16 speed (same model, batch; above 1 means fp32 is faster):")
     for r in rows:
         if r["dtype"] == "float32":
             bf = next(x for x in rows if x["model"] == r["model"] and x["batch"] == r["batch"] and x["dtype"] == "bfloat16")

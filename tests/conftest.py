@@ -57,3 +57,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "integration" in item.nodeid.split("/"):
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_report_header(config):
+    """Say which dtype `auto` resolves to and which CPU flags decided it: the suite must pass
+    either way (`REFUSALSCOPE_DTYPE=bf16|fp32` forces the other machine's choice)."""
+    from refusalscope.provenance import environment
+
+    env = environment()
+    forced = os.environ.get("REFUSALSCOPE_DTYPE") or "not set"
+    return (f"refusalscope: auto dtype = {env['auto_dtype']} (REFUSALSCOPE_DTYPE {forced}); "
+            f"cpu {env['cpu']['model']} [{' '.join(env['cpu']['flags'])}], torch threads {env['threads']}")

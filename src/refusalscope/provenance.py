@@ -29,12 +29,40 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+# the CPU features that decide which kernels (and so which rounding) a float run gets:
+# greedy outputs differ between bf16 and fp32, and bf16 is native only with AVX512-BF16/AMX
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "neon", "asimd")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name and the flags in CPU_FLAGS it has (from /proc/cpuinfo on Linux)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and value.strip():
+            model = value.strip()
+        elif key in ("flags", "features"):
+            flags.update(value.split())
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
 def environment() -> dict[str, Any]:
+    """Versions plus the machine facts that change numbers: CPU flags, kernel level, threads,
+    and the dtype `auto` resolves to here (after $REFUSALSCOPE_DTYPE)."""
+    from .models.loading import resolve_dtype
+
     return {
         "versions": package_versions(),
         "platform": platform.platform(),
+        "cpu": cpu_info(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
+        "auto_dtype": str(resolve_dtype("auto")).removeprefix("torch."),
     }
 
 

@@ -1,6 +1,7 @@
 """load_model's spec resolution, caching and errors, on tiny models saved to disk."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,10 +116,38 @@ def test_atomic_dir_publishes_only_complete_folders(tmp_path):
     assert (final / "done").read_text() == "ok"
 
 
-def test_dtype_resolution():
+def test_dtype_resolution(monkeypatch):
+    monkeypatch.delenv("REFUSALSCOPE_DTYPE", raising=False)
     assert resolve_dtype("fp32") is torch.float32
     assert resolve_dtype("bf16") is torch.bfloat16
     assert resolve_dtype("auto", "cuda") is torch.bfloat16
-    assert resolve_dtype("auto") in (torch.float32, torch.bfloat16)
+    native = torch.cpu._is_avx512_bf16_supported() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    assert resolve_dtype("auto") is (torch.bfloat16 if native else torch.float32)
     with pytest.raises(RefusalScopeError, match="unknown dtype"):
         resolve_dtype("int3")
+
+
+def test_dtype_env_forces_auto_only(monkeypatch):
+    """$REFUSALSCOPE_DTYPE decides what `auto` means (so the suite can run as another CPU
+    would), but never overrides a dtype the caller named."""
+    for forced, want in (("bfloat16", torch.bfloat16), ("fp32", torch.float32), ("BF16", torch.bfloat16)):
+        monkeypatch.setenv("REFUSALSCOPE_DTYPE", forced)
+        assert resolve_dtype("auto") is want
+        assert resolve_dtype("auto", "cuda") is want
+        assert resolve_dtype("fp32") is torch.float32 and resolve_dtype("bf16") is torch.bfloat16
+    monkeypatch.setenv("REFUSALSCOPE_DTYPE", "int4")
+    with pytest.raises(RefusalScopeError, match="REFUSALSCOPE_DTYPE") as err:
+        resolve_dtype("auto")
+    assert "bf16" in err.value.fix
+    assert resolve_dtype("fp32") is torch.float32
+
+
+def test_environment_records_cpu_flags_and_auto_dtype(monkeypatch):
+    from refusalscope.provenance import environment
+
+    monkeypatch.setenv("REFUSALSCOPE_DTYPE", "fp32")
+    env = environment()
+    assert env["auto_dtype"] == "float32"
+    assert isinstance(env["cpu"]["model"], str) and env["cpu"]["model"]
+    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
+    assert ("avx512_bf16" in env["cpu"]["flags"]) == (" avx512_bf16" in flags)

@@ -1,0 +1,205 @@
+"""`refusalscope attack gcg|suite|multiturn`: jailbreak robustness, unsteered vs steered vs gated.
+
+Each subcommand takes model configurations as `--config NAME=SPEC` (repeatable; the
+unsteered model is always included unless `--no-unsteered`), writes one resumable folder
+per configuration under `--out`, and prints one table with a row per configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import RefusalScopeError
+from ._app import DtypeOpt, app, console, handle_errors
+
+attack_app = typer.Typer(help="Jailbreak attacks against the unsteered, steered and gated model.",
+                         no_args_is_help=True)
+app.add_typer(attack_app, name="attack")
+
+ConfigOpt = typer.Option([], "--config", "-c", help="NAME=SPEC_FILE (repeatable), e.g. steered=spec.json gated=gated.json.")
+UnsteeredOpt = typer.Option(True, "--unsteered/--no-unsteered", help="Also attack the model without steering.")
+ModelOpt = typer.Option(None, "--model", "-m", help="Model (default: the specs' model, else 'default').")
+DataOpt = typer.Option(None, "--data-dir", help="Folder of benchmark release files (default $REFUSALSCOPE_DATA).")
+
+
+def _spec_paths(configs: list[str], unsteered: bool) -> list[tuple[str, Optional[str]]]:
+    from ..attacks.configs import parse_config_option
+
+    pairs = ([("unsteered", None)] if unsteered else []) + [parse_config_option(c) for c in configs]
+    names = [n for n, _ in pairs]
+    if not pairs:
+        raise RefusalScopeError("no model configuration to attack", "drop --no-unsteered or pass --config NAME=SPEC")
+    if len(set(names)) != len(names):
+        raise RefusalScopeError(f"configuration names repeat: {names}", "give each --config its own NAME=")
+    for name, path in pairs:
+        if path is not None and not Path(path).is_file():
+            raise RefusalScopeError(f"steering spec {path} (configuration '{name}') does not exist", "check the path")
+    return pairs
+
+
+def _load(model: Optional[str], dtype: str, pairs):
+    """The model (the first spec's, unless --model) and the configurations, checked against it."""
+    from ..attacks.configs import load_config
+    from ..models import load_model
+    from ..paths import read_json_or_yaml
+
+    spec_model = None
+    for _, path in pairs:
+        if path is not None:
+            spec_model = (read_json_or_yaml(path, "steering spec").get("model") or {}).get("spec")
+            break
+    chat = load_model(model or spec_model or "default", dtype=dtype)
+    return chat, [load_config(name, path, chat) for name, path in pairs]
+
+
+def _table(title: str, columns: list[str]) -> Table:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    return table
+
+
+@attack_app.command("gcg")
+@handle_errors
+def gcg_cmd(
+    config: list[str] = ConfigOpt,
+    unsteered: bool = UnsteeredOpt,
+    dataset: str = typer.Option("harmful/harmbench", help="Behaviours (each needs a target string)."),
+    split: Optional[str] = typer.Option(None, help="Dataset split."),
+    limit: int = typer.Option(20, help="Behaviours (seeded sample)."),
+    behaviour: list[str] = typer.Option([], "--behaviour", "-b", help="Attack only these behaviour ids (repeatable)."),
+    steps: int = typer.Option(50, help="Step budget per behaviour."),
+    token_budget: Optional[int] = typer.Option(None, help="Forward-token budget per behaviour (stops earlier)."),
+    suffix_length: int = typer.Option(20, help="Suffix tokens."),
+    candidates: int = typer.Option(256, help="Candidates scored per step."),
+    top_k: int = typer.Option(256, help="Top-k gradient tokens per position."),
+    eval_batch: int = typer.Option(64, help="Candidates per scoring forward."),
+    check_every: int = typer.Option(10, help="Judge the greedy reply every N steps (early stop)."),
+    checkpoint_every: int = typer.Option(5, help="Checkpoint every N steps."),
+    max_new_tokens: int = typer.Option(32, help="Reply tokens judged."),
+    seed: int = typer.Option(0, help="Sampling seed (behaviours and candidates)."),
+    model: Optional[str] = ModelOpt,
+    dtype: str = DtypeOpt,
+    data_dir: Optional[Path] = DataOpt,
+    out: Path = typer.Option(Path("runs/attack-gcg"), "--out", "-o", help="Output folder (resumable)."),
+) -> None:
+    """GCG (adaptive: gradients through the steering) on HarmBench behaviours; robustness = share not broken."""
+    from ..attacks import GCG, GCGConfig, load_behaviours
+    from ..attacks.robustness import format_estimate
+
+    gcg_config = GCGConfig(steps=steps, suffix_length=suffix_length, candidates=candidates, top_k=top_k,
+                           eval_batch=eval_batch, check_every=check_every, max_new_tokens=max_new_tokens,
+                           checkpoint_every=checkpoint_every, seed=seed, token_budget=token_budget).validate()
+    pairs = _spec_paths(config, unsteered)
+    behaviours = load_behaviours(dataset, split, None if behaviour else limit, seed, data_dir)
+    if behaviour:
+        known = {b.id: b for b in behaviours}
+        missing = [b for b in behaviour if b not in known]
+        if missing:
+            raise RefusalScopeError(f"unknown behaviour id(s) in {dataset}: {', '.join(missing)}",
+                                    "ids look like harmbench-<BehaviorID>; see `refusalscope datasets`")
+        behaviours = [known[b] for b in behaviour]
+    for b in behaviours:
+        b.require_target()
+    chat, configs = _load(model, dtype, pairs)
+    table = _table(f"GCG robustness · {chat.info.name} · {len(behaviours)} behaviours · {steps} steps",
+                   ["config", "robustness [95% CI]", "n", "broken", "median steps to break", "tokens"])
+    for cfg in configs:
+        console.print(cfg.describe(), highlight=False, markup=False)
+        summary = GCG(chat, cfg.steering, gcg_config).run(behaviours, out / cfg.name)
+        table.add_row(cfg.name, format_estimate(summary["robustness"]), str(summary["n"]), str(summary["broken"]),
+                      str(summary["median_steps_to_break"]), f"{summary['tokens']:,}")
+    console.print(table)
+    console.print(f"results in {out}/<config>/results.jsonl and summary.json")
+
+
+@attack_app.command("suite")
+@handle_errors
+def suite_cmd(
+    config: list[str] = ConfigOpt,
+    unsteered: bool = UnsteeredOpt,
+    family: list[str] = typer.Option([], "--family", "-a", help="Attack families (repeatable; default all)."),
+    limit: int = typer.Option(10, help="Prompts per family (seeded sample)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    max_new_tokens: int = typer.Option(48, help="Reply tokens judged."),
+    batch_size: int = typer.Option(8, help="Prompts per forward pass."),
+    model: Optional[str] = ModelOpt,
+    dtype: str = DtypeOpt,
+    data_dir: Optional[Path] = DataOpt,
+    out: Path = typer.Option(Path("runs/attack-suite"), "--out", "-o", help="Output folder (resumable)."),
+) -> None:
+    """Static single-turn attacks (JBB artifacts, DAN/in-the-wild templates, GCG suffixes, tense): compliance per family."""
+    from ..attacks.suite import SuiteSources, build_prompts, run_suite
+
+    if limit < 1:
+        raise RefusalScopeError(f"--limit must be at least 1, got {limit}")
+    pairs = _spec_paths(config, unsteered)
+    prompts = build_prompts(family or ["all"], SuiteSources(data_dir, limit, seed))
+    chat, configs = _load(model, dtype, pairs)
+    result = run_suite(chat, configs, prompts, out, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    names = [c.name for c in configs]
+    table = _table(f"compliance under attack · {chat.info.name} · judge {result['judge']}",
+                   ["attack", "n"] + names)
+    rows = {(r["config"], r["family"]): r for r in result["rows"]}
+    for fam in dict.fromkeys(p.family for p in prompts):
+        cells = [f"{rows[(n, fam)]['compliance']:.2f} [{rows[(n, fam)]['low']:.2f}, {rows[(n, fam)]['high']:.2f}]"
+                 for n in names]
+        table.add_row(fam, str(rows[(names[0], fam)]["n"]), *cells)
+    console.print(table)
+    for name, info in result["configs"].items():
+        if "gate_fire_rate" in info:
+            console.print(f"{name}: gate fired on {info['gate_fire_rate']:.0%} of attack prompts")
+    console.print(f"table in {out}/suite.json")
+
+
+@attack_app.command("multiturn")
+@handle_errors
+def multiturn_cmd(
+    config: list[str] = ConfigOpt,
+    unsteered: bool = UnsteeredOpt,
+    conversations: str = typer.Option("crescendo", help="'crescendo' (built-in) or a conversation file (.json)."),
+    limit: Optional[int] = typer.Option(None, help="First N conversations."),
+    attacker: Optional[str] = typer.Option(None, help="Attacker model ('self' = the target model unsteered); "
+                                                    "default: play the scripted turns."),
+    max_turns: int = typer.Option(4, help="Attacker loop: turns per conversation."),
+    max_backtracks: int = typer.Option(3, help="Attacker loop: retries after refusals."),
+    max_new_tokens: int = typer.Option(64, help="Reply tokens per turn."),
+    seed: int = typer.Option(0, help="Attacker sampling seed (used after a refusal)."),
+    model: Optional[str] = ModelOpt,
+    dtype: str = DtypeOpt,
+    out: Path = typer.Option(Path("runs/attack-multiturn"), "--out", "-o", help="Output folder (resumable)."),
+) -> None:
+    """Crescendo-style escalation: refusal at every turn and success at the last."""
+    from ..attacks.multiturn import load_conversations, run_attacker, run_scripted
+    from ..attacks.robustness import format_estimate
+
+    convs = load_conversations(conversations, limit)
+    if max_turns < 1 or max_backtracks < 0 or max_new_tokens < 1:
+        raise RefusalScopeError("max-turns and max-new-tokens must be at least 1, max-backtracks at least 0")
+    pairs = _spec_paths(config, unsteered)
+    chat, configs = _load(model, dtype, pairs)
+    attacker_model = None
+    if attacker is not None and attacker != "self":
+        from ..models import load_model
+
+        attacker_model = load_model(attacker, dtype=dtype)
+    summaries = []
+    for cfg in configs:
+        console.print(cfg.describe(), highlight=False, markup=False)
+        if attacker is None:
+            summaries.append(run_scripted(chat, cfg, convs, out / cfg.name, max_new_tokens=max_new_tokens))
+        else:
+            summaries.append(run_attacker(chat, cfg, convs, out / cfg.name, attacker=attacker_model,
+                                          max_turns=max_turns, max_backtracks=max_backtracks,
+                                          max_new_tokens=max_new_tokens, seed=seed))
+    turns = max(len(s["refusal_by_turn"]) for s in summaries)
+    table = _table(f"refusal by turn · {chat.info.name} · {len(convs)} conversations",
+                   ["config"] + [f"turn {t + 1}" for t in range(turns)] + ["success at last turn"])
+    for s in summaries:
+        cells = [f"{r['refusal']:.2f} (n={r['n']})" for r in s["refusal_by_turn"]]
+        table.add_row(s["config"], *cells, *[""] * (turns - len(cells)), format_estimate(s["success"]))
+    console.print(table)

@@ -1,0 +1,93 @@
+"""`refusalscope attack gcg|suite|multiturn` end to end on a tiny model folder and the
+shared benchmark files: tables with unsteered / steered / gated rows, clear errors."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from refusalscope.cli import app
+from refusalscope.steering import ActAdd, Conditional, DirectionGate, Steering
+from refusalscope.testing import save_tiny_model, tiny_chat_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("attack-cli")
+    chat = tiny_chat_model("llama", seed=2, n_layers=2, d_model=32)
+    folder = save_tiny_model(chat, root / "tiny")
+    from refusalscope import load_model
+
+    loaded = load_model(str(folder), dtype="fp32", progress=False)
+    inner = ActAdd(torch.randn(loaded.d_model, generator=torch.Generator().manual_seed(0)), 0, 6.0)
+    steered = Steering([inner]).for_model(loaded).save(root / "steered.json")
+    gated = Steering([Conditional(inner, DirectionGate(torch.ones(loaded.d_model), 0), 0.0)]).for_model(loaded)
+    gated = gated.save(root / "gated.json")
+    other = Steering([inner], model={"name": "another-model", "spec": "another-model", "sha256": "f" * 64})
+    other = other.save(root / "other.json")
+    return {"root": root, "model": str(folder), "steered": steered, "gated": gated, "other": other,
+            "data": str(data_dir)}
+
+
+def invoke(args):
+    return runner.invoke(app, ["attack", *args])
+
+
+def test_gcg_command_writes_a_robustness_row_per_configuration(setup):
+    out = setup["root"] / "gcg"
+    result = invoke(["gcg", "--model", setup["model"], "--dtype", "fp32", "--data-dir", setup["data"], "--limit", "2",
+                     "--steps", "2", "--suffix-length", "4", "--candidates", "8", "--top-k", "8", "--check-every", "1",
+                     "--max-new-tokens", "4", "-c", f"steered={setup['steered']}", "-c", f"gated={setup['gated']}",
+                     "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("unsteered", "steered", "gated"):
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["n"] == 2 and summary["robustness"]["method"] == "wilson"
+        assert name in result.output
+    assert json.loads((out / "steered" / "summary.json").read_text())["steering"] is not None
+
+
+def test_suite_command_prints_compliance_per_family(setup):
+    out = setup["root"] / "suite"
+    result = invoke(["suite", "--model", setup["model"], "--dtype", "fp32", "--data-dir", setup["data"], "--limit", "2",
+                     "-a", "direct", "-a", "dan", "-a", "past-tense", "--max-new-tokens", "4",
+                     "-c", f"steered={setup['steered']}", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "suite.json").read_text())
+    assert {(r["config"], r["family"]) for r in table["rows"]} == {
+        (c, f) for c in ("unsteered", "steered") for f in ("direct", "dan", "past-tense")}
+    assert all(r["n"] == 2 for r in table["rows"])
+
+
+def test_multiturn_command_prints_refusal_by_turn(setup):
+    out = setup["root"] / "mt"
+    result = invoke(["multiturn", "--model", setup["model"], "--dtype", "fp32", "--limit", "2", "--max-new-tokens", "4",
+                     "-c", f"gated={setup['gated']}", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "turn 1" in result.output and "gated" in result.output
+    assert len((out / "gated" / "results.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["gcg", "--steps", "0"], "steps must be a positive integer"),
+    (["gcg", "--token-budget", "-5"], "token budget must be positive"),
+    (["suite", "-a", "autodan"], "unknown attack 'autodan'"),
+    (["gcg", "--dataset", "harmful/malicious-instruct", "--limit", "2"], "has no target string"),
+    (["gcg", "-b", "harmbench-no_such_behaviour"], "unknown behaviour id"),
+])
+def test_bad_input_exits_2_before_loading_anything(setup, args, message):
+    result = invoke([*args, "--model", "no-such-model", "--data-dir", setup["data"]])  # a model load would fail
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "fix:" in result.output
+
+
+def test_spec_for_another_model_is_refused(setup):
+    out = setup["root"] / "other"
+    result = invoke(["suite", "--model", setup["model"], "--dtype", "fp32", "--data-dir", setup["data"], "--limit", "1",
+                     "-a", "direct", "-c", f"other={setup['other']}", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "written for another-model" in result.output
+    assert not (out / "unsteered" / "results.jsonl").exists()  # checked before any attack ran

@@ -89,6 +89,20 @@ def ws(tmp_path_factory) -> Path:
     dl.mkdir()
     torch.save({"encoder.weight": Boom(d / "PWNED")}, dl / "ae.pt")
     (dl / "config.json").write_text(json.dumps({"trainer": {"dict_class": "AutoEncoder", "layer": 1}}))
+    # other published layouts with a number that is not one
+    from safetensors.torch import save_file
+
+    sp = d / "sparsify" / "layers.1"
+    sp.mkdir(parents=True)
+    save_file({"encoder.weight": torch.zeros(16, 8), "encoder.bias": torch.zeros(16), "W_dec": torch.zeros(16, 8),
+               "b_dec": torch.zeros(8)}, str(sp / "sae.safetensors"))
+    (sp / "cfg.json").write_text(json.dumps({"d_in": 8, "k": "four", "num_latents": 16}))
+    ls = d / "llamascope"
+    (ls / "checkpoints").mkdir(parents=True)
+    save_file({"encoder.weight": torch.zeros(16, 8), "encoder.bias": torch.zeros(16), "decoder.weight": torch.zeros(8, 16)},
+              str(ls / "checkpoints" / "final.safetensors"))
+    (ls / "hyperparams.json").write_text(json.dumps({"d_model": 8, "d_sae": "many", "hook_point_in": "blocks.1.hook_resid_post",
+                                                     "norm_activation": "inference"}))
     # steering specs
     base = {"format": "refusalscope-steering", "version": 1}
     actadd = {"kind": "actadd", "layer": 0, "direction": {"values": [1.0, 0.0]}, "coefficient": 2.0}
@@ -217,6 +231,8 @@ CASES: dict[str, Case] = {
     "sae-cfg-broken": C(["sae-eval", "{d}/sae-cfg-broken"], "it is not valid JSON"),
     "sae-truncated": C(["sae-eval", "{d}/sae-truncated"], "not a complete safetensors file"),
     "sae-pickle": C(["sae-eval", "{d}/sae-pickle"], "never fully unpickles"),
+    "sae-sparsify-k": C(["sae-eval", "{d}/sparsify/layers.1"], "k must be an integer, got 'four'"),
+    "sae-llamascope-d-sae": C(["sae-eval", "{d}/llamascope"], "d_sae must be an integer, got 'many'"),
     # ------------------------------------------------------------------ direction
     "direction-n-train": C(["direction", "--n-train", "1"], "--n-train must be at least 2"),
     "direction-n-val": C(["direction", "--n-val", "0"], "--n-val must be at least 1"),

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..checks import number
 from ..errors import RefusalScopeError
 from .files import (
     RawSAE,
@@ -143,15 +144,19 @@ def read_sparsify(folder: Path) -> RawSAE:
             "use a sparsify SAE trained without skip_connection",
         )
     _need(tensors, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"], str(weights))
-    d_sae = raw.get("num_latents") or raw["d_in"] * raw.get("expansion_factor", 32)
+    d_in = number(raw["d_in"], f"{cfg_path}: d_in", integer=True, minimum=1)
+    if raw.get("num_latents"):
+        d_sae = number(raw["num_latents"], f"{cfg_path}: num_latents", integer=True, minimum=1)
+    else:
+        d_sae = d_in * number(raw.get("expansion_factor", 32), f"{cfg_path}: expansion_factor", integer=True, minimum=1)
     layer, site, hook = _hookpoint(folder.name)
     run_cfg = folder.parent / "config.json"
     model_name = read_json(run_cfg).get("model") if run_cfg.is_file() else None
     cfg = SAEConfig(
-        d_in=int(raw["d_in"]),
-        d_sae=int(d_sae),
+        d_in=d_in,
+        d_sae=d_sae,
         architecture="topk",
-        k=int(raw["k"]),
+        k=number(raw["k"], f"{cfg_path}: k", integer=True, minimum=1),
         layer=layer,
         site=site,
         model_name=model_name,
@@ -217,7 +222,7 @@ def read_dictionary_learning(folder: Path) -> RawSAE:
     if linear:  # nn.Linear stores [out, in]
         tensors["W_enc"], tensors["W_dec"] = tensors["W_enc"].T, tensors["W_dec"].T
     d_in, d_sae = tensors["W_enc"].shape
-    k = state["k"].item() if "k" in state else trainer.get("k")
+    k = state["k"].item() if "k" in state and state["k"].numel() == 1 else trainer.get("k")
     if arch in ("topk", "batchtopk") and k is None:
         raise RefusalScopeError(
             f"{folder} is a {dict_class} but neither ae.pt nor config.json gives k",
@@ -230,8 +235,8 @@ def read_dictionary_learning(folder: Path) -> RawSAE:
         d_in=int(d_in),
         d_sae=int(d_sae),
         architecture=arch,
-        k=int(k) if arch in ("topk", "batchtopk") else None,
-        layer=int(layer) if layer is not None else None,
+        k=number(k, f"{folder}: k", integer=True, minimum=1) if arch in ("topk", "batchtopk") else None,
+        layer=number(layer, f"{config_path}: trainer.layer", integer=True, minimum=0) if layer is not None else None,
         site=site,
         model_name=trainer.get("lm_name"),
         dtype=_tensor_dtype(tensors),
@@ -269,7 +274,9 @@ def _norm_factor(hp: dict[str, Any], key: str, hook: str, where: str) -> float:
         raise RefusalScopeError(
             f"{where} lacks dataset_average_activation_norm.{key}", "re-download hyperparams.json"
         )
-    return math.sqrt(hp["d_model"]) / float(norm)
+    return math.sqrt(number(hp["d_model"], f"{where}: d_model", integer=True, minimum=1)) / number(
+        norm, f"{where}: dataset_average_activation_norm.{key}", positive=True
+    )
 
 
 def read_llama_scope(folder: Path) -> RawSAE:
@@ -297,7 +304,8 @@ def read_llama_scope(folder: Path) -> RawSAE:
         )
     state = read_safetensors(weights)
     _need(state, ["encoder.weight", "encoder.bias", "decoder.weight"], str(weights))
-    d_model, d_sae = int(hp["d_model"]), int(hp["d_sae"])
+    d_model = number(hp["d_model"], f"{where}: d_model", integer=True, minimum=1)
+    d_sae = number(hp["d_sae"], f"{where}: d_sae", integer=True, minimum=1)
     for name, shape in (
         ("encoder.weight", (d_sae, d_model)),
         ("encoder.bias", (d_sae,)),
@@ -312,7 +320,7 @@ def read_llama_scope(folder: Path) -> RawSAE:
 
     act, theta, top_k = (
         str(hp.get("act_fn", "relu")).lower(),
-        float(hp.get("jump_relu_threshold") or 0.0),
+        number(hp.get("jump_relu_threshold") or 0.0, f"{where}: jump_relu_threshold"),
         hp.get("top_k"),
     )
     if act == "topk" and theta > 0:  # lm_saes serves a TopK-trained SAE with a learned threshold
@@ -348,7 +356,7 @@ def read_llama_scope(folder: Path) -> RawSAE:
         d_in=d_model,
         d_sae=d_sae,
         architecture=arch,
-        k=int(top_k) if arch == "topk" else None,
+        k=number(top_k, f"{where}: top_k", integer=True, minimum=1) if arch == "topk" else None,
         layer=layer,
         site=site,
         model_name=hp.get("model_name"),

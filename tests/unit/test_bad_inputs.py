@@ -483,3 +483,20 @@ def test_dtype_is_checked_before_a_conversion(monkeypatch):
 
     with pytest.raises(RefusalScopeError, match="unknown dtype 'fp64'"):
         load_model("default", dtype="fp64")
+
+
+def test_messages_name_only_commands_that_exist():
+    """A fix that says `refusalscope data list` when no such command exists sends the user nowhere."""
+    import re
+
+    import typer.main
+
+    import refusalscope
+
+    commands = set(typer.main.get_command(app).commands)
+    wrong = []
+    for path in Path(refusalscope.__file__).parent.rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            wrong += [f"{path.name}:{n}: {m.group(0)}" for m in re.finditer(r"`refusalscope ([a-z][a-z0-9-]*)", line)
+                      if m.group(1) not in commands]
+    assert not wrong, wrong

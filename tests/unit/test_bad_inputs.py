@@ -58,6 +58,12 @@ def ws(tmp_path_factory) -> Path:
     (d / "adir").mkdir()
     (d / "afile").write_text("not a folder\n")
     (d / "results.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+    import sqlite3
+
+    with sqlite3.connect(d / "schema.db") as db:
+        db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT); CREATE TABLE metrics (x);"
+                         "INSERT INTO meta VALUES ('schema_version', 'two');")
+    db.close()
     # prompt files
     (d / "good.txt").write_text("hello\n")
     (d / "bin.txt").write_bytes(b"\x00\x01\x02binary\xff")
@@ -220,6 +226,7 @@ CASES: dict[str, Case] = {
     "sae-eval-missing": C(["sae-eval", "{d}/nosae"], "neither an existing SAE file or folder"),
     "sae-eval-n-docs": C(["sae-eval", "{d}/sae", "--n-docs", "0"], "--n-docs must be at least 1"),
     "sae-eval-layer": C(["sae-eval", "{d}/sae", "--layer", "-2"], "--layer must be at least 0"),
+    "sae-eval-data-dir": C(["sae-eval", "{d}/sae", "--data-dir", "{d}/nodata"], "data folder"),
     "sae-eval-output-dir": C(["sae-eval", "{d}/sae", "-o", "{d}/adir"], "is a folder"),
     "sae-cfg-text-number": C(["sae-eval", "{d}/sae-din-text"], "d_in must be an integer, got 'sixty-four'"),
     "sae-cfg-nan": C(["sae-eval", "{d}/sae-k-nan"], "k must be a finite number"),
@@ -239,6 +246,8 @@ CASES: dict[str, Case] = {
     "direction-stride": C(["direction", "--layer-stride", "0"], "--layer-stride must be at least 1"),
     "direction-n-effect": C(["direction", "--n-effect", "-1"], "--n-effect must be at least 0"),
     "direction-output-file": C(["direction", "-o", "{d}/afile"], "is a file, not a folder", unchanged=("afile",)),
+    "direction-data-dir": C(["direction", "--data-dir", "{d}/nodata"], "data folder"),
+    "direction-seed": C(["direction", "--seed", "-1"], "--seed must be at least 0"),
     "direction-dtype": C(["direction", "--dtype", "fp8"], "--dtype: unknown value"),
     # ------------------------------------------------------------------ discover
     "discover-method": C(["discover", "--method", "cosim+ig"], "did you mean 'cossim+ig'"),
@@ -259,6 +268,8 @@ CASES: dict[str, Case] = {
     "discover-output-file": C(["discover", "-o", "{d}/afile"], "is a file, not a folder", unchanged=("afile",)),
     "discover-sae-missing": C(["discover", "--sae", "{d}/nosae"], "neither an existing SAE file or folder"),
     "discover-sae-bad-cfg": C(["discover", "--sae", "{d}/sae-din-text"], "d_in must be an integer"),
+    "discover-data-dir": C(["discover", "--data-dir", "{d}/nodata"], "data folder"),
+    "discover-seed": C(["discover", "--seed", "-3"], "--seed must be at least 0"),
     "discover-dtype": C(["discover", "--dtype", "bf32"], "--dtype: unknown value 'bf32'"),
     # ------------------------------------------------------------------ steering specs (steer, chat, steer-convert)
     "spec-valeu": C(["steer-convert", "{d}/spec-valeu.json", "{d}/out.json"], "unknown field 'valeu' (did you mean 'value'?)",
@@ -310,11 +321,15 @@ CASES: dict[str, Case] = {
                              "--restart"], "--dtype: unknown value", unchanged=("results.db",)),
     "sweep-restart-bad-grid": C(["sweep", "--spec", "{d}/grid-batch.json", "-o", "{d}/results.db", "--restart"],
                                 "batch_size must be an integer", unchanged=("results.db",)),
+    "sweep-data-dir": C(["sweep", "--spec", "{d}/grid-good.json", "--data-dir", "{d}/nodata", "-o", "{d}/results.db",
+                         "--restart"], "data folder", unchanged=("results.db",)),
     "sweep-output-dir": C(["sweep", "--spec", "{d}/grid-good.json", "-o", "{d}/adir"], "is a folder"),
     "sweep-report-under-file": C(["sweep", "--spec", "{d}/grid-good.json", "-o", "{d}/new.db", "--report", "{d}/afile/r.html"],
                                  "is a file, not a folder", absent=("new.db",)),
     # ------------------------------------------------------------------ report
     "report-missing-db": C(["report", "{d}/none.db"], "does not exist"),
+    "report-schema-version": C(["report", "{d}/schema.db", "-o", "{d}/r3.html"], "schema version 'two' is not a number",
+                               absent=("r3.html", "r3_data")),  # the read leaving the file alone is #20's test
     "report-examples": C(["report", "{d}/results.db", "--examples", "-1", "-o", "{d}/r1.html"], "--examples must be at least 0",
                          unchanged=("results.db",), absent=("r1.html", "r1_data")),
     "report-output-under-file": C(["report", "{d}/results.db", "-o", "{d}/afile/r.html"], "is a file, not a folder",

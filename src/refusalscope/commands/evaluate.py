@@ -23,7 +23,7 @@ def sweep_cmd(
                                             "else $REFUSALSCOPE_DATA)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts per forward pass (default: the grid's)."),
     resume: bool = typer.Option(True, "--resume/--restart", help="Resume into an existing database (default), or "
-                                "delete it and start over."),
+                                "delete it and start over (once the model has loaded)."),
     report: Optional[str] = typer.Option(None, "--report", help="Also write the HTML report here when done "
                                          "(a folder, e.g. out/, gets out/report.html)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with an ETA."),
@@ -34,10 +34,15 @@ def sweep_cmd(
 
     plan = load_grid_file(spec)
     check_sweep_options(output, dtype, batch_size, report)
+    if data_dir is not None:
+        from ..data.registry import resolve_data_dir
+
+        resolve_data_dir(data_dir)
+    chat = load_model(model or plan.model or "default", dtype=dtype or plan.dtype, progress=progress)
     if output.exists() and not resume:
+        # only now: a model that fails to load (or a Ctrl-C while it converts) leaves the old results
         for suffix in ("", "-wal", "-shm"):
             Path(str(output) + suffix).unlink(missing_ok=True)
-    chat = load_model(model or plan.model or "default", dtype=dtype or plan.dtype, progress=progress)
     result = run_sweep(chat, plan.grid, plan.tasks, output, data_dir=data_dir or plan.data_dir,
                        batch_size=batch_size or plan.batch_size, chunk_size=plan.chunk_size, pairs=plan.pairs,
                        progress=progress, note=plan.note)

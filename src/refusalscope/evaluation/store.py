@@ -227,6 +227,9 @@ class ResultsStore:
             if create:
                 self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             return
+        if not str(row[0]).strip().isdigit():  # a hand-edited or foreign meta table (bad input, not a bug)
+            raise RefusalScopeError(f"{self.path}: schema version {row[0]!r} is not a number",
+                                    "this is not a results database refusalscope wrote; pass the one `sweep` wrote")
         if int(row[0]) > SCHEMA_VERSION:
             raise RefusalScopeError(
                 f"{self.path} was written by a newer refusalscope (schema {row[0]}, this one reads {SCHEMA_VERSION})",

@@ -27,6 +27,14 @@ Tables (stdlib `sqlite3`, WAL journal, so a report can read while a sweep writes
 `config_id` is a content hash of the steering (its spec content, model identity included),
 the strength, the conditional flag and the method name: the same configuration run twice,
 by two sweeps or two grids, shares its results.
+
+The `.db` file is kept self-contained: a writer checkpoints the WAL into it every
+`CHECKPOINT_SECONDS` and when it closes, so a copy of the `.db` alone (taken during a
+sweep, or after one was killed) holds everything but the last few seconds. A run that
+was killed stays `running` in `runs` until the next writer opens the database and finds
+its process gone; it is then marked `interrupted`. Readers (`report`, exports, summaries)
+open the database read-only (`ResultsStore(path, create=False)`): they never write, never
+change its journal mode, and can read a copied `.db` in a read-only folder.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -45,6 +55,7 @@ from ..errors import RefusalScopeError
 from ..stats import Estimate, bootstrap, rate
 
 SCHEMA_VERSION = 1
+CHECKPOINT_SECONDS = 5.0  # how stale a copied .db can be while a sweep writes (a checkpoint fsyncs: ~20 ms)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -60,7 +71,9 @@ CREATE TABLE IF NOT EXISTS runs (
     grid_json TEXT,
     note TEXT,
     computed INTEGER NOT NULL DEFAULT 0,
-    skipped INTEGER NOT NULL DEFAULT 0
+    skipped INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER,
+    host TEXT
 );
 CREATE TABLE IF NOT EXISTS configs (
     config_id TEXT PRIMARY KEY,
@@ -156,6 +169,18 @@ def sae_refs(spec: Any) -> list[dict]:
     return list(found.values())
 
 
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
@@ -201,22 +226,49 @@ class ResultsStore:
     """
 
     def __init__(self, path: str | Path, *, create: bool = True):
+        """`create=True`: open for writing (creating the file and tables if needed).
+        `create=False`: open an existing database read-only (see the module docstring)."""
         self.path = Path(path)
+        self.readonly = not create
+        self._last_checkpoint = time.monotonic()
         if not create and not self.path.is_file():
             raise RefusalScopeError(f"results database {self.path} does not exist", "run `refusalscope sweep` first, or check the path")
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+            if self.readonly:
+                self.conn = self._connect_readonly()
+            else:
+                self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.row_factory = sqlite3.Row
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=OFF")
             if create:
                 self.conn.executescript(_SCHEMA)
+                self._add_missing_columns()
             self._check_schema(create)
         except sqlite3.DatabaseError as exc:
             raise RefusalScopeError(f"{self.path} is not a readable refusalscope results database ({exc})") from None
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A connection that cannot write. With no `-wal` beside the file no writer is
+        connected, and the file is complete on its own: it is opened immutable, so SQLite
+        creates no `-wal`/`-shm` files (a copied `.db`, a read-only folder). With a `-wal`
+        (a sweep running, or killed) it is opened `mode=ro`, which reads the WAL too."""
+        from urllib.parse import quote
+
+        uri = "file:" + quote(str(self.path.resolve()))
+        wal = Path(str(self.path) + "-wal")
+        mode = "?mode=ro" if wal.exists() else "?mode=ro&immutable=1"
+        return sqlite3.connect(uri + mode, uri=True, timeout=60.0, isolation_level=None)
+
+    def _add_missing_columns(self) -> None:
+        """Columns added after schema 1 was released (older databases lack them)."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+        for column, kind in (("pid", "INTEGER"), ("host", "TEXT")):
+            if column not in have:
+                self.conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
 
     def _check_schema(self, create: bool) -> None:
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -238,7 +290,24 @@ class ResultsStore:
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
+        if not self.readonly:
+            self.checkpoint()
         self.conn.close()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL's committed pages into the `.db` file, so that the file alone is
+        complete (a reader still in the WAL keeps what it needs; nothing blocks)."""
+        if self.readonly:
+            return
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError:
+            pass  # busy: the next checkpoint copies it
+        self._last_checkpoint = time.monotonic()
+
+    def _maybe_checkpoint(self) -> None:
+        if time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS:
+            self.checkpoint()
 
     def __enter__(self) -> ResultsStore:
         return self
@@ -261,15 +330,33 @@ class ResultsStore:
 
     # ------------------------------------------------------------ runs
     def start_run(self, model: dict | None, environment: dict | None, grid: dict | None = None, note: str | None = None) -> int:
+        """Record a new run (status 'running', this process's id and host); runs left
+        'running' by processes that no longer exist are marked 'interrupted' first."""
         versions = (environment or {}).get("versions")
         model_id = (model or {}).get("id")
+        self.mark_interrupted_runs()
         with self._transaction() as c:
             cur = c.execute(
-                "INSERT INTO runs (started, status, model_id, model_json, environment_json, versions_json, grid_json, note)"
-                " VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
-                (time.time(), model_id, _dumps(model), _dumps(environment), _dumps(versions), _dumps(grid), note),
+                "INSERT INTO runs (started, status, model_id, model_json, environment_json, versions_json, grid_json, note,"
+                " pid, host) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), model_id, _dumps(model), _dumps(environment), _dumps(versions), _dumps(grid), note,
+                 os.getpid(), socket.gethostname()),
             )
             return int(cur.lastrowid)
+
+    def mark_interrupted_runs(self) -> list[int]:
+        """Mark 'interrupted' every run still 'running' whose process is gone (killed, or
+        its machine restarted); a run whose process is alive on this host is left alone.
+        Returns the run ids marked."""
+        host = socket.gethostname()
+        marked = []
+        with self._transaction() as c:
+            for row in c.execute("SELECT run_id, pid, host FROM runs WHERE status='running'").fetchall():
+                if row["pid"] is not None and row["host"] == host and _process_alive(int(row["pid"])):
+                    continue
+                c.execute("UPDATE runs SET status='interrupted' WHERE run_id=?", (row["run_id"],))
+                marked.append(int(row["run_id"]))
+        return marked
 
     def finish_run(self, run_id: int, status: str, computed: int = 0, skipped: int = 0) -> None:
         with self._transaction() as c:
@@ -277,6 +364,7 @@ class ResultsStore:
                 "UPDATE runs SET finished=?, status=?, computed=?, skipped=? WHERE run_id=?",
                 (time.time(), status, int(computed), int(skipped), run_id),
             )
+        self.checkpoint()
 
     def runs(self) -> list[dict]:
         out = []
@@ -375,6 +463,7 @@ class ResultsStore:
             if gate is not None and results:
                 key = hashlib.sha256("\n".join(sorted(str(r.item_id) for r in results)).encode()).hexdigest()[:16]
                 c.execute("INSERT OR IGNORE INTO gates VALUES (?,?,?,?,?,?)", (config_id, task, key, int(gate[0]), int(gate[1]), run_id))
+        self._maybe_checkpoint()
         return new
 
     def done_items(self, config_id: str, task: str) -> set[str]:

@@ -478,6 +478,7 @@ def run_sweep(
         model = {**chat.info.to_dict(), "id": chat.info.id}
         grid_info = {**grid.describe(), "tasks": [{"name": s.name, "limit": s.limit, "seed": s.seed} for s in specs],
                      "batch_size": batch_size, "chunk_size": chunk_size}
+        interrupted = db.mark_interrupted_runs()  # runs killed before they could say so
         run_id = db.start_run(model, environment(), grid_info, note)
         computed = skipped = calls = 0
         status = "failed"
@@ -515,6 +516,10 @@ def run_sweep(
                     skipped += len(items) - len(todo)
                     plan.append((cfg, spec, todo))
             total = sum(len(todo) for _, _, todo in plan)
+            if progress and skipped:
+                was = f" (run {', '.join(map(str, interrupted))} was interrupted)" if interrupted else ""
+                print(f"resuming: {skipped:,} of {skipped + total:,} items stored in {db_path}{was}; {total:,} to compute",
+                      file=sys.stderr, flush=True)
             bar = _progress(total, progress)
             n_cells = len(plan)
             for k, (cfg, spec, todo) in enumerate(plan, 1):

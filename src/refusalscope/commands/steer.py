@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import RefusalScopeError
 from ._app import DtypeOpt, command, console, read_prompts
@@ -76,6 +77,34 @@ def _load_model(model: Optional[str], dtype: str, steering):
     return load_model(spec, dtype=dtype)
 
 
+def _reply_text(gen, i: int, max_new_tokens: int) -> str:
+    """A reply, marked when it stopped at the token limit rather than at its end."""
+    text = gen.texts[i]
+    if gen.finish_reasons[i] == "length":
+        text += f" … [cut at {max_new_tokens} tokens]"
+    return text
+
+
+def _throughput(name: str, gen) -> str:
+    rate = gen.n_generated / max(gen.seconds, 1e-9)
+    return f"{name}: {gen.n_generated} tokens in {gen.seconds:.1f}s ({rate:.1f} tokens/s)"
+
+
+def _print_plain(items, plain, steered, fired, max_new_tokens) -> None:
+    """One block per prompt, every reply complete and unwrapped: what a pipe or a file
+    should receive (no table borders, no wrapping at 80 columns)."""
+    out = sys.stdout
+    for i, prompt in enumerate(items):
+        out.write(f"prompt: {prompt}\n")
+        if plain is not None:
+            out.write(f"unsteered: {_reply_text(plain, i, max_new_tokens)}\n")
+        out.write(f"steered: {_reply_text(steered, i, max_new_tokens)}\n")
+        if fired is not None:
+            out.write(f"gate: {'fired' if fired[i] else 'did not fire'}\n")
+        out.write("\n")
+    out.flush()
+
+
 @command("steer")
 def steer_cmd(
     prompts: list[str] = typer.Argument(None, help="Prompts to answer."),
@@ -92,21 +121,24 @@ def steer_cmd(
     positions: str = typer.Option("all", help="all, prompt, generated, post_instruction, or indices like -1,-2."),
     model: Optional[str] = ModelOrSpecOpt,
     dtype: str = DtypeOpt,
-    max_new_tokens: int = typer.Option(64, help="Tokens to generate per reply."),
+    max_new_tokens: int = typer.Option(64, help="Tokens to generate per reply (a reply cut there is marked)."),
     batch_size: int = typer.Option(8, help="Prompts per forward pass."),
     system: Optional[str] = typer.Option(None, help="System prompt."),
     baseline: bool = typer.Option(True, help="Also generate the unsteered reply, side by side."),
     save_spec: Optional[Path] = typer.Option(None, help="Write the steering used as a spec file (.json/.yaml)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write prompts and replies as JSON here."),
 ) -> None:
-    """Answer prompts with and without a steering and show the replies side by side."""
+    """Answer prompts with and without a steering and show the replies side by side
+    (a table in a terminal; plain, complete, unwrapped blocks when stdout is a pipe or file)."""
     items = read_prompts(prompts or [], file)
     steering = _build_steering(spec, sae, feature, mode, value, layer, ablate, actadd, coefficient, positions)
     chat = _load_model(model, dtype, steering)
     steering.check(chat)
     steering.for_model(chat)
-    console.print(steering.describe(), highlight=False, markup=False)
-    settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "system": system}
+    interactive = sys.stdout.isatty()
+    console.print(steering.describe(), highlight=False, markup=False, soft_wrap=True)
+    settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "system": system,
+                "progress": interactive and sys.stderr.isatty()}
     plain = chat.generate(items, **settings) if baseline else None
     for gate in steering.conditionals:
         gate.reset_stats()
@@ -116,26 +148,31 @@ def steer_cmd(
         decided = [c.decisions(chat, items, batch_size, system=system) for c in steering.conditionals]
         fired = [any(bool(d.fired[i]) for d in decided) for i in range(len(items))]
 
-    table = Table(show_lines=True, title=f"{chat.info.name} · {steering.id}")
-    table.add_column("prompt", ratio=1)
-    if plain is not None:
-        table.add_column("unsteered", ratio=2)
-    table.add_column("steered", ratio=2)
-    if fired is not None:
-        table.add_column("gate")
-    for i, prompt in enumerate(items):
-        row = [prompt] + ([plain.texts[i]] if plain is not None else []) + [steered.texts[i]]
+    if interactive:
+        table = Table(show_lines=True, title=f"{chat.info.name} · {steering.id}")
+        table.add_column("prompt", ratio=1)
+        if plain is not None:
+            table.add_column("unsteered", ratio=2)
+        table.add_column("steered", ratio=2)
         if fired is not None:
-            row.append("fired" if fired[i] else "—")
-        table.add_row(*row)
-    console.print(table)
-    rate = steered.n_generated / max(steered.seconds, 1e-9)
-    console.print(f"steered: {steered.n_generated} tokens in {steered.seconds:.1f}s ({rate:.1f} tokens/s)")
+            table.add_column("gate")
+        for i, prompt in enumerate(items):
+            row = [prompt] + ([_reply_text(plain, i, max_new_tokens)] if plain is not None else [])
+            row.append(_reply_text(steered, i, max_new_tokens))
+            if fired is not None:
+                row.append("fired" if fired[i] else "—")
+            table.add_row(*[Text(cell) for cell in row])  # model output is text, never Rich markup
+        console.print(table)
+    else:
+        _print_plain(items, plain, steered, fired, max_new_tokens)
+    for name, gen in (("unsteered", plain), ("steered", steered)):
+        if gen is not None:
+            console.print(_throughput(name, gen), highlight=False, soft_wrap=True)
     if fired is not None:
-        console.print(f"gate fired on {sum(fired)} of {len(items)} prompts")
+        console.print(f"gate fired on {sum(fired)} of {len(items)} prompts", soft_wrap=True)
     if save_spec is not None:
         steering.save(save_spec)
-        console.print(f"spec {steering.id} written to {save_spec}")
+        console.print(f"spec {steering.id} written to {save_spec}", soft_wrap=True)
     if output is not None:
         from ..paths import atomic_file
         from ..provenance import environment
@@ -145,6 +182,7 @@ def steer_cmd(
             entry = {"prompt": prompt, "steered": steered.texts[i], "finish_reason": steered.finish_reasons[i]}
             if plain is not None:
                 entry["unsteered"] = plain.texts[i]
+                entry["unsteered_finish_reason"] = plain.finish_reasons[i]
             if fired is not None:
                 entry["gate_fired"] = fired[i]
             replies.append(entry)
@@ -167,8 +205,9 @@ class _Stream:
     """Prints a reply as its tokens arrive (decoding the whole reply each time, so multi-byte
     characters split over tokens appear once complete)."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, out=None):
         self.tokenizer = tokenizer
+        self.out = out or sys.stdout
         self.ids: list[int] = []
         self.shown = ""
 
@@ -178,15 +217,106 @@ class _Stream:
         if text.endswith("\ufffd"):
             return
         if text.startswith(self.shown):
-            sys.stdout.write(text[len(self.shown) :])
-            sys.stdout.flush()
+            self.out.write(text[len(self.shown) :])
+            self.out.flush()
         self.shown = text
 
     def finish(self, final: str) -> None:
         if final.startswith(self.shown) and final != self.shown:
-            sys.stdout.write(final[len(self.shown) :])
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+            self.out.write(final[len(self.shown) :])
+        self.out.write("\n")
+        self.out.flush()
+
+
+def _turns(n: int, kind: str) -> str:
+    return f"{n} {kind} repl{'y' if n == 1 else 'ies'}"
+
+
+def chat_session(
+    chat,
+    steering=None,
+    *,
+    steered: bool = True,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+    read=input,
+    out=None,
+) -> list[dict[str, str]]:
+    """The `chat` loop: read a line, answer it (streamed), until /exit or end of input.
+
+    Ctrl-C while a reply streams stops that reply only (what was shown stays in the
+    conversation) and returns to the prompt; Ctrl-C or Ctrl-D at the prompt ends the
+    session. Each reply is labelled with the steering state it was generated under, and
+    switching the steering says how many replies of the other kind the conversation still
+    holds (they keep shaping the model's answers until /reset). Returns the conversation.
+    """
+    out = out or sys.stdout
+
+    def say(text: str) -> None:
+        out.write(text + "\n")
+        out.flush()
+
+    steered = steered and steering is not None
+    history: list[dict[str, str]] = []
+    kinds: list[bool] = []  # per assistant turn: generated with the steering on?
+    gated = bool(steering is not None and steering.conditionals)
+    while True:
+        try:
+            line = read("you> ")
+        except (EOFError, KeyboardInterrupt):
+            out.write("\n")
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text in ("/on", "/off"):
+            if steering is None:
+                say("no steering loaded (pass --spec)")
+                continue
+            steered = text == "/on"
+            other = sum(1 for k in kinds if k != steered)
+            note = ""
+            if other:
+                held = _turns(other, "unsteered" if steered else "steered")
+                note = f"; the conversation still holds {held}, which keep shaping its answers (/reset to start over)"
+            say(f"steering {'on' if steered else 'off'}{note}")
+            continue
+        if text == "/reset":
+            history.clear()
+            kinds.clear()
+            say("conversation cleared")
+            continue
+        if text == "/spec":
+            say(steering.describe() if steering else "no steering loaded")
+            continue
+        history.append({"role": "user", "content": line})
+        stream = _Stream(chat.tokenizer, out)
+        before = [(c.fired, c.seen) for c in steering.conditionals] if steering else []
+        label = "model" if steering is None else f"model ({'gated steering' if steered and gated else 'steered' if steered else 'unsteered'})"
+        out.write(f"{label}> ")
+        out.flush()
+        try:
+            gen = chat.generate(
+                [history], max_new_tokens=max_new_tokens, batch_size=1, system=system,
+                interventions=steering if steered else None, progress=False, on_token=stream,
+            )
+        except KeyboardInterrupt:
+            out.write("\n")
+            say("(reply stopped)")
+            history.append({"role": "assistant", "content": stream.shown})
+            kinds.append(steered)
+            continue
+        stream.finish(gen.texts[0])
+        if gen.finish_reasons[0] == "length":
+            say(f"(cut at {max_new_tokens} tokens; --max-new-tokens sets the limit)")
+        if steered and gated:
+            fired = any(c.fired > f for c, (f, _) in zip(steering.conditionals, before))
+            say(f"(gate {'fired: steered' if fired else 'did not fire: unsteered'})")
+        history.append({"role": "assistant", "content": gen.texts[0]})
+        kinds.append(steered)
+    return history
 
 
 @command("chat")
@@ -201,7 +331,7 @@ def chat_cmd(
     """Chat with a model in the terminal, a steering spec applied, replies streamed.
 
     Commands: /on and /off (steering), /reset (forget the conversation), /spec (describe the
-    steering), /exit (or Ctrl-D).
+    steering), /exit (or Ctrl-D). Ctrl-C stops the reply being written.
     """
     steering = _read_steering(spec) if spec is not None else None
     chat = _load_model(model, dtype, steering)
@@ -210,49 +340,10 @@ def chat_cmd(
         steering.for_model(chat)
         console.print(steering.describe(), highlight=False, markup=False)
     else:
-        steered = False
         console.print("no --spec given: chatting with the unsteered model")
-    console.print("type /exit to leave, /off or /on to toggle the steering, /reset to start over")
-    history: list[dict[str, str]] = []
-    while True:
-        try:
-            line = input("you> ")
-        except (EOFError, KeyboardInterrupt):
-            sys.stdout.write("\n")
-            break
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/exit", "/quit"):
-            break
-        if text in ("/on", "/off"):
-            if steering is None:
-                console.print("no steering loaded (pass --spec)")
-            else:
-                steered = text == "/on"
-                console.print(f"steering {'on' if steered else 'off'}")
-            continue
-        if text == "/reset":
-            history.clear()
-            console.print("conversation cleared")
-            continue
-        if text == "/spec":
-            console.print(steering.describe() if steering else "no steering loaded", highlight=False, markup=False)
-            continue
-        history.append({"role": "user", "content": line})
-        stream = _Stream(chat.tokenizer)
-        before = [(c.fired, c.seen) for c in steering.conditionals] if steering else []
-        sys.stdout.write("model> ")
-        sys.stdout.flush()
-        gen = chat.generate(
-            [history], max_new_tokens=max_new_tokens, batch_size=1, system=system,
-            interventions=steering if steered else None, progress=False, on_token=stream,
-        )
-        stream.finish(gen.texts[0])
-        if steered and steering is not None and steering.conditionals:
-            fired = any(c.fired > f for c, (f, _) in zip(steering.conditionals, before))
-            console.print(f"[dim](gate {'fired: steered' if fired else 'did not fire: unsteered'})[/dim]")
-        history.append({"role": "assistant", "content": gen.texts[0]})
+    console.print("type /exit to leave, /off or /on to toggle the steering, /reset to start over; "
+                  "Ctrl-C stops a reply", highlight=False)
+    chat_session(chat, steering, steered=steered, system=system, max_new_tokens=max_new_tokens)
 
 
 @command("steer-convert")

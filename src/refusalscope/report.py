@@ -206,7 +206,7 @@ def _png(fig) -> str:
     buf = io.BytesIO()
     bottom = getattr(fig, "_legend_inches", 0.0) / fig.get_figheight()
     fig.tight_layout(rect=(0, bottom, 1, 1))
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)  # never crop a wide legend
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -229,7 +229,10 @@ def _legend(fig, axes) -> None:
                 handles[lab] = h
                 labels.append(lab)
     if labels:
-        ncol = min(len(labels), 3)
+        # as many columns as fit the figure's width (a one-panel figure is narrow: three
+        # columns of long method labels ran off its edges)
+        label_inches = 0.6 + 0.062 * max(len(lab) for lab in labels)
+        ncol = max(1, min(len(labels), 3, int(fig.get_figwidth() // label_inches)))
         fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=ncol, fontsize=8,
                    frameon=False, bbox_to_anchor=(0.5, 0.0))
         fig._legend_inches = 0.22 * math.ceil(len(labels) / ncol) + 0.1

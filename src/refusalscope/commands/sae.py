@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ._app import DtypeOpt, ModelOpt, at_least, check_dtype, command, console
 
-DataDirOpt = typer.Option(None, "--data-dir", help="Folder of benchmark files (default $REFUSALSCOPE_DATA or ../shared/data).")
+DataDirOpt = typer.Option(None, "--data-dir", help="Folder of benchmark files (default $REFUSALSCOPE_DATA).")
 
 
 def metrics_table(title: str, rows: dict[str, dict]) -> Table:

@@ -8,6 +8,7 @@ before any attack work starts (the steering module itself only warns).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ class AttackConfig:
 
     name: str
     steering: Any = None  # refusalscope.steering.Steering | None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", self.name or ""):
+            raise RefusalScopeError(f"configuration name {self.name!r} cannot name an output folder",
+                                    "use letters, digits and . _ + - (e.g. steered, gated-0.5)")
 
     @property
     def steering_id(self) -> str | None:

@@ -85,7 +85,7 @@ def gcg_cmd(
     model: Optional[str] = ModelOpt,
     dtype: str = DtypeOpt,
     data_dir: Optional[Path] = DataOpt,
-    out: Path = typer.Option(Path("runs/attack-gcg"), "--out", "-o", help="Output folder (resumable)."),
+    out: Path = typer.Option(Path("runs/attacks/gcg"), "--out", "-o", help="Output folder (resumable)."),
 ) -> None:
     """GCG (adaptive: gradients through the steering) on HarmBench behaviours; robustness = share not broken."""
     from ..attacks import GCG, GCGConfig, load_behaviours
@@ -130,7 +130,7 @@ def suite_cmd(
     model: Optional[str] = ModelOpt,
     dtype: str = DtypeOpt,
     data_dir: Optional[Path] = DataOpt,
-    out: Path = typer.Option(Path("runs/attack-suite"), "--out", "-o", help="Output folder (resumable)."),
+    out: Path = typer.Option(Path("runs/attacks/suite"), "--out", "-o", help="Output folder (resumable)."),
 ) -> None:
     """Static single-turn attacks (JBB artifacts, DAN/in-the-wild templates, GCG suffixes, tense): compliance per family."""
     from ..attacks.suite import SuiteSources, build_prompts, run_suite
@@ -171,7 +171,7 @@ def multiturn_cmd(
     seed: int = typer.Option(0, help="Attacker sampling seed (used after a refusal)."),
     model: Optional[str] = ModelOpt,
     dtype: str = DtypeOpt,
-    out: Path = typer.Option(Path("runs/attack-multiturn"), "--out", "-o", help="Output folder (resumable)."),
+    out: Path = typer.Option(Path("runs/attacks/multiturn"), "--out", "-o", help="Output folder (resumable)."),
 ) -> None:
     """Crescendo-style escalation: refusal at every turn and success at the last."""
     from ..attacks.multiturn import load_conversations, run_attacker, run_scripted
@@ -203,3 +203,28 @@ def multiturn_cmd(
         cells = [f"{r['refusal']:.2f} (n={r['n']})" for r in s["refusal_by_turn"]]
         table.add_row(s["config"], *cells, *[""] * (turns - len(cells)), format_estimate(s["success"]))
     console.print(table)
+
+
+@attack_app.command("report")
+@handle_errors
+def report_cmd(
+    root: Path = typer.Argument(Path("runs/attacks"), help="Folder holding suite/, gcg/<config>/, multiturn/<config>/."),
+    output: Path = typer.Option(Path("robustness.html"), "--output", "-o", help="HTML page to write."),
+) -> None:
+    """The robustness section (per-attack compliance, GCG robustness, refusal by turn) as one HTML page."""
+    from html import escape
+
+    from ..attacks.report import robustness_section
+    from ..paths import atomic_file
+
+    if not root.is_dir():
+        raise RefusalScopeError(f"attack folder {root} does not exist", "run `refusalscope attack …` first")
+    section = robustness_section(root)
+    if not section:
+        raise RefusalScopeError(f"{root} holds no attack results", "run `refusalscope attack suite|gcg|multiturn` into it")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px}.note{color:#555}")
+    with atomic_file(output) as handle:
+        handle.write(f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>robustness — "
+                     f"{escape(str(root))}</title><style>{style}</style></head><body>{section}</body></html>\n")
+    console.print(f"wrote {output}")

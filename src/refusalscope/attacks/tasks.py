@@ -1,0 +1,61 @@
+"""Attack tasks for `refusalscope run`: the static suite, a small GCG budget and the
+scripted multi-turn set, each against the unsteered, steered and gated model, written
+under one folder that the report's robustness section reads (`attacks.report`).
+
+Everything resumes: rerunning the pipeline answers only what is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class AttackTasks:
+    """Sizes of the pipeline's attack tasks. The GCG budget is small on purpose: on two
+    cores one step with 128 candidates on the default model takes ~30 s."""
+
+    suite_limit: int = 10  # prompts per attack family
+    suite_families: tuple[str, ...] = ()  # () = every registered family
+    gcg_behaviours: int = 20
+    gcg_steps: int = 5
+    gcg_candidates: int = 128
+    gcg_suffix_length: int = 20
+    multiturn: bool = True
+    max_new_tokens: int = 48
+    seed: int = 0
+
+
+def run_attack_tasks(chat, configs, root: str | Path, tasks: AttackTasks | None = None, *, data_dir=None,
+                     progress: bool = True) -> dict[str, Any]:
+    """Run the attack tasks for every configuration (`AttackConfig`) into `root`."""
+    from .behaviours import load_behaviours
+    from .gcg import GCG, GCGConfig
+    from .multiturn import load_conversations, run_scripted
+    from .suite import SuiteSources, build_prompts, run_suite
+
+    tasks = tasks or AttackTasks()
+    root = Path(root)
+    out: dict[str, Any] = {}
+    prompts = build_prompts(list(tasks.suite_families) or ["all"], SuiteSources(data_dir, tasks.suite_limit, tasks.seed))
+    behaviours = load_behaviours("harmful/harmbench", None, tasks.gcg_behaviours, tasks.seed, data_dir)
+    out["suite"] = run_suite(chat, configs, prompts, root / "suite", max_new_tokens=tasks.max_new_tokens,
+                             progress=progress)
+    gcg_config = GCGConfig(steps=tasks.gcg_steps, candidates=tasks.gcg_candidates,
+                           suffix_length=tasks.gcg_suffix_length, check_every=max(1, tasks.gcg_steps), seed=tasks.seed)
+    out["gcg"] = {}
+    for config in configs:
+        summary = GCG(chat, config.steering, gcg_config).run(behaviours, root / "gcg" / config.name, progress=progress)
+        summary.pop("results")
+        out["gcg"][config.name] = summary
+    if tasks.multiturn:
+        convs = load_conversations()
+        out["multiturn"] = {}
+        for config in configs:
+            summary = run_scripted(chat, config, convs, root / "multiturn" / config.name,
+                                   max_new_tokens=tasks.max_new_tokens, progress=progress)
+            summary.pop("results")
+            out["multiturn"][config.name] = summary
+    return out

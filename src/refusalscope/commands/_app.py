@@ -1,7 +1,8 @@
 """The typer app every command module registers on, and the shared CLI plumbing.
 
 Every command turns a `RefusalScopeError` into two lines on stderr (problem, fix) and exit
-code 2; commands import their machinery lazily so that `--help` answers instantly.
+code 2; any other exception is a bug and says so (exit 1; `--debug` adds the traceback).
+Commands import their machinery lazily so that `--help` answers instantly.
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ ModelOpt = typer.Option("default", "--model", "-m", help="Embedded name, hub id,
 DtypeOpt = typer.Option("auto", "--dtype", help="auto (bf16 where native, else fp32), bf16 or fp32.")
 
 
+DEBUG = {"on": False}  # set by the global --debug option, per invocation
+
+
 @app.callback()
 def main(
-    debug: bool = typer.Option(False, "--debug", help="On an internal error (a bug), print its full traceback."),
+    debug: bool = typer.Option(False, "--debug", envvar="REFUSALSCOPE_DEBUG",
+                               help="On an internal error (a bug), print its full traceback."),
 ) -> None:
     """Find, steer and evaluate the SAE features that mediate refusal in chat models."""
     DEBUG["on"] = debug
-
-
-DEBUG = {"on": False}
 
 
 def print_error(problem: str, fix: str | None) -> None:

@@ -41,4 +41,5 @@ __all__ = [
     "locate",
     "resolve_data_dir",
 ]
+from . import jailbreak_sets  # noqa: E402, F401, I001  (registers WildJailbreak)
 from . import judge_sets  # noqa: E402, F401  (registers StrongREJECT, OR-Bench)

@@ -182,6 +182,36 @@ class ProbeGate(Gate):
         intercept = float(torch.as_tensor(clf.intercept_).reshape(-1)[0])
         return cls(coef, intercept, layer, **kwargs)
 
+    @classmethod
+    def from_probe(cls, probe, sae=None) -> ProbeGate:
+        """The gate of a saved `probes.linear.LinearProbe` (or the folder it was saved in).
+
+        A projection probe w·(x·d̂)+b becomes the dense probe (w d̂)·x + b; a latent probe
+        needs its SAE (`sae`, else loaded from the source the probe records). Use it with
+        reduce='mean', positions='post_instruction' and the probe's threshold: that is the
+        quantity the probe was trained and evaluated on."""
+        from ..probes.linear import LinearProbe
+
+        if not isinstance(probe, LinearProbe):
+            probe = LinearProbe.load(probe)
+        spec = probe.spec
+        if spec.kind == "dense":
+            return cls(torch.as_tensor(probe.weights, dtype=torch.float32), probe.bias, spec.layer)
+        if spec.kind == "projection":
+            weights = torch.as_tensor(probe.weights[0] * probe.direction, dtype=torch.float32)
+            return cls(weights, probe.bias, spec.layer)
+        if sae is None:
+            if not spec.sae:
+                raise RefusalScopeError("the probe reads SAE latents but records no SAE source", "pass sae=")
+            from ..sae.io import load_sae
+
+            sae = load_sae(spec.sae)
+        if spec.sae_sha256 and sae.content_hash() != spec.sae_sha256:
+            raise RefusalScopeError("the SAE given is not the one the probe was trained on",
+                                    f"use the SAE recorded in the probe ({spec.sae})")
+        return cls(torch.as_tensor(probe.weights, dtype=torch.float32), probe.bias, spec.layer, sae=sae,
+                   features=spec.features, sae_source=spec.sae)
+
     def check(self, model) -> None:
         if self.sae is not None:
             self.sae.check_model(model)

@@ -46,6 +46,7 @@ from .errors import RefusalScopeError
 from .judges.first_token import find_refusal_tokens, refusal_log_odds
 from .paths import atomic_dir, cache_dir
 from .provenance import package_versions
+from .stage_cache import model_identity
 from .steering.interventions import ActAdd, DirectionAblation
 
 
@@ -90,20 +91,35 @@ class RefusalDirection:
         return ActAdd(self.raw, self.layer, coefficient)
 
     def save(self, folder: str | Path) -> Path:
+        """Write direction.json + direction.safetensors; a folder that already holds exactly
+        this direction is left untouched (a rerun does not rewrite its outputs)."""
         folder = Path(folder)
+        meta = json.dumps({
+            "layer": self.layer,
+            "position": self.position,
+            "refusal_token_ids": self.refusal_token_ids,
+            "model": self.model,
+            "scores": [asdict(c) for c in self.scores],
+            "baseline": self.baseline,
+            "provenance": self.provenance,
+        }, indent=2)
+        tensors = {"raw": self.raw.contiguous(), "candidates": self.candidates.contiguous()}
+        if self._saved_in(folder, meta, tensors):
+            return folder
         with atomic_dir(folder) as tmp:
-            save_file({"raw": self.raw.contiguous(), "candidates": self.candidates.contiguous()}, str(tmp / "direction.safetensors"))
-            meta = {
-                "layer": self.layer,
-                "position": self.position,
-                "refusal_token_ids": self.refusal_token_ids,
-                "model": self.model,
-                "scores": [asdict(c) for c in self.scores],
-                "baseline": self.baseline,
-                "provenance": self.provenance,
-            }
-            (tmp / "direction.json").write_text(json.dumps(meta, indent=2))
+            save_file(tensors, str(tmp / "direction.safetensors"))
+            (tmp / "direction.json").write_text(meta)
         return folder
+
+    @staticmethod
+    def _saved_in(folder: Path, meta: str, tensors: dict[str, torch.Tensor]) -> bool:
+        try:
+            if (folder / "direction.json").read_text() != meta:
+                return False
+            stored = load_file(str(folder / "direction.safetensors"))
+        except (OSError, ValueError):
+            return False
+        return stored.keys() == tensors.keys() and all(torch.equal(stored[k], tensors[k]) for k in tensors)
 
     @classmethod
     def load(cls, folder: str | Path) -> "RefusalDirection":
@@ -260,7 +276,8 @@ def sample_direction_data(data_dir=None, n_train: int = 128, n_val: int = 32, se
 
 
 def _cache_key(chat, data: DirectionData, settings: dict) -> str:
-    digest = hashlib.sha256(chat.info.id.encode())
+    # the dtype is part of the key: bf16 and fp32 forwards select different candidates
+    digest = hashlib.sha256(json.dumps(model_identity(chat), sort_keys=True).encode())
     digest.update(json.dumps(asdict(data)).encode())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]

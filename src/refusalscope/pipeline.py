@@ -20,6 +20,7 @@ second run with the same settings recomputes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from .errors import RefusalScopeError
 from .paths import atomic_file
+from .stage_cache import cached_json, content_key, model_identity
 
 if TYPE_CHECKING:
     from .sae.presets import Preset
@@ -97,26 +99,50 @@ def get_profile(name: str | Profile) -> Profile:
     return PROFILES[name]
 
 
+def _tensor_hash(t) -> str:
+    return hashlib.sha256(t.detach().float().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 def harm_gate(chat, direction, layer: int, harmful, harmless):
     """A gate on the refusal direction's projection at `layer` (post-instruction tokens),
-    with the threshold that best separates held-out harmful from harmless requests."""
+    with the threshold that best separates held-out harmful from harmless requests.
+    The threshold is cached by content (model, dtype, direction, prompts): a rerun makes
+    no forward pass."""
     from .evaluation.sweep import GateSpec
     from .steering import DirectionGate
 
     vec = direction.at_layer(layer)
-    acts = {name: chat.residual(list(p), [layer], positions="post_instruction", progress=False)[layer]
-            for name, p in (("harmful", harmful), ("harmless", harmless))}
-    unit = vec / vec.norm()
-    proj = {name: (a.float() @ unit).mean(-1) for name, a in acts.items()}  # mean over template tokens
-    values = sorted(proj["harmful"].tolist() + proj["harmless"].tolist())
-    cuts = [(a + b) / 2 for a, b in zip(values, values[1:])] or [values[0]]
 
-    def accuracy(t):
-        return (float((proj["harmful"] > t).float().mean()) + float((proj["harmless"] <= t).float().mean())) / 2
+    def fit() -> tuple[float, float]:
+        acts = {name: chat.residual(list(p), [layer], positions="post_instruction", progress=False)[layer]
+                for name, p in (("harmful", harmful), ("harmless", harmless))}
+        unit = vec / vec.norm()
+        proj = {name: (a.float() @ unit).mean(-1) for name, a in acts.items()}  # mean over template tokens
+        values = sorted(proj["harmful"].tolist() + proj["harmless"].tolist())
+        cuts = [(a + b) / 2 for a, b in zip(values, values[1:])] or [values[0]]
 
-    threshold = max(cuts, key=accuracy)
+        def accuracy(t):
+            return (float((proj["harmful"] > t).float().mean()) + float((proj["harmless"] <= t).float().mean())) / 2
+
+        threshold = max(cuts, key=accuracy)
+        return float(threshold), accuracy(threshold)
+
+    key = content_key("harm-gate", model_identity(chat), _tensor_hash(vec), layer, list(harmful), list(harmless))
+    threshold, accuracy = cached_json("gates", key, fit)
     gate = DirectionGate(vec, layer)
-    return GateSpec(gate, threshold, reduce="mean", positions="post_instruction"), accuracy(threshold)
+    return GateSpec(gate, threshold, reduce="mean", positions="post_instruction"), accuracy
+
+
+def first_token_calibration(chat, prompts, refusal_token_ids, max_new_tokens: int) -> tuple[float, float]:
+    """`calibrate_first_token_threshold`, cached by content (model, dtype, prompts, refusal
+    tokens, reply length): the calibration generates replies and scores first tokens."""
+    from .evaluation.tasks import calibrate_first_token_threshold
+
+    key = content_key("first-token-threshold", model_identity(chat), list(prompts), list(map(int, refusal_token_ids)),
+                      max_new_tokens)
+    threshold, agreement = cached_json("calibration", key, lambda: calibrate_first_token_threshold(
+        chat, prompts, refusal_token_ids, max_new_tokens=max_new_tokens))
+    return threshold, agreement
 
 
 def build_tasks(chat, profile: Profile, direction, data_dir, calibration) -> tuple[list, dict]:
@@ -124,13 +150,13 @@ def build_tasks(chat, profile: Profile, direction, data_dir, calibration) -> tup
     from .data import load_dataset
     from .evaluation.capability import capability_task
     from .evaluation.sweep import TaskSpec
-    from .evaluation.tasks import RefusalTask, calibrate_first_token_threshold
+    from .evaluation.tasks import RefusalTask
 
     info: dict = {}
     extra: dict = {}
     if profile.first_token:
-        threshold, agreement = calibrate_first_token_threshold(chat, calibration, direction.refusal_token_ids,
-                                                               max_new_tokens=profile.max_new_tokens)
+        threshold, agreement = first_token_calibration(chat, calibration, direction.refusal_token_ids,
+                                                       profile.max_new_tokens)
         extra = {"refusal_token_ids": direction.refusal_token_ids, "threshold": threshold}
         info["first_token_judge"] = {"threshold": threshold, "agreement_with_substring": agreement,
                                      "n_calibration": len(calibration)}

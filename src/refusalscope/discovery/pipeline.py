@@ -1,8 +1,10 @@
 """`discover`: from a model, its SAEs and its refusal direction to a validated feature set.
 
-Scores are computed once and cached next to the outputs (keyed by the model, the SAEs'
-content hashes, the direction and the prompts), so a rerun with another K, method or
-selection rule only re-selects: seconds instead of minutes.
+Scores are computed once and cached in `$REFUSALSCOPE_CACHE` (keyed by the model and its
+dtype, the SAEs' content hashes, the direction and the prompts), and so is the choice of
+attribution prompts (which takes a forward pass), so a rerun with another K, method,
+selection rule or output folder only re-selects: no forward pass, seconds instead of
+minutes. Output files whose content is unchanged are not rewritten.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import RefusalScopeError
-from ..paths import atomic_file
 from ..provenance import package_versions
+from ..stage_cache import cached_json, content_key, model_identity, stage_path, write_text_if_changed
 from .features import METHODS, FeatureSet, ScoreTables, select
 from .scoring import actdiff_scores, activation_stats, attribution_scores, cossim_scores
 
@@ -61,7 +63,7 @@ class Discovery:
 
 
 def _fingerprint(chat, saes, direction, harmful, harmless, cfg: DiscoveryConfig, attr_prompts) -> str:
-    digest = hashlib.sha256(chat.info.id.encode())
+    digest = hashlib.sha256(json.dumps(model_identity(chat), sort_keys=True).encode())
     for layer in sorted(saes):
         digest.update(f"{layer}:{saes[layer].content_hash()}".encode())
     digest.update(direction.raw.numpy().tobytes())
@@ -102,6 +104,13 @@ def refused_prompts(chat, prompts: Sequence[str], refusal_token_ids, limit: int)
     return keep
 
 
+def cached_refused_prompts(chat, prompts: Sequence[str], refusal_token_ids, limit: int) -> list[str]:
+    """`refused_prompts`, looked up in the cache when this model (and dtype) already
+    scored these prompts: choosing them costs a forward pass over every harmful prompt."""
+    key = content_key("refused-prompts", model_identity(chat), list(prompts), list(map(int, refusal_token_ids)), limit)
+    return cached_json("discovery", key, lambda: refused_prompts(chat, prompts, refusal_token_ids, limit))
+
+
 def discover(
     chat,
     saes: dict,
@@ -127,13 +136,14 @@ def discover(
     need = cfg.needed()
 
     t0 = time.perf_counter()
-    attr_prompts = refused_prompts(chat, harmful, direction.refusal_token_ids, cfg.n_attribution) if need & {"ig", "ap"} else []
+    attr_prompts = cached_refused_prompts(chat, harmful, direction.refusal_token_ids, cfg.n_attribution) if need & {"ig", "ap"} else []
     seconds["select prompts"] = time.perf_counter() - t0
     key = _fingerprint(chat, saes, direction, act_harmful, act_harmless, cfg, attr_prompts)
     out = Path(out_dir) if out_dir else None
-    cache = out / f"scores-{key}.safetensors" if out else None
-    tables = ScoreTables.load(cache) if cache is not None and cache.is_file() else ScoreTables()
+    cache = stage_path("discovery", f"scores-{key}", ".safetensors")
+    tables = ScoreTables.load(cache) if cache.is_file() else ScoreTables()
     cached = bool(tables.cossim)
+    computed = False
 
     if not tables.cossim:
         tables.cossim = cossim_scores(saes, {l: direction.at_layer(l) for l in saes})
@@ -144,6 +154,7 @@ def discover(
         tables.actdiff = actdiff_scores(h, b, cfg.actdiff_reduce)
         tables.peak_harmful = {l: h[l]["peak"] for l in h}
         seconds["actdiff"] = time.perf_counter() - t0
+        computed = True
     ablation = direction.ablation()
     for method in ("ap", "ig"):
         if method in need and not getattr(tables, method):
@@ -154,7 +165,8 @@ def discover(
             setattr(tables, f"{method}_per_prompt", attr.per_prompt)
             tables.error_share[method] = {l: attr.error_share(l) for l in saes}
             seconds[method] = time.perf_counter() - t0
-    if cache is not None:
+            computed = True
+    if computed or not cache.is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
         tables.save(cache)
 
@@ -173,16 +185,15 @@ def discover(
         sets[method] = FeatureSet(
             method=method, k=cfg.k, features=chosen, **common,
             settings=asdict(cfg),
-            provenance={"scores": str(cache) if cache else None, "n_attribution_prompts": len(attr_prompts),
+            provenance={"scores": str(cache), "n_attribution_prompts": len(attr_prompts),
                         "error_share": tables.error_share, "versions": package_versions()},
         )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        sets[cfg.method].save(out / "features.json")
+        write_text_if_changed(out / "features.json", json.dumps(sets[cfg.method].to_dict(), indent=2))
         for method, fs in sets.items():
-            fs.save(out / f"features-{method.replace('+', '_')}.json")
-        with atomic_file(out / "attribution_prompts.json") as handle:
-            json.dump(attr_prompts, handle, indent=2)
+            write_text_if_changed(out / f"features-{method.replace('+', '_')}.json", json.dumps(fs.to_dict(), indent=2))
+        write_text_if_changed(out / "attribution_prompts.json", json.dumps(attr_prompts, indent=2))
     return Discovery(tables, sets, attr_prompts, seconds, cached)
 
 

@@ -304,7 +304,8 @@ def test_chat_command_streams_and_toggles(chat, model_dir, tmp_path):
         input="Hello there\n/off\nHow do I bake bread?\n/spec\n/reset\n/exit\n",
     )
     assert result.exit_code == 0, result.output
-    assert result.output.count("model> ") == 2
+    # replies say the steering state they were generated under (the gate decides per prompt)
+    assert result.output.count("model (gated steering)> ") == 1 and result.output.count("model (unsteered)> ") == 1
     assert "gate fired: steered" in result.output and "steering off" in result.output
     assert "conversation cleared" in result.output
 

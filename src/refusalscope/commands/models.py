@@ -54,6 +54,7 @@ def generate_cmd(
     check_dtype(dtype)
     at_least(max_new_tokens, "--max-new-tokens", 1)
     at_least(batch_size, "--batch-size", 1)
+    at_least(seed, "--seed", 0)
     if sample:
         number(temperature, "--temperature", positive=True)
     if output is not None:

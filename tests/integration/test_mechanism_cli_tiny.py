@@ -50,7 +50,7 @@ def test_jailbreak_analysis_cli(tiny_setup, tmp_path, data_dir):
     out = tmp_path / "ja"
     result = runner.invoke(app, ["jailbreak-analysis", "--model", str(model_dir), "--dtype", "fp32", "--features",
                                  str(features), "--harm-sae", str(saes[1]), "--n-harm", "5", "--attacks", "jbc,past-tense",
-                                 "--per-attack", "3", "--max-new-tokens", "4", "--n-loo", "1", "--min-prompts", "2",
+                                 "--per-attack", "3", "--max-new-tokens", "4", "--judge", "substring", "--n-loo", "1", "--min-prompts", "2",
                                  "--data-dir", str(data_dir), "-o", str(out)])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "analysis.json").read_text())

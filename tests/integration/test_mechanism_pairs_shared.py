@@ -1,6 +1,6 @@
 """Vanilla/jailbroken pairs from the files in ../shared/data (no model needed)."""
 
-from refusalscope.mechanism.pairs import artifact_pairs, build_pairs, tense_pairs, template_pairs
+from refusalscope.mechanism.pairs import artifact_pairs, build_pairs, template_pairs, tense_pairs
 
 
 def test_artifact_pairs_carry_their_goal(data_dir):

@@ -78,6 +78,8 @@ def jailbreak_analysis_cmd(
                                                       "past-tense, future-tense, wildjailbreak."),
     per_attack: int = typer.Option(16, help="Vanilla/jailbroken pairs per attack (seeded sample)."),
     max_new_tokens: int = typer.Option(32, help="Tokens of each greedy reply the judge reads."),
+    judge_name: str = typer.Option("default", "--judge", help="Reply judge deciding success: 'default' (the project's "
+                                   "default judge) or any name `refusalscope judge-validate` knows, e.g. substring."),
     n_attribution: int = typer.Option(0, help="Jailbroken prompts to attribute to tokens (0: all)."),
     n_loo: int = typer.Option(4, help="Prompts on which gradient x input is checked against leave-one-token-out."),
     min_prompts: int = typer.Option(3, help="A word must occur in this many prompts to be ranked."),
@@ -102,6 +104,7 @@ def jailbreak_analysis_cmd(
     attack_list = [a.strip() for a in attacks.split(",") if a.strip()]
     _check_inputs(features, attack_list, data_dir)
     pairs = build_pairs(attack_list, data_dir, per_attack, seed)
+    judge = reply_judge(judge_name)
     chat = load_model(model, dtype=dtype)
     refusal, harm, harm_rows, raw = _groups(chat, features, list(sae or []), harm_sae, n_harm, data_dir, seed)
     groups = [refusal] + ([harm] if harm else [])
@@ -113,7 +116,6 @@ def jailbreak_analysis_cmd(
     timings["activations"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    judge = reply_judge()
     succeeded, replies = jailbreak_success(chat, [p.vanilla for p in pairs], [p.jailbroken for p in pairs], judge,
                                            max_new_tokens, progress=True)
     vanilla_complied, vanilla_replies = jailbreak_success(chat, [p.vanilla for p in pairs], [p.vanilla for p in pairs],
@@ -226,6 +228,8 @@ def probes_cmd(
     output: Path = typer.Option(Path("runs/probes"), "--output", "-o", help="Output folder."),
 ) -> None:
     """Linear harm probes trained on vanilla prompts, tested on jailbreaks; the best becomes a ProbeGate."""
+    import numpy as np
+
     from ..data import load_dataset
     from ..direction import RefusalDirection, find_refusal_direction, sample_direction_data
     from ..errors import RefusalScopeError
@@ -270,10 +274,18 @@ def probes_cmd(
     best.probe.info.update(name=best.name, model=chat.info.to_dict(), selected_by="validation AUROC, ties to fewer features")
     best.probe.save(output / "gate-probe")
     gates = {f"probe gate ({best.name})": decisions_only(chat, best.probe, gate_sae)}
+    known = {f"probe gate ({best.name})": {"id": best.id_scores, "ood": best.ood_scores}}
     projection = next((r.draws[0] for r in comparison.rows if r.name == "refusal-direction projection"), None)
     if projection is not None and projection is not best:
         gates["direction gate (refusal-direction projection)"] = decisions_only(chat, projection.probe)
-    gate_rows = gate_table(chat, gates, data, capability, seed)
+        known["direction gate (refusal-direction projection)"] = {"id": projection.id_scores, "ood": projection.ood_scores}
+    # the gates' own check: on a few OOD prompts, the gate computed during a forward pass
+    # equals the probe's logit on the features it was scored on
+    sample = data.test_ood.prompts[:8]
+    gate_check = float(np.abs(gates[f"probe gate ({best.name})"].decisions(chat, sample).scores.double().numpy()
+                              - best.ood_scores[:8]).max())
+    console.print(f"  probe gate vs probe logit on 8 OOD prompts: max |difference| {gate_check:.2e}")
+    gate_rows = gate_table(chat, gates, data, capability, seed, scores=known)
     gate_print = [["gate", "ID fire harmful", "ID fire harmless", "OOD fire jailbreaks", "OOD fire look-alikes",
                    "ID bal. acc", "OOD bal. acc", "steers ARC-Easy"]]
     keys = ("id_fire_harmful", "id_fire_harmless", "ood_fire_harmful", "ood_fire_harmless", "id_balanced_accuracy",
@@ -288,7 +300,7 @@ def probes_cmd(
         "format": "refusalscope-probes", "version": 1, "model": chat.info.to_dict(), "features": str(features),
         "groups": [refusal.to_dict()] + ([harm.to_dict()] if harm else []), "harm_latents": harm_rows,
         "direction": {"layer": direction.layer, "position": direction.position},
-        "data": data.summary(), "comparison": comparison.to_dict(), "gates": gate_rows,
+        "data": data.summary(), "comparison": comparison.to_dict(), "gates": gate_rows, "gate_check_max_diff": gate_check,
         "gate_probe": str(output / "gate-probe"),
         "settings": {"n_train": n_train, "n_val": n_val, "n_test": n_test, "n_ood": n_ood, "attacks": attack_list,
                      "n_random": n_random, "layers": layers, "seed": seed, "positions": "post_instruction (mean)",

@@ -106,13 +106,28 @@ def drop_gap(vanilla: np.ndarray, jailbroken: np.ndarray, succeeded: Sequence[bo
     return Estimate(float(point), float(lo), float(hi), int(min(s_idx.size, f_idx.size)))
 
 
-def reply_judge():
-    """The project's default reply judge (the judges package's `default_judge()` when it
-    offers one, else the substring judge), so this analysis follows the best judge."""
+def reply_judge(spec: str | None = None):
+    """A reply judge by name (`judges.load_judge`), or by default the project's default
+    judge (`judges.default_judge()`), so this analysis follows the best judge; if that
+    cannot be loaded here, the substring judge, with a warning (results record the judge)."""
+    import warnings
+
     from .. import judges
 
+    if spec not in (None, "default"):
+        loader = getattr(judges, "load_judge", None)
+        if loader is not None:
+            return loader(spec)
+        if spec == "substring":
+            return judges.SubstringJudge()
+        raise RefusalScopeError(f"unknown judge '{spec}'", "use 'default' or 'substring'")
     factory = getattr(judges, "default_judge", None)
-    return factory() if callable(factory) else judges.SubstringJudge()
+    if callable(factory):
+        try:
+            return factory()
+        except RefusalScopeError as exc:
+            warnings.warn(f"the default judge is unavailable ({exc.problem}); judging with the substring judge", stacklevel=2)
+    return judges.SubstringJudge()
 
 
 def jailbreak_success(chat, requests: Sequence[str], prompts: Sequence[str], judge=None, max_new_tokens: int = 32,

@@ -73,6 +73,7 @@ class ProbeScores:
     ood_bacc: Estimate
     ood_auroc: Estimate
     ood_scores: np.ndarray
+    id_scores: np.ndarray
 
     def to_dict(self) -> dict:
         return {"name": self.name, "spec": self.probe.spec.__dict__, "n_features": int(self.probe.weights.size),
@@ -93,7 +94,7 @@ def score_probe(name: str, spec: FeatureSpec, features, data: ProbeData, seed: i
         out[split] = (s, stratified_bootstrap(test.labels, s > probe.threshold, balanced_accuracy, seed=seed),
                       stratified_bootstrap(test.labels, s, auroc, seed=seed))
     return ProbeScores(name, probe, auroc(data.val.labels, val_s), out["id"][1], out["id"][2], out["ood"][1],
-                       out["ood"][2], out["ood"][0])
+                       out["ood"][2], out["ood"][0], out["id"][0])
 
 
 @dataclass

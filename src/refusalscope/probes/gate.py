@@ -40,13 +40,22 @@ def decisions_only(chat, probe: LinearProbe, sae=None) -> Conditional:
 
 
 def gate_table(chat, gates: dict[str, Conditional], data: ProbeData, capability: Sequence[str], seed: int = 0,
-               batch_size: int = 8) -> list[dict]:
-    """Per gate: fire rates and balanced accuracy on ID/OOD tests, fire rate on capability prompts."""
+               batch_size: int = 8, scores: dict[str, dict[str, np.ndarray]] | None = None) -> list[dict]:
+    """Per gate: fire rates and balanced accuracy on ID/OOD tests, fire rate on capability prompts.
+
+    `scores[name]` may hold the gate's scores on the ID/OOD test prompts ('id', 'ood') when
+    they are already known (a probe's logits on the same features, which the gate
+    reproduces: `gate_scores_match`), saving two passes over the test prompts; capability
+    prompts always go through the gate itself."""
     rows = []
     for name, cond in gates.items():
         row: dict = {"gate": name, "describe": cond.gate.describe(), "threshold": cond.threshold}
         for split, test in (("id", data.test_id), ("ood", data.test_ood)):
-            fired = cond.decisions(chat, test.prompts, batch_size).fired.numpy()
+            known = (scores or {}).get(name, {}).get(split)
+            if known is not None:
+                fired = np.asarray(known) > cond.threshold
+            else:
+                fired = cond.decisions(chat, test.prompts, batch_size).fired.numpy()
             y = test.labels.astype(bool)
             row[f"{split}_fire_harmful"] = rate(fired[y], seed).to_dict()
             row[f"{split}_fire_harmless"] = rate(fired[~y], seed).to_dict()

@@ -109,6 +109,20 @@ def ws(tmp_path_factory) -> Path:
               str(ls / "checkpoints" / "final.safetensors"))
     (ls / "hyperparams.json").write_text(json.dumps({"d_model": 8, "d_sae": "many", "hook_point_in": "blocks.1.hook_resid_post",
                                                      "norm_activation": "inference"}))
+    # model folders with a damaged manifest or config, dataset folders with damaged release files
+    for name, config, manifest in (("model-manifest", "{}", b"\x00\xff\x00"), ("model-config", "{broken", None)):
+        (d / name).mkdir()
+        (d / name / "config.json").write_text(config)
+        if manifest is not None:
+            (d / name / "refusalscope-model.json").write_bytes(manifest)
+    (d / "data-bin" / "advbench").mkdir(parents=True)
+    (d / "data-bin" / "advbench" / "harmful_behaviors.csv").write_bytes(b"goal,target\n\xff\xfe\x00bad\n")
+    (d / "data-cols" / "advbench").mkdir(parents=True)
+    (d / "data-cols" / "advbench" / "harmful_behaviors.csv").write_text("gaol,target\nx,y\n")
+    import numpy as np
+
+    np.save(d / "dir-object.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (d / "dir-nan.json").write_text("[1.0, NaN]")
     # steering specs
     base = {"format": "refusalscope-steering", "version": 1}
     actadd = {"kind": "actadd", "layer": 0, "direction": {"values": [1.0, 0.0]}, "coefficient": 2.0}
@@ -198,6 +212,9 @@ CASES: dict[str, Case] = {
     "generate-output-under-file": C(["generate", "hi", "-o", "{d}/afile/out.json"], "is a file, not a folder",
                                     unchanged=("afile",)),
     "generate-no-prompts": C(["generate"], "no prompts given"),
+    "model-manifest-binary": C(["generate", "hi", "--model", "{d}/model-manifest"], "is a binary file"),
+    "model-config-broken": C(["generate", "hi", "--model", "{d}/model-config"], "cannot read the model config"),
+    "model-gguf-missing": C(["generate", "hi", "--model", "{d}/absent.gguf"], "GGUF file"),
     "generate-seed": C(["generate", "hi", "--seed", "-1"], "--seed must be at least 0"),
     # ------------------------------------------------------------------ prompt files
     "prompts-missing": C(["generate", "-f", "{d}/absent.txt"], "does not exist"),
@@ -303,6 +320,8 @@ CASES: dict[str, Case] = {
     "steer-positions": C(["steer", "hi", "--actadd", "{d}/direction.json", "--layer", "0", "--positions", "middle"],
                          "unknown position keyword 'middle'"),
     "steer-ablate-missing": C(["steer", "hi", "--ablate", "{d}/nodir.pt"], "does not exist"),
+    "steer-ablate-npy-object": C(["steer", "hi", "--ablate", "{d}/dir-object.npy"], "cannot read the direction file"),
+    "steer-ablate-json-nan": C(["steer", "hi", "--ablate", "{d}/dir-nan.json"], "NaN is not a JSON number"),
     "steer-ablate-pickle": C(["steer", "hi", "--ablate", "{d}/lm-pickle.pt"], "never fully unpickles"),
     "steer-model": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--model", "no-such-model"], "unknown model spec"),
     "steer-dtype": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--dtype", "fp64"], "unknown dtype 'fp64'"),
@@ -364,6 +383,8 @@ CASES: dict[str, Case] = {
                                 "is a file, not a folder", unchanged=("results.db", "afile"), absent=("r2.html",)),
     # ------------------------------------------------------------------ datasets
     "datasets-filter": C(["datasets", "jailbrakbench"], "no dataset name contains 'jailbrakbench'"),
+    "datasets-file-not-utf8": C(["datasets", "advbench", "--data-dir", "{d}/data-bin"], "not a readable CSV file"),
+    "datasets-file-columns": C(["datasets", "advbench", "--data-dir", "{d}/data-cols"], "missing column(s) 'goal'"),
     "datasets-data-dir": C(["datasets", "--data-dir", "{d}/nodata"], "data folder"),
 }
 

@@ -81,6 +81,8 @@ def test_probes_cli(tiny_setup, tmp_path, data_dir):
     assert {g["gate"].split(" ")[0] for g in saved["gates"]} >= {"probe"}
     assert sorted(p.name for p in (out / "gate-probe").iterdir()) == ["probe.json", "probe.safetensors"]
     assert "Probe table" in (out / "report.html").read_text()
+    gate = json.loads((out / "gate.json").read_text())
+    assert gate["kind"] == "probe" and gate["reduce"] == "mean" and gate["positions"] == "post_instruction"
 
 
 def test_bad_input_exits_2_before_loading(tiny_setup, tmp_path):

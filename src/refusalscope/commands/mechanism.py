@@ -286,6 +286,9 @@ def probes_cmd(
                               - best.ood_scores[:8]).max())
     console.print(f"  probe gate vs probe logit on 8 OOD prompts: max |difference| {gate_check:.2e}")
     gate_rows = gate_table(chat, gates, data, capability, seed, scores=known)
+    # the gate block of a steering spec (a `conditional` intervention's "gate"), ready for a sweep
+    with atomic_file(output / "gate.json") as handle:
+        json.dump(gates[f"probe gate ({best.name})"].to_dict()["gate"], handle, indent=2)
     gate_print = [["gate", "ID fire harmful", "ID fire harmless", "OOD fire jailbreaks", "OOD fire look-alikes",
                    "ID bal. acc", "OOD bal. acc", "steers ARC-Easy"]]
     keys = ("id_fire_harmful", "id_fire_harmless", "ood_fire_harmful", "ood_fire_harmless", "id_balanced_accuracy",
@@ -323,4 +326,4 @@ def probes_cmd(
     with atomic_file(output / "report.html") as handle:
         handle.write(html)
     console.print(f"runtime {seconds / 60:.1f} min; wrote {output / 'probes.json'}, {output / 'report.html'}, "
-                  f"{output / 'gate-probe'}")
+                  f"{output / 'gate-probe'}, {output / 'gate.json'} (a steering spec's gate)")

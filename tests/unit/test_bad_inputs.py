@@ -543,6 +543,24 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     assert (tmp_path / "g.txt").stat().st_mode & 0o777 == 0o666 & ~old
 
 
+def test_atomic_writes_to_a_folder_or_under_a_file_are_clear_errors(tmp_path):
+    from refusalscope.errors import RefusalScopeError
+    from refusalscope.paths import atomic_dir, atomic_file
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(RefusalScopeError, match="it is a folder"):
+        with atomic_file(tmp_path / "folder") as handle:
+            handle.write("x")
+    with pytest.raises(RefusalScopeError, match="cannot write"):
+        with atomic_file(tmp_path / "file" / "out.json") as handle:
+            handle.write("x")
+    with pytest.raises(RefusalScopeError, match="a file has that name"):
+        with atomic_dir(tmp_path / "file"):
+            pass
+    assert (tmp_path / "file").read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]
+
+
 def test_manifest_names_become_safe_path_components(tmp_path):
     from refusalscope.models.loading import MANIFEST, resolve_spec
 

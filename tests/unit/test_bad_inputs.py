@@ -166,6 +166,7 @@ def ws(tmp_path_factory) -> Path:
         "grid-dtype.json": {**grid, "dtype": "fp64"},
         "grid-list.json": [grid],
         "grid-good.json": grid,
+        "grid-advbench.json": {**grid, "tasks": [{"dataset": "harmful/advbench", "limit": 2}]},
     }
     for name, content in grids.items():
         (d / name).write_text(json.dumps(content))
@@ -368,6 +369,8 @@ CASES: dict[str, Case] = {
                          "--restart"], "data folder", unchanged=("results.db",)),
     "sweep-model": C(["sweep", "--spec", "{d}/grid-good.json", "--model", "no-such-model", "-o", "{d}/results.db", "--restart"],
                       "unknown model spec", unchanged=("results.db",)),
+    "sweep-dataset-files": C(["sweep", "--spec", "{d}/grid-advbench.json", "--data-dir", "{d}/data-cols", "-o", "{d}/results.db",
+                              "--restart"], "missing column(s) 'goal'", unchanged=("results.db",)),
     "sweep-output-dir": C(["sweep", "--spec", "{d}/grid-good.json", "-o", "{d}/adir"], "is a folder"),
     "sweep-report-under-file": C(["sweep", "--spec", "{d}/grid-good.json", "-o", "{d}/new.db", "--report", "{d}/afile/r.html"],
                                  "is a file, not a folder", absent=("new.db",)),

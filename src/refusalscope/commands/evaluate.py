@@ -38,6 +38,8 @@ def sweep_cmd(
         from ..data.registry import resolve_data_dir
 
         resolve_data_dir(data_dir)
+    for task in plan.tasks:  # a missing or damaged dataset file is found before the model loads, not after
+        task.task.items(data_dir=data_dir or plan.data_dir, limit=task.limit, seed=task.seed)
     chat = load_model(model or plan.model or "default", dtype=dtype or plan.dtype, progress=progress)
     if output.exists() and not resume:
         # only now: a model that fails to load (or a Ctrl-C while it converts) leaves the old results

@@ -354,6 +354,9 @@ class Steering:
         for key, kind in (("name", str), ("description", str), ("model", dict), ("metadata", dict), ("id", str)):
             if data.get(key) is not None and not isinstance(data[key], kind):
                 raise RefusalScopeError(f"the steering spec's '{key}' must be a {kind.__name__}, got {type(data[key]).__name__}")
+        for key, value in (data.get("model") or {}).items():
+            if key in ("name", "sha256", "spec") and value is not None and not isinstance(value, str):
+                raise RefusalScopeError(f"the steering spec's model.{key} must be a string, got {value!r}")
         steering = cls(
             [reader.intervention(item, f"interventions[{i}]") for i, item in enumerate(items)],
             name=data.get("name"),
@@ -492,7 +495,7 @@ class _Reader:
         from .interventions import as_direction
 
         if isinstance(ref, list):
-            return as_direction([number(v, f"{where} entry", ) for v in ref], where)
+            return as_direction([number(v, f"{where} entry") for v in ref], where)
         if not isinstance(ref, dict):
             raise RefusalScopeError(f"{where}: a direction is {{'values': [...]}} or {{'file': ...}}")
         check_keys(ref, DIRECTION_KEYS, where)

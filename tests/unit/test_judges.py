@@ -222,20 +222,25 @@ REPLIES = ["I'm sorry, but I can't help with that.", "Sure! Here is a short poem
            "How do I bake bread? Mix flour, water and salt, then bake it for a while."]
 
 
-def test_sequence_classifier_judge_labels_and_batching(classifier_folder):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_sequence_classifier_judge_labels_and_batching(classifier_folder, dtype):
+    """The judge in each dtype against the fp32 model on each reply alone, unpadded; the
+    tolerance is the dtype's (bf16 keeps 8 bits of mantissa: ~1e-2 after softmax)."""
     folder, model, tokenizer = classifier_folder
-    judge = ClassifierJudge.from_pretrained(folder)
+    tol = 1e-5 if dtype == "fp32" else 2e-2
+    judge = ClassifierJudge.from_pretrained(folder, dtype=dtype)
     assert isinstance(judge, SequenceClassifierJudge) and judge.refusal_ids == [1]
     verdicts = judge.judge(PROMPTS, REPLIES)
-    for reply, verdict in zip(REPLIES, verdicts):  # against the model on each reply alone, unpadded
+    for reply, verdict in zip(REPLIES, verdicts):
         with torch.no_grad():
             probs = torch.softmax(model(**tokenizer(reply, return_tensors="pt")).logits[0], -1)
-        assert verdict.score == pytest.approx(float(probs[1]), abs=1e-5)
-        assert verdict.refused == bool(probs[1] > probs[0])
+        assert verdict.score == pytest.approx(float(probs[1]), abs=tol)
+        if abs(float(probs[1] - probs[0])) > 2 * tol:  # a near-tie may round either way in bf16
+            assert verdict.refused == bool(probs[1] > probs[0])
         assert verdict.label == ("refusal" if verdict.refused else "compliance")
-    one_by_one = ClassifierJudge.from_pretrained(folder, batch_size=1).judge(PROMPTS, REPLIES)
-    assert [v.score for v in one_by_one] == pytest.approx([v.score for v in verdicts], abs=1e-5)
-    pair = ClassifierJudge.from_pretrained(folder, input="pair").judge(PROMPTS, REPLIES)
+    one_by_one = ClassifierJudge.from_pretrained(folder, batch_size=1, dtype=dtype).judge(PROMPTS, REPLIES)
+    assert [v.score for v in one_by_one] == pytest.approx([v.score for v in verdicts], abs=tol)
+    pair = ClassifierJudge.from_pretrained(folder, input="pair", dtype=dtype).judge(PROMPTS, REPLIES)
     assert [v.score for v in pair] != pytest.approx([v.score for v in verdicts], abs=1e-6)
 
 

@@ -199,6 +199,7 @@ C = Case
 CASES: dict[str, Case] = {
     # ------------------------------------------------------------------ usage errors (click)
     "unknown-command": C(["nosuchcommand"], "No such command"),
+    "unknown-command-markup": C(["nosuch[/x]"], "No such command 'nosuch[/x]'"),
     "models-extra-option": C(["models", "--bogus"], "No such option"),
     "generate-batch-not-int": C(["generate", "hi", "--batch-size", "lots"], "Invalid value for '--batch-size'"),
     # ------------------------------------------------------------------ generate: options

@@ -18,7 +18,7 @@ SAEs: `--run` (a `refusalscope run`/`discover` folder) serves what `refusalscope
 `make demo`) has run, else a random TopK SAE at layer 16 (d_sae 2048, k 32), which costs
 the same per token as a trained one; the output says which.
 
-    python benchmarks/serve.py [--run runs/qwen2.5-coder-0.5b-instruct-quick] [--repeats 5]
+    python benchmarks/serve.py [--run runs/qwen2.5-coder-0.5b-instruct-quick | --features f.json] [--repeats 5]
     python benchmarks/serve.py --screenshot docs/playground.png    # also the README screenshot
 """
 
@@ -43,11 +43,13 @@ PROMPTS = [
 ]
 
 
-def build_playground(run: str | None, dtype: str, spec_dir: Path):
+def build_playground(run: str | None, features: str | None, dtype: str, spec_dir: Path):
     from refusalscope.serve.loading import load_playground, resolve_sources
 
-    if run:
-        return load_playground(resolve_sources(Path(run), spec_dir=spec_dir), dtype=dtype), f"run folder {run}"
+    if run or features:
+        sources = resolve_sources(Path(run) if run else None, features=Path(features) if features else None,
+                                  spec_dir=spec_dir)
+        return load_playground(sources, dtype=dtype), f"{run or features}: SAEs {sources.saes}"
     from refusalscope import load_model
     from refusalscope.sae import SAE, SAEConfig
     from refusalscope.sae.io import load_sae
@@ -149,6 +151,7 @@ def screenshot(url: str, path: Path, latents: list[tuple[int, int]], value: floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="serve this run folder (features, cards, direction) instead of bare SAEs")
+    parser.add_argument("--features", help="serve this features.json (and the SAEs it names)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--value", type=float, default=None, help="clamp value (default: 2 × the latent's harmful peak, else 20)")
@@ -164,7 +167,7 @@ def main() -> None:
     from refusalscope.serve import create_app
 
     loaded = time.perf_counter()
-    playground, what = build_playground(args.run, args.dtype, Path(tempfile.mkdtemp()) / "specs")
+    playground, what = build_playground(args.run, args.features, args.dtype, Path(tempfile.mkdtemp()) / "specs")
     loaded = time.perf_counter() - loaded
     listed = playground.latents()
     if listed:

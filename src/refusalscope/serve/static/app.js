@@ -186,7 +186,10 @@ async function send() {
           (data.cached ? ", cached" : `, ${data.seconds}s`);
       } else if (name === "error") message(data.error + (data.fix ? ` (fix: ${data.fix})` : ""), true);
       else if (name === "cancelled") message("stopped");
-      else if (name === "done") message("");
+      else if (name === "done") {
+        message("");
+        if ($("gate-status").textContent === "…") $("gate-status").textContent = "not applied (nothing to steer)";
+      }
     });
   } catch (err) {
     if (err.name !== "AbortError") message(String(err.message || err), true);

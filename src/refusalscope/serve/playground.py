@@ -221,7 +221,8 @@ class Playground:
             return out
         from ..discovery.cards import logit_effect
 
-        promoted, suppressed = logit_effect(self.chat, self.saes[layer].decoder_directions([latent])[0])
+        with torch.no_grad():
+            promoted, suppressed = logit_effect(self.chat, self.saes[layer].decoder_directions([latent])[0])
         return {"layer": layer, "feature": latent, "rank": None if ranked is None else ranked.rank,
                 "scores": {} if ranked is None else dict(ranked.scores), "contexts": [], "max_harmful": [],
                 "max_harmless": [], "promoted": promoted, "suppressed": suppressed, "computed": True}

@@ -50,7 +50,7 @@ _SENTINEL = "\x00REFUSALSCOPE_SUFFIX\x00"
 # batch ids for our own forwards: far above ChatModel's counter, so a gate's per-batch state
 # never matches a stale decision
 _BATCH_IDS = itertools.count(1 << 40)
-_ALLOWED: dict[tuple[int, int, bool], torch.Tensor] = {}
+_ALLOWED: dict[tuple[int, int, int, bool], torch.Tensor] = {}
 
 
 @dataclass
@@ -94,7 +94,7 @@ def allowed_tokens(chat, allow_non_ascii: bool = False) -> torch.Tensor:
     the suffix has to survive being written out as text and typed back in.
     """
     rows = chat.embed.weight.shape[0]
-    key = (id(chat.tokenizer), rows, allow_non_ascii)
+    key = (id(chat.tokenizer), len(chat.tokenizer), rows, allow_non_ascii)
     if key not in _ALLOWED:
         tok = chat.tokenizer
         n = min(rows, len(tok))
@@ -127,6 +127,7 @@ class SuffixObjective:
         self.steering = steering
         self.request = request
         self.system = system
+        self._suffix_length = 0  # set by each forward; the gate/position context needs the prompt length
         text = chat.format(request + _SENTINEL, system)
         if text.count(_SENTINEL) != 1:
             raise RefusalScopeError("the chat template altered the request, so a suffix cannot be placed after it")

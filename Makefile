@@ -34,7 +34,7 @@ test-unit: setup
 # The unit tests again with `auto` forced to the dtype this CPU would NOT pick (bf16 on an
 # AVX2 machine, fp32 on one with native bf16), so every machine catches what the other kind
 # would: CI runs this after `make test`.
-OTHER_DTYPE = $(shell $(BIN)/python -c "from refusalscope.models.loading import native_bf16; print('fp32' if native_bf16() else 'bf16')" 2>/dev/null)
+OTHER_DTYPE = $(shell $(BIN)/python -c "from refusalscope.models.dtypes import native_bf16; print('fp32' if native_bf16() else 'bf16')" 2>/dev/null)
 test-other-dtype: setup
 	REFUSALSCOPE_DTYPE=$(OTHER_DTYPE) $(BIN)/python -m pytest -q tests/unit
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from refusalscope import load_model
 from refusalscope.data.builtin import minimal_pairs
-from refusalscope.models.loading import native_bf16, resolve_dtype
+from refusalscope.models.dtypes import native_bf16, resolve_dtype
 from refusalscope.provenance import cpu_info
 
 

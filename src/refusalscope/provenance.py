@@ -54,7 +54,7 @@ def cpu_info() -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     """Versions plus the machine facts that change numbers: CPU flags, kernel level, threads,
     and the dtype `auto` resolves to here (after $REFUSALSCOPE_DTYPE)."""
-    from .models.loading import resolve_dtype
+    from .models.dtypes import resolve_dtype
 
     return {
         "versions": package_versions(),

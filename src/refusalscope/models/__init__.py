@@ -1,9 +1,10 @@
 """Loading chat models and reaching into their residual stream."""
 
 from .chat import Batch, ChatModel, Generation
+from .dtypes import native_bf16, resolve_dtype
 from .embedded import EMBEDDED, embedded_names
 from .hooks import ForwardContext, HookManager
-from .loading import ModelInfo, load_model, resolve_dtype, resolve_spec
+from .loading import ModelInfo, load_model, resolve_spec
 
 __all__ = [
     "Batch",
@@ -15,6 +16,7 @@ __all__ = [
     "ModelInfo",
     "embedded_names",
     "load_model",
+    "native_bf16",
     "resolve_dtype",
     "resolve_spec",
 ]

@@ -406,22 +406,24 @@ def test_validate_judge_confusion_and_partial_mapping(xstest_dir, substring):
 def test_judge_validate_command(xstest_dir, classifier_folder, monkeypatch):
     from refusalscope.commands import _app
 
-    monkeypatch.setattr(_app.console, "width", 200)
+    monkeypatch.setattr(_app.console, "width", 250)
     for model in ("llama2orig", "mistralguard", "mistralinstruct"):
         write_completions(xstest_dir, model, [("I cannot.", "2_full_refusal"), ("Sure.", "1_full_compliance")])
     out = xstest_dir / "report.json"
     folder, _, _ = classifier_folder
     result = CliRunner().invoke(
-        app, ["judge-validate", "--data-dir", str(xstest_dir), "--classifier", str(folder), "-o", str(out)]
+        app, ["judge-validate", "--data-dir", str(xstest_dir), "--judge", "substring", "--classifier", str(folder),
+              "--n-boot", "50", "-o", str(out)]
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    gpt4 = next(line for line in lines if "substring" in line and "gpt4" in line)
+    gpt4 = next(line for line in lines if "substring" in line and "xstest/gpt4" in line)
     assert "0.600" in gpt4
-    assert any("refusal-classifier" in line and " all " in line for line in lines)
+    assert any("refusal-classifier" in line and "xstest/all" in line for line in lines)
     import json
 
     report = json.loads(out.read_text())
-    assert [r["judge"] for r in report] == ["substring", folder.name] and report[0]["all"]["n"] == 12
-    bad = CliRunner().invoke(app, ["judge-validate", "--data-dir", str(xstest_dir), "--partial", "half"])
-    assert bad.exit_code == 2 and "unknown partial-refusal mapping" in bad.output
+    assert [j["name"] for j in report["judges"]] == ["substring", folder.name]
+    pooled = next(r for r in report["results"] if r["judge"] == "substring" and r["set"] == "xstest/all")
+    assert pooled["agreement"]["n"] == 12
+    assert pooled["agreement"]["tn"] + pooled["agreement"]["fp"] + pooled["agreement"]["fn"] + pooled["agreement"]["tp"] == 12

@@ -133,3 +133,25 @@ def test_hub_judge_errors(tmp_path):
     (folder / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(RefusalScopeError, match="safetensors"):
         HubJudge.from_pretrained("harmbench", folder)
+
+
+def test_hub_judge_by_name_in_judge_validate(tmp_path):
+    import csv
+    import json
+
+    from typer.testing import CliRunner
+
+    from refusalscope.cli import app
+    from refusalscope.judges.named import load_judge
+
+    folder = rigged_folder(tmp_path, "harmbench", "No")
+    assert load_judge(f"harmbench={folder}").name == "harmbench"
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as handle:
+        csv.writer(handle).writerows([["prompt", "reply", "label"], [REQUEST, REPLY, "refusal"]])
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["judge-validate", "--no-xstest", "--labels", str(labels), "--judge",
+                                      f"harmbench={folder}", "--n-boot", "20", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    row = json.loads(out.read_text())["results"][0]
+    assert row["judge"] == "harmbench" and row["agreement"]["tp"] == 1

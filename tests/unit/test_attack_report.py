@@ -68,6 +68,24 @@ def test_empty_folder_gives_no_section(tmp_path):
     assert robustness_section(tmp_path) == ""
 
 
+def test_full_report_gains_the_robustness_section(root, tmp_path):
+    from test_store_sweep import FakeTask  # tests/unit is on sys.path
+
+    from refusalscope.evaluation.sweep import Grid, Method, TaskSpec, run_sweep
+    from refusalscope.report import build_report
+
+    chat = tiny_chat_model("llama", seed=6, n_layers=2, d_model=32)
+    d = torch.randn(chat.d_model, generator=torch.Generator().manual_seed(0))
+    grid = Grid([Method.actadd(d, 1, [1.0])])
+    tasks = [TaskSpec(FakeTask("jbb-harmful", "harmful/jailbreakbench", "refused", "refuse", n=4, base=0.4, slope=0.1))]
+    run_sweep(chat, grid, tasks, tmp_path / "results.db", batch_size=4, progress=False)
+    plain = build_report(tmp_path / "results.db", tmp_path / "plain.html").read_text()
+    page = build_report(tmp_path / "results.db", tmp_path / "report.html", attacks_dir=root).read_text()
+    assert "Robustness under attack" not in plain
+    assert page.count('<section id="robustness">') == 1
+    assert page.index('id="conditional"') < page.index('id="robustness"') < page.index('id="numbers"')
+
+
 def test_report_command_writes_a_page(root, tmp_path):
     out = tmp_path / "r.html"
     result = CliRunner().invoke(app, ["attack", "report", str(root), "-o", str(out)])

@@ -59,3 +59,21 @@ def run_attack_tasks(chat, configs, root: str | Path, tasks: AttackTasks | None 
             summary.pop("results")
             out["multiturn"][config.name] = summary
     return out
+
+
+def pipeline_configs(interventions, gate) -> list:
+    """The pipeline's three rows: unsteered, the selected latents clamped (`interventions`),
+    and the same behind the harm gate (`gate`, an `evaluation.sweep.GateSpec`)."""
+    from ..steering import Steering
+    from .configs import AttackConfig
+
+    interventions = list(interventions)
+    return [AttackConfig("unsteered"), AttackConfig("steered", Steering(interventions, name="steered")),
+            AttackConfig("gated", Steering([gate.wrap(interventions)], name="gated"))]
+
+
+def run_pipeline_attacks(chat, interventions, gate, root: str | Path, tasks: AttackTasks, *, data_dir=None,
+                         progress: bool = True) -> dict[str, Any]:
+    """What `refusalscope run` calls when its profile has attack tasks."""
+    return run_attack_tasks(chat, pipeline_configs(interventions, gate), root, tasks, data_dir=data_dir,
+                            progress=progress)

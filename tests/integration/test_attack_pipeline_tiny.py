@@ -1,0 +1,63 @@
+"""`run_pipeline` with attack tasks (what `run --profile paper` adds), at toy sizes on a
+tiny random model: the suite, GCG and multi-turn run against the unsteered, steered and
+gated model, and the report gains the robustness section with their rows."""
+
+import dataclasses
+import json
+
+import pytest
+from test_pipeline_tiny import TINY_PROFILE, tiny_model_dir  # noqa: F401  (fixture)
+
+from refusalscope.attacks.tasks import AttackTasks
+from refusalscope.pipeline import PROFILES, run_pipeline
+
+TINY_ATTACKS = AttackTasks(suite_limit=1, suite_families=("direct", "dan", "past-tense"), gcg_behaviours=2,
+                           gcg_steps=1, gcg_candidates=4, gcg_suffix_length=3, max_new_tokens=4)
+
+
+def test_paper_profile_includes_attacks():
+    assert PROFILES["paper"].attacks is not None and PROFILES["quick"].attacks is None
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_pipeline_attacks_every_configuration_and_reports_it(tiny_model_dir, tmp_path, data_dir):  # noqa: F811
+    profile = dataclasses.replace(TINY_PROFILE, attacks=TINY_ATTACKS)
+    out = tmp_path / "run"
+    summary = run_pipeline(str(tiny_model_dir), profile, out, data_dir=data_dir, progress=False)
+    assert "attacks" in summary["timings"]
+    root = out / "attacks"
+    suite = json.loads((root / "suite" / "suite.json").read_text())
+    assert {r["config"] for r in suite["rows"]} == {"unsteered", "steered", "gated"}
+    for name in ("unsteered", "steered", "gated"):
+        gcg = json.loads((root / "gcg" / name / "summary.json").read_text())
+        assert gcg["n"] == 2
+        assert (root / "multiturn" / name / "results.jsonl").is_file()
+    steered = json.loads((root / "gcg" / "steered" / "summary.json").read_text())["steering"]
+    gated = json.loads((root / "gcg" / "gated" / "summary.json").read_text())["steering"]
+    assert steered and gated and steered != gated
+    page = (out / "report.html").read_text()
+    assert "Robustness under attack" in page and "GCG robustness" in page and "refusal by turn" in page
+
+
+def test_pipeline_attack_tasks_build_three_rows_and_a_report_section(tmp_path, data_dir):
+    """The pipeline's hook alone (no SAE training): unsteered, steered, gated rows."""
+    import torch
+
+    from refusalscope.attacks.report import robustness_section
+    from refusalscope.attacks.tasks import pipeline_configs, run_pipeline_attacks
+    from refusalscope.evaluation.sweep import GateSpec
+    from refusalscope.steering import ActAdd, DirectionGate
+    from refusalscope.testing import tiny_chat_model
+
+    chat = tiny_chat_model("llama", seed=8, n_layers=2, d_model=32)
+    steer = [ActAdd(torch.randn(chat.d_model, generator=torch.Generator().manual_seed(3)), 0, 8.0)]
+    gate = GateSpec(DirectionGate(torch.ones(chat.d_model), 0), 0.0)
+    configs = pipeline_configs(steer, gate)
+    assert [c.name for c in configs] == ["unsteered", "steered", "gated"]
+    assert configs[2].gated and not configs[1].gated
+    out = run_pipeline_attacks(chat, steer, gate, tmp_path / "attacks", TINY_ATTACKS, data_dir=data_dir,
+                               progress=False)
+    assert set(out["gcg"]) == set(out["multiturn"]) == {"unsteered", "steered", "gated"}
+    assert all(s["n"] == 2 for s in out["gcg"].values())
+    html = robustness_section(tmp_path / "attacks")
+    assert html.count(">gated<") == 3 and html.count(">steered<") == 3

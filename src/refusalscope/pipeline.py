@@ -51,6 +51,7 @@ class Profile:
     refusal_limits: dict = field(default_factory=dict)
     capability: dict = field(default_factory=dict)
     batch_size: int = 16
+    attacks: object = None  # attacks.tasks.AttackTasks: jailbreak robustness (suite, GCG, multi-turn)
 
 
 PROFILES = {
@@ -86,6 +87,7 @@ PROFILES = {
         refusal_limits={"jailbreakbench": 100, "xstest": 200, "pairs": 24, "jailbreak": 100, "gcg": 100},
         capability={"mmlu": 500, "mmlu-5shot": 200, "truthfulqa-mc1": 400, "truthfulqa-mc2": 400,
                     "gsm8k": 100, "arc-challenge": 300, "triviaqa": 300, "wikitext": 32},
+        attacks="default",  # attacks.tasks.AttackTasks(): static suite, 20 HarmBench behaviours x 5 GCG steps, multi-turn
     ),
 }
 
@@ -265,7 +267,15 @@ def run_pipeline(
                        pairs=[("pairs-harmful", "pairs-benign"), ("xstest-unsafe", "xstest-safe")], progress=progress,
                        note=f"refusalscope run --profile {profile.name}")
     stage("sweep")
-    report = build_report(out / "results.db", out / "report.html", out / "report_data")
+    if profile.attacks is not None:  # unsteered / clamped at the lowest strength / gated, under attack
+        from .attacks.tasks import AttackTasks, run_pipeline_attacks
+
+        tasks_ = AttackTasks() if profile.attacks == "default" else profile.attacks
+        run_pipeline_attacks(chat, features(min(profile.clamp_strengths)), gate, out / "attacks", tasks_,
+                             data_dir=data_dir, progress=progress)
+        stage("attacks")
+    report = build_report(out / "results.db", out / "report.html", out / "report_data",
+                          attacks_dir=out / "attacks" if profile.attacks is not None else None)
     stage("report")
     summary = summarise(out / "results.db")
     total = time.perf_counter() - started

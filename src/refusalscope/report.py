@@ -470,7 +470,7 @@ def export(data: dict[str, Any], folder: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------- the page
 def build_report(db_path: str | Path, out_html: str | Path = "report.html", export_dir: str | Path | None = None,
-                 *, title: str | None = None, examples: int = 3) -> Path:
+                 *, title: str | None = None, examples: int = 3, attacks_dir: str | Path | None = None) -> Path:
     """Write the HTML report of a results database, and every figure's data as CSV/JSON
     into `export_dir` (default: `<report name>_data/` beside the page). Returns the page."""
     db_path = Path(db_path)
@@ -598,6 +598,10 @@ def build_report(db_path: str | Path, out_html: str | Path = "report.html", expo
                  "strongest setting.</p>", *(ex_parts or ["<p class=\"note\">No stored generations.</p>"])),
         _section("provenance", "Provenance", *prov_parts),
     ]
+    if attacks_dir is not None:  # jailbreak robustness from `refusalscope attack` folders (attacks.report)
+        from .attacks.report import robustness_section
+
+        body.insert(-3, robustness_section(attacks_dir))
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
     from .paths import atomic_file

@@ -4,7 +4,9 @@ The real profiles take a quarter of an hour (quick) or hours (paper) on the embe
 model, so CI cannot run them; this runs every stage (model from a local folder, SAE
 training, refusal direction, discovery, harm gate, sweep, report) with the same code and
 the benchmark files, and checks the plumbing: every configuration is evaluated on every
-task, the outputs are written, and a second run recomputes nothing. A random model never
+task, the outputs are written, and a second run is a pure lookup: no forward pass (counted
+with a hook on the first decoder layer), no direction or discovery file rewritten, and a
+run into a new folder takes everything but the sweep from the cache. A random model never
 refuses, so it has no refusal first tokens to discover: the test names them (the 64 first
 tokens it finds likeliest after harmful requests, so that discovery has prompts that "lean
 towards refusing" to attribute), and judges refusal by generation + substring judge rather
@@ -65,10 +67,35 @@ def tiny_model_dir(tmp_path, monkeypatch, data_dir):
     return save_tiny_model(chat, tmp_path / "tiny-llama")
 
 
+@pytest.fixture
+def forward_passes(monkeypatch):
+    """Counts decoder-layer-0 calls (every forward pass, full or partial, goes through it)
+    of every model `run_pipeline` loads."""
+    import refusalscope.models as models
+
+    calls = []
+    real = models.load_model
+
+    def load_and_count(*args, **kwargs):
+        chat = real(*args, **kwargs)
+        chat.hooks.module(0).register_forward_pre_hook(lambda *_: calls.append(1))
+        return chat
+
+    monkeypatch.setattr(models, "load_model", load_and_count)
+    return calls
+
+
+def output_files(folder):
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.parts[-2] in ("direction", "discovery")}
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # a random model's direction fails the filters
-def test_every_stage_runs_and_a_second_run_recomputes_nothing(tiny_model_dir, tmp_path, data_dir):
+def test_every_stage_runs_and_a_second_run_recomputes_nothing(tiny_model_dir, tmp_path, data_dir, forward_passes,
+                                                              monkeypatch):
     out = tmp_path / "run"
     first = run_pipeline(str(tiny_model_dir), TINY_PROFILE, out, data_dir=data_dir, progress=False)
+    assert len(forward_passes) > 100  # the counter sees the model's work
 
     # features x1 (plain and gated) and the refusal direction ActAdd x1, plus the unsteered row
     with sqlite3.connect(out / "results.db") as db:
@@ -89,6 +116,31 @@ def test_every_stage_runs_and_a_second_run_recomputes_nothing(tiny_model_dir, tm
     assert (out / "report.html").stat().st_size > 0
     assert "jbb-harmful" in first["table"]
 
+    written = output_files(out)
+    assert len(written) >= 5  # direction.json/.safetensors, features*.json, attribution_prompts.json
+    forward_passes.clear()
     second = run_pipeline(str(tiny_model_dir), TINY_PROFILE, out, data_dir=data_dir, progress=False)
     assert second["sweep"] == {"computed": 0, "skipped": first["sweep"]["computed"]}
     assert second["selected"] == first["selected"]
+    assert len(forward_passes) == 0  # every stage was a lookup
+    assert output_files(out) == written  # and no direction/discovery file was rewritten
+
+    # a new output folder: discovery scores, gate and calibration come from $REFUSALSCOPE_CACHE;
+    # only the sweep (its database lives in the output folder) runs again
+    import refusalscope.evaluation.sweep as sweep
+
+    before_sweep = []
+    real_sweep = sweep.run_sweep
+
+    def note_and_sweep(*args, **kwargs):
+        before_sweep.append(len(forward_passes))
+        return real_sweep(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "run_sweep", note_and_sweep)
+    elsewhere = tmp_path / "elsewhere"
+    third = run_pipeline(str(tiny_model_dir), TINY_PROFILE, elsewhere, data_dir=data_dir, progress=False)
+    assert third["selected"] == first["selected"]
+    assert third["gate"] == first["gate"]
+    assert before_sweep == [0]  # SAEs, direction, discovery, gate: all from the cache
+    assert len(forward_passes) > 0 and third["sweep"]["computed"] == first["sweep"]["computed"]
+    assert (elsewhere / "discovery" / "features.json").read_text() == (out / "discovery" / "features.json").read_text()

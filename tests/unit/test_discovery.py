@@ -8,6 +8,7 @@ from refusalscope.direction import RefusalDirection, candidate_directions, mean_
 from refusalscope.discovery import DiscoveryConfig, FeatureSet, ScoreTables, discover, select
 from refusalscope.discovery.scoring import _capture, _metric, attribution_scores, cossim_scores, first_tokens
 from refusalscope.discovery.validation import ValidationConfig, clamp_values, format_table, validate
+from refusalscope.judges import SubstringJudge
 from refusalscope.sae import SAE, SAEConfig
 from refusalscope.steering.interventions import ActAdd, DirectionAblation
 
@@ -193,9 +194,10 @@ def test_validation_reports_every_method_experiment_and_loss(chat, tmp_path):
     docs = [Document(chat.encode(chat.format(p)), "chat", skip=1) for p in HARMLESS]
     cfg = ValidationConfig(suppress_factors=(-2.0,), induce_multipliers=(8.0,), max_new_tokens=4, batch_size=4)
     report = validate(chat, saes, sets, direction, {"set-a": HARMFUL[:2]}, HARMLESS[:2], peaks, cfg,
-                      text_docs=docs, answer_docs=docs, progress=False)
+                      judge=SubstringJudge(), text_docs=docs, answer_docs=docs, progress=False)
     methods = {r.method for r in report.rows}
     assert methods == {"none", "cossim+ig", "random", "dense direction"}
+    assert report.config["judge"] == "substring"  # the judge is recorded with the results
     for method in ("cossim+ig", "random", "dense direction"):
         assert report.lookup(method, "suppress", "set-a", metric="compliance") is not None
         assert report.lookup(method, "induce", "harmless", metric="refusal") is not None
@@ -223,7 +225,8 @@ def test_induction_can_use_only_the_top_latents(chat, monkeypatch):
     peaks = {1: torch.arange(96.0)}
     sets = {"cossim+ig": [(1, 7), (1, 3), (1, 4)], "random": [(1, 9), (1, 2)]}
     cfg = ValidationConfig(suppress_factors=(-1.0,), induce_multipliers=(2.0,), max_new_tokens=2, batch_size=4, induce_top=2)
-    validate(chat, saes, sets, None, {"set-a": HARMFUL[:1]}, HARMLESS[:1], peaks, cfg, progress=False)
+    validate(chat, saes, sets, None, {"set-a": HARMFUL[:1]}, HARMLESS[:1], peaks, cfg, judge=SubstringJudge(),
+             progress=False)
     assert clamped == [([(1, 7), (1, 3)], {(1, 7): 14.0, (1, 3): 6.0}), ([(1, 9), (1, 2)], {(1, 9): 18.0, (1, 2): 4.0})]
     with pytest.raises(RefusalScopeError, match="induce_top"):
         validate(chat, saes, sets, None, {"set-a": HARMFUL[:1]}, HARMLESS[:1], peaks,

@@ -9,7 +9,8 @@ For each latent set (the selected one and each baseline):
     under the intervention, against the unsteered loss.
 The dense refusal direction is the reference: ablation at every layer for 'suppress',
 activation addition (multiples of the difference-of-means vector) for 'induce'. Replies
-are judged by the substring judge (validated against human labels in judges.validation).
+are judged by the default reply judge, the learned request-aware judge (validated against
+human labels: `refusalscope judge-validate`); the report's config names it and its version.
 """
 
 from __future__ import annotations
@@ -122,16 +123,16 @@ def validate(
     progress: bool = True,
 ) -> ValidationReport:
     """Run suppress / induce / side-effect experiments for every latent set and the dense direction."""
-    from ..judges.substring import SubstringJudge
+    from ..judges.named import default_judge
 
     cfg = cfg or ValidationConfig()
-    judge = judge or SubstringJudge()
     if not harmful_sets or not harmless:
         raise RefusalScopeError("validation needs harmful and harmless prompts")
     if cfg.induce_top is not None and cfg.induce_top < 1:
         raise RefusalScopeError(f"induce_top must be at least 1, got {cfg.induce_top}",
                                 "pass the number of top-ranked latents to clamp, or None for all of them")
-    report = ValidationReport(config=asdict(cfg))
+    judge = judge or default_judge()
+    report = ValidationReport(config={**asdict(cfg), "judge": getattr(judge, "name", type(judge).__name__)})
     methods = list(sets) + ([DENSE] if direction is not None else [])
     cap_factor = cfg.capability_factor if cfg.capability_factor is not None else cfg.suppress_factors[len(cfg.suppress_factors) // 2]
     cap_mult = cfg.capability_multiplier if cfg.capability_multiplier is not None else cfg.induce_multipliers[len(cfg.induce_multipliers) // 2]

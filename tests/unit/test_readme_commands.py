@@ -71,7 +71,7 @@ def readme_forms() -> list[str]:
 def to_argv(form: str) -> list[str]:
     form = re.sub(r"<([^>]*)>", lambda m: "-".join(m.group(1).split()), form)  # <quick layer 8> -> one value
     form = form.replace("\\|", "|").replace("…", "")
-    form = re.sub(r"(\S+)\|\S+", r"\1", form)  # a|b -> a
+    form = re.sub(r"([^\s|]+)(\|[^\s|]+)+", r"\1", form)  # a|b|c -> a
     form = form.replace("[", "").replace("]", "")
     return shlex.split(form)
 
@@ -93,6 +93,13 @@ def parse_error(argv: list[str]) -> str | None:
     command = COMMANDS.commands.get(name)
     if command is None:
         return f"there is no command '{name}'"
+    while hasattr(command, "commands"):  # a command group (`attack gcg`): descend to the subcommand
+        if not args:
+            return None  # the group alone lists its subcommands
+        sub, args = args[0], args[1:]
+        if sub not in command.commands:
+            return f"'{name}' has no subcommand '{sub}'"
+        name, command = f"{name} {sub}", command.commands[sub]
     try:
         command.make_context(name, list(args))
     except Exception as exc:  # noqa: BLE001 - click's (vendored) usage and parameter errors
@@ -113,11 +120,14 @@ def test_readme_command_parses_as_written(form):
 
 def test_notation_and_the_parser_check():
     assert to_argv("run [--profile quick\\|paper]") == ["run", "--profile", "quick"]
+    assert to_argv("attack gcg\\|suite\\|multiturn") == ["attack", "gcg"]
     assert to_argv("generate PROMPT… [-f prompts.txt]") == ["generate", "PROMPT", "-f", "prompts.txt"]
     assert to_argv("discover --sae <quick layer 8>") == ["discover", "--sae", "quick-layer-8"]
     assert "unexpected extra argument" in parse_error(["chat", "spec.json"])  # what the issue met
     assert parse_error(["chat", "--spec", "spec.json"]) is None
     assert "no such option" in parse_error(["run", "--profiel", "quick"]).lower()
+    if "attack" in COMMANDS.commands:  # a command group
+        assert parse_error(["attack", "no-such-attack"]) == "'attack' has no subcommand 'no-such-attack'"
 
 
 def test_every_data_dir_option_describes_the_same_default():

@@ -418,7 +418,7 @@ def test_serve_command_checks_its_input_before_loading_anything(tmp_path):
     missing = runner.invoke(app, ["serve", "--run", str(tmp_path / "absent")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
     empty = runner.invoke(app, ["serve", "--run", str(tmp_path)])
-    assert empty.exit_code == 2 and "no features.json" in empty.output
+    assert empty.exit_code == 2 and "no features.json" in empty.output, empty.output
     nosae = runner.invoke(app, ["serve"])
     assert nosae.exit_code == 2 and "no SAEs to serve" in nosae.output
     port = runner.invoke(app, ["serve", "--port", "70000", "--sae", "x"])

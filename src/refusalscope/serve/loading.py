@@ -41,9 +41,9 @@ def resolve_sources(run: Path | None = None, saes: list[str] | None = None, feat
         if not run.is_dir():
             raise RefusalScopeError(f"run folder {run} does not exist", "pass the folder `refusalscope run` or `discover -o` wrote")
         if features is None:
-            features = _first(run / "features.json", run / "discovery" / "features.json")
+            features = _first(run / "features.json", run / "discovery" / "features.json", run / "discover" / "features.json")
             if features is None:
-                raise RefusalScopeError(f"{run} holds no features.json (nor discovery/features.json)",
+                raise RefusalScopeError(f"{run} holds no features.json (nor discovery/ or discover/features.json)",
                                         "run `refusalscope discover -o <folder>` or `refusalscope run` first")
         if direction is None:
             direction = _first(run / "direction", features.parent / "direction", features.parent.parent / "direction")

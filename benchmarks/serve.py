@@ -115,7 +115,7 @@ def timed_request(client, url: str, prompt: str, steering: dict, max_new_tokens:
     return out
 
 
-def screenshot(url: str, path: Path, latents: list[tuple[int, int]], value: float) -> None:
+def screenshot(url: str, path: Path, latents: list[tuple[int, int, float]]) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -125,7 +125,7 @@ def screenshot(url: str, path: Path, latents: list[tuple[int, int]], value: floa
         page.goto(url)
         page.wait_for_selector("body[data-ready='1']")
         page.uncheck("#live")
-        for layer, latent in latents:
+        for layer, latent, _ in latents:
             row = page.locator(f"#latent-list tr[data-latent='{layer}/{latent}'] .latent-add")
             if row.count():
                 row.click()
@@ -133,8 +133,8 @@ def screenshot(url: str, path: Path, latents: list[tuple[int, int]], value: floa
                 page.fill("#search", f"{layer}/{latent}")
                 page.click("#search-form button")
                 page.locator("#search-results button", has_text="steer").first.click()
-        for number in page.locator("#controls .control input[type=number]").all():
-            number.fill(str(value))
+        for number, (_, _, value) in zip(page.locator("#controls .control input[type=number]").all(), latents):
+            number.fill(f"{value:.2f}")
             number.dispatch_event("change")
         page.fill("#prompt", "Give me a recipe for bread.")
         page.fill("#max-tokens", "40")
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--features", help="serve this features.json (and the SAEs it names)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=12)
-    parser.add_argument("--value", type=float, default=None, help="clamp value (default: 2 × the latent's harmful peak, else 20)")
+    parser.add_argument("--value", type=float, default=None, help="clamp value (default: 2 × each latent's harmful peak, else 20)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--screenshot", type=Path, help="also save a screenshot of the page here (needs playwright + chromium)")
     args = parser.parse_args()
@@ -175,11 +175,10 @@ def main() -> None:
     else:
         layer = max(playground.saes)
         picks = [(layer, j, None) for j in (0, 1, 2)]
-    value = args.value
-    if value is None:
-        peaks = [p for _, _, p in picks if p]
-        value = 2 * max(peaks) if peaks else 20.0
-    steering = {"latents": [{"layer": layer, "latent": latent, "mode": "set", "value": value} for layer, latent, _ in picks]}
+    # clamp each at 2x its harmful peak (the README's induction setting), or a fixed value
+    picks = [(layer, latent, args.value if args.value is not None else (2 * peak if peak else 20.0))
+             for layer, latent, peak in picks]
+    steering = {"latents": [{"layer": layer, "latent": latent, "mode": "set", "value": v} for layer, latent, v in picks]}
     configs = {"no steering": {}, "3 latents clamped (set)": steering}
     if playground.direction is not None:
         configs["3 latents, behind the direction gate"] = {**steering, "gate": {"enabled": True, "kind": "direction",
@@ -187,7 +186,7 @@ def main() -> None:
     chat = playground.chat
     print(f"model {chat.info.name} ({chat.info.dtype}), torch threads {torch.get_num_threads()}, loaded in {loaded:.1f}s")
     print(f"SAEs: {what}")
-    print(f"steered latents {[(l, j) for l, j, _ in picks]} set to {value:.3g}; {args.max_new_tokens} new tokens; "
+    print(f"steered latents (layer, latent, value) {[(l, j, round(v, 2)) for l, j, v in picks]}; {args.max_new_tokens} new tokens; "
           f"{args.repeats} rounds × {len(configs)} configurations, interleaved")
     server = Server(create_app(playground, allowed_hosts=["127.0.0.1"]))
     results: dict[str, list[dict]] = {name: [] for name in configs}
@@ -208,7 +207,7 @@ def main() -> None:
     print(f"\ntarget: first steered token within 2 s of the request — {'met' if worst <= 2 else 'NOT met'} "
           f"(slowest median {worst:.3f} s)")
     if args.screenshot:
-        screenshot(server.url, args.screenshot, [(l, j) for l, j, _ in picks], value)
+        screenshot(server.url, args.screenshot, picks)
         print(f"screenshot: {args.screenshot}")
     server.close()
 

@@ -442,6 +442,20 @@ def test_run_folder_resolution(tmp_path, playground):
     assert resolve_sources(run, saes=["other"], model="m").saes == ["other"]
 
 
+def test_slider_scale_comes_from_discovery_peaks(tmp_path, playground):
+    from refusalscope.discovery.features import ScoreTables
+    from refusalscope.serve.loading import discovery_peaks
+
+    fs = playground.features
+    peak = torch.arange(128, dtype=torch.float32) / 10
+    ScoreTables(cossim={1: torch.zeros(128)}, peak_harmful={1: peak}).save(tmp_path / "scores.safetensors")
+    fs.provenance = {"scores": str(tmp_path / "scores.safetensors")}
+    peaks = discovery_peaks(fs)
+    assert peaks == {(1, f.feature): pytest.approx(f.feature / 10) for f in fs.features}
+    fs.provenance = {"scores": str(tmp_path / "absent.safetensors")}
+    assert discovery_peaks(fs) == {}
+
+
 def test_scaled_form_moves_every_control_with_strength(playground):
     form = SteeringForm.model_validate({"latents": [{"layer": 1, "latent": 2, "mode": "set", "value": 4.0},
                                                     {"layer": 1, "latent": 3, "mode": "scale", "value": -1.0}],

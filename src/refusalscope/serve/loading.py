@@ -107,7 +107,27 @@ def load_playground(sources: Sources, dtype: str = "auto", progress: bool = True
 
         found = RefusalDirection.load(sources.direction)
         direction, layer = found.raw, found.layer
+    peaks = discovery_peaks(features)
     info = {"model": sources.model, "saes": sources.saes, "features": str(sources.features or ""),
             "cards": str(sources.cards or ""), "direction": str(sources.direction or "")}
     return Playground(chat, saes, features=features, cards=cards, direction=direction, direction_layer=layer,
-                      spec_dir=sources.spec_dir, source=info)
+                      spec_dir=sources.spec_dir, source=info, peaks=peaks)
+
+
+def discovery_peaks(features) -> dict[tuple[int, int], float]:
+    """Each listed latent's peak activation on harmful prompts, from the score tables that
+    discovery cached (their path is in features.json); the page scales sliders by it.
+    Empty when the tables are gone: the sliders then use a fixed range."""
+    if features is None:
+        return {}
+    path = (features.provenance or {}).get("scores")
+    if not path or not Path(path).is_file():
+        return {}
+    from ..discovery.features import ScoreTables
+
+    try:
+        tables = ScoreTables.load(Path(path))
+    except Exception:  # a damaged cache only costs the slider scale
+        return {}
+    return {(f.layer, f.feature): float(tables.peak_harmful[f.layer][f.feature])
+            for f in features.features if f.layer in tables.peak_harmful}

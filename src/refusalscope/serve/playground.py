@@ -79,6 +79,7 @@ class Playground:
         spec_dir: str | Path = "specs",
         judge=None,
         source: dict | None = None,
+        peaks: dict[tuple[int, int], float] | None = None,
     ):
         self.chat = chat
         self.saes = {int(layer): sae for layer, sae in saes.items()}
@@ -105,6 +106,7 @@ class Playground:
             judge = SubstringJudge()
         self.judge = judge
         self.source = source or {}
+        self.peaks = dict(peaks or {})  # (layer, latent) -> peak activation on harmful prompts, from discovery
         self._plain: OrderedDict[tuple, dict] = OrderedDict()  # unsteered replies, greedy so reusable
         self._token_index: dict[int, list[list[str]]] = {}
 
@@ -135,7 +137,7 @@ class Playground:
         out = []
         for f in self.features.features:
             card = self.cards.get((f.layer, f.feature))
-            peak = max(card["max_harmful"]) if card and card.get("max_harmful") else None
+            peak = max(card["max_harmful"]) if card and card.get("max_harmful") else self.peaks.get((f.layer, f.feature))
             out.append(asdict(Latent(f.layer, f.feature, f.rank, f.score, dict(f.scores), peak)))
         return out
 

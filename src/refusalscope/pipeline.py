@@ -7,12 +7,15 @@
 
 Profiles set the sizes. `quick` is built to finish in about a quarter of an hour on a
 2-core CPU once the model and SAE are cached: refusal is judged by the first-token
-refusal score (one forward pass per prompt, its threshold calibrated against the
-substring judge on generated replies), a handful of prompts per configuration are also
-answered in full for the report's side-by-side examples, and capability is measured by
-multiple-choice log-likelihood and the loss on ordinary text. `paper` runs generation
-and the substring judge on full evaluation sets, GSM8K with chain of thought, and the
-standard SAE preset.
+refusal score (one forward pass per prompt, its threshold calibrated against the reply
+judge on generated replies; about one reply in `first_token_check_every` per configuration
+is also generated and judged, and configurations where the two agree on less than 90% are
+flagged, because steering can break the link between first token and reply), a handful of
+prompts per configuration are also answered in full for the report's side-by-side
+examples, and capability is measured by multiple-choice log-likelihood and the loss on
+ordinary text. `paper` runs generation and the reply judge on full evaluation sets, GSM8K
+with chain of thought, and the standard SAE preset. The reply judge is the learned judge
+(`judges.named.default_judge`) unless the profile names another.
 
 The sweep writes to SQLite as it goes, so a killed run resumes where it stopped; a
 second run with the same settings recomputes nothing.
@@ -51,6 +54,8 @@ class Profile:
     refusal_limits: dict = field(default_factory=dict)
     capability: dict = field(default_factory=dict)
     batch_size: int = 16
+    judge: str = "learned"  # reply judge (judges.named.load_judge); results record its name and version
+    first_token_check_every: int = 16  # first-token mode: also generate and judge ~1 reply in n per configuration
     attacks: object = None  # attacks.tasks.AttackTasks: jailbreak robustness (suite, GCG, multi-turn)
 
 
@@ -74,7 +79,7 @@ PROFILES = {
     ),
     "paper": Profile(
         name="paper",
-        description="full sets, generation + substring judge, three SAE layers (several hours on a CPU)",
+        description="full sets, generation + learned reply judge, three SAE layers (several hours on a CPU)",
         sae_preset="standard",
         direction={"n_train": 128, "n_val": 32, "layer_stride": 1, "n_screen": 8, "n_finalists": 8},
         discovery={"ig_steps": 10, "n_attribution": 64, "n_activation": 128, "baselines": ("random",)},
@@ -135,15 +140,15 @@ def harm_gate(chat, direction, layer: int, harmful, harmless):
     return GateSpec(gate, threshold, reduce="mean", positions="post_instruction"), accuracy
 
 
-def first_token_calibration(chat, prompts, refusal_token_ids, max_new_tokens: int) -> tuple[float, float]:
+def first_token_calibration(chat, prompts, refusal_token_ids, max_new_tokens: int, judge=None) -> tuple[float, float]:
     """`calibrate_first_token_threshold`, cached by content (model, dtype, prompts, refusal
-    tokens, reply length): the calibration generates replies and scores first tokens."""
+    tokens, reply length, reply judge): the calibration generates replies and scores first tokens."""
     from .evaluation.tasks import calibrate_first_token_threshold
 
     key = content_key("first-token-threshold", model_identity(chat), list(prompts), list(map(int, refusal_token_ids)),
-                      max_new_tokens)
+                      max_new_tokens, getattr(judge, "name", "substring"))
     threshold, agreement = cached_json("calibration", key, lambda: calibrate_first_token_threshold(
-        chat, prompts, refusal_token_ids, max_new_tokens=max_new_tokens))
+        chat, prompts, refusal_token_ids, max_new_tokens=max_new_tokens, judge=judge))
     return threshold, agreement
 
 
@@ -153,15 +158,19 @@ def build_tasks(chat, profile: Profile, direction, data_dir, calibration) -> tup
     from .evaluation.capability import capability_task
     from .evaluation.sweep import TaskSpec
     from .evaluation.tasks import RefusalTask
+    from .judges.named import load_judge
 
-    info: dict = {}
-    extra: dict = {}
+    judge = load_judge(profile.judge)
+    info: dict = {"reply_judge": getattr(judge, "name", profile.judge)}
+    extra: dict = {"judge": judge}
     if profile.first_token:
         threshold, agreement = first_token_calibration(chat, calibration, direction.refusal_token_ids,
-                                                       profile.max_new_tokens)
-        extra = {"refusal_token_ids": direction.refusal_token_ids, "threshold": threshold}
-        info["first_token_judge"] = {"threshold": threshold, "agreement_with_substring": agreement,
-                                     "n_calibration": len(calibration)}
+                                                       profile.max_new_tokens, judge)
+        extra.update(refusal_token_ids=direction.refusal_token_ids, threshold=threshold,
+                     check_every=profile.first_token_check_every)
+        info["first_token_judge"] = {"threshold": threshold, "agreement_with_reply_judge": agreement,
+                                     "reply_judge": info["reply_judge"], "n_calibration": len(calibration),
+                                     "check_every": profile.first_token_check_every}
     limits = profile.refusal_limits
     requests = load_dataset("harmful/jailbreakbench", data_dir=data_dir, limit=8, seed=1).prompts
     refusal = [
@@ -185,9 +194,10 @@ def build_tasks(chat, profile: Profile, direction, data_dir, calibration) -> tup
         # a few full replies per configuration, for the report's side-by-side examples
         n = profile.example_prompts
         refusal += [
-            TaskSpec(RefusalTask("examples-harmful", "builtin/minimal-pairs", "harmful", max_new_tokens=profile.max_new_tokens), n),
+            TaskSpec(RefusalTask("examples-harmful", "builtin/minimal-pairs", "harmful", max_new_tokens=profile.max_new_tokens,
+                                 judge=judge), n),
             TaskSpec(RefusalTask("examples-benign", "builtin/minimal-pairs", "benign", expect="answer",
-                                 max_new_tokens=profile.max_new_tokens), n),
+                                 max_new_tokens=profile.max_new_tokens, judge=judge), n),
         ]
     capability = []
     for name, limit in profile.capability.items():

@@ -44,6 +44,7 @@ TINY_PROFILE = Profile(
     clamp_strengths=(1.0,),
     actadd_strengths=(1.0,),
     first_token=False,
+    judge="substring",  # a tiny random model's replies: no need to load the learned judge's feature model
     example_prompts=1,
     max_new_tokens=6,
     refusal_limits={"jailbreakbench": 3, "xstest": 3, "pairs": 3, "jailbreak": 0, "gcg": 2},

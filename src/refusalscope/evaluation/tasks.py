@@ -155,8 +155,9 @@ class RefusalTask:
 
 def calibrate_first_token_threshold(chat, prompts: Sequence[str], refusal_token_ids: Sequence[int],
                                     max_new_tokens: int = 32, judge=None) -> tuple[float, float]:
-    """The log-odds threshold at which the first-token judge best agrees with the
-    substring judge on the model's own generated replies; returns (threshold, agreement)."""
+    """The log-odds threshold at which the first-token judge best agrees with a reply judge
+    (default: the substring judge; `run` passes the learned default judge) on the model's
+    own generated replies; returns (threshold, agreement)."""
     from ..generations import cached_replies
     from ..judges.first_token import refusal_log_odds
     from ..judges.substring import SubstringJudge

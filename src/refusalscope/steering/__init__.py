@@ -12,7 +12,8 @@
     steering.save("refusal-up.json"); Steering.load("refusal-up.json").id
 
 See `interventions` (the maths and costs), `conditional` (gates), `spec` (the spec file)
-and `lm_eval` (lm-evaluation-harness steer files).
+`lm_eval` (lm-evaluation-harness steer files) and `nullspace` (steering confined
+to directions benign activations do not use).
 """
 
 from .conditional import Conditional, DirectionGate, FeatureGate, Gate, GateDecisions, ProbeGate
@@ -27,6 +28,7 @@ from .interventions import (
     check_positions,
 )
 from .lm_eval import export_lm_eval, import_lm_eval
+from .nullspace import LearnedNullSpaceSteer, NullSpaceProjection
 from .spec import Steering, as_steering, load_direction, steer
 
 __all__ = [
@@ -42,6 +44,8 @@ __all__ = [
     "Gate",
     "GateDecisions",
     "Intervention",
+    "LearnedNullSpaceSteer",
+    "NullSpaceProjection",
     "ProbeGate",
     "Steering",
     "as_steering",

@@ -72,6 +72,37 @@ GATE_KEYS = {
 }
 SAE_REF_KEYS = ("source", "sha256", "layer", "hook_name", "d_in", "d_sae", "architecture", "model_name", "lm_eval")
 DIRECTION_KEYS = ("values", "file", "key", "sha256")
+# Kinds defined outside this module (steering/nullspace.py): kind -> reader(reader, dict, where).
+# They register themselves, so this module need not import them (no import cycle).
+EXTRA_READERS: dict[str, Callable] = {}
+
+
+def register_kind(kind: str, keys: tuple[str, ...], reader: Callable) -> None:
+    """Let spec files hold another intervention kind: its allowed fields and its reader."""
+    INTERVENTION_KEYS[kind] = tuple(keys)
+    EXTRA_READERS[kind] = reader
+
+
+def write_tensor_files(items, folder: Path) -> None:
+    """Write the tensor files (e.g. a null-space basis) that interventions' entries reference."""
+    for item in items:
+        files = getattr(item, "tensor_files", None)
+        if files is not None:
+            from ..paths import atomic_file
+
+            for name, tensors in files().items():
+                target = folder / name
+                if not target.is_file():
+                    from safetensors.torch import save
+
+                    with atomic_file(target, "wb") as handle:
+                        handle.write(save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}))
+        for attr in ("inner", "interventions"):
+            nested = getattr(item, attr, None)
+            if isinstance(nested, Intervention):
+                write_tensor_files([nested], folder)
+            elif isinstance(nested, list):
+                write_tensor_files(nested, folder)
 
 
 # ---------------------------------------------------------------------- SAE identity
@@ -316,6 +347,7 @@ class Steering:
 
         path = Path(path)
         data = self.to_dict()
+        write_tensor_files(self.interventions, path.parent)
         with atomic_file(path) as handle:
             if path.suffix.lower() in (".yaml", ".yml"):
                 import yaml
@@ -527,6 +559,8 @@ class _Reader:
         check_keys(d, INTERVENTION_KEYS[kind], f"{where} ({kind})")
         positions = d.get("positions", "all")
         try:
+            if kind in EXTRA_READERS:
+                return EXTRA_READERS[kind](self, d, where)
             if kind == "feature":
                 sae, source = self.sae(d["sae"], where)
                 value = d.get("value", 0.0)

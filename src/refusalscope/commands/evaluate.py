@@ -27,6 +27,11 @@ def sweep_cmd(
     report: Optional[str] = typer.Option(None, "--report", help="Also write the HTML report here when done "
                                          "(a folder, e.g. out/, gets out/report.html)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with an ETA."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Compute on a Ray cluster: 'auto' (a running cluster), "
+                                      "an address (host:port, ray://host:port) or 'local' (start one here). "
+                                      "Needs the extra: pip install 'refusalscope[ray]'."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: model replicas in the pool "
+                                          "(default: one per CPU of the cluster)."),
 ) -> None:
     """Run a steering sweep into a results database; a rerun computes only what is missing."""
     from ..evaluation.sweep import load_grid_file, run_sweep, summarise
@@ -34,6 +39,13 @@ def sweep_cmd(
 
     plan = load_grid_file(spec)
     check_sweep_options(output, dtype, batch_size, report)
+    at_least(workers, "--workers", 1)
+    if ray is not None:
+        from ..distributed.pool import require_ray
+
+        require_ray()
+    elif workers is not None:
+        raise RefusalScopeError("--workers needs --ray", "add --ray local (or auto, or a cluster address)")
     if data_dir is not None:
         from ..data.registry import resolve_data_dir
 
@@ -45,9 +57,22 @@ def sweep_cmd(
         # only now: a model that fails to load (or a Ctrl-C while it converts) leaves the old results
         for suffix in ("", "-wal", "-shm"):
             Path(str(output) + suffix).unlink(missing_ok=True)
-    result = run_sweep(chat, plan.grid, plan.tasks, output, data_dir=data_dir or plan.data_dir,
-                       batch_size=batch_size or plan.batch_size, chunk_size=plan.chunk_size, pairs=plan.pairs,
-                       progress=progress, note=plan.note)
+    executor = None
+    if ray is not None:  # workers build the same model and grid from these (absolute) paths, never from pickled weights
+        from ..distributed import GridFileSetup, RayExecutor
+
+        spec_model = model or plan.model or "default"
+        if Path(spec_model).expanduser().exists():
+            spec_model = str(Path(spec_model).expanduser().resolve())
+        executor = RayExecutor(GridFileSetup(str(spec.resolve()), spec_model, dtype or plan.dtype),
+                               address=ray, workers=workers).start()
+    try:
+        result = run_sweep(chat, plan.grid, plan.tasks, output, data_dir=data_dir or plan.data_dir,
+                           batch_size=batch_size or plan.batch_size, chunk_size=plan.chunk_size, pairs=plan.pairs,
+                           progress=progress, note=plan.note, executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     console.print(
         f"{result.computed} items computed, {result.skipped} reused from {output} in {result.seconds:.1f}s", highlight=False
     )

@@ -450,6 +450,7 @@ def run_sweep(
     gate_items: bool = True,
     progress: bool = True,
     note: str | None = None,
+    executor=None,
 ) -> SweepResult:
     """Run every configuration of `grid` on every task, writing each chunk of items to the
     results store at `db_path` as soon as it is computed; items already stored are skipped.
@@ -460,6 +461,11 @@ def run_sweep(
     or {"name", "harmful", "benign"} dicts, whose Δs the summary reports beside the
     registered dataset pairs. With a conditional gate, its fire rate is recorded per
     chunk, and per item for refusal tasks when `gate_items` (a forward to the gate's layer).
+
+    `executor`: where the chunks are computed. None computes them here with `chat`; an
+    object with `compute(chunks, batch_size=, gate_items=)` yielding one `ChunkResult`
+    per `Chunk`, in any order, computes them elsewhere (e.g. `distributed.RayExecutor`,
+    an actor pool). Either way this process stays the only writer of the store.
     """
     from ..provenance import environment
 
@@ -521,36 +527,19 @@ def run_sweep(
                 print(f"resuming: {skipped:,} of {skipped + total:,} items stored in {db_path}{was}; {total:,} to compute",
                       file=sys.stderr, flush=True)
             bar = _progress(total, progress)
-            n_cells = len(plan)
-            for k, (cfg, spec, todo) in enumerate(plan, 1):
-                if not todo:
-                    continue
+            chunks = [Chunk(cfg, spec, [i for i, _ in part], [it for _, it in part], k, len(plan))
+                      for k, (cfg, spec, todo) in enumerate(plan, 1) for part in _chunks(todo, chunk_size)]
+            if executor is None:
+                done_chunks = (compute_chunk(chat, c, batch_size=batch_size, gate_items=gate_items, bar=bar) for c in chunks)
+            else:
                 if bar is not None:
-                    bar.set_description(f"[{k}/{n_cells}] {cfg.label} · {spec.name}", refresh=False)
-                conds = cfg.conditionals
-                for chunk in _chunks(todo, chunk_size):
-                    ids = [i for i, _ in chunk]
-                    items = [it for _, it in chunk]
-                    for c in conds:
-                        c.reset_stats()
-                    calls += 1
-                    results = list(spec.task.run(chat, items, interventions=cfg.interventions, batch_size=batch_size))
-                    got = [str(r.item_id) for r in results]
-                    if sorted(got) != sorted(ids):
-                        raise RefusalScopeError(
-                            f"task '{spec.name}' returned results for items {sorted(set(got) ^ set(ids))[:5]} "
-                            "that differ from the items it was given",
-                            "a task's run() returns exactly one ItemResult per item, with the item's id",
-                        )
-                    gate = extra = None
-                    if conds:
-                        gate = (sum(c.fired for c in conds), sum(c.seen for c in conds))
-                        prompts = _gate_prompts(spec.task, items) if gate_items else None
-                        if prompts is not None:
-                            extra = _gate_metrics(chat, conds, ids, prompts, batch_size)
-                    computed += db.write_batch(cfg.config_id, spec.name, results, run_id, gate=gate, extra=extra)
-                    if bar is not None:
-                        bar.update(len(chunk))
+                    bar.set_description(str(getattr(executor, "label", type(executor).__name__)), refresh=False)
+                done_chunks = executor.compute(chunks, batch_size=batch_size, gate_items=gate_items)
+            for out in done_chunks:
+                calls += 1
+                computed += db.write_batch(out.config_id, out.task, out.results, run_id, gate=out.gate, extra=out.extra)
+                if bar is not None:
+                    bar.update(len(out.results))
             status = "complete"
             _warn_first_token_disagreement(db)
         except KeyboardInterrupt:
@@ -561,6 +550,58 @@ def run_sweep(
                 bar.close()
             db.finish_run(run_id, status, computed, skipped)
     return SweepResult(Path(db_path), run_id, computed, skipped, time.time() - started, calls)
+
+
+@dataclass
+class Chunk:
+    """Items of one (configuration, task) cell computed and written together: the unit a
+    sweep hands to whatever computes it (here, or a worker elsewhere)."""
+
+    config: Configuration
+    spec: TaskSpec
+    ids: list[str]
+    items: list
+    cell: int = 1  # which (configuration, task) cell, 1-based, of `cells`
+    cells: int = 1
+
+
+@dataclass
+class ChunkResult:
+    """What the store writes for a chunk: one ItemResult per item, the gate's counters
+    (fired, seen) and per-item gate metrics where the configuration is conditional."""
+
+    config_id: str
+    task: str
+    results: list
+    gate: tuple[int, int] | None = None
+    extra: dict[str, dict[str, float]] | None = None
+
+
+def compute_chunk(chat, chunk: Chunk, *, batch_size: int = 16, gate_items: bool = True, bar=None) -> ChunkResult:
+    """Run one chunk on `chat`: the task's results (checked to be exactly one per item)
+    plus the gate's decisions. Pure computation, no store: a sweep's driver and its remote
+    workers run the same function, so a distributed sweep computes what a local one does."""
+    cfg, spec, ids, items = chunk.config, chunk.spec, chunk.ids, chunk.items
+    if bar is not None:
+        bar.set_description(f"[{chunk.cell}/{chunk.cells}] {cfg.label} · {spec.name}", refresh=False)
+    conds = cfg.conditionals
+    for c in conds:
+        c.reset_stats()
+    results = list(spec.task.run(chat, items, interventions=cfg.interventions, batch_size=batch_size))
+    got = [str(r.item_id) for r in results]
+    if sorted(got) != sorted(ids):
+        raise RefusalScopeError(
+            f"task '{spec.name}' returned results for items {sorted(set(got) ^ set(ids))[:5]} "
+            "that differ from the items it was given",
+            "a task's run() returns exactly one ItemResult per item, with the item's id",
+        )
+    gate = extra = None
+    if conds:
+        gate = (sum(c.fired for c in conds), sum(c.seen for c in conds))
+        prompts = _gate_prompts(spec.task, items) if gate_items else None
+        if prompts is not None:
+            extra = _gate_metrics(chat, conds, ids, prompts, batch_size)
+    return ChunkResult(cfg.config_id, spec.name, results, gate, extra)
 
 
 def _warn_first_token_disagreement(db) -> None:

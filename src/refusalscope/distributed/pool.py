@@ -1,0 +1,255 @@
+"""An actor pool on Ray that computes a sweep's chunks: one model (and its SAEs) per worker.
+
+Workers never receive weights. Each is given a `setup`, a small picklable recipe that
+builds the model, the grid and the tasks where the worker runs (`GridFileSetup`: a grid
+file and a model spec, what `refusalscope sweep --ray` uses), and then shards (ids and
+prompts, `shards.py`). A worker builds its configurations from the recipe and checks that
+their content-hash ids are the driver's, so a worker that loaded another model or another
+grid stops the sweep instead of writing results under the wrong configuration.
+
+Results come back per shard as soon as each finishes (`ray.wait`), and the driver, the
+only writer of the SQLite store, writes each in one transaction. A worker that dies (killed,
+out of memory, its node lost) is replaced by a fresh actor and its shard retried; the
+ledger's keys make sure a shard is written once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RefusalScopeError
+from ..evaluation.sweep import Chunk, ChunkResult, as_task_spec, compute_chunk
+from .shards import Shard, ShardLedger, to_shards
+
+
+def require_ray():
+    """Ray, or one clear error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise RefusalScopeError("Ray is not installed; distributed sweeps need it",
+                                "pip install 'refusalscope[ray]' (with the CPU torch: "
+                                "pip install -c requirements/constraints.txt torch==2.13.0 'refusalscope[ray]')") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class GridFileSetup:
+    """Build a worker's model, grid and tasks from a grid file and a model spec, exactly as
+    `refusalscope sweep` does on the driver. Paths must be readable on every node (a shared
+    file system, or the same layout on each machine)."""
+
+    grid: str
+    model: str | None = None
+    dtype: str | None = None
+
+    def __call__(self) -> tuple[Any, Any, list]:
+        from ..evaluation.sweep import load_grid_file
+        from ..models import load_model
+
+        plan = load_grid_file(self.grid)
+        chat = load_model(self.model or plan.model or "default", dtype=self.dtype or plan.dtype, progress=False)
+        return chat, plan.grid, plan.tasks
+
+
+class SweepWorker:
+    """What one Ray actor holds: a model, its configurations by id, the tasks by name.
+    A plain class (Ray wraps it in `RayExecutor`), so it can be tested without Ray."""
+
+    def __init__(self, setup: Callable[[], tuple[Any, Any, Sequence]], threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.failure: BaseException | None = None
+        try:
+            chat, grid, tasks = setup()
+            self.chat = chat
+            self.configs = {c.config_id: c for c in grid.configurations(chat)}
+            self.specs = {s.name: s for s in (as_task_spec(t) for t in tasks)}
+        except Exception as exc:  # kept for ready(): Ray would drop an __init__ error's type and fix
+            self.failure = exc
+
+    def ready(self) -> dict:
+        """What the driver checks before sending work: this worker's configuration ids
+        (or the error that stopped it building its model and grid)."""
+        if self.failure is not None:
+            raise self.failure
+        return {"pid": os.getpid(), "model": self.chat.info.id, "configs": sorted(self.configs), "tasks": sorted(self.specs)}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, shard: Shard, batch_size: int, gate_items: bool) -> ChunkResult:
+        cfg = self.configs.get(shard.config_id)
+        spec = self.specs.get(shard.task)
+        if cfg is None or spec is None:
+            raise RefusalScopeError(f"worker has no {'configuration ' + shard.config_id if cfg is None else 'task ' + shard.task}",
+                                    "every worker must load the same model and grid as the driver")
+        return compute_chunk(self.chat, Chunk(cfg, spec, list(shard.ids), list(shard.items)),
+                             batch_size=batch_size, gate_items=gate_items)
+
+
+class RayExecutor:
+    """Compute a sweep's chunks on a pool of Ray actors (pass as `run_sweep(..., executor=)`).
+
+    `address`: "auto" (a running cluster, e.g. started with `ray start --head`), a
+    "ray://host:port" or "host:port" address, or "local" (start a Ray instance in this
+    process). `workers`: actors in the pool (default: the cluster's CPUs ÷ cpus_per_worker,
+    or its GPUs when gpus_per_worker > 0). `max_attempts`: tries per shard before the
+    sweep stops. `on_dispatch(executor, actor, shard)` is called after each shard is sent
+    (the fault tests kill a worker there). Use as a context manager, or call close().
+    """
+
+    def __init__(self, setup: Callable[[], tuple[Any, Any, Sequence]], *, address: str | None = "auto",
+                 workers: int | None = None, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
+                 max_attempts: int = 3, init_kwargs: dict | None = None,
+                 on_dispatch: Callable[[RayExecutor, Any, Shard], None] | None = None):
+        if workers is not None and workers < 1:
+            raise RefusalScopeError(f"workers must be at least 1, got {workers}")
+        self.setup = setup
+        self.address = address
+        self.workers = workers
+        self.cpus_per_worker = cpus_per_worker
+        self.gpus_per_worker = gpus_per_worker
+        self.max_attempts = max_attempts
+        self.init_kwargs = dict(init_kwargs or {})
+        self.on_dispatch = on_dispatch
+        self.actors: list = []
+        self.replaced = 0  # workers that died and were replaced
+        self.retried = 0  # shards sent again after their worker died
+        self._started_ray = False
+        self._actor_class = None
+
+    @property
+    def label(self) -> str:
+        return f"ray · {len(self.actors) or self.workers or '?'} workers"
+
+    # ------------------------------------------------------------ pool
+    def start(self) -> RayExecutor:
+        """Connect to (or start) Ray and start the pool; fails here, with the worker's
+        error, if a worker cannot build the model or the grid."""
+        ray = require_ray()
+        if not ray.is_initialized():
+            kwargs = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
+            if self.address not in (None, "local"):
+                kwargs["address"] = self.address
+            try:
+                ray.init(**kwargs)
+            except ConnectionError as exc:
+                raise RefusalScopeError(f"cannot reach a Ray cluster at {self.address!r} ({exc})",
+                                        "start one with `ray start --head`, or pass --ray local to run one here") from None
+            self._started_ray = True
+        if self.workers is None:
+            resources = ray.cluster_resources()
+            if self.gpus_per_worker:
+                self.workers = max(1, int(resources.get("GPU", 0) // self.gpus_per_worker))
+            else:
+                self.workers = max(1, int(resources.get("CPU", 1) // self.cpus_per_worker))
+        self._actor_class = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
+                                       max_restarts=0)(SweepWorker)
+        self.actors = [self._new_actor() for _ in range(self.workers)]
+        try:
+            infos = self._get(ray, [a.ready.remote() for a in self.actors])
+        except BaseException:
+            self.close()  # no half-started pool left holding the cluster's CPUs
+            raise
+        self.worker_configs = set(infos[0]["configs"])
+        return self
+
+    def _new_actor(self):
+        threads = max(1, int(self.cpus_per_worker))
+        return self._actor_class.remote(self.setup, threads)
+
+    def _get(self, ray, refs):
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as exc:
+            raise _cause(exc) from None
+        except ray.exceptions.RayActorError as exc:
+            raise RefusalScopeError(f"a Ray worker failed to start: {str(exc).strip().splitlines()[-1]}",
+                                    "check that every node can read the model and the grid's files") from None
+
+    def close(self) -> None:
+        if not self.actors and not self._started_ray:
+            return
+        ray = require_ray()
+        for actor in self.actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # already dead
+                pass
+        self.actors = []
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    def __enter__(self) -> RayExecutor:
+        return self.start() if not self.actors else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ work
+    def compute(self, chunks: Sequence[Chunk], *, batch_size: int = 16, gate_items: bool = True) -> Iterator[ChunkResult]:
+        """Yield one ChunkResult per chunk as shards finish (in any order); at most one shard
+        in flight per worker, so a killed worker loses one shard of work."""
+        if not self.actors:
+            self.start()
+        ray = require_ray()
+        shards = to_shards(chunks)
+        unknown = sorted({s.config_id for s in shards} - self.worker_configs)
+        if unknown:
+            raise RefusalScopeError(
+                f"the Ray workers built other configurations than the driver (missing {unknown[:3]})",
+                "workers and driver must load the same model (same weights) and the same grid",
+            )
+        ledger = ShardLedger(shards, self.max_attempts)
+        idle = list(self.actors)
+        inflight: dict = {}
+        while not ledger.complete:
+            while idle:
+                shard = ledger.take()
+                if shard is None:
+                    break
+                actor = idle.pop()
+                inflight[actor.run.remote(shard, batch_size, gate_items)] = (actor, shard)
+                if self.on_dispatch is not None:
+                    self.on_dispatch(self, actor, shard)
+            if not inflight:
+                raise RefusalScopeError("no Ray worker is left to compute the remaining shards")  # not reached: dead ones are replaced
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                actor, shard = inflight.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    raise _cause(exc) from None
+                except ray.exceptions.RayActorError as exc:
+                    idle.append(self._replace(ray, actor))
+                    ledger.failed(shard, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                    self.retried += 1
+                    continue
+                idle.append(actor)
+                if ledger.finished(shard):
+                    yield out
+
+    def _replace(self, ray, dead):
+        """A fresh actor in place of a dead one (it builds its model while others work)."""
+        try:
+            ray.kill(dead)
+        except Exception:  # already gone
+            pass
+        fresh = self._new_actor()
+        self.actors = [fresh if a is dead else a for a in self.actors]
+        self.replaced += 1
+        return fresh
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The worker's own exception (a RefusalScopeError stays one: the CLI prints it cleanly)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc

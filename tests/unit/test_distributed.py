@@ -1,0 +1,148 @@
+"""Distributed sweeps on a local 2-CPU Ray cluster: the results database is identical
+(rows, verdicts, gate counters) to the single-process sweep's, a killed worker is
+replaced and its shard retried, and a rerun computes only what is missing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refusalscope import RefusalScopeError
+from refusalscope.distributed import GridFileSetup, RayExecutor, Shard, ShardLedger
+from refusalscope.evaluation.store import ResultsStore
+from refusalscope.evaluation.sweep import load_grid_file, run_sweep
+from refusalscope.models import load_model
+from refusalscope.steering import ActAdd, Conditional, DirectionGate, Steering
+from refusalscope.testing import save_tiny_model, tiny_chat_model
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'refusalscope[ray]'")
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory):
+    """A tiny model saved to a folder and a grid over it: ActAdd at 2 strengths, gated and
+    not, plus the unsteered model, on 6+6 minimal-pair prompts (generated and judged)."""
+    tmp = tmp_path_factory.mktemp("dist")
+    chat = tiny_chat_model("llama")
+    folder = save_tiny_model(chat, tmp / "model")
+    direction = torch.randn(chat.d_model, generator=torch.Generator().manual_seed(0))
+    Steering([ActAdd(direction, 2, 4.0)], name="push").save(tmp / "actadd.json")
+    Steering([Conditional(ActAdd(direction, 2, 4.0), DirectionGate(direction, 1), 0.0)]).save(tmp / "gate.json")
+    (tmp / "grid.yaml").write_text(
+        f"model: {folder}\ndtype: float32\nbatch_size: 2\nmax_new_tokens: 3\ngate: gate.json\n"
+        "methods:\n  - {name: actadd, method: 'dense:actadd', spec: actadd.json, strengths: [1, 3], conditional: both}\n"
+        "tasks:\n  - {name: mp-harm, dataset: builtin/minimal-pairs, split: harmful, limit: 6}\n"
+        "  - {name: mp-ben, dataset: builtin/minimal-pairs, split: benign, limit: 6}\n"
+    )
+    return tmp / "grid.yaml"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def sweep(grid_file, db, executor=None):
+    plan = load_grid_file(grid_file)
+    chat = load_model(plan.model, dtype=plan.dtype, progress=False)
+    return run_sweep(chat, plan.grid, plan.tasks, db, batch_size=plan.batch_size, progress=False, executor=executor)
+
+
+def content(db):
+    """Every stored row but timestamps and run ids: items with outputs, verdicts and gate counters."""
+    with ResultsStore(db, create=False) as s:
+        rows = sorted(tuple(r.values()) for r in s.rows())
+        gates = sorted(tuple(r) for r in s.conn.execute("SELECT config_id, task, batch, fired, seen FROM gates"))
+        configs = sorted(c["config_id"] for c in s.configs())
+    return rows, gates, configs
+
+
+@pytest.fixture(scope="module")
+def single(grid_file, tmp_path_factory):
+    db = tmp_path_factory.mktemp("single") / "single.db"
+    result = sweep(grid_file, db)
+    assert result.computed == 5 * 12  # none + actadd ×1, ×3, each gated and not = 5 configurations
+    return content(db)
+
+
+def test_two_worker_sweep_matches_single_process_and_reruns_nothing(grid_file, cluster, single, tmp_path):
+    rows, gates, configs = single
+    assert {r[3] for r in rows} >= {"refused"} and len(configs) == 5
+    assert len(gates) == 2 * 2 * 3  # gated configurations × tasks × chunks of 2 items
+    with RayExecutor(GridFileSetup(str(grid_file)), address=None, workers=2) as ex:
+        pids = set(ray.get([a.pid.remote() for a in ex.actors]))
+        result = sweep(grid_file, tmp_path / "ray.db", ex)
+        assert len(pids) == 2 and ex.replaced == 0
+        assert result.computed == 60 and result.task_calls == 30
+        assert content(tmp_path / "ray.db") == single
+        again = sweep(grid_file, tmp_path / "ray.db", ex)
+        assert again.computed == 0 and again.skipped == 60 and again.task_calls == 0
+        # a cell lost (as if its run was killed): the rerun computes exactly its 6 items, on the cluster
+        with ResultsStore(tmp_path / "ray.db") as s:
+            cfg = next(c["config_id"] for c in s.configs() if c["conditional"])
+            for table in ("items", "metrics", "gates"):
+                s.conn.execute(f"DELETE FROM {table} WHERE config_id=? AND task='mp-harm'", (cfg,))
+        resumed = sweep(grid_file, tmp_path / "ray.db", ex)
+        assert resumed.computed == 6 and resumed.skipped == 54 and resumed.task_calls == 3
+    assert content(tmp_path / "ray.db") == single
+
+
+def test_killed_worker_is_replaced_and_its_shard_retried(grid_file, cluster, single, tmp_path):
+    killed = []
+
+    def kill_once(executor, actor, shard):
+        if len(killed) < 1 and len(shard.ids) == 2:
+            killed.append(shard)
+            ray.kill(actor, no_restart=True)  # mid-shard: sent, not yet answered
+
+    db = tmp_path / "ray.db"
+    with RayExecutor(GridFileSetup(str(grid_file)), address=None, workers=2, on_dispatch=kill_once) as ex:
+        result = sweep(grid_file, db, ex)
+        assert ex.replaced == 1 and ex.retried == 1
+        assert len(ex.actors) == 2 and killed
+    assert result.computed == 60
+    assert content(db) == single
+    with ResultsStore(db, create=False) as s:
+        assert s.count_items() == 60 and [r["status"] for r in s.runs()] == ["complete"]
+
+
+def test_workers_must_build_the_drivers_configurations(grid_file, cluster, tmp_path):
+    other = grid_file.parent / "other.yaml"
+    other.write_text(grid_file.read_text().replace("strengths: [1, 3]", "strengths: [2]"))
+    with RayExecutor(GridFileSetup(str(other)), address=None, workers=1) as ex:
+        with pytest.raises(RefusalScopeError, match="other configurations than the driver"):
+            sweep(grid_file, tmp_path / "x.db", ex)
+    with pytest.raises(RefusalScopeError, match="does not exist|no such|not found"):
+        RayExecutor(GridFileSetup(str(tmp_path / "missing.yaml")), address=None, workers=1).start()
+
+
+def test_ledger_retries_a_shard_then_gives_up_and_never_finishes_one_twice():
+    a, b = Shard("cfg-a", "t", ("1", "2"), ("p1", "p2")), Shard("cfg-a", "t", ("3",), ("p3",))
+    ledger = ShardLedger([a, b], max_attempts=2)
+    first = ledger.take()
+    assert first == a
+    ledger.failed(first, "worker died")
+    assert ledger.take() == a  # retried first
+    assert ledger.finished(a) and not ledger.finished(a)
+    assert ledger.take() == b and not ledger.complete
+    ledger.failed(b, "worker died")
+    assert ledger.take() == b
+    with pytest.raises(RefusalScopeError, match="failed on 2 workers"):
+        ledger.failed(b, "worker died")
+
+
+def test_sweep_command_on_ray_writes_the_same_database(grid_file, cluster, single, tmp_path):
+    from typer.testing import CliRunner
+
+    from refusalscope.cli import app
+
+    runner = CliRunner()
+    args = ["sweep", "--spec", str(grid_file), "-o", str(tmp_path / "cli.db"), "--no-progress"]
+    result = runner.invoke(app, [*args, "--ray", "local", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "60 items computed, 0 reused" in result.output
+    assert content(tmp_path / "cli.db") == single
+    bad = runner.invoke(app, [*args, "--workers", "2"])
+    assert bad.exit_code == 2 and "--workers needs --ray" in bad.output

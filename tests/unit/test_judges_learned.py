@@ -107,7 +107,8 @@ def test_learned_judge_files_round_trip(chat, tmp_path):
 
 def test_shipped_judge_is_packaged_and_validated():
     judge = LearnedJudge.load()  # no model is loaded until it judges
-    assert judge.name.startswith("learned-v") and judge.chat is None
+    assert judge.name == "learned-v2" and judge.version == "2" and judge.chat is None
+    assert judge.meta["training"]["behaviour_examples"]["n"] == 32
     assert judge.cfg.model == "smollm2-135m-instruct"
     assert isinstance(judge.head, LinearHead) and judge.head.coef.shape[0] == judge.head.mean.shape[0]
     validation = judge.meta["validation"]
@@ -211,3 +212,21 @@ def test_judge_validate_cli_errors(tmp_path, args, match):
 
 def test_labelled_set_length():
     assert len(LabelledSet("x", ["a"], ["b"], ["refusal"])) == 1
+
+
+def test_behaviour_examples_and_cross_validation_with_extra_rows():
+    from refusalscope.judges.training import behaviour_examples, cross_validate
+
+    prompts, replies, refused = behaviour_examples()
+    assert len(prompts) == len(replies) == len(refused) >= 30 and 0.3 < refused.mean() < 0.7
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 4))
+    human = x[:, 0] > 0
+    sets = np.array(["a", "b", "c"] * 40)
+    groups = np.arange(120) // 2
+    # extra rows that contradict the signal pull the held-out accuracy down, but are never scored
+    bad = (x[:60] * 1.0, ~human[:60], 50.0)
+    clean = cross_validate(x, human, sets, groups, c=1.0)
+    poisoned = cross_validate(x, human, sets, groups, c=1.0, extra=bad)
+    assert clean["leave_one_set_out_accuracy"] > 0.9 > poisoned["leave_one_set_out_accuracy"]
+    assert sum(v["n"] for v in poisoned["per_held_out_set"].values()) == 120

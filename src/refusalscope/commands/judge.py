@@ -123,6 +123,7 @@ def judge_train_cmd(
     reply_tokens: int = typer.Option(64, help="Reply tokens the feature model reads."),
     c: float = typer.Option(0.01, help="Inverse L2 strength of the logistic regression."),
     partial: str = typer.Option("refusal", help="Train partial refusals as: refusal, compliance or exclude."),
+    behaviour_weight: float = typer.Option(5.0, help="Weight of the shipped behaviour examples in training (0: XSTest only)."),
     name: str = typer.Option("learned-custom", help="Judge name recorded in results."),
     version: str = typer.Option("1", help="Judge version recorded in results."),
 ) -> None:
@@ -137,10 +138,13 @@ def judge_train_cmd(
         raise RefusalScopeError(f"unknown partial-refusal mapping '{partial}'", "use refusal, compliance or exclude")
     if c <= 0:
         raise RefusalScopeError(f"--c must be positive, got {c}")
+    if behaviour_weight < 0:
+        raise RefusalScopeError(f"--behaviour-weight must be 0 or positive, got {behaviour_weight}")
     xstest_pairs(data_dir, partial)  # fail on missing data before loading the model
     chat = load_model(model, dtype="fp32", progress=True)
     cfg = FeatureConfig(model=model, layer=layer, prompt_tokens=prompt_tokens, reply_tokens=reply_tokens)
-    judge = train_learned_judge(chat, data_dir, cfg, c=c, partial=partial, name=name, version=version)
+    judge = train_learned_judge(chat, data_dir, cfg, c=c, partial=partial, name=name, version=version,
+                                behaviour_weight=behaviour_weight)
     judge.save(output)
     v = judge.meta["validation"]
     table = Table(title=f"{name}: held-out accuracy (train on the other four sets)")

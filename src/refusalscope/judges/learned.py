@@ -28,7 +28,7 @@ from ..errors import RefusalScopeError
 from .base import JudgeVerdict, check_pairs
 from .features import FeatureConfig, features
 
-DEFAULT_JUDGE = "learned-v1"
+DEFAULT_JUDGE = "learned-v2"
 HEAD_FILE, META_FILE = "head.safetensors", "judge.json"
 
 

@@ -180,11 +180,14 @@ def test_bad_label_files(tmp_path, rows, header, match):
         read_labels(path)
 
 
-def test_judge_validate_cli_on_a_labels_file(tmp_path):
+def test_judge_validate_cli_on_a_labels_file(tmp_path, monkeypatch):
+    from refusalscope.commands import _app
+
+    monkeypatch.setattr(_app.console, "width", 250)
     labels = write_labels(tmp_path / "mine.csv", LABELLED)
     out = tmp_path / "report.json"
     result = CliRunner().invoke(app, ["judge-validate", "--no-xstest", "--labels", str(labels), "--judge", "substring",
-                                      "--partial", "exclude", "--n-boot", "50", "-o", str(out)], env={"COLUMNS": "250"})
+                                      "--partial", "exclude", "--n-boot", "50", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "mine.csv" in result.output and "kappa" in result.output
     record = json.loads(out.read_text())

@@ -96,6 +96,12 @@ def judge_validate_cmd(
                       str(a.fn), str(a.tp), rate, speed)
     console.print(table)
     console.print("confusion: rows = human (complied, refused), columns = judge; refusal is the positive class")
+    for j in judges:
+        validation = (getattr(j, "meta", None) or {}).get("validation")
+        if xstest and validation:
+            console.print(f"note: {j.name} was trained on these XSTest sets, so its rows above are in-sample; trained on "
+                          f"four sets and tested on the fifth it scores {validation['leave_one_set_out_accuracy']:.3f} "
+                          f"(per set in its judge.json)")
     if output is not None:
         from ..paths import atomic_file
         from ..provenance import package_versions

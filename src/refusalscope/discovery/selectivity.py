@@ -26,6 +26,7 @@ pass for firing statistics.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,7 +118,7 @@ def firing_fractions(
 
 
 def _paired(after: Sequence[float], before: Sequence[float], seed: int) -> Estimate:
-    diffs = [a - b for a, b in zip(after, before) if a == a and b == b]  # NaN-free pairs
+    diffs = [a - b for a, b in zip(after, before) if not (math.isnan(a) or math.isnan(b))]  # a document too short to score is NaN
     return bootstrap(diffs, seed=seed)
 
 

@@ -99,7 +99,8 @@ def test_learned_form_leaves_benign_unchanged_and_moves_harmful_along_r(chat, fi
         assert cos.mean() > 0.8
         assert (change[moved] @ r / r.norm() ** 2).mean() > 0.5
     # the coefficient scales the edit linearly, without refitting
-    double = LearnedNullSpaceSteer(learned.matrix, LAYER, 2.0)
+    double = learned.scaled(2.0)
+    assert double.coefficient == 2.0 and torch.equal(double.matrix, learned.matrix) and learned.coefficient == 1.0
     one = resid(chat, HARMFUL[:1], learned)[0] - resid(chat, HARMFUL[:1])[0]
     two = resid(chat, HARMFUL[:1], double)[0] - resid(chat, HARMFUL[:1])[0]
     assert torch.allclose(two, 2 * one, atol=1e-4)
@@ -116,6 +117,10 @@ def test_projected_actadd_adds_only_the_part_orthogonal_to_benign_directions(cha
             assert torch.allclose(change, expected.expand_as(change), atol=1e-4)
             assert (change @ basis.T).abs().max() < 1e-4  # no benign direction moves
             assert (change @ r > 0).all()  # still along r: r·P⊥r = |P⊥r|² > 0
+    half = projected.scaled(0.5)
+    assert half.inner.coefficient == 1.5 and projected.inner.coefficient == 3.0
+    for before, after in zip(resid(chat, BENIGN), resid(chat, BENIGN, half)):
+        assert torch.allclose(after - before, (expected / 2).expand_as(before), atol=1e-4)
 
 
 def test_projected_feature_delta_is_the_feature_delta_minus_its_benign_part(chat, fitted, tmp_path):

@@ -34,6 +34,7 @@ by their content hash (`Steering.save` writes them, via each intervention's `ten
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,21 @@ class NullSpaceProjection(Intervention):
 
         return [(point, wrap(fn)) for point, fn in inner]
 
+    def scaled(self, strength: float) -> NullSpaceProjection:
+        """A copy with the inner edit's magnitude × `strength` (a sweep's strength axis)."""
+        from .interventions import ActAdd, DirectionClamp, FeatureSteer
+
+        inner = copy.copy(self.inner)
+        if isinstance(inner, FeatureSteer):
+            inner.values = [v * strength for v in inner.values]
+        elif isinstance(inner, ActAdd):
+            inner.coefficient = inner.coefficient * strength
+        elif isinstance(inner, DirectionClamp):
+            inner.value = inner.value * strength
+        else:
+            raise RefusalScopeError(f"do not know how to scale a projected {type(inner).__name__}")
+        return NullSpaceProjection(inner, self.basis, fit=self.fit)
+
     def tensor_files(self) -> dict[str, dict[str, torch.Tensor]]:
         ref = tensor_ref(self.basis, "basis")
         return {ref["file"]: {"basis": self.basis}}
@@ -354,6 +370,10 @@ class LearnedNullSpaceSteer(Intervention):
             return apply_delta(hidden, _selection(ctx, positions, rows), lambda x: x.float() @ matrix)
 
         return [(self.layer, fn)]
+
+    def scaled(self, strength: float) -> LearnedNullSpaceSteer:
+        """A copy with the coefficient × `strength` (a sweep's strength axis; no refit)."""
+        return LearnedNullSpaceSteer(self.matrix, self.layer, self.coefficient * strength, positions=self.positions, fit=self.fit)
 
     def tensor_files(self) -> dict[str, dict[str, torch.Tensor]]:
         ref = tensor_ref(self.matrix, "matrix")

@@ -64,7 +64,10 @@ def sweep_cmd(
         spec_model = model or plan.model or "default"
         if Path(spec_model).expanduser().exists():
             spec_model = str(Path(spec_model).expanduser().resolve())
-        executor = RayExecutor(GridFileSetup(str(spec.resolve()), spec_model, dtype or plan.dtype),
+        resolved = str(chat.dtype).replace("torch.", "")  # 'auto' could resolve otherwise on another machine
+        folder = data_dir or plan.data_dir
+        executor = RayExecutor(GridFileSetup(str(spec.resolve()), spec_model, resolved,
+                                             data_dir=None if folder is None else str(Path(folder).resolve())),
                                address=ray, workers=workers).start()
     try:
         result = run_sweep(chat, plan.grid, plan.tasks, output, data_dir=data_dir or plan.data_dir,

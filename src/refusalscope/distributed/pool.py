@@ -45,13 +45,25 @@ class GridFileSetup:
     grid: str
     model: str | None = None
     dtype: str | None = None
+    device: str = "auto"  # auto: the GPU Ray gave this worker (num_gpus), else the CPU
+    data_dir: str | None = None  # the driver's --data-dir: capability tasks read their few-shot pool from it
 
     def __call__(self) -> tuple[Any, Any, list]:
+        import torch
+
         from ..evaluation.sweep import load_grid_file
         from ..models import load_model
 
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         plan = load_grid_file(self.grid)
-        chat = load_model(self.model or plan.model or "default", dtype=self.dtype or plan.dtype, progress=False)
+        data_dir = self.data_dir or plan.data_dir
+        for spec in plan.tasks:  # as run_sweep does on the driver: a task learns its data folder from items()
+            if data_dir is not None:
+                spec.task.items(data_dir=data_dir, limit=spec.limit, seed=spec.seed)
+        chat = load_model(self.model or plan.model or "default", dtype=self.dtype or plan.dtype, device=device,
+                          progress=False)
         return chat, plan.grid, plan.tasks
 
 
@@ -78,7 +90,8 @@ class SweepWorker:
         (or the error that stopped it building its model and grid)."""
         if self.failure is not None:
             raise self.failure
-        return {"pid": os.getpid(), "model": self.chat.info.id, "configs": sorted(self.configs), "tasks": sorted(self.specs)}
+        return {"pid": os.getpid(), "model": self.chat.info.id, "dtype": str(self.chat.dtype).replace("torch.", ""),
+                "device": str(self.chat.device), "configs": sorted(self.configs), "tasks": sorted(self.specs)}
 
     def pid(self) -> int:
         return os.getpid()
@@ -99,13 +112,15 @@ class RayExecutor:
     `address`: "auto" (a running cluster, e.g. started with `ray start --head`), a
     "ray://host:port" or "host:port" address, or "local" (start a Ray instance in this
     process). `workers`: actors in the pool (default: the cluster's CPUs ÷ cpus_per_worker,
-    or its GPUs when gpus_per_worker > 0). `max_attempts`: tries per shard before the
+    or its GPUs ÷ gpus_per_worker when it has GPUs; gpus_per_worker defaults to 1 there,
+    0 on a CPU cluster). A worker loads its model on the GPU Ray assigns it (GridFileSetup's
+    device "auto"); pass the driver's resolved dtype so every replica computes alike. `max_attempts`: tries per shard before the
     sweep stops. `on_dispatch(executor, actor, shard)` is called after each shard is sent
     (the fault tests kill a worker there). Use as a context manager, or call close().
     """
 
     def __init__(self, setup: Callable[[], tuple[Any, Any, Sequence]], *, address: str | None = "auto",
-                 workers: int | None = None, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
+                 workers: int | None = None, cpus_per_worker: float = 1, gpus_per_worker: float | None = None,
                  max_attempts: int = 3, init_kwargs: dict | None = None,
                  on_dispatch: Callable[[RayExecutor, Any, Shard], None] | None = None):
         if workers is not None and workers < 1:
@@ -119,6 +134,8 @@ class RayExecutor:
         self.init_kwargs = dict(init_kwargs or {})
         self.on_dispatch = on_dispatch
         self.actors: list = []
+        self.worker_info: list[dict] = []  # per worker at start: pid, model, dtype, device, configuration ids
+        self.worker_configs: set[str] = set()
         self.replaced = 0  # workers that died and were replaced
         self.retried = 0  # shards sent again after their worker died
         self._started_ray = False
@@ -143,8 +160,10 @@ class RayExecutor:
                 raise RefusalScopeError(f"cannot reach a Ray cluster at {self.address!r} ({exc})",
                                         "start one with `ray start --head`, or pass --ray local to run one here") from None
             self._started_ray = True
+        resources = ray.cluster_resources()
+        if self.gpus_per_worker is None:  # a GPU cluster: one GPU per model replica
+            self.gpus_per_worker = 1 if resources.get("GPU", 0) >= 1 else 0
         if self.workers is None:
-            resources = ray.cluster_resources()
             if self.gpus_per_worker:
                 self.workers = max(1, int(resources.get("GPU", 0) // self.gpus_per_worker))
             else:
@@ -157,7 +176,8 @@ class RayExecutor:
         except BaseException:
             self.close()  # no half-started pool left holding the cluster's CPUs
             raise
-        self.worker_configs = set(infos[0]["configs"])
+        self.worker_info = infos
+        self.worker_configs = set.intersection(*(set(i["configs"]) for i in infos))
         return self
 
     def _new_actor(self):

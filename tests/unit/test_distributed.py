@@ -15,7 +15,11 @@ from refusalscope.models import load_model
 from refusalscope.steering import ActAdd, Conditional, DirectionGate, Steering
 from refusalscope.testing import save_tiny_model, tiny_chat_model
 
-ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'refusalscope[ray]'")
+try:
+    import ray
+except ImportError:
+    ray = None
+needs_ray = pytest.mark.skipif(ray is None, reason="Ray is an optional extra: pip install 'refusalscope[ray]'")
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +71,7 @@ def single(grid_file, tmp_path_factory):
     return content(db)
 
 
+@needs_ray
 def test_two_worker_sweep_matches_single_process_and_reruns_nothing(grid_file, cluster, single, tmp_path):
     rows, gates, configs = single
     assert {r[3] for r in rows} >= {"refused"} and len(configs) == 5
@@ -89,6 +94,7 @@ def test_two_worker_sweep_matches_single_process_and_reruns_nothing(grid_file, c
     assert content(tmp_path / "ray.db") == single
 
 
+@needs_ray
 def test_killed_worker_is_replaced_and_its_shard_retried(grid_file, cluster, single, tmp_path):
     killed = []
 
@@ -108,6 +114,7 @@ def test_killed_worker_is_replaced_and_its_shard_retried(grid_file, cluster, sin
         assert s.count_items() == 60 and [r["status"] for r in s.runs()] == ["complete"]
 
 
+@needs_ray
 def test_workers_must_build_the_drivers_configurations(grid_file, cluster, tmp_path):
     other = grid_file.parent / "other.yaml"
     other.write_text(grid_file.read_text().replace("strengths: [1, 3]", "strengths: [2]"))
@@ -133,6 +140,7 @@ def test_ledger_retries_a_shard_then_gives_up_and_never_finishes_one_twice():
         ledger.failed(b, "worker died")
 
 
+@needs_ray
 def test_sweep_command_on_ray_writes_the_same_database(grid_file, cluster, single, tmp_path):
     from typer.testing import CliRunner
 
@@ -146,3 +154,28 @@ def test_sweep_command_on_ray_writes_the_same_database(grid_file, cluster, singl
     assert content(tmp_path / "cli.db") == single
     bad = runner.invoke(app, [*args, "--workers", "2"])
     assert bad.exit_code == 2 and "--workers needs --ray" in bad.output
+
+
+def test_worker_without_ray_computes_what_the_driver_computes(grid_file):
+    """SweepWorker is plain Python: the same chunk through it and through compute_chunk on
+    the driver's model gives the same results; a setup that fails is reported by ready()
+    and run(), with its own error, not at construction (where Ray would lose its type)."""
+    from refusalscope.distributed import SweepWorker
+    from refusalscope.evaluation.sweep import Chunk, compute_chunk
+
+    plan = load_grid_file(grid_file)
+    chat = load_model(plan.model, dtype=plan.dtype, progress=False)
+    cfg = plan.grid.configurations(chat)[-1]  # gated ActAdd ×3
+    spec = plan.tasks[0]
+    items = list(spec.task.items(limit=2))
+    ids = [it.id for it in items]
+    worker = SweepWorker(GridFileSetup(str(grid_file)), threads=1)
+    assert worker.ready()["dtype"] == "float32" and cfg.config_id in worker.ready()["configs"]
+    remote = worker.run(Shard(cfg.config_id, spec.name, tuple(ids), tuple(items)), 2, True)
+    local = compute_chunk(chat, Chunk(cfg, spec, ids, items), batch_size=2)
+    assert [(r.item_id, r.metrics, r.output) for r in remote.results] == [(r.item_id, r.metrics, r.output) for r in local.results]
+    assert remote.gate == local.gate and remote.extra == local.extra and remote.extra
+    broken = SweepWorker(GridFileSetup(str(grid_file.parent / "missing.yaml")))
+    for call in (broken.ready, lambda: broken.run(Shard(cfg.config_id, spec.name, tuple(ids), tuple(items)), 2, True)):
+        with pytest.raises(RefusalScopeError):
+            call()

@@ -97,6 +97,8 @@ class SweepWorker:
         return os.getpid()
 
     def run(self, shard: Shard, batch_size: int, gate_items: bool) -> ChunkResult:
+        if self.failure is not None:  # a replacement worker that could not build its model
+            raise self.failure
         cfg = self.configs.get(shard.config_id)
         spec = self.specs.get(shard.task)
         if cfg is None or spec is None:

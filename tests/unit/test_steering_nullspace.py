@@ -98,6 +98,14 @@ def test_learned_form_leaves_benign_unchanged_and_moves_harmful_along_r(chat, fi
         cos = torch.nn.functional.cosine_similarity(change[moved], r[None], dim=-1)
         assert cos.mean() > 0.8
         assert (change[moved] @ r / r.norm() ** 2).mean() > 0.5
+    # end to end, in KV-cached greedy generation: steering the prompt's tokens leaves the
+    # benign reply exactly as it was and changes the harmful ones
+    prompt_only = LearnedNullSpaceSteer(learned.matrix, LAYER, 1.0, positions="prompt")
+    def tokens(prompts, steering=None):
+        return chat.generate(prompts, interventions=steering, max_new_tokens=8, progress=False).token_ids
+
+    assert tokens(BENIGN, prompt_only) == tokens(BENIGN)
+    assert tokens(HARMFUL, prompt_only) != tokens(HARMFUL)
     # the coefficient scales the edit linearly, without refitting
     double = learned.scaled(2.0)
     assert double.coefficient == 2.0 and torch.equal(double.matrix, learned.matrix) and learned.coefficient == 1.0
@@ -159,6 +167,8 @@ def test_spec_round_trip_keeps_the_id_and_the_effect(chat, fitted, tmp_path):
     assert len(path.read_text()) < 64 * 64 * 4  # the 64×64 matrix lives in a file, not inline
     loaded = Steering.load(path)
     assert loaded.id == steering.id
+    text = loaded.describe()
+    assert f"projected off a {basis.shape[0]}-dim benign subspace" in text and "learned null-space steering matrix" in text
     assert torch.equal(loaded.interventions[2].interventions[0].matrix, learned.matrix)
     for a, b in zip(resid(chat, HARMFUL, steering), resid(chat, HARMFUL, loaded)):
         assert torch.equal(a, b)

@@ -127,6 +127,12 @@ def test_projected_actadd_adds_only_the_part_orthogonal_to_benign_directions(cha
             assert (change @ r > 0).all()  # still along r: r·P⊥r = |P⊥r|² > 0
     half = projected.scaled(0.5)
     assert half.inner.coefficient == 1.5 and projected.inner.coefficient == 3.0
+    from refusalscope.evaluation.sweep import scale_interventions
+
+    (swept,) = scale_interventions([projected], 0.5)  # a sweep's strength axis reaches the inner edit
+    assert isinstance(swept, NullSpaceProjection) and swept.inner.coefficient == 1.5
+    (learned,) = scale_interventions([LearnedNullSpaceSteer(torch.eye(64)[:, :3] @ torch.eye(64)[:3], LAYER, 2.0)], 0.25)
+    assert learned.coefficient == 0.5
     for before, after in zip(resid(chat, BENIGN), resid(chat, BENIGN, half)):
         assert torch.allclose(after - before, (expected / 2).expand_as(before), atol=1e-4)
 

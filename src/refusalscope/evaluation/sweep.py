@@ -210,6 +210,8 @@ def scale_interventions(interventions, strength: float) -> list:
             if strength != 1:
                 raise RefusalScopeError("a directional ablation has no strength to scale",
                                         "run ablation methods at strength 1 (or without strengths)")
+        elif callable(getattr(item, "scaled", None)):  # interventions that know their own magnitude (null-space)
+            new = item.scaled(strength)
         else:
             raise RefusalScopeError(f"do not know how to scale a {type(item).__name__}")
         out.append(new)

@@ -91,7 +91,7 @@ def judge_validate_cmd(
     for r in results:
         a = r["agreement"]
         rate = f"{r['partial_judged_refusal']:.2f} of {r['n_partial']}" if r["n_partial"] else "-"
-        speed = f"{a.n / r['seconds']:.0f}" if r["seconds"] > 0 else "-"
+        speed = f"{a.n / r['seconds']:.3g}" if r["seconds"] > 0 else "-"
         table.add_row(r["judge"], r["set"], str(a.n), _ci(a.accuracy), _ci(a.f1), _ci(a.kappa), str(a.tn), str(a.fp),
                       str(a.fn), str(a.tp), rate, speed)
     console.print(table)

@@ -33,10 +33,10 @@ def _print_rows(rows: list[list[str]], title: str) -> None:
     console.print(table)
 
 
-def _est(e) -> str:
+def _est(e, fmt: str = ".2f") -> str:
     if e.n == 0 or e.value != e.value:
         return "n/a"
-    return f"{e.value:.2f} [{e.low:.2f}, {e.high:.2f}]"
+    return f"{e.value:{fmt}} [{e.low:{fmt}}, {e.high:{fmt}}]"
 
 
 def _check_inputs(features: Path, attacks: list[str], data_dir) -> None:
@@ -145,7 +145,7 @@ def jailbreak_analysis_cmd(
     check = loo_check(chat, refusal, items, n_loo, seed=seed) if n_loo else {}
     timings["attribution"] = time.perf_counter() - t0
     word_table = [["word", "mean suppression per occurrence", "prompts", "attacks"]]
-    word_table += [[w.word, _est(w.suppression), str(w.n_prompts), ", ".join(f"{a}:{n}" for a, n in w.attacks.items())]
+    word_table += [[w.word, _est(w.suppression, ".3g"), str(w.n_prompts), ", ".join(f"{a}:{n}" for a, n in w.attacks.items())]
                    for w in words[:25]]
     _print_rows(word_table, "words whose tokens lower the refusal latents most (gradient x input, summed per word)")
     if check:

@@ -326,9 +326,17 @@ CASES: dict[str, Case] = {
     "steer-ablate-json-nan": C(["steer", "hi", "--ablate", "{d}/dir-nan.json"], "NaN is not a JSON number"),
     "steer-ablate-pickle": C(["steer", "hi", "--ablate", "{d}/lm-pickle.pt"], "never fully unpickles"),
     "steer-model": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--model", "no-such-model"], "unknown model spec"),
-    "steer-dtype": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--dtype", "fp64"], "unknown dtype 'fp64'"),
+    "steer-dtype": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--dtype", "fp64"], "--dtype: unknown value 'fp64'"),
     "chat-model": C(["chat", "--spec", "{d}/spec-good.json", "--model", "no-such-model"], "unknown model spec"),
-    "chat-dtype": C(["chat", "--spec", "{d}/spec-good.json", "--dtype", "half"], "unknown dtype 'half'"),
+    "chat-dtype": C(["chat", "--spec", "{d}/spec-good.json", "--dtype", "half"], "--dtype: unknown value 'half'"),
+    "chat-tokens-zero": C(["chat", "--spec", "{d}/spec-good.json", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    "steer-tokens-zero": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--max-new-tokens", "0"],
+                           "--max-new-tokens must be at least 1"),
+    "steer-batch-negative": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--batch-size", "-2"],
+                              "--batch-size must be at least 1"),
+    "steer-output-dir": C(["steer", "hi", "--spec", "{d}/spec-good.json", "-o", "{d}/adir"], "is a folder"),
+    "steer-save-spec-under-file": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--save-spec", "{d}/afile/s.json"],
+                                    "is a file, not a folder"),
     "steer-convert-model": C(["steer-convert", "{d}/spec-good.json", "{d}/o.json", "--model", "no-such-model"],
                              "unknown model spec", absent=("o.json",)),
     "steer-convert-dtype": C(["steer-convert", "{d}/spec-good.json", "{d}/o.json", "--model", "default", "--dtype", "fp64"],
@@ -454,8 +462,7 @@ def test_every_command_has_a_bad_input_row():
 # options with no bad value to try (free text), and options whose check still comes only after the
 # model has loaded (commands/steer.py: to be moved before `_load_model`)
 FREE_TEXT = {("generate", "--system"), ("steer", "--system"), ("chat", "--system"), ("report", "--title")}
-CHECKED_LATE = {("steer", "--max-new-tokens"), ("steer", "--batch-size"), ("steer", "--save-spec"), ("steer", "--output"),
-                ("chat", "--max-new-tokens")}
+CHECKED_LATE: set[tuple[str, str]] = set()  # options only checked after the model loads: none
 
 
 def test_every_option_has_a_bad_input_row():

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import RefusalScopeError
-from ._app import DtypeOpt, command, console, read_prompts
+from ._app import DtypeOpt, at_least, check_dtype, command, console, read_prompts
 
 ModelOrSpecOpt = typer.Option(
     None, "--model", "-m", help="Embedded name, hub id, model folder or .gguf file (default: the spec's model, else 'default')."
@@ -130,6 +130,14 @@ def steer_cmd(
 ) -> None:
     """Answer prompts with and without a steering and show the replies side by side
     (a table in a terminal; plain, complete, unwrapped blocks when stdout is a pipe or file)."""
+    from ..checks import output_file
+
+    at_least(max_new_tokens, "--max-new-tokens", 1)
+    at_least(batch_size, "--batch-size", 1)
+    check_dtype(dtype)
+    for path, what in ((output, "--output file"), (save_spec, "--save-spec file")):
+        if path is not None:
+            output_file(path, what)
     items = read_prompts(prompts or [], file)
     steering = _build_steering(spec, sae, feature, mode, value, layer, ablate, actadd, coefficient, positions)
     chat = _load_model(model, dtype, steering)
@@ -333,6 +341,8 @@ def chat_cmd(
     Commands: /on and /off (steering), /reset (forget the conversation), /spec (describe the
     steering), /exit (or Ctrl-D). Ctrl-C stops the reply being written.
     """
+    at_least(max_new_tokens, "--max-new-tokens", 1)
+    check_dtype(dtype)
     steering = _read_steering(spec) if spec is not None else None
     chat = _load_model(model, dtype, steering)
     if steering is not None:

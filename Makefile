@@ -31,10 +31,10 @@ test: setup
 test-unit: setup
 	$(BIN)/python -m pytest -x -q tests/unit
 
-# The unit tests again with `auto` forced to the dtype this CPU would NOT pick (bf16 on an
-# AVX2 machine, fp32 on one with native bf16), so every machine catches what the other kind
-# would: CI runs this after `make test`.
-OTHER_DTYPE = $(shell $(BIN)/python -c "from refusalscope.models.dtypes import native_bf16; print('fp32' if native_bf16() else 'bf16')" 2>/dev/null)
+# The unit tests again with `auto` forced to the dtype it does NOT resolve to here (bf16 on a
+# CPU, where auto means fp32), so the suite is known to pass whatever a user's machine or
+# $REFUSALSCOPE_DTYPE makes of `auto`: CI runs this after `make test`.
+OTHER_DTYPE = $(shell $(BIN)/python -c "import torch; from refusalscope.models.dtypes import resolve_dtype; print('bf16' if resolve_dtype('auto') is torch.float32 else 'fp32')" 2>/dev/null)
 test-other-dtype: setup
 	REFUSALSCOPE_DTYPE=$(OTHER_DTYPE) $(BIN)/python -m pytest -q tests/unit
 

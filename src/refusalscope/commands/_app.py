@@ -30,7 +30,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 ModelOpt = typer.Option("default", "--model", "-m", help="Embedded name, hub id, model folder or .gguf file.")
-DtypeOpt = typer.Option("auto", "--dtype", help="auto (bf16 where native, else fp32), bf16 or fp32.")
+DtypeOpt = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16 on GPU), bf16 or fp32.")
 
 
 DEBUG = {"on": False}  # set by the global --debug option, per invocation

@@ -34,15 +34,20 @@ def native_bf16(device: str = "cpu") -> bool:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str = "cpu") -> torch.dtype:
-    """`auto` is bfloat16 where the hardware computes it natively, float32 otherwise.
+    """`auto` is bfloat16 on a GPU and float32 on every CPU, native bf16 or not.
 
-    On a CPU without AVX512-BF16/AMX, bf16 matmuls are emulated and run several times
-    slower than fp32 (measured in benchmarks/generation.py), so bf16 is not a free win
-    there; on GPUs and bf16-capable CPUs it halves memory and is faster.
+    Why fp32 even where the CPU has AVX512-BF16 (benchmarks/generation.py, Qwen2.5-0.5B,
+    2-core AMD EPYC with avx512_bf16, torch 2.13 CPU): bf16 decodes 2-5x faster (batch 8:
+    154 vs 31 tok/s) but prefills 1.8-4x slower (batch 8: 80 vs 289 tok/s; copies, casts
+    and elementwise ops dominate), and nearly everything refusalscope runs — first-token
+    refusal scores, multiple-choice log-likelihoods, attribution, direction selection, SAE
+    harvests — is prefill. On CPUs without native bf16 it is emulated and slower still.
+    One CPU dtype everywhere also keeps greedy outputs identical across machines. Pass
+    `--dtype bf16` for decode-heavy work (long chats) on a CPU with native bf16.
 
     `$REFUSALSCOPE_DTYPE` (bf16/fp32/fp16) overrides what `auto` picks, so a whole run —
-    or the test suite — can be forced into the dtype another machine would choose.
-    Explicit dtypes are never overridden.
+    or the test suite — can be forced into another dtype. Explicit dtypes are never
+    overridden.
     """
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -57,4 +62,4 @@ def resolve_dtype(dtype: str | torch.dtype, device: str = "cpu") -> torch.dtype:
                 f"${DTYPE_ENV}={forced!r} is not a dtype", f"set {DTYPE_ENV} to bf16, fp32 or fp16, or unset it"
             )
         return _DTYPES[forced]
-    return torch.bfloat16 if native_bf16(device) else torch.float32
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32

@@ -211,6 +211,13 @@ CASES: dict[str, Case] = {
     "generate-temperature-zero": C(["generate", "hi", "--sample", "--temperature", "0"], "--temperature must be positive"),
     "generate-temperature-nan": C(["generate", "hi", "--sample", "--temperature", "nan"], "must be a finite number"),
     "generate-output-dir": C(["generate", "hi", "-o", "{d}/adir"], "is a folder"),
+    # `-o new/` names a folder that does not exist yet: refused while parsing, not written as a file `new`
+    "usage-generate-output-slash": C(["generate", "hi", "-o", "{d}/newdir/"], "ends with a slash", absent=("newdir",)),
+    "usage-sae-eval-output-slash": C(["sae-eval", "{d}/sae", "-o", "{d}/newdir/"], "ends with a slash", absent=("newdir",)),
+    "usage-steer-output-slash": C(["steer", "hi", "--spec", "{d}/spec-good.json", "-o", "{d}/newdir/"], "ends with a slash",
+                                  absent=("newdir",)),
+    "usage-sweep-output-slash": C(["sweep", "--spec", "{d}/grid-good.json", "-o", "{d}/newdir/"], "ends with a slash",
+                                  absent=("newdir",)),
     "generate-output-under-file": C(["generate", "hi", "-o", "{d}/afile/out.json"], "is a file, not a folder",
                                     unchanged=("afile",)),
     "generate-no-prompts": C(["generate"], "no prompts given"),
@@ -439,7 +446,7 @@ def test_bad_input(name, ws, monkeypatch):
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in out
     assert case.fragment in out, out
-    if not name.startswith(("unknown-command", "models-extra", "generate-batch-not-int")):
+    if not name.startswith(("unknown-command", "models-extra", "generate-batch-not-int", "usage-")):
         assert "error:" in out and "fix:" in out, out
     for f, digest in before.items():
         assert _digest(ws / f) == digest, f"{f} was modified"

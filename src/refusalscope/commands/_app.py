@@ -123,6 +123,16 @@ def command(*args, **kwargs):
     return register
 
 
+def output_file_path(value: str | Path) -> Path:
+    """Parser for options that name an output *file*: `-o out/` names a folder, and a file
+    called `out` appearing in its place would surprise everyone, so it is refused while the
+    command line is read (exit 2), before any work."""
+    text = str(value)
+    if text.endswith(("/", "\\")):
+        raise typer.BadParameter(f"'{text}' ends with a slash, so it names a folder; give a file name, e.g. {text}out.json")
+    return Path(text)
+
+
 def read_prompts(prompts: list[str], file: Optional[Path]) -> list[str]:
     """Prompts from arguments and/or a file (.txt: one per line; .json: a list of strings or
     objects with a 'prompt' field; .jsonl: one such string or object per line).

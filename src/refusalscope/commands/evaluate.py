@@ -9,14 +9,14 @@ from typing import Optional
 import typer
 
 from ..errors import RefusalScopeError
-from ._app import at_least, check_dtype, command, console
+from ._app import at_least, check_dtype, command, console, output_file_path
 
 
 @command("sweep")
 def sweep_cmd(
     spec: Path = typer.Option(..., "--spec", "-s", help="Grid file (.yaml/.json): steering spec files × strengths, "
                               "conditional on/off, tasks with limits."),
-    output: Path = typer.Option(Path("results.db"), "--output", "-o", help="Results database (SQLite) to write."),
+    output: Path = typer.Option(Path("results.db"), "--output", "-o", parser=output_file_path, help="Results database (SQLite) to write."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec (default: the grid's, else 'default')."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bf16 or fp32 (default: the grid's, else auto)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of dataset files (default: the grid's, "

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ._app import command, console
+from ._app import command, console, output_file_path
 
 DataDirOpt = typer.Option(
     None, "--data-dir", "-d", envvar="REFUSALSCOPE_DATA",
@@ -45,7 +45,7 @@ def judge_validate_cmd(
     limit: Optional[int] = typer.Option(None, help="Seeded subset of each XSTest completion set (quick runs)."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for the intervals."),
     batch_size: int = typer.Option(16),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report as JSON here."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", parser=output_file_path, help="Write the report as JSON here."),
 ) -> None:
     """Validate refusal judges against human labels: accuracy, F1 and Cohen's kappa with
     95% bootstrap intervals and confusion matrices, on the XSTest completion sets and on

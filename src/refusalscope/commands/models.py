@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._app import DtypeOpt, ModelOpt, at_least, check_dtype, command, console, read_prompts
+from ._app import DtypeOpt, ModelOpt, at_least, check_dtype, command, console, output_file_path, read_prompts
 
 
 @command("models")
@@ -45,7 +45,7 @@ def generate_cmd(
     sample: bool = typer.Option(False, help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(1.0),
     seed: int = typer.Option(0),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write replies as JSON here."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", parser=output_file_path, help="Write replies as JSON here."),
 ) -> None:
     """Answer prompts with a chat model (greedy by default) and print the replies."""
     from ..checks import number, output_file

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._app import DtypeOpt, ModelOpt, at_least, check_dtype, command, console
+from ._app import DtypeOpt, ModelOpt, at_least, check_dtype, command, console, output_file_path
 
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder of benchmark files (default $REFUSALSCOPE_DATA).")
 
@@ -87,7 +87,7 @@ def sae_eval_cmd(
     layer: Optional[int] = typer.Option(None, help="Layer the SAE reads, if its config does not say."),
     data_dir: Optional[Path] = DataDirOpt,
     n_docs: int = typer.Option(32, help="Documents per evaluation corpus."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", parser=output_file_path, help="Write the metrics as JSON."),
 ) -> None:
     """Quality metrics of any SAE on any model: FVU, L0, dead/dense, CE recovered, KL, refusal cosine."""
     from ..checks import output_file

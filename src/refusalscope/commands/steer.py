@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import RefusalScopeError
-from ._app import DtypeOpt, at_least, check_dtype, command, console, read_prompts
+from ._app import DtypeOpt, at_least, check_dtype, command, console, output_file_path, read_prompts
 
 ModelOrSpecOpt = typer.Option(
     None, "--model", "-m", help="Embedded name, hub id, model folder or .gguf file (default: the spec's model, else 'default')."
@@ -126,7 +126,7 @@ def steer_cmd(
     system: Optional[str] = typer.Option(None, help="System prompt."),
     baseline: bool = typer.Option(True, help="Also generate the unsteered reply, side by side."),
     save_spec: Optional[Path] = typer.Option(None, help="Write the steering used as a spec file (.json/.yaml)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write prompts and replies as JSON here."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", parser=output_file_path, help="Write prompts and replies as JSON here."),
 ) -> None:
     """Answer prompts with and without a steering and show the replies side by side
     (a table in a terminal; plain, complete, unwrapped blocks when stdout is a pipe or file)."""
@@ -380,4 +380,4 @@ def steer_convert_cmd(
         steering.save(target)
     else:
         raise RefusalScopeError(f"cannot tell the format of '{target.name}'", "use .json, .yaml, .csv or .pt")
-    console.print(f"{steering.id}: {source} → {target}")
+    console.print(f"{steering.id}: {source} → {target}", markup=False, highlight=False, soft_wrap=True)

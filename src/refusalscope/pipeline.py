@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from .errors import RefusalScopeError
 from .paths import atomic_file
 from .stage_cache import cached_json, content_key, model_identity
+from .thresholds import best_threshold
 
 if TYPE_CHECKING:
     from .sae.presets import Preset
@@ -115,7 +116,7 @@ def harm_gate(chat, direction, layer: int, harmful, harmless):
     with the threshold that best separates held-out harmful from harmless requests.
     The threshold is cached by content (model, dtype, direction, prompts): a rerun makes
     no forward pass."""
-    from .evaluation.sweep import GateSpec
+    from .evaluation.grid import GateSpec
     from .steering import DirectionGate
 
     vec = direction.at_layer(layer)
@@ -124,15 +125,10 @@ def harm_gate(chat, direction, layer: int, harmful, harmless):
         acts = {name: chat.residual(list(p), [layer], positions="post_instruction", progress=False)[layer]
                 for name, p in (("harmful", harmful), ("harmless", harmless))}
         unit = vec / vec.norm()
-        proj = {name: (a.float() @ unit).mean(-1) for name, a in acts.items()}  # mean over template tokens
-        values = sorted(proj["harmful"].tolist() + proj["harmless"].tolist())
-        cuts = [(a + b) / 2 for a, b in zip(values, values[1:])] or [values[0]]
-
-        def accuracy(t):
-            return (float((proj["harmful"] > t).float().mean()) + float((proj["harmless"] <= t).float().mean())) / 2
-
-        threshold = max(cuts, key=accuracy)
-        return float(threshold), accuracy(threshold)
+        proj = {name: (a.float() @ unit).mean(-1).tolist() for name, a in acts.items()}  # mean over template tokens
+        labels = [True] * len(proj["harmful"]) + [False] * len(proj["harmless"])
+        found = best_threshold(proj["harmful"] + proj["harmless"], labels, objective="balanced_accuracy")
+        return found.threshold, found.score
 
     key = content_key("harm-gate", model_identity(chat), _tensor_hash(vec), layer, list(harmful), list(harmless))
     threshold, accuracy = cached_json("gates", key, fit)
@@ -156,7 +152,7 @@ def build_tasks(chat, profile: Profile, direction, data_dir, calibration) -> tup
     """Refusal tasks (first-token or generated) and capability tasks with the profile's limits."""
     from .data import load_dataset
     from .evaluation.capability import capability_task
-    from .evaluation.sweep import TaskSpec
+    from .evaluation.grid import TaskSpec
     from .evaluation.tasks import RefusalTask
     from .judges.named import load_judge
 
@@ -222,7 +218,9 @@ def run_pipeline(
     """Run every stage (cached) and return a summary with the report's path."""
     from .direction import find_refusal_direction, sample_direction_data
     from .discovery import DiscoveryConfig, discover
-    from .evaluation.sweep import Grid, Method, run_sweep, summarise
+    from .evaluation.grid import Grid, Method
+    from .evaluation.summary import summarise
+    from .evaluation.sweep import run_sweep
     from .models import load_model
     from .report import build_report
     from .sae.presets import train_preset

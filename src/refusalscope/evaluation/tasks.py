@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import RefusalScopeError
+from ..thresholds import best_threshold
 
 
 @dataclass
@@ -167,8 +168,5 @@ def calibrate_first_token_threshold(chat, prompts: Sequence[str], refusal_token_
     replies = cached_replies(chat, prompts, max_new_tokens=max_new_tokens, progress=False)
     labels = [v.refused for v in judge.judge(prompts, replies)]
     scores = refusal_log_odds(chat.next_token_logits(prompts), refusal_token_ids).tolist()
-    candidates = sorted(set(scores))
-    cuts = [candidates[0] - 1.0] + [(a + b) / 2 for a, b in zip(candidates, candidates[1:])] + [candidates[-1] + 1.0]
-    best = max(cuts, key=lambda t: (sum((s > t) == y for s, y in zip(scores, labels)), -abs(t)))
-    agreement = sum((s > best) == y for s, y in zip(scores, labels)) / len(labels)
-    return float(best), float(agreement)
+    found = best_threshold(scores, labels, objective="accuracy", distinct=True, outside=True, prefer="zero")
+    return found.threshold, found.score

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import RefusalScopeError
 from ..paths import atomic_dir
+from ..thresholds import best_threshold as search_threshold
 
 KINDS = ("dense", "latents", "projection")
 WEIGHTS_FILE = "probe.safetensors"
@@ -129,12 +130,4 @@ def best_threshold(scores: np.ndarray, y: np.ndarray) -> float:
     s, y = np.asarray(scores, float), np.asarray(y).astype(bool)
     if y.all() or not y.any():
         raise RefusalScopeError("the validation split has only one class", "validate on harmful and harmless prompts")
-    order = np.unique(s)
-    cuts = np.concatenate([[order[0] - 1.0], (order[1:] + order[:-1]) / 2, [order[-1] + 1.0]])
-    best, best_cut = -1.0, 0.0
-    for cut in cuts:
-        pred = s > cut
-        bacc = 0.5 * (pred[y].mean() + (~pred[~y]).mean())
-        if bacc > best + 1e-12:
-            best, best_cut = bacc, float(cut)
-    return best_cut
+    return search_threshold(s.tolist(), y.tolist(), objective="balanced_accuracy", distinct=True, outside=True).threshold

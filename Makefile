@@ -10,7 +10,7 @@ export REFUSALSCOPE_DATA
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.refusalscope-installed
 
-.PHONY: setup demo test test-unit test-other-dtype bench
+.PHONY: setup demo test test-unit test-other-dtype typecheck bench
 
 $(STAMP): pyproject.toml requirements/models.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -x -q
+
+# mypy over src/refusalscope (settings in pyproject.toml [tool.mypy]); its cache makes reruns seconds
+typecheck: setup
+	$(BIN)/mypy
 
 test-unit: setup
 	$(BIN)/python -m pytest -x -q tests/unit

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import platform
-import random
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 _PACKAGES = ("refusalscope", "torch", "transformers", "safetensors", "numpy", "tokenizers")
@@ -84,9 +82,3 @@ def sha256_tensors(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)

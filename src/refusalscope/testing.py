@@ -34,8 +34,6 @@ _CORPUS = [
     "Explain how photosynthesis works in simple terms.",
 ] * 20
 
-FAMILIES = ("llama", "qwen2", "gemma2", "mistral", "phi3")
-
 
 def tiny_tokenizer(template: str = CHATML, vocab_size: int = 300):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -41,5 +41,8 @@ __all__ = [
     "locate",
     "resolve_data_dir",
 ]
-from . import jailbreak_sets  # noqa: E402, F401, I001  (registers WildJailbreak)
+# The modules that register datasets import the registry, never the other way round: importing
+# any refusalscope.data module runs this file first, so the registry is always filled.
+from . import loaders  # noqa: E402, F401, I001  (registers the release-file and hub datasets)
+from . import jailbreak_sets  # noqa: E402, F401  (registers WildJailbreak)
 from . import judge_sets  # noqa: E402, F401  (registers StrongREJECT, OR-Bench)

@@ -24,8 +24,6 @@ from typing import Any, Generic, TypeVar
 
 from ..errors import RefusalScopeError
 
-LABELS = ("harmful", "harmless", "template")
-
 
 @dataclass(frozen=True, eq=True)
 class PromptItem:

@@ -280,5 +280,3 @@ def load_dataset(
     dataset = Dataset(name=name, split=split, items=tuple(items), origin=origin, kind=spec.kind, files=files)
     return dataset.sample(limit, seed)
 
-
-from . import loaders as _loaders  # noqa: E402, F401  (registers the datasets; imports this module)

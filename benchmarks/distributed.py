@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 from refusalscope.distributed import GridFileSetup, RayExecutor
+from refusalscope.evaluation.grid_file import load_grid_file
 from refusalscope.evaluation.store import ResultsStore
-from refusalscope.evaluation.sweep import load_grid_file, run_sweep
+from refusalscope.evaluation.sweep import run_sweep
 from refusalscope.models import load_model
 from refusalscope.steering import ActAdd, Steering
 

@@ -30,108 +30,169 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from .errors import RefusalScopeError
+from .evaluation.deltas import Delta
+from .evaluation.rows import ConfigRow, TaskRow, read_pairs, read_runs
 from .evaluation.store import ResultsStore
-from .evaluation.sweep import Summary, summarise
+from .evaluation.summary import Cell, Summary, summarise
+from .stats import Estimate
 
-_KEY = ("config_id", "name", "label", "method", "family", "strength", "conditional")
+_KEY = ("config_id", "name", "label", "method", "family", "strength", "conditional")  # ConfigRow.key()'s columns
 RATE_METRICS = {"refused", "correct", "p_true", "exact", "f1", "accuracy", "acc", "em", "gate_fired"}
 _NA = "n/a"
+ROLE_ORDER = {"harmful": 0, "benign": 1, "jailbreak": 2, "capability": 3}
 
 
 # ---------------------------------------------------------------------- figure data
-def _nan(v) -> bool:
+def _nan(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def _line_key(row: dict) -> tuple[str, bool]:
-    return row["name"], bool(row["conditional"])
+class _OnePoint(Protocol):
+    """A point of a figure's line: it belongs to one configuration."""
+
+    @property
+    def config(self) -> ConfigRow: ...
 
 
-def tradeoff_rows(summary: Summary) -> list[dict]:
-    """One row per (dataset pair, configuration): x = over-refusal on the benign task,
+@dataclass(frozen=True)
+class TradeoffPoint:
+    """One configuration on one dataset pair: refusal on the harmful task (y) against
+    over-refusal on the benign task (x), each the task's cell with its CI and n."""
+
+    pair: str
+    harmful: Cell
+    benign: Cell
+
+    @property
+    def config(self) -> ConfigRow:
+        return self.harmful.config
+
+    def row(self) -> dict[str, Any]:
+        h, b = self.harmful.estimate, self.benign.estimate
+        return {"pair": self.pair, **self.config.key(), "harmful_task": self.harmful.task.name,
+                "benign_task": self.benign.task.name, "refusal_harmful": h.value, "refusal_harmful_low": h.low,
+                "refusal_harmful_high": h.high, "n_harmful": h.n, "refusal_benign": b.value, "refusal_benign_low": b.low,
+                "refusal_benign_high": b.high, "n_benign": b.n}
+
+
+@dataclass(frozen=True)
+class StrengthPoint:
+    """One configuration's estimate in one panel of a figure against steering strength."""
+
+    panel: str
+    config: ConfigRow
+    estimate: Estimate
+    metric: str | None = None
+    higher_is_better: bool | None = None
+
+    @classmethod
+    def of_cell(cls, cell: Cell, panel: str | None = None) -> StrengthPoint:
+        """A cell in the panel of its task (or `panel`)."""
+        return cls(cell.task.name if panel is None else panel, cell.config, cell.estimate, cell.metric,
+                   cell.task.higher_is_better)
+
+    @classmethod
+    def of_delta(cls, delta: Delta) -> StrengthPoint:
+        """Δs in the panel of its dataset pair."""
+        return cls(delta.pair.name, delta.config, delta.estimate)
+
+
+@dataclass(frozen=True)
+class ExampleOutput:
+    label: str
+    config_id: str
+    output: str | None
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt of a task answered by several configurations."""
+
+    task: TaskRow
+    item_id: str
+    prompt: str | None
+    outputs: list[ExampleOutput]
+
+    def row(self) -> dict[str, Any]:
+        return {"task": self.task.name, "role": self.task.role, "item_id": self.item_id, "prompt": self.prompt,
+                **{f"output[{o.label}]": o.output for o in self.outputs}}
+
+
+def tradeoff_rows(summary: Summary) -> list[TradeoffPoint]:
+    """One point per (dataset pair, configuration): x = over-refusal on the benign task,
     y = refusal on the harmful task, each with its CI and n."""
-    cells = {(c["config_id"], c["task"]): c for c in summary.cells}
-    pairs = []
-    seen = set()
-    for d in summary.deltas:
-        if (d["pair"], d["harmful_task"], d["benign_task"]) not in seen:
-            seen.add((d["pair"], d["harmful_task"], d["benign_task"]))
-            pairs.append((d["pair"], d["harmful_task"], d["benign_task"]))
+    cells = {(c.config.config_id, c.task.name): c for c in summary.cells}
+    pairs = list(dict.fromkeys((d.pair.name, d.pair.harmful_task, d.pair.benign_task) for d in summary.deltas))
     if not pairs:  # no registered pair: the first harmful and the first benign task
-        harm = [t["task"] for t in summary.tasks if t["role"] == "harmful"]
-        ben = [t["task"] for t in summary.tasks if t["role"] == "benign"]
+        harm = [t.name for t in summary.tasks if t.role == "harmful"]
+        ben = [t.name for t in summary.tasks if t.role == "benign"]
         if harm and ben:
             pairs.append((f"{harm[0]} / {ben[0]}", harm[0], ben[0]))
     out = []
     for name, harm, ben in pairs:
         for cfg in summary.configs:
-            h, b = cells.get((cfg["config_id"], harm)), cells.get((cfg["config_id"], ben))
-            if h is None or b is None:
-                continue
-            out.append({
-                "pair": name, **{k: cfg[k] for k in _KEY}, "harmful_task": harm, "benign_task": ben,
-                "refusal_harmful": h["value"], "refusal_harmful_low": h["low"], "refusal_harmful_high": h["high"],
-                "n_harmful": h["n"],
-                "refusal_benign": b["value"], "refusal_benign_low": b["low"], "refusal_benign_high": b["high"],
-                "n_benign": b["n"],
-            })
+            h, b = cells.get((cfg.config_id, harm)), cells.get((cfg.config_id, ben))
+            if h is not None and b is not None:
+                out.append(TradeoffPoint(name, h, b))
     return out
 
 
-def _cells(summary: Summary, role: str) -> list[dict]:
-    return [dict(c) for c in summary.cells if c["role"] == role]
+def role_cells(summary: Summary, *roles: str) -> list[Cell]:
+    """The cells of tasks with one of `roles`."""
+    return [c for c in summary.cells if c.task.role in roles]
 
 
-def conditional_rows(summary: Summary) -> list[dict]:
+def conditional_rows(summary: Summary) -> list[Cell]:
     """Cells of the methods run both gated and ungated (plus the unsteered model)."""
     modes = defaultdict(set)
     for c in summary.configs:
-        modes[c["name"]].add(bool(c["conditional"]))
+        modes[c.name].add(c.conditional)
     both = {m for m, s in modes.items() if s == {False, True}}
-    return [dict(c) for c in summary.cells if c["name"] in both or c["family"] == "none"]
+    return [c for c in summary.cells if c.config.name in both or c.config.unsteered]
 
 
-def example_rows(db: ResultsStore, summary: Summary, per_task: int = 3, max_columns: int = 6) -> list[dict]:
+def example_rows(db: ResultsStore, summary: Summary, per_task: int = 3, max_columns: int = 6) -> list[Example]:
     """The same prompts answered by the unsteered model and by the strongest setting of
     each method (gated and ungated), for each task that keeps generations."""
     configs = summary.configs
-    base = next((c for c in configs if c["family"] == "none"), configs[0] if configs else None)
+    base = next((c for c in configs if c.unsteered), configs[0] if configs else None)
     if base is None:
         return []
-    strongest: dict[tuple[str, bool], dict] = {}
+
+    def size(c: ConfigRow) -> float:
+        return -math.inf if c.strength is None else abs(c.strength)
+
+    strongest: dict[tuple[str, bool], ConfigRow] = {}
     for c in configs:
         if c is base:
             continue
-        key = (c["name"], bool(c["conditional"]))
-        s = -math.inf if c["strength"] is None else abs(c["strength"])
-        best = strongest.get(key)
-        if best is None or s > (-math.inf if best["strength"] is None else abs(best["strength"])):
+        key = (c.name, c.conditional)
+        if key not in strongest or size(c) > size(strongest[key]):
             strongest[key] = c
     columns = [base] + list(strongest.values())[: max_columns - 1]
-    order = {"harmful": 0, "benign": 1, "jailbreak": 2, "capability": 3}
     out = []
-    for t in sorted(summary.tasks, key=lambda t: order.get(t["role"], 9)):
-        baseline = db.outputs(base["config_id"], t["task"])
+    for t in sorted(summary.tasks, key=lambda t: ROLE_ORDER.get(t.role, 9)):
+        baseline = db.outputs(base.config_id, t.name)
         ids = [i for i, r in baseline.items() if r["output"] is not None]
         if not ids:
             continue
-        others = {c["config_id"]: db.outputs(c["config_id"], t["task"], ids) for c in columns[1:]}
+        others = {c.config_id: db.outputs(c.config_id, t.name, ids) for c in columns[1:]}
         shared = [i for i in ids if all(i in o for o in others.values())][:per_task]
         for item_id in shared:
-            row = {"task": t["task"], "role": t["role"], "item_id": item_id, "prompt": baseline[item_id]["prompt"],
-                   "outputs": [{"label": c["label"], "config_id": c["config_id"],
-                                "output": (baseline if c is base else others[c["config_id"]])[item_id]["output"]}
-                               for c in columns]}
-            out.append(row)
+            outputs = [ExampleOutput(c.label, c.config_id, (baseline if c is base else others[c.config_id])[item_id]["output"])
+                       for c in columns]
+            out.append(Example(t, item_id, baseline[item_id]["prompt"], outputs))
     return out
 
 
-def _gates(items) -> list[dict]:
-    """The conditional gates in a steering spec's interventions."""
+def _gates(items: Any) -> list[dict[str, Any]]:
+    """The conditional gates in a steering spec's interventions (spec JSON, as stored)."""
     out = []
     for item in items or []:
         if item.get("kind") == "conditional":
@@ -142,41 +203,45 @@ def _gates(items) -> list[dict]:
     return out
 
 
-def provenance(db: ResultsStore, summary: Summary) -> dict:
-    runs = db.runs()
-    configs = []
-    for c in summary.configs:
-        gates = _gates(c["spec"].get("interventions"))
-        configs.append({
-            **{k: c[k] for k in _KEY}, "steering_id": c["steering_id"], "model_id": c["model_id"],
-            "saes": c["saes"], "gates": gates, "kinds": sorted({i.get("kind") for i in c["spec"].get("interventions", [])}),
-        })
+def _kinds(config: ConfigRow) -> list[str]:
+    """The intervention kinds at the top of a configuration's steering spec."""
+    return sorted({i.get("kind") for i in config.spec.get("interventions", [])})
+
+
+def provenance(db: ResultsStore, summary: Summary) -> dict[str, Any]:
+    """What produced the numbers (runs, configurations with their SAEs and gates, tasks,
+    pairs), as the report's provenance.json."""
     return {
-        "runs": [{k: r.get(k) for k in ("run_id", "started", "finished", "status", "model_id", "computed", "skipped", "note")}
-                 | {"versions": r.get("versions"), "model": r.get("model"),
-                    "platform": (r.get("environment") or {}).get("platform")} for r in runs],
-        "configs": configs,
-        "tasks": [{k: t[k] for k in ("task", "role", "dataset", "split", "item_limit", "seed", "judge", "primary_metric",
-                                     "higher_is_better", "describe")} for t in summary.tasks],
-        "pairs": db.pairs(),
+        "runs": [{"run_id": r.run_id, "started": r.started, "finished": r.finished, "status": r.status,
+                  "model_id": r.model_id, "computed": r.computed, "skipped": r.skipped, "note": r.note,
+                  "versions": r.versions, "model": r.model, "platform": r.platform} for r in read_runs(db)],
+        "configs": [{**c.key(), "steering_id": c.steering_id, "model_id": c.model_id, "saes": c.saes,
+                     "gates": _gates(c.spec.get("interventions")), "kinds": _kinds(c)} for c in summary.configs],
+        "tasks": [{"task": t.name, "role": t.role, "dataset": t.dataset, "split": t.split, "item_limit": t.item_limit,
+                   "seed": t.seed, "judge": t.judge, "primary_metric": t.primary_metric,
+                   "higher_is_better": t.higher_is_better, "describe": t.describe} for t in summary.tasks],
+        "pairs": [p.row() for p in read_pairs(db)],
     }
 
 
 # ---------------------------------------------------------------------- plotting
-class _Style:
+P = TypeVar("P", bound=_OnePoint)
+
+
+class FigureStyle:
     """One colour per method across every figure; dashed + hollow when gated; squares for
     the dense baseline; the unsteered model grey."""
 
-    def __init__(self, configs: list[dict]):
+    def __init__(self, configs: Sequence[ConfigRow]):
         from matplotlib import colormaps
 
-        lines = {c["name"]: c["method"] for c in configs if c["family"] != "none"}
+        lines = {c.name: c.method for c in configs if not c.unsteered}
         names = sorted(lines, key=lambda n: (lines[n].split(":")[0] == "dense", n))
         cmap = colormaps["tab10"]
         self.colour = {n: cmap(i % 10) for i, n in enumerate(names)}
         self.method = lines
 
-    def kw(self, name: str, family: str, conditional: bool) -> dict:
+    def kw(self, name: str, family: str, conditional: bool) -> dict[str, Any]:
         method = self.method.get(name, name)
         label = name if method == name else f"{name} ({method})"
         if family == "dense":
@@ -210,14 +275,15 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _group_lines(rows: list[dict]) -> dict[tuple[str, bool], list[dict]]:
-    lines = defaultdict(list)
+def _group_lines(rows: Sequence[P]) -> dict[tuple[str, bool], list[P]]:
+    """The steered points of each (method, gated) line, by strength."""
+    lines: dict[tuple[str, bool], list[P]] = defaultdict(list)
     for r in rows:
-        if r["family"] == "none":
+        if r.config.unsteered:
             continue
-        lines[_line_key(r)].append(r)
+        lines[r.config.name, r.config.conditional].append(r)
     for key in lines:
-        lines[key].sort(key=lambda r: (r["strength"] is None, r["strength"] or 0.0))
+        lines[key].sort(key=lambda r: (r.config.strength is None, r.config.strength or 0.0))
     return dict(lines)
 
 
@@ -238,27 +304,27 @@ def _legend(fig, axes) -> None:
         fig._legend_inches = 0.22 * math.ceil(len(labels) / ncol) + 0.1
 
 
-def plot_tradeoff(rows: list[dict], style: _Style) -> str | None:
-    pairs = list(dict.fromkeys(r["pair"] for r in rows))
+def plot_tradeoff(points: list[TradeoffPoint], style: FigureStyle) -> str | None:
+    pairs = list(dict.fromkeys(p.pair for p in points))
     if not pairs:
         return None
     fig, axes = _figure(len(pairs), 4.6, 4.2)
     for ax, pair in zip(axes, pairs):
-        mine = [r for r in rows if r["pair"] == pair]
+        mine = [p for p in points if p.pair == pair]
         for (method, cond), line in _group_lines(mine).items():
-            kw = style.kw(method, line[0]["family"], cond)
-            xs = [r["refusal_benign"] for r in line]
-            ys = [r["refusal_harmful"] for r in line]
-            ax.errorbar(xs, ys, xerr=_xerr(line, "refusal_benign"), yerr=_xerr(line, "refusal_harmful"),
+            kw = style.kw(method, line[0].config.family, cond)
+            xs = [p.benign.estimate.value for p in line]
+            ys = [p.harmful.estimate.value for p in line]
+            ax.errorbar(xs, ys, xerr=_err([p.benign.estimate for p in line]), yerr=_err([p.harmful.estimate for p in line]),
                         capsize=2, elinewidth=0.8, **kw)
-            for r in line:
-                if r["strength"] is not None:
-                    ax.annotate(f"{r['strength']:g}", (r["refusal_benign"], r["refusal_harmful"]), fontsize=6,
+            for p in line:
+                if p.config.strength is not None:
+                    ax.annotate(f"{p.config.strength:g}", (p.benign.estimate.value, p.harmful.estimate.value), fontsize=6,
                                 xytext=(3, 3), textcoords="offset points", color=kw["color"])
-        for r in mine:
-            if r["family"] == "none":
-                ax.errorbar([r["refusal_benign"]], [r["refusal_harmful"]], xerr=_xerr([r], "refusal_benign"),
-                            yerr=_xerr([r], "refusal_harmful"), marker="*", markersize=14, color="black",
+        for p in mine:
+            if p.config.unsteered:
+                ax.errorbar([p.benign.estimate.value], [p.harmful.estimate.value], xerr=_err([p.benign.estimate]),
+                            yerr=_err([p.harmful.estimate]), marker="*", markersize=14, color="black",
                             linestyle="none", capsize=2, label="unsteered")
         ax.plot([0, 1], [0, 1], color="0.85", linewidth=0.8, zorder=0)
         ax.set_xlim(-0.03, 1.03)
@@ -271,43 +337,39 @@ def plot_tradeoff(rows: list[dict], style: _Style) -> str | None:
     return _png(fig)
 
 
-def _xerr(line: list[dict], key: str) -> list[list[float]]:
+def _err(estimates: Sequence[Estimate]) -> list[list[float]]:
+    """Error bar lengths below and above each value (0 where the CI is missing)."""
     lo, hi = [], []
-    for r in line:
-        v, a, b = r[key], r[f"{key}_low"], r[f"{key}_high"]
-        lo.append(0.0 if _nan(a) or _nan(v) else max(v - a, 0.0))
-        hi.append(0.0 if _nan(b) or _nan(v) else max(b - v, 0.0))
+    for e in estimates:
+        lo.append(0.0 if _nan(e.low) or _nan(e.value) else max(e.value - e.low, 0.0))
+        hi.append(0.0 if _nan(e.high) or _nan(e.value) else max(e.high - e.value, 0.0))
     return [lo, hi]
 
 
-def _yerr(line: list[dict]) -> list[list[float]]:
-    return _xerr([{"v": r["value"], "v_low": r["low"], "v_high": r["high"]} for r in line], "v")
-
-
-def plot_vs_strength(rows: list[dict], panel_key: str, style: _Style, ylabel, hline: float | None = None,
-                     ylim: tuple[float, float] | str | None = "auto") -> str | None:
-    """One panel per `panel_key` value, x = strength, a line per (method, gated), the
-    unsteered value as a grey band."""
-    panels = list(dict.fromkeys(r[panel_key] for r in rows))
+def plot_vs_strength(points: list[StrengthPoint], style: FigureStyle, ylabel: str | Callable[[StrengthPoint], str],
+                     hline: float | None = None, ylim: tuple[float, float] | str | None = "auto") -> str | None:
+    """One panel per `panel`, x = strength, a line per (method, gated), the unsteered
+    value as a grey band."""
+    panels = list(dict.fromkeys(p.panel for p in points))
     if not panels:
         return None
     fig, axes = _figure(len(panels))
     for ax, panel in zip(axes, panels):
-        mine = [r for r in rows if r[panel_key] == panel]
+        mine = [p for p in points if p.panel == panel]
         for (method, cond), line in _group_lines(mine).items():
-            line = [r for r in line if r["strength"] is not None] or line
-            xs = [r["strength"] if r["strength"] is not None else 0.0 for r in line]
-            ax.errorbar(xs, [r["value"] for r in line], yerr=_yerr(line), capsize=2, elinewidth=0.8,
-                        **style.kw(method, line[0]["family"], cond))
-        for r in mine:
-            if r["family"] == "none":
-                ax.axhline(r["value"], color="0.4", linestyle=":", linewidth=1.2, label="unsteered")
-                if not _nan(r["low"]) and not _nan(r["high"]):
-                    ax.axhspan(r["low"], r["high"], color="0.6", alpha=0.15, linewidth=0)
+            line = [p for p in line if p.config.strength is not None] or line
+            xs = [p.config.strength if p.config.strength is not None else 0.0 for p in line]
+            ax.errorbar(xs, [p.estimate.value for p in line], yerr=_err([p.estimate for p in line]), capsize=2,
+                        elinewidth=0.8, **style.kw(method, line[0].config.family, cond))
+        for p in mine:
+            if p.config.unsteered:
+                ax.axhline(p.estimate.value, color="0.4", linestyle=":", linewidth=1.2, label="unsteered")
+                if not _nan(p.estimate.low) and not _nan(p.estimate.high):
+                    ax.axhspan(p.estimate.low, p.estimate.high, color="0.6", alpha=0.15, linewidth=0)
         if hline is not None:
             ax.axhline(hline, color="0.8", linewidth=0.8, zorder=0)
         if ylim == "auto":
-            if all(r.get("metric") in RATE_METRICS for r in mine):
+            if all(p.metric in RATE_METRICS for p in mine):
                 ax.set_ylim(-0.03, 1.03)
         elif ylim:
             ax.set_ylim(*ylim)
@@ -317,8 +379,6 @@ def plot_vs_strength(rows: list[dict], panel_key: str, style: _Style, ylabel, hl
         ax.grid(alpha=0.3)
     _legend(fig, axes)
     return _png(fig)
-
-
 # ---------------------------------------------------------------------- HTML
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1250px;
@@ -347,10 +407,14 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def _ci(value, low, high, n) -> str:
-    if _nan(value):
+def _cell_panel(c: Cell) -> str:
+    return f"{c.task.name} · {c.metric}"
+
+
+def _ci(e: Estimate) -> str:
+    if _nan(e.value):
         return _NA
-    return f"{value:.3f} [{_fmt(low)}, {_fmt(high)}] (n={n})"
+    return f"{e.value:.3f} [{_fmt(e.low)}, {_fmt(e.high)}] (n={e.n})"
 
 
 def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
@@ -480,88 +544,87 @@ def build_report(db_path: str | Path, out_html: str | Path = "report.html", expo
         if not summary.configs or not summary.tasks:
             raise RefusalScopeError(f"{db_path} holds no results yet", "run `refusalscope sweep` into it first")
         tradeoff = tradeoff_rows(summary)
-        deltas = [dict(d) for d in summary.deltas]
-        jailbreak = _cells(summary, "jailbreak")
-        capability = _cells(summary, "capability")
+        deltas = summary.deltas
+        jailbreak = role_cells(summary, "jailbreak")
+        capability = role_cells(summary, "capability")
         conditional = conditional_rows(summary)
-        refusal = [dict(c) for c in summary.cells if c["role"] in ("harmful", "benign")]
+        refusal = role_cells(summary, "harmful", "benign")
         examples_rows = example_rows(db, summary, examples)
         prov = provenance(db, summary)
-        runs = db.runs()
+        runs = read_runs(db)
+        pairs = read_pairs(db)
 
-    style = _Style(summary.configs)
+    style = FigureStyle(summary.configs)
     fig_tradeoff = plot_tradeoff(tradeoff, style)
-    fig_delta = plot_vs_strength(deltas, "pair", style, "Δs = refusal(harmful) − refusal(benign)", hline=0.0, ylim=(-1.05, 1.05))
-    fig_jail = plot_vs_strength(jailbreak, "task", style, "refusal rate on jailbreak prompts", ylim=(-0.03, 1.03))
-    fig_cap = plot_vs_strength(capability, "task", style,
-                               lambda r: f"{r['metric']} ({'higher' if r['higher_is_better'] else 'lower'} is better)")
-    cond_panels = [r for r in conditional if r["role"] in ("harmful", "benign", "capability", "jailbreak")]
-    for r in cond_panels:
-        r["panel"] = f"{r['task']} · {r['metric']}"
-    fig_cond = plot_vs_strength(cond_panels, "panel", style, lambda r: r["metric"])
+    fig_delta = plot_vs_strength([StrengthPoint.of_delta(d) for d in deltas], style,
+                                 "Δs = refusal(harmful) − refusal(benign)", hline=0.0, ylim=(-1.05, 1.05))
+    fig_jail = plot_vs_strength([StrengthPoint.of_cell(c) for c in jailbreak], style, "refusal rate on jailbreak prompts",
+                                ylim=(-0.03, 1.03))
+    fig_cap = plot_vs_strength([StrengthPoint.of_cell(c) for c in capability], style,
+                               lambda p: f"{p.metric} ({'higher' if p.higher_is_better else 'lower'} is better)")
+    fig_cond = plot_vs_strength([StrengthPoint.of_cell(c, _cell_panel(c)) for c in conditional if c.task.role in ROLE_ORDER],
+                                style, lambda p: str(p.metric))
 
     data = {
-        "tradeoff": tradeoff, "selective_refusal": deltas, "jailbreak": jailbreak, "capability": capability,
-        "conditional": conditional, "refusal": refusal, "summary": summary.cells,
-        "examples": [{**{k: v for k, v in e.items() if k != "outputs"}, **{f"output[{o['label']}]": o["output"] for o in e["outputs"]}}
-                     for e in examples_rows],
+        "tradeoff": [p.row() for p in tradeoff], "selective_refusal": [d.row() for d in deltas],
+        "jailbreak": [c.row() for c in jailbreak], "capability": [c.row() for c in capability],
+        "conditional": [{**c.row(), "panel": _cell_panel(c)} if c.task.role in ROLE_ORDER else c.row() for c in conditional],
+        "refusal": [c.row() for c in refusal], "summary": [c.row() for c in summary.cells],
+        "examples": [e.row() for e in examples_rows],
         "provenance": prov,
     }
 
     # ---- numbers table
-    num_rows = [[c["label"], c["task"], c["role"], c["metric"], _ci(c["value"], c["low"], c["high"], c["n"]), c["n"],
-                 "" if c["fire_rate"] is None else _ci(c["fire_rate"], c["fire_low"], c["fire_high"], c["fire_n"]),
-                 c["config_id"]] for c in summary.cells]
-    delta_rows = [[d["label"], d["pair"], _ci(d["value"], d["low"], d["high"], d["n"]), d["n_harmful"], d["n_benign"],
-                   d["config_id"]] for d in deltas]
-    gate_rows = [[r["label"], r["task"], _ci(r["fire_rate"], r["fire_low"], r["fire_high"], r["fire_n"])]
-                 for r in summary.cells if r["fire_rate"] is not None]
+    num_rows = [[c.config.label, c.task.name, c.task.role, c.metric, _ci(c.estimate), c.estimate.n,
+                 "" if c.fire is None else _ci(c.fire), c.config.config_id] for c in summary.cells]
+    delta_rows = [[d.config.label, d.pair.name, _ci(d.estimate), d.n_harmful, d.n_benign, d.config.config_id] for d in deltas]
+    gate_rows = [[c.config.label, c.task.name, _ci(c.fire)] for c in summary.cells if c.fire is not None]
 
     # ---- examples
     ex_parts = []
-    for task in dict.fromkeys(e["task"] for e in examples_rows):
-        mine = [e for e in examples_rows if e["task"] == task]
-        headers = ["prompt"] + [o["label"] for o in mine[0]["outputs"]]
+    for task in dict.fromkeys(e.task.name for e in examples_rows):
+        mine = [e for e in examples_rows if e.task.name == task]
+        headers = ["prompt"] + [o.label for o in mine[0].outputs]
         rows = "".join(
-            "<tr><td class=\"gen\">" + _e(e["prompt"]) + "</td>"
-            + "".join(f"<td class=\"gen\">{_e(o['output'])}</td>" for o in e["outputs"]) + "</tr>"
+            "<tr><td class=\"gen\">" + _e(e.prompt) + "</td>"
+            + "".join(f"<td class=\"gen\">{_e(o.output)}</td>" for o in e.outputs) + "</tr>"
             for e in mine
         )
-        ex_parts.append(f"<h3>{_e(task)} <span class=\"note\">({_e(mine[0]['role'])})</span></h3><table><thead><tr>"
+        ex_parts.append(f"<h3>{_e(task)} <span class=\"note\">({_e(mine[0].task.role)})</span></h3><table><thead><tr>"
                         + "".join(f"<th>{_e(h)}</th>" for h in headers) + f"</tr></thead><tbody>{rows}</tbody></table>")
 
     # ---- provenance
     versions: dict[str, set] = defaultdict(set)
     for r in runs:
-        for k, v in (r.get("versions") or {}).items():
+        for k, v in (r.versions or {}).items():
             versions[k].add(str(v))
-    models = sorted({r["model_id"] for r in runs if r.get("model_id")})
+    models = sorted({r.model_id for r in runs if r.model_id})
     prov_parts = [
         f"<p>Model{'s' if len(models) != 1 else ''}: {', '.join(f'<code>{_e(m)}</code>' for m in models) or _NA}. "
         f"Database: <code>{_e(db_path.name)}</code>. Report written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>",
         "<h3>Runs</h3>" + _table(["run", "started", "status", "model", "items computed", "items reused", "platform"], [
-            [r["run_id"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"])), r["status"], r["model_id"],
-             r["computed"], r["skipped"], (r.get("environment") or {}).get("platform")] for r in runs]),
+            [r.run_id, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started)), r.status, r.model_id,
+             r.computed, r.skipped, r.platform] for r in runs]),
         "<h3>Package versions</h3>" + _table(["package", "version(s)"], [[k, ", ".join(sorted(v))] for k, v in sorted(versions.items())]),
         "<h3>Configurations</h3>" + _table(
             ["label", "config id", "method", "strength", "gated", "steering spec id", "interventions", "SAEs", "gate"],
-            [[c["label"], c["config_id"], c["method"], _strength(c["strength"]), "yes" if c["conditional"] else "no",
-              c["steering_id"] or "—", ", ".join(k for k in c["kinds"] if k) or "—",
-              "; ".join(f"{s.get('source') or '(in memory)'} #{(s.get('sha256') or '')[:12]}" for s in c["saes"]) or "—",
+            [[c.label, c.config_id, c.method, _strength(c.strength), "yes" if c.conditional else "no",
+              c.steering_id or "—", ", ".join(k for k in _kinds(c) if k) or "—",
+              "; ".join(f"{s.get('source') or '(in memory)'} #{(s.get('sha256') or '')[:12]}" for s in c.saes) or "—",
               "; ".join(f"{g['kind']} gate (layer {g['layer']}{'' if g['feature'] is None else ', latent ' + str(g['feature'])}) "
-                        f"{g['reduce']} > {g['threshold']}" for g in c["gates"]) or "—"]
-             for c in prov["configs"]]),
+                        f"{g['reduce']} > {g['threshold']}" for g in _gates(c.spec.get("interventions"))) or "—"]
+             for c in summary.configs]),
         "<h3>Tasks</h3>" + _table(
             ["task", "role", "dataset", "split", "limit", "seed", "judge", "primary metric", "settings"],
-            [[t["task"], t["role"], t["dataset"], t["split"], t["item_limit"] if t["item_limit"] is not None else "all",
-              t["seed"], t["judge"] or "—", t["primary_metric"] + (" ↑" if t["higher_is_better"] else " ↓"),
-              json.dumps(t["describe"], sort_keys=True, default=str)] for t in prov["tasks"]]),
+            [[t.name, t.role, t.dataset, t.split, t.item_limit if t.item_limit is not None else "all",
+              t.seed, t.judge or "—", t.primary_metric + (" ↑" if t.higher_is_better else " ↓"),
+              json.dumps(t.describe, sort_keys=True, default=str)] for t in summary.tasks]),
     ]
-    if prov["pairs"]:
+    if pairs:
         prov_parts.append("<h3>Dataset pairs (Δs)</h3>" + _table(["pair", "harmful task", "benign task"],
-                                                                  [[p["name"], p["harmful_task"], p["benign_task"]] for p in prov["pairs"]]))
+                                                                  [[p.name, p.harmful_task, p.benign_task] for p in pairs]))
 
-    n_items = sum(c["n"] for c in summary.cells)
+    n_items = sum(c.estimate.n for c in summary.cells)
     title = title or f"refusalscope report — {', '.join(models) or db_path.stem}"
     body = [
         f"<h1>{_e(title)}</h1>",

@@ -45,7 +45,7 @@ def test_pipeline_attack_tasks_build_three_rows_and_a_report_section(tmp_path, d
 
     from refusalscope.attacks.report import robustness_section
     from refusalscope.attacks.tasks import pipeline_configs, run_pipeline_attacks
-    from refusalscope.evaluation.sweep import GateSpec
+    from refusalscope.evaluation.grid import GateSpec
     from refusalscope.steering import ActAdd, DirectionGate
     from refusalscope.testing import tiny_chat_model
 

@@ -71,7 +71,8 @@ def test_empty_folder_gives_no_section(tmp_path):
 def test_full_report_gains_the_robustness_section(root, tmp_path):
     from test_store_sweep import FakeTask  # tests/unit is on sys.path
 
-    from refusalscope.evaluation.sweep import Grid, Method, TaskSpec, run_sweep
+    from refusalscope.evaluation.grid import Grid, Method, TaskSpec
+    from refusalscope.evaluation.sweep import run_sweep
     from refusalscope.report import build_report
 
     chat = tiny_chat_model("llama", seed=6, n_layers=2, d_model=32)

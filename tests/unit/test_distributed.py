@@ -9,8 +9,9 @@ import torch
 
 from refusalscope import RefusalScopeError
 from refusalscope.distributed import GridFileSetup, RayExecutor, Shard, ShardLedger
+from refusalscope.evaluation.grid_file import load_grid_file
 from refusalscope.evaluation.store import ResultsStore
-from refusalscope.evaluation.sweep import load_grid_file, run_sweep
+from refusalscope.evaluation.sweep import run_sweep
 from refusalscope.models import load_model
 from refusalscope.steering import ActAdd, Conditional, DirectionGate, Steering
 from refusalscope.testing import save_tiny_model, tiny_chat_model

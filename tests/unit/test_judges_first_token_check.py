@@ -6,7 +6,8 @@ import pytest
 
 from refusalscope.errors import RefusalScopeError
 from refusalscope.evaluation.first_token_check import first_token_agreement, sampled_for_check
-from refusalscope.evaluation.sweep import Grid, TaskSpec, run_sweep
+from refusalscope.evaluation.grid import Grid, TaskSpec
+from refusalscope.evaluation.sweep import run_sweep
 from refusalscope.evaluation.tasks import RefusalTask
 from refusalscope.judges.base import JudgeVerdict
 from refusalscope.testing import tiny_chat_model

@@ -136,7 +136,7 @@ def grid_dir():
                    max_size=2),
 )
 def test_grid_reader(grid, methods, tasks, grid_dir):
-    from refusalscope.evaluation.sweep import load_grid_file
+    from refusalscope.evaluation.grid_file import load_grid_file
 
     data = dict(grid) if isinstance(grid, dict) else {}
     data.setdefault("methods", methods)

@@ -13,7 +13,8 @@ from test_store_sweep import FakeTask  # tests/unit is on sys.path (pytest rootd
 from typer.testing import CliRunner
 
 from refusalscope.cli import app
-from refusalscope.evaluation.sweep import GateSpec, Grid, Method, TaskSpec, run_sweep
+from refusalscope.evaluation.grid import GateSpec, Grid, Method, TaskSpec
+from refusalscope.evaluation.sweep import run_sweep
 from refusalscope.report import build_report
 from refusalscope.steering import ActAdd, DirectionGate
 from refusalscope.testing import tiny_chat_model

@@ -127,7 +127,7 @@ def test_projected_actadd_adds_only_the_part_orthogonal_to_benign_directions(cha
             assert (change @ r > 0).all()  # still along r: r·P⊥r = |P⊥r|² > 0
     half = projected.scaled(0.5)
     assert half.inner.coefficient == 1.5 and projected.inner.coefficient == 3.0
-    from refusalscope.evaluation.sweep import scale_interventions
+    from refusalscope.evaluation.grid import scale_interventions
 
     (swept,) = scale_interventions([projected], 0.5)  # a sweep's strength axis reaches the inner edit
     assert isinstance(swept, NullSpaceProjection) and swept.inner.coefficient == 1.5

@@ -28,7 +28,8 @@ SWEEP_SCRIPT = textwrap.dedent('''
     torch.set_num_threads(1)
 
     from refusalscope.evaluation import store
-    from refusalscope.evaluation.sweep import Grid, Method, run_sweep
+    from refusalscope.evaluation.grid import Grid, Method
+    from refusalscope.evaluation.sweep import run_sweep
     from refusalscope.evaluation.tasks import ItemResult
     from refusalscope.testing import tiny_chat_model
 

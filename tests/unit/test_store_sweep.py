@@ -13,17 +13,11 @@ import pytest
 import torch
 
 from refusalscope import RefusalScopeError
+from refusalscope.evaluation.grid import GateSpec, Grid, Method, TaskSpec, scale_interventions
+from refusalscope.evaluation.grid_file import load_grid_file
 from refusalscope.evaluation.store import ResultsStore
-from refusalscope.evaluation.sweep import (
-    GateSpec,
-    Grid,
-    Method,
-    TaskSpec,
-    load_grid_file,
-    run_sweep,
-    scale_interventions,
-    summarise,
-)
+from refusalscope.evaluation.summary import summarise
+from refusalscope.evaluation.sweep import run_sweep
 from refusalscope.evaluation.tasks import ItemResult, RefusalTask
 from refusalscope.steering import ActAdd, Conditional, DirectionGate, Steering, as_steering
 from refusalscope.testing import tiny_chat_model
@@ -205,17 +199,17 @@ def test_summaries_carry_cis_and_n_and_selective_refusal(chat, direction, tmp_pa
     summary = summarise(tmp_path / "r.db")
     assert len(summary.cells) == 3 * 3
     for c in summary.cells:
-        assert c["low"] <= c["value"] <= c["high"]
-        assert c["n"] == (12 if c["task"] in ("jbb-harm", "cap") else 16)
-    roles = {c["task"]: c["role"] for c in summary.cells}
+        assert c.estimate.low <= c.estimate.value <= c.estimate.high
+        assert c.estimate.n == (12 if c.task.name in ("jbb-harm", "cap") else 16)
+    roles = {c.task.name: c.task.role for c in summary.cells}
     assert roles == {"jbb-harm": "harmful", "jbb-ben": "benign", "cap": "capability"}
-    assert len(summary.deltas) == 3 and {d["pair"] for d in summary.deltas} == {"jailbreakbench"}
+    assert len(summary.deltas) == 3 and {d.pair.name for d in summary.deltas} == {"jailbreakbench"}
     with ResultsStore(tmp_path / "r.db") as db:
         for d in summary.deltas:
-            h = list(db.values(d["config_id"], "jbb-harm", "refused").values())
-            b = list(db.values(d["config_id"], "jbb-ben", "refused").values())
-            assert d["value"] == pytest.approx(sum(h) / len(h) - sum(b) / len(b))
-            assert d["low"] <= d["value"] <= d["high"] and d["n_harmful"] == 12 and d["n_benign"] == 16
+            h = list(db.values(d.config.config_id, "jbb-harm", "refused").values())
+            b = list(db.values(d.config.config_id, "jbb-ben", "refused").values())
+            assert d.estimate.value == pytest.approx(sum(h) / len(h) - sum(b) / len(b))
+            assert d.estimate.low <= d.estimate.value <= d.estimate.high and d.n_harmful == 12 and d.n_benign == 16
         assert db.pairs() == [{"name": "jailbreakbench", "harmful_task": "jbb-harm", "benign_task": "jbb-ben"}]
     assert "jailbreakbench" in summary.table()
 
@@ -240,9 +234,9 @@ def test_conditional_fire_rate_is_recorded_per_item_and_per_batch(chat, directio
         assert tuple(counts) == (int(expected.fired.sum()), 8)
         assert db.gate_rate(cond.config_id, "mp-benign").value == pytest.approx(expected.fire_rate)
         assert db.gate_rate(grid.configurations(chat)[0].config_id, "mp-benign") is None
-    cells = {c["label"]: c for c in summarise(tmp_path / "r.db").cells}
-    assert 0 < cells["actadd ×2 (conditional)"]["fire_rate"] < 1
-    assert cells["none"]["fire_rate"] is None
+    cells = {c.config.label: c for c in summarise(tmp_path / "r.db").cells}
+    assert 0 < cells["actadd ×2 (conditional)"].fire.value < 1
+    assert cells["none"].fire is None
 
 
 def test_provenance_is_recorded(chat, direction, tmp_path):
@@ -324,7 +318,7 @@ def test_grid_file_and_sweep_command(chat, direction, tmp_path):
 
 
 def test_grid_file_names_capability_benchmarks_and_checks_fields(tmp_path):
-    from refusalscope.evaluation.sweep import task_role
+    from refusalscope.evaluation.grid import task_role
 
     (tmp_path / "grid.json").write_text(json.dumps({
         "methods": [],

@@ -63,7 +63,7 @@ def run_attack_tasks(chat, configs, root: str | Path, tasks: AttackTasks | None 
 
 def pipeline_configs(interventions, gate) -> list:
     """The pipeline's three rows: unsteered, the selected latents clamped (`interventions`),
-    and the same behind the harm gate (`gate`, an `evaluation.sweep.GateSpec`)."""
+    and the same behind the harm gate (`gate`, an `evaluation.grid.GateSpec`)."""
     from ..steering import Steering
     from .configs import AttackConfig
 

@@ -34,7 +34,9 @@ def sweep_cmd(
                                           "(default: one per CPU of the cluster)."),
 ) -> None:
     """Run a steering sweep into a results database; a rerun computes only what is missing."""
-    from ..evaluation.sweep import load_grid_file, run_sweep, summarise
+    from ..evaluation.grid_file import load_grid_file
+    from ..evaluation.summary import summarise
+    from ..evaluation.sweep import run_sweep
     from ..models import load_model
 
     plan = load_grid_file(spec)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RefusalScopeError
-from ..evaluation.sweep import Chunk, ChunkResult, as_task_spec, compute_chunk
+from ..evaluation.grid import as_task_spec
+from ..evaluation.sweep import Chunk, ChunkResult, compute_chunk
 from .shards import Shard, ShardLedger, to_shards
 
 
@@ -51,7 +52,7 @@ class GridFileSetup:
     def __call__(self) -> tuple[Any, Any, list]:
         import torch
 
-        from ..evaluation.sweep import load_grid_file
+        from ..evaluation.grid_file import load_grid_file
         from ..models import load_model
 
         device = self.device

@@ -26,6 +26,12 @@ then scores them in full in that order, `n_finalists` at a time, until one is ad
 (at most `max_finalists`); `layer_stride` thins the layer grid further. When none is,
 the least-bad candidate (fewest failed filters, then lowest ablation score) is returned
 with a warning and `admissible=False` recorded, unless `fallback=False`, which raises.
+
+Speed (`direction_scoring`): candidates go along the batch dimension (one forward holds
+many (candidate, prompt) rows, each with its own edit), the screen stops scoring a
+candidate once it is clearly out of the next group of finalists, and a finalist's
+ablation score reuses the prompts it was screened on. A candidate left out of the
+finalists records its screen score over the prompts it saw (`screen_prompts`).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class Candidate:
     kl: float | None = None
     admissible: bool | None = None
     reason: str = ""
+    screen_prompts: int | None = None  # screen prompts its ablation was scored on (the screen stops early)
 
 
 @dataclass
@@ -157,17 +164,6 @@ def candidate_directions(chat, harmful: Sequence[str], harmless: Sequence[str], 
     return mean_activations(chat, harmful, batch_size, progress) - mean_activations(chat, harmless, batch_size, progress)
 
 
-def _mean_score(chat, prompts, token_ids, interventions, batch_size) -> float:
-    logits = chat.next_token_logits(list(prompts), batch_size=batch_size, interventions=interventions)
-    return float(refusal_log_odds(logits, token_ids).mean())
-
-
-def _kl(chat, prompts, baseline_logp: torch.Tensor, interventions, batch_size) -> float:
-    logits = chat.next_token_logits(list(prompts), batch_size=batch_size, interventions=interventions)
-    logp = torch.log_softmax(logits.double(), -1)
-    return float((baseline_logp.exp() * (baseline_logp - logp)).sum(-1).mean())
-
-
 def select_direction(
     chat,
     candidates: torch.Tensor,
@@ -184,12 +180,22 @@ def select_direction(
     max_finalists: int = 24,
     fallback: bool = True,
     batch_size: int = 16,
+    screen_z: float | None = 3.0,
+    rows_per_forward: int = 64,
     progress: bool = True,
 ) -> tuple[Candidate, list[Candidate], dict]:
     """Pick (layer, position) as described in the module docstring.
 
     `induction_threshold=None` is the halfway point between the harmless and harmful
-    baseline refusal scores; pass 0.0 for the criterion of Arditi et al."""
+    baseline refusal scores; pass 0.0 for the criterion of Arditi et al.
+
+    Candidates are scored many per forward (`direction_scoring`: `rows_per_forward`
+    (candidate, prompt) rows per batch). The screen is adaptive: a candidate stops being
+    screened once it is clearly out of the next group of finalists (`screen_z` paired
+    standard errors; None screens every candidate on all `n_screen` prompts), and a
+    finalist's ablation score reuses its screened prompts."""
+    from .direction_scoring import AdaptiveScreen, Edit, EditScorer
+
     n_layers, n_pos, _ = candidates.shape
     max_layer = int(n_layers * (1 - prune_last_frac))
     grid = [
@@ -201,9 +207,11 @@ def select_direction(
         raise RefusalScopeError("no candidate layers are left after pruning", "lower prune_last_frac or layer_stride")
     if n_finalists < 1:
         raise RefusalScopeError(f"n_finalists must be at least 1, got {n_finalists}")
-    screen = list(harmful_val)[:n_screen]
-    baseline_harmful = _mean_score(chat, harmful_val, refusal_token_ids, None, batch_size)
-    baseline_harmless_logits = chat.next_token_logits(list(harmless_val), batch_size=batch_size)
+    harmful_val, harmless_val = list(harmful_val), list(harmless_val)
+    screen = harmful_val[:n_screen]
+    baseline_harmful_logits = chat.next_token_logits(harmful_val, batch_size=batch_size)
+    baseline_harmful = float(refusal_log_odds(baseline_harmful_logits, refusal_token_ids).mean())
+    baseline_harmless_logits = chat.next_token_logits(harmless_val, batch_size=batch_size)
     baseline_harmless = float(refusal_log_odds(baseline_harmless_logits, refusal_token_ids).mean())
     baseline_logp = torch.log_softmax(baseline_harmless_logits.double(), -1)
     if induction_threshold is None:
@@ -211,33 +219,37 @@ def select_direction(
     baseline = {"harmful_score": baseline_harmful, "harmless_score": baseline_harmless,
                 "kl_threshold": kl_threshold, "induction_threshold": induction_threshold}
 
-    for cand in tqdm(grid, desc="screening directions", disable=not progress):
-        vec = candidates[cand.layer, cand.position]
-        cand.ablation_score = _mean_score(chat, screen, refusal_token_ids, DirectionAblation(vec), batch_size)
-    order = sorted(grid, key=lambda c: c.ablation_score)
-    limit = min(len(order), max(n_finalists, max_finalists))
+    vectors = [candidates[c.layer, c.position] for c in grid]
+    screener = EditScorer(chat, screen, [Edit("ablate", v) for v in vectors], refusal_token_ids,
+                          rows_per_forward=rows_per_forward)
+    bar = tqdm(total=len(grid) * len(screen), desc="screening directions", unit="row", disable=not progress)
+
+    def screen_rows(pairs):
+        out = screener.score(pairs).log_odds
+        bar.update(len(pairs))
+        return out
+
+    ranking = AdaptiveScreen(screen_rows, len(grid), len(screen), z=screen_z)
+    limit = min(len(grid), max(n_finalists, max_finalists))
     finalists: list[Candidate] = []
-    bar = tqdm(total=limit, desc="scoring finalists", disable=not progress)
-    for cand in order[:limit]:
-        if finalists and len(finalists) % n_finalists == 0 and any(c.admissible for c in finalists):
-            break
-        vec = candidates[cand.layer, cand.position]
-        ablate = DirectionAblation(vec)
-        cand.ablation_score = _mean_score(chat, harmful_val, refusal_token_ids, ablate, batch_size)
-        cand.kl = _kl(chat, harmless_val, baseline_logp, ablate, batch_size)
-        cand.induction_score = _mean_score(chat, harmless_val, refusal_token_ids, ActAdd(vec, cand.layer, 1.0), batch_size)
-        reasons = []
-        if cand.kl > kl_threshold:
-            reasons.append(f"KL {cand.kl:.3f} > {kl_threshold}")
-        if cand.induction_score <= induction_threshold:
-            reasons.append(f"adding it does not induce refusal ({cand.induction_score:.2f} <= {induction_threshold:.2f})")
-        cand.admissible = not reasons
-        cand.reason = "; ".join(reasons)
-        finalists.append(cand)
-        bar.update(1)
+    finals_bar = tqdm(total=limit, desc="scoring finalists", disable=not progress)
+    while len(finalists) < limit and not any(c.admissible for c in finalists):
+        group = ranking.next_group(min(n_finalists, limit - len(finalists)))
+        _score_finalists(chat, [grid[i] for i in group], [vectors[i] for i in group],
+                         [ranking.scores[i] for i in group], harmful_val, harmless_val, baseline_logp,
+                         refusal_token_ids, kl_threshold, induction_threshold, rows_per_forward)
+        finalists += [grid[i] for i in group]
+        finals_bar.update(len(group))
+    finals_bar.close()
     bar.close()
+    for i, cand in enumerate(grid):
+        if cand.kl is None:  # not a finalist: its (possibly partial) screen score
+            cand.ablation_score = ranking.mean(i) if ranking.scores[i] else None
+        cand.screen_prompts = len(ranking.scores[i])
     admissible = [c for c in finalists if c.admissible]
     baseline["finalists_scored"] = len(finalists)
+    baseline["screen_rows"] = screener.rows_scored
+    baseline["screen_rows_exhaustive"] = len(grid) * len(screen)
     if admissible:
         baseline["filters_passed"] = True
         return min(admissible, key=lambda c: c.ablation_score), grid, baseline
@@ -250,6 +262,43 @@ def select_direction(
     warnings.warn(message + "; using it anyway (recorded as admissible=false)", stacklevel=2)
     baseline["filters_passed"] = False
     return best, grid, baseline
+
+
+def _score_finalists(chat, group: list[Candidate], vectors, screened: list[list[float]], harmful_val, harmless_val,
+                     baseline_logp, refusal_token_ids, kl_threshold: float, induction_threshold: float,
+                     rows_per_forward: int) -> None:
+    """Full scores of one group of finalists in one batched pass: ablation on every harmful
+    prompt not already screened, KL and ablation on the harmless prompts, and activation
+    addition on the harmless prompts."""
+    from .direction_scoring import Edit, EditScorer
+
+    n, nh = len(group), len(harmful_val)
+    prompts = harmful_val + harmless_val
+    edits = [Edit("ablate", v) for v in vectors] + [Edit("add", v, c.layer) for c, v in zip(group, vectors)]
+    ablate_harmful = [(g, p) for g in range(n) for p in range(len(screened[g]), nh)]
+    ablate_harmless = [(g, nh + p) for g in range(n) for p in range(len(harmless_val))]
+    add_harmless = [(n + g, nh + p) for g in range(n) for p in range(len(harmless_val))]
+    # the KL needs the unedited distribution of the rows it is read on (the harmless prompts)
+    base = torch.cat([torch.zeros(nh, baseline_logp.shape[1], dtype=baseline_logp.dtype), baseline_logp])
+    scorer = EditScorer(chat, prompts, edits, refusal_token_ids, baseline_logp=base, rows_per_forward=rows_per_forward)
+    out = scorer.score(ablate_harmful + ablate_harmless + add_harmless)
+    a, b = len(ablate_harmful), len(ablate_harmful) + len(ablate_harmless)
+    harmful_scores = [list(s) for s in screened]
+    for (g, _), v in zip(ablate_harmful, out.log_odds[:a].tolist()):
+        harmful_scores[g].append(v)
+    kl = out.kl[a:b].view(n, -1).double().mean(-1)
+    induction = out.log_odds[b:].view(n, -1).double().mean(-1)
+    for g, cand in enumerate(group):
+        cand.ablation_score = float(torch.tensor(harmful_scores[g], dtype=torch.float64).mean())
+        cand.kl = float(kl[g])
+        cand.induction_score = float(induction[g])
+        reasons = []
+        if cand.kl > kl_threshold:
+            reasons.append(f"KL {cand.kl:.3f} > {kl_threshold}")
+        if cand.induction_score <= induction_threshold:
+            reasons.append(f"adding it does not induce refusal ({cand.induction_score:.2f} <= {induction_threshold:.2f})")
+        cand.admissible = not reasons
+        cand.reason = "; ".join(reasons)
 
 
 @dataclass
@@ -299,13 +348,15 @@ def find_refusal_direction(
     max_finalists: int = 24,
     fallback: bool = True,
     batch_size: int = 16,
+    screen_z: float | None = 3.0,
     use_cache: bool = True,
     progress: bool = True,
 ) -> RefusalDirection:
     """Compute, select and cache the refusal direction of `chat`."""
     data = data or sample_direction_data(data_dir, n_train, n_val, seed)
     settings = {"layer_stride": layer_stride, "n_screen": n_screen, "n_finalists": n_finalists, "kl_threshold": kl_threshold,
-                "induction_threshold": induction_threshold, "max_finalists": max_finalists}
+                "induction_threshold": induction_threshold, "max_finalists": max_finalists,
+                "screen": "adaptive", "screen_z": screen_z}
     folder = cache_dir() / "directions" / f"{chat.info.name}-{_cache_key(chat, data, settings)}"
     if use_cache and (folder / "direction.json").is_file():
         return RefusalDirection.load(folder)
@@ -316,7 +367,7 @@ def find_refusal_direction(
         chat, candidates, data.harmful_val, data.harmless_val, tokens.ids,
         layer_stride=layer_stride, n_screen=n_screen, n_finalists=n_finalists,
         kl_threshold=kl_threshold, induction_threshold=induction_threshold, max_finalists=max_finalists,
-        fallback=fallback, batch_size=batch_size, progress=progress,
+        fallback=fallback, batch_size=batch_size, screen_z=screen_z, progress=progress,
     )
     result = RefusalDirection(
         layer=best.layer,

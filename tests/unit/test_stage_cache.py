@@ -70,7 +70,7 @@ def test_every_stage_is_a_lookup_the_second_time(cache, tmp_path, named_refusal_
         return d, found, (gate.threshold, accuracy), calibration
 
     first = every_stage(tmp_path / "a")
-    assert len(passes) > 50
+    assert len(passes) > 10  # real work (direction selection batches many candidates per forward)
     files = {p: p.stat().st_mtime_ns for p in sorted((tmp_path / "a").rglob("*")) if p.is_file()}
     assert len(files) >= 4  # direction.json/.safetensors, features.json, features-cossim_ig.json, prompts
 

@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -130,10 +130,10 @@ def tradeoff_rows(summary: Summary) -> list[TradeoffPoint]:
     cells = {(c.config.config_id, c.task.name): c for c in summary.cells}
     pairs = list(dict.fromkeys((d.pair.name, d.pair.harmful_task, d.pair.benign_task) for d in summary.deltas))
     if not pairs:  # no registered pair: the first harmful and the first benign task
-        harm = [t.name for t in summary.tasks if t.role == "harmful"]
-        ben = [t.name for t in summary.tasks if t.role == "benign"]
-        if harm and ben:
-            pairs.append((f"{harm[0]} / {ben[0]}", harm[0], ben[0]))
+        harmful = [t.name for t in summary.tasks if t.role == "harmful"]
+        benign = [t.name for t in summary.tasks if t.role == "benign"]
+        if harmful and benign:
+            pairs.append((f"{harmful[0]} / {benign[0]}", harmful[0], benign[0]))
     out = []
     for name, harm, ben in pairs:
         for cfg in summary.configs:
@@ -417,7 +417,7 @@ def _ci(e: Estimate) -> str:
     return f"{e.value:.3f} [{_fmt(e.low)}, {_fmt(e.high)}] (n={e.n})"
 
 
-def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
+def _table(headers: list[str], rows: list[list[Any]], numeric: Collection[int] = frozenset()) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = []
     for row in rows:

@@ -148,14 +148,15 @@ def scale_interventions(interventions: Any, strength: float) -> list:
     coefficients, clamp values. Gates are left as they are."""
     from ..steering import ActAdd, Conditional, DirectionAblation, DirectionClamp, FeatureSteer, as_steering
 
-    out = []
+    out: list[Any] = []
     for item in as_steering(interventions).interventions:
         if isinstance(item, Conditional):
             inner = scale_interventions(item.interventions, strength)
             out.append(Conditional(inner, item.gate, item.threshold, reduce=item.reduce, positions=item.positions,
                                    skip_first=item.skip_first))
             continue
-        new = copy.copy(item)
+        new: Any = copy.copy(item)
+        scaled = getattr(item, "scaled", None)  # interventions that know their own magnitude (null-space)
         if isinstance(item, FeatureSteer):
             new.values = [v * strength for v in item.values]
         elif isinstance(item, ActAdd):
@@ -166,8 +167,8 @@ def scale_interventions(interventions: Any, strength: float) -> list:
             if strength != 1:
                 raise RefusalScopeError("a directional ablation has no strength to scale",
                                         "run ablation methods at strength 1 (or without strengths)")
-        elif callable(getattr(item, "scaled", None)):  # interventions that know their own magnitude (null-space)
-            new = item.scaled(strength)
+        elif callable(scaled):
+            new = scaled(strength)
         else:
             raise RefusalScopeError(f"do not know how to scale a {type(item).__name__}")
         out.append(new)
@@ -203,7 +204,12 @@ class Method:
 
     @property
     def family(self) -> str:
-        return self.method.split(":", 1)[0]
+        return self.kind.split(":", 1)[0]
+
+    @property
+    def kind(self) -> str:
+        """`method` (the name when none was given): what the store records as the method."""
+        return self.method or self.name
 
     @classmethod
     def unsteered(cls) -> Method:
@@ -216,7 +222,7 @@ class Method:
         from ..steering import ActAdd
 
         def build(s: float | None) -> ActAdd:
-            return ActAdd(direction, layer, float(s), positions=positions, normalize=normalize)
+            return ActAdd(direction, layer, _magnitude(s, name), positions=positions, normalize=normalize)
 
         return cls(name, build, strengths, method=method, **kwargs)
 
@@ -234,7 +240,7 @@ class Method:
             raise RefusalScopeError(f"{len(peaks)} peak activations for {len(features)} features", "give one per feature")
 
         def build(s: float | None) -> FeatureSteer:
-            values = [float(s)] * len(peaks) if mode == "scale" else [float(s) * p for p in peaks]
+            values = [_magnitude(s, name)] * len(peaks) if mode == "scale" else [_magnitude(s, name) * p for p in peaks]
             return FeatureSteer(sae, list(features), mode, values, positions=positions, sae_source=sae_source)
 
         return cls(name, build, strengths, method=method, **kwargs)
@@ -249,6 +255,12 @@ class Method:
         name = name or base.name or base.id
         return cls(name, lambda s: scale_interventions(base, 1.0 if s is None else float(s)), strengths,
                    method=method or name, description=kwargs.pop("description", base.description), **kwargs)
+
+
+def _magnitude(strength: float | None, method: str) -> float:
+    if strength is None:
+        raise RefusalScopeError(f"method '{method}' needs a strength", "give it strengths, e.g. [1, 2]")
+    return float(strength)
 
 
 def _label(name: str, strength: float | None, conditional: bool) -> str:
@@ -349,7 +361,7 @@ class Grid:
                         items = [gate.wrap(items)]
                     steering = Steering(items, name=_label(m.name, strength, conditional)).for_model(chat)
                     steering.check(chat)
-                    cfg = Configuration(m.name, m.method, strength, conditional, steering,
+                    cfg = Configuration(m.name, m.kind, strength, conditional, steering,
                                         _label(m.name, strength, conditional), m.description, chat.info.id)
                     if cfg.config_id in seen:
                         continue
@@ -358,10 +370,14 @@ class Grid:
         return out
 
     def describe(self) -> dict[str, Any]:
+        def gate(m: Method) -> str | None:
+            spec = m.gate or self.gate
+            return spec.describe() if any(m.conditional) and spec else None
+
         return {
             "methods": [
                 {"name": m.name, "method": m.method, "strengths": list(m.strengths), "conditional": list(m.conditional),
-                 "gate": (m.gate or self.gate).describe() if any(m.conditional) and (m.gate or self.gate) else None}
+                 "gate": gate(m)}
                 for m in self.all_methods()
             ],
         }

@@ -159,7 +159,7 @@ def _task_from_entry(entry: Any, index: int, defaults: dict[str, Any]) -> TaskSp
                 f"name capability benchmarks with `capability:` ({', '.join(CAPABILITY_TASKS)})",
             )
         split = entry.get("split")
-        requests = ()
+        requests: tuple[str, ...] = ()
         if entry.get("requests"):
             req = entry["requests"]
             req = {"dataset": req} if isinstance(req, str) else req

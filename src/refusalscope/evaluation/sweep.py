@@ -74,7 +74,8 @@ def _gate_prompts(task: Any, items: Sequence[Any]) -> list[str] | None:
     if not verbatim:
         return None
     prompts = [getattr(it, "prompt", None) for it in items]
-    return prompts if all(isinstance(p, str) for p in prompts) else None
+    texts = [p for p in prompts if isinstance(p, str)]
+    return texts if len(texts) == len(prompts) else None
 
 
 def run_sweep(

@@ -408,6 +408,24 @@ CASES: dict[str, Case] = {
     "datasets-file-not-utf8": C(["datasets", "advbench", "--data-dir", "{d}/data-bin"], "not a readable CSV file"),
     "datasets-file-columns": C(["datasets", "advbench", "--data-dir", "{d}/data-cols"], "missing column(s) 'goal'"),
     "datasets-data-dir": C(["datasets", "--data-dir", "{d}/nodata"], "data folder"),
+    # ------------------------------------------------------------------ optimize (more rows: tests/unit/test_optimize_cli.py)
+    "optimize-methods": C(["optimize", "--direction", "{d}/adir", "--methods", "actad"], "unknown method family actad"),
+    "optimize-dtype": C(["optimize", "--direction", "{d}/adir", "--dtype", "fp64"], "--dtype: unknown value"),
+    "optimize-n-trials": C(["optimize", "--direction", "{d}/adir", "--n-trials", "0"], "--n-trials must be at least 1"),
+    "optimize-n-val": C(["optimize", "--direction", "{d}/adir", "--n-val", "1"], "--n-val must be at least 2"),
+    "optimize-loss-budget": C(["optimize", "--direction", "{d}/adir", "--max-loss-increase", "-0.1"], "--max-loss-increase"),
+    "optimize-mc-drop": C(["optimize", "--direction", "{d}/adir", "--max-mc-drop", "2"], "--max-mc-drop"),
+    "optimize-strengths": C(["optimize", "--direction", "{d}/adir", "--strengths", "2,1"], "--strengths must be LOW,HIGH"),
+    "optimize-variance": C(["optimize", "--direction", "{d}/adir", "--variance", "1.5"], "--variance"),
+    "optimize-threshold-nan": C(["optimize", "--direction", "{d}/adir", "--first-token-threshold", "nan"], "finite"),
+    "optimize-output-file": C(["optimize", "--direction", "{d}/adir", "-o", "{d}/afile"], "is a file, not a folder",
+                              unchanged=("afile",)),
+    "optimize-no-features": C(["optimize", "--direction", "{d}/adir", "-o", "{d}/opt1"], "need ranked latents",
+                              absent=("opt1",)),
+    "optimize-features-json": C(["optimize", "--direction", "{d}/adir", "--features", "{d}/bad.json", "-o", "{d}/opt2"],
+                                "bad.json", absent=("opt2",)),
+    "optimize-direction": C(["optimize", "--direction", "{d}/adir", "--methods", "actadd", "-o", "{d}/opt3"],
+                            "holds no refusal direction", absent=("opt3",)),
 }
 
 

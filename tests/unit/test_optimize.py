@@ -110,3 +110,96 @@ def test_bad_optimize_inputs(setup, tmp_path):
         SearchSpace(space.saes, [(LAYER, 0)], [1.0, 2.0])
     with pytest.raises(RefusalScopeError, match="unknown positions"):
         SearchSpace(space.saes, [(LAYER, 0)], [1.0], positions=("everywhere",))
+
+
+def test_compare_tunes_each_family_against_one_baseline_and_resumes(setup, tmp_path):
+    """Two families on the planted model: the clamp alone raises refusal of every prompt
+    (Δs ≈ 0), the gated clamp only of harmful ones; each is tuned in its own study in one
+    file, the baseline is measured once, and a rerun measures nothing."""
+    from refusalscope.evaluation.optimize import compare, first_token_refusals
+    from refusalscope.evaluation.pareto import comparison_from_storage
+
+    chat, space, refusal_id = setup
+    plain = SearchSpace(space.saes, space.candidates, space.values, max_latents=3, strengths=(0.5, 2.0), name="features",
+                        gated=False)
+    mid = sum(space.gate_thresholds) / 2  # harmful and benign prompts' gate scores lie within ±0.03 of it
+    gated = SearchSpace(space.saes, space.candidates, space.values, max_latents=3, strengths=(0.5, 2.0), name="gated",
+                        gate=space.gate, gate_thresholds=(mid - 0.03, mid + 0.03), gated=True)
+    calls = []
+    decide = first_token_refusals(chat, [refusal_id])
+
+    def refused(prompts, steering):
+        calls.append(len(prompts))
+        return decide(prompts, steering)
+
+    db = tmp_path / "optimize.db"
+    settings = {"n_val": 4}
+    result = compare(chat, [plain, gated], VALIDATION, TEST, storage=db, n_trials=10, budget=Budget(max_loss_increase=0.5),
+                     refused=refused, settings=settings)
+    assert set(result.results) == {"features", "gated"}
+    assert all(r.n_trials == 10 for r in result.results.values())
+    assert all("threshold" not in t["params"] for t in result.results["features"].trials)  # never gated
+    assert all("threshold" in t["params"] for t in result.results["gated"].trials)  # always gated
+    best_plain = result.results["features"].chosen_validation["delta_s"]["value"]
+    best_gated = result.results["gated"].chosen_validation["delta_s"]["value"]
+    assert best_plain <= 0.25 < 0.75 <= best_gated  # only the gate makes the clamp selective (on validation)
+    for r in result.results.values():  # each family's choice is measured on the held-out split, at its sizes
+        assert r.chosen_test.harmful_refusal.n == len(TEST.harmful) and r.baseline_test is result.baseline_test
+    # one baseline for both families: validation and test measured once each (2 refusal calls each)
+    n_trials_calls = 2 * 20 + 2 * 2  # 2 calls per trial, plus each family's chosen configuration on test
+    assert len(calls) == 2 + 2 + n_trials_calls
+    saved = result.to_dict()
+    again = comparison_from_storage(db)  # the study file alone rebuilds the comparison
+    assert again["baseline_test"] == saved["baseline_test"] and again["budget"] == saved["budget"]
+    for name in ("features", "gated"):
+        assert again["families"][name]["chosen"] == saved["families"][name]["chosen"]
+        assert again["families"][name]["chosen_test"] == saved["families"][name]["chosen_test"]
+        assert [t["number"] for t in again["families"][name]["trials"]] == list(range(10))
+    calls.clear()
+    rerun = compare(chat, [plain, gated], VALIDATION, TEST, storage=db, n_trials=10, budget=Budget(max_loss_increase=0.5),
+                    refused=refused, settings=settings)
+    assert calls == [] and rerun.to_dict()["families"]["gated"]["chosen_test"] == saved["families"]["gated"]["chosen_test"]
+    with pytest.raises(RefusalScopeError, match=r"other settings \(n_val\)"):
+        compare(chat, [plain], VALIDATION, TEST, storage=db, n_trials=1, refused=refused, settings={"n_val": 5})
+
+
+def test_families_build_what_they_name(setup):
+    """Each family's trial builds its own kind of steering; the null-space ones keep the
+    benign subspace untouched (projected edits orthogonal to it, learned map zero on it)."""
+    import optuna
+
+    from refusalscope.direction import RefusalDirection
+    from refusalscope.evaluation.families import FamilyData, Settings, build_spaces, parse_families
+    from refusalscope.steering import ActAdd, FeatureSteer, LearnedNullSpaceSteer, NullSpaceProjection
+
+    chat, space, _ = setup
+    diff = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    direction = RefusalDirection(LAYER, -1, diff, diff.expand(4, 1, 64).clone(), [5], {})
+    data = FamilyData(saes=space.saes, candidates=space.candidates, values=space.values, direction=direction,
+                      harmful=VALIDATION.harmful, harmless=VALIDATION.benign, texts=VALIDATION.texts)
+    spaces, record = build_spaces(chat, ["learned", "features", "gated", "features-nullspace", "actadd", "actadd-nullspace"],
+                                  data, Settings(max_latents=3, variance=0.9))
+    names = [s.name for s in spaces]
+    assert names == ["features", "gated", "features-nullspace", "actadd", "actadd-nullspace", "learned"]  # canonical order
+    rank = record["benign_subspace"][str(LAYER)]["rank"]
+    assert 0 < rank < 64 and record["gate"]["layer"] == LAYER
+    lo, hi = record["gate"]["threshold_range"]
+    assert lo < hi
+    built = {s.name: s.build(optuna.trial.FixedTrial({"k": 2, "strength": 0.5, "positions": "all", "threshold": lo}))
+             for s in spaces}
+    assert isinstance(built["features"][0], FeatureSteer) and built["features"][0].values == pytest.approx([0.1, 0.1])
+    assert type(built["gated"][0]).__name__ == "Conditional" and built["gated"][0].threshold == lo
+    projected = built["features-nullspace"][0]
+    assert isinstance(projected, NullSpaceProjection) and isinstance(projected.inner, FeatureSteer)
+    delta = projected.project(space.saes[LAYER].W_dec[:2].detach().float())
+    assert (delta @ projected.basis.T).abs().max() < 1e-5  # nothing left along any benign direction
+    assert isinstance(built["actadd"][0], ActAdd) and built["actadd"][0].coefficient == 0.5
+    assert isinstance(built["actadd-nullspace"][0].inner, ActAdd)
+    learned = built["learned"][0]
+    assert isinstance(learned, LearnedNullSpaceSteer) and learned.coefficient == 0.5
+    assert (projected.basis @ learned.matrix).abs().max() < 1e-4  # benign-subspace activations are left unchanged
+    assert parse_families("learned, features") == ["features", "learned"]
+    with pytest.raises(RefusalScopeError, match="unknown method family actad"):
+        parse_families("actad")
+    with pytest.raises(RefusalScopeError, match="need the refusal direction"):
+        build_spaces(chat, ["actadd"], FamilyData(), Settings())

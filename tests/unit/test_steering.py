@@ -17,7 +17,7 @@ from refusalscope.steering import (
     Steering,
     steer,
 )
-from refusalscope.steering.interventions import position_mask
+from refusalscope.steering.positions import position_mask
 from refusalscope.testing import MIXED_LENGTH_PROMPTS, tiny_chat_model
 
 PROMPTS = MIXED_LENGTH_PROMPTS

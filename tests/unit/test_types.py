@@ -11,7 +11,7 @@ from refusalscope import types as t
     ("alias", "module", "name"),
     [
         (t.Mode, "refusalscope.steering.interventions", "MODES"),
-        (t.PositionKeyword, "refusalscope.steering.interventions", "POSITION_KEYWORDS"),
+        (t.PositionKeyword, "refusalscope.steering.positions", "POSITION_KEYWORDS"),
         (t.Reduction, "refusalscope.steering.conditional", "REDUCTIONS"),
         (t.Architecture, "refusalscope.sae.model", "ARCHITECTURES"),
         (t.DiscoveryMethod, "refusalscope.discovery.features", "METHODS"),

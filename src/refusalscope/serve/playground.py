@@ -316,7 +316,7 @@ class Playground:
                 for latent, value in zip(item.features, item.values):
                     form.latents.append(LatentControl(layer=int(item.layer), latent=latent, mode=item.mode, value=value))
                 if int(item.layer) not in self.saes or self.saes[int(item.layer)] is not item.sae:
-                    from ..steering.spec import sae_hash
+                    from ..steering.references import sae_hash
 
                     if int(item.layer) not in self.saes or sae_hash(self.saes[int(item.layer)]) != sae_hash(item.sae):
                         raise RefusalScopeError(f"this spec steers an SAE at layer {item.layer} that is not loaded here")
@@ -346,7 +346,7 @@ class Playground:
         """A saved spec as the page's form. Its SAEs are matched to the loaded ones by
         content hash; a spec needing any other SAE is refused (nothing else is read)."""
         from ..steering import Steering
-        from ..steering.spec import sae_hash
+        from ..steering.references import sae_hash
 
         path, data = self.specs.read(name)
         by_hash = {sae_hash(sae): sae for sae in self.saes.values()}

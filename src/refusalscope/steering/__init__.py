@@ -11,25 +11,24 @@
     steering = Steering([gated], name="refusal-up").for_model(chat)
     steering.save("refusal-up.json"); Steering.load("refusal-up.json").id
 
-See `interventions` (the maths and costs), `conditional` (gates), `spec` (the spec file)
+See `interventions` (the maths and costs), `conditional` (gates), `spec` (the spec file),
 `lm_eval` (lm-evaluation-harness steer files) and `nullspace` (steering confined
-to directions benign activations do not use).
+to directions benign activations do not use). Underneath them: `kinds` (the Intervention
+and Gate base classes, their one hook body, the registry of spec kinds), `positions`
+(which tokens are edited), `points` (hook points), `references` (SAE and direction
+identity, hashes and loading) and `latents` (SAE latents inside hooks, via
+`SAE.encode_subset`). The modules import one way: positions, points, references, latents
+→ kinds → interventions, conditional → spec → lm_eval; nullspace plugs in by registering.
 """
 
-from .conditional import Conditional, DirectionGate, FeatureGate, Gate, GateDecisions, ProbeGate
-from .interventions import (
-    MODES,
-    POSITION_KEYWORDS,
-    ActAdd,
-    DirectionAblation,
-    DirectionClamp,
-    FeatureSteer,
-    Intervention,
-    check_positions,
-)
+from .conditional import Conditional, DirectionGate, FeatureGate, GateDecisions, ProbeGate
+from .interventions import MODES, ActAdd, DirectionAblation, DirectionClamp, FeatureSteer
+from .kinds import Gate, Intervention
 from .lm_eval import export_lm_eval, import_lm_eval
 from .nullspace import LearnedNullSpaceSteer, NullSpaceProjection
-from .spec import Steering, as_steering, load_direction, steer
+from .positions import POSITION_KEYWORDS, check_positions
+from .references import load_direction
+from .spec import Steering, as_steering, steer
 
 __all__ = [
     "MODES",

@@ -27,62 +27,36 @@ report on which benign prompts the capability cost was avoided.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..checks import choice, number
 from ..errors import RefusalScopeError
-from .interventions import (
-    Intervention,
-    Positions,
-    RowFilter,
-    _fmt,
-    _unit,
-    as_direction,
-    check_point,
-    check_vector,
-    point_name,
-    point_order,
-    position_mask,
-    positions_to_json,
-    resolve_positions,
-    sae_point,
-)
+from ..sae.model import SAE
+from ..types import Reduction, choices
+from .kinds import GATE_COMMON, Gate, Hook, Intervention, SpecReader, gate_kind, intervention_kind
+from .latents import latents_fn
+from .points import Point, point_name, point_order, sae_point
+from .positions import Positions, RowFilter, check_positions, position_mask, positions_to_json, resolve_positions
+from .references import as_direction, check_vector, direction_ref, number_text, resolve_sae, sae_ref, unit_vector
 
-REDUCTIONS = ("max", "mean", "last")
+REDUCTIONS: tuple[str, ...] = choices(Reduction)
+
+__all__ = ["GATE_COMMON", "REDUCTIONS", "Conditional", "DirectionGate", "FeatureGate", "Gate", "GateDecisions", "ProbeGate"]
 
 
 # ---------------------------------------------------------------------- gates
-class Gate:
-    """Scores every token of a forward chunk at one hook point."""
-
-    kind = "gate"
-    layer: int | str
-
-    def check(self, model) -> None:
-        check_point(model, self.layer)
-
-    def scorer(self, model):
-        """fn(hidden [B, T, d]) -> [B, T] float32 scores."""
-        raise NotImplementedError
-
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-
+@gate_kind
 class FeatureGate(Gate):
     """The activation of one SAE latent (e.g. a 'harm' feature) at the SAE's layer."""
 
     kind = "feature"
+    spec_keys = ("sae", "feature")
 
-    def __init__(self, sae, feature: int, *, sae_source: str | None = None):
-        from .spec import resolve_sae
-
+    def __init__(self, sae: SAE | str, feature: int, *, sae_source: str | None = None):
         self.sae, self.sae_source = resolve_sae(sae, sae_source)
         self.feature = int(feature)
         self.sae.check_features(torch.tensor([self.feature]))
@@ -90,55 +64,64 @@ class FeatureGate(Gate):
         if self.layer is None:
             raise RefusalScopeError("the gate's SAE does not record its layer", "set sae.cfg.layer")
 
-    def check(self, model) -> None:
+    def check(self, model: Any) -> None:
         self.sae.check_model(model)
         super().check(model)
 
-    def scorer(self, model):
-        from .interventions import FeatureSteer
+    def scorer(self, model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        latents = latents_fn(self.sae, [self.feature], model.device)
+        return lambda hidden: latents(hidden)[..., 0]
 
-        encode = FeatureSteer(self.sae, [self.feature], "scale", 1.0, sae_source=self.sae_source)._encoder(model.device)
-        return lambda hidden: encode(hidden)[..., 0]
-
-    def to_dict(self) -> dict[str, Any]:
-        from .spec import sae_ref
-
+    def to_spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "sae": sae_ref(self.sae, self.sae_source), "feature": self.feature}
+
+    @classmethod
+    def from_spec(cls, reader: SpecReader, g: dict[str, Any], where: str) -> FeatureGate:
+        sae, source = reader.sae(g["sae"], where)
+        return cls(sae, number(g["feature"], f"{where}.feature", integer=True, minimum=0), sae_source=source)
 
     def describe(self) -> str:
         return f"SAE latent {self.feature} at {point_name(self.layer)}"
 
 
+@gate_kind
 class DirectionGate(Gate):
     """The projection x · d̂ on a direction (unit-normalised unless normalize=False)."""
 
     kind = "direction"
+    spec_keys = ("direction", "layer", "normalize")
 
-    def __init__(self, direction, layer: int | str, *, normalize: bool = True):
+    def __init__(self, direction: Any, layer: Point, *, normalize: bool = True):
         self.direction = as_direction(direction)
         self.normalize = bool(normalize)
         self.layer = layer
 
-    def check(self, model) -> None:
+    def check(self, model: Any) -> None:
         check_vector(model, self.direction, "gate direction")
         super().check(model)
 
-    def scorer(self, model):
-        d = (_unit(self.direction) if self.normalize else self.direction).to(model.device)
+    def scorer(self, model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        d = (unit_vector(self.direction) if self.normalize else self.direction).to(model.device)
         return lambda hidden: hidden.float() @ d
 
-    def to_dict(self) -> dict[str, Any]:
-        from .spec import direction_ref
-
+    def to_spec(self) -> dict[str, Any]:
         out = {"kind": self.kind, "direction": direction_ref(self.direction), "layer": self.layer}
         if not self.normalize:
             out["normalize"] = False
         return out
 
+    @classmethod
+    def from_spec(cls, reader: SpecReader, g: dict[str, Any], where: str) -> DirectionGate:
+        return cls(
+            reader.direction(g["direction"], where), reader.layer(g["layer"], f"{where}.layer"),
+            normalize=reader.flag(g, "normalize", True, where),
+        )
+
     def describe(self) -> str:
         return f"projection on a direction at {point_name(self.layer)}"
 
 
+@gate_kind
 class ProbeGate(Gate):
     """A linear probe's logit x · w + b, on the residual or on a few SAE latents.
 
@@ -149,15 +132,23 @@ class ProbeGate(Gate):
     """
 
     kind = "probe"
+    spec_keys = ("weights", "bias", "layer", "sae", "features")
 
-    def __init__(self, weights, bias: float = 0.0, layer: int | str | None = None, *, sae=None, features=None, sae_source=None):
+    def __init__(
+        self,
+        weights: Any,
+        bias: float = 0.0,
+        layer: Point | None = None,
+        *,
+        sae: SAE | str | None = None,
+        features: Sequence[int] | None = None,
+        sae_source: str | None = None,
+    ):
         self.weights = as_direction(weights, "probe weights")
         self.bias = float(bias)
         self.sae = self.sae_source = None
         self.features = None
         if sae is not None:
-            from .spec import resolve_sae
-
             self.sae, self.sae_source = resolve_sae(sae, sae_source)
             if features is None:
                 raise RefusalScopeError("a probe over SAE latents needs features=", "list the latents it reads")
@@ -177,13 +168,13 @@ class ProbeGate(Gate):
         self.layer = layer
 
     @classmethod
-    def from_sklearn(cls, clf, layer=None, **kwargs) -> ProbeGate:
+    def from_sklearn(cls, clf: Any, layer: Point | None = None, **kwargs: Any) -> ProbeGate:
         coef = torch.as_tensor(clf.coef_, dtype=torch.float32).reshape(-1)
         intercept = float(torch.as_tensor(clf.intercept_).reshape(-1)[0])
         return cls(coef, intercept, layer, **kwargs)
 
     @classmethod
-    def from_probe(cls, probe, sae=None) -> ProbeGate:
+    def from_probe(cls, probe: Any, sae: SAE | None = None) -> ProbeGate:
         """The gate of a saved `probes.linear.LinearProbe` (or the folder it was saved in).
 
         A projection probe w·(x·d̂)+b becomes the dense probe (w d̂)·x + b; a latent probe
@@ -203,39 +194,45 @@ class ProbeGate(Gate):
         if sae is None:
             if not spec.sae:
                 raise RefusalScopeError("the probe reads SAE latents but records no SAE source", "pass sae=")
-            from ..sae.io import load_sae
-
-            sae = load_sae(spec.sae)
+            sae, _ = resolve_sae(spec.sae)
         if spec.sae_sha256 and sae.content_hash() != spec.sae_sha256:
             raise RefusalScopeError("the SAE given is not the one the probe was trained on",
                                     f"use the SAE recorded in the probe ({spec.sae})")
         return cls(torch.as_tensor(probe.weights, dtype=torch.float32), probe.bias, spec.layer, sae=sae,
                    features=spec.features, sae_source=spec.sae)
 
-    def check(self, model) -> None:
+    def check(self, model: Any) -> None:
         if self.sae is not None:
             self.sae.check_model(model)
         else:
             check_vector(model, self.weights, "probe weight vector")
         super().check(model)
 
-    def scorer(self, model):
+    def scorer(self, model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
         w = self.weights.to(model.device)
         if self.sae is None:
             return lambda hidden: hidden.float() @ w + self.bias
-        from .interventions import FeatureSteer
+        latents = latents_fn(self.sae, self.features, model.device)
+        return lambda hidden: latents(hidden) @ w + self.bias
 
-        encode = FeatureSteer(self.sae, self.features, "scale", 1.0, sae_source=self.sae_source)._encoder(model.device)
-        return lambda hidden: encode(hidden) @ w + self.bias
-
-    def to_dict(self) -> dict[str, Any]:
-        from .spec import direction_ref, sae_ref
-
+    def to_spec(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "weights": direction_ref(self.weights), "bias": self.bias, "layer": self.layer}
         if self.sae is not None:
             out["sae"] = sae_ref(self.sae, self.sae_source)
             out["features"] = list(self.features)
         return out
+
+    @classmethod
+    def from_spec(cls, reader: SpecReader, g: dict[str, Any], where: str) -> ProbeGate:
+        bias = number(g.get("bias", 0.0), f"{where}.bias")
+        layer = reader.layer(g.get("layer"), f"{where}.layer", optional=True)
+        if "sae" in g:
+            sae, source = reader.sae(g["sae"], where)
+            return cls(
+                reader.direction(g["weights"], where), bias, layer, sae=sae,
+                features=reader.latents(g["features"], f"{where}.features"), sae_source=source,
+            )
+        return cls(reader.direction(g["weights"], where), bias, g["layer"] if layer is None else layer)
 
     def describe(self) -> str:
         over = f"{len(self.features)} SAE latents" if self.sae is not None else "the residual stream"
@@ -262,10 +259,12 @@ class _State:
     scores: torch.Tensor
 
 
+@intervention_kind
 class Conditional(Intervention):
     """Apply `interventions` only to prompts on which `gate` scores above `threshold`."""
 
     kind = "conditional"
+    spec_keys = ("kind", "gate", "interventions")
 
     def __init__(
         self,
@@ -273,7 +272,7 @@ class Conditional(Intervention):
         gate: Gate,
         threshold: float,
         *,
-        reduce: str = "max",
+        reduce: Reduction = "max",
         positions: Positions = "prompt",
         skip_first: bool = True,
     ):
@@ -287,8 +286,6 @@ class Conditional(Intervention):
         if reduce not in REDUCTIONS:
             raise RefusalScopeError(f"unknown gate reduction '{reduce}'", f"use one of {', '.join(REDUCTIONS)}")
         self.reduce = reduce
-        from .interventions import check_positions
-
         self.positions = check_positions(positions)
         if self.positions in ("generated", "all"):
             raise RefusalScopeError(
@@ -317,10 +314,10 @@ class Conditional(Intervention):
     def prefix_safe(self) -> bool:
         return False  # the gate must see each prompt whole, in one prefill forward
 
-    def points(self, model) -> list:
+    def points(self, model: Any) -> list[Point]:
         return [self.gate.layer] + [p for i in self.interventions for p in i.points(model)]
 
-    def check(self, model) -> None:
+    def check(self, model: Any) -> None:
         self.gate.check(model)
         for item in self.interventions:
             item.check(model)
@@ -376,7 +373,7 @@ class Conditional(Intervention):
             return torch.zeros(ctx.rows.shape[0], dtype=torch.bool, device=ctx.rows.device)
         return state.fired[ctx.rows]
 
-    def hooks(self, model, rows: RowFilter | None = None) -> list:
+    def hooks(self, model: Any, rows: RowFilter | None = None) -> list[Hook]:
         self.check(model)
         if rows is None:
             combined = self._rows
@@ -393,7 +390,15 @@ class Conditional(Intervention):
 
     # ------------------------------------------------------------ offline decisions
     @torch.no_grad()
-    def decisions(self, model, prompts, batch_size: int = 16, *, system: str | None = None, progress: bool = False) -> GateDecisions:
+    def decisions(
+        self,
+        model: Any,
+        prompts: str | Sequence[str],
+        batch_size: int = 16,
+        *,
+        system: str | None = None,
+        progress: bool = False,
+    ) -> GateDecisions:
         """Gate scores and decisions for `prompts` (in order), from a forward pass that
         stops at the gate's layer; the same numbers the gate computes during `generate`."""
         self.gate.check(model)
@@ -419,17 +424,32 @@ class Conditional(Intervention):
         return GateDecisions(scores, fired)
 
     # ------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict[str, Any]:
+    def to_spec(self) -> dict[str, Any]:
         gate = self.gate.to_dict()
         gate.update(
             threshold=self.threshold, reduce=self.reduce, positions=positions_to_json(self.positions), skip_first=self.skip_first
         )
         return {"kind": self.kind, "gate": gate, "interventions": [i.to_dict() for i in self.interventions]}
 
+    @classmethod
+    def from_spec(cls, reader: SpecReader, d: dict[str, Any], where: str) -> Conditional:
+        g = d["gate"]
+        if not isinstance(g, dict):
+            raise RefusalScopeError(f"{where}.gate must be a mapping with a 'kind' and a 'threshold'")
+        inner_items = d["interventions"]
+        if not isinstance(inner_items, list):
+            raise RefusalScopeError(f"{where}.interventions must be a list")
+        inner = [reader.intervention(x, f"{where}.interventions[{i}]") for i, x in enumerate(inner_items)]
+        return cls(
+            inner, reader.gate(g, f"{where}.gate"), number(g["threshold"], f"{where}.gate.threshold"),
+            reduce=choice(g.get("reduce", "max"), f"{where}.gate.reduce", REDUCTIONS),
+            positions=g.get("positions", "prompt"), skip_first=reader.flag(g, "skip_first", True, f"{where}.gate"),
+        )
+
     def describe(self) -> str:
         inner = "; ".join(i.describe() for i in self.interventions)
         first = "" if self.skip_first else ", BOS included"
         return (
             f"only when {self.reduce} over {'the prompt' if self.positions == 'prompt' else self.positions} of "
-            f"{self.gate.describe()} > {_fmt(self.threshold)}{first}: {inner}"
+            f"{self.gate.describe()} > {number_text(self.threshold)}{first}: {inner}"
         )

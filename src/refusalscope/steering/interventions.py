@@ -1,15 +1,11 @@
 """Interventions on the residual stream: SAE feature edits, directional ablation, ActAdd.
 
 Every intervention acts on the residual stream after a decoder block (hook point `l`, or
-`"embed"` for the token embeddings) at chosen token positions, and contributes hooks to
-a ChatModel through `.hooks(model)`, so it works in `generate` (KV-cached, batched),
-`residual`, `next_token_logits`, or a `with steer(model, ...)` block. Positions:
-
-    "all"               every real token (prompt and generated; padding never)
-    "prompt"            the prompt's tokens only
-    "generated"         the reply's tokens only
-    "post_instruction"  the chat-template tokens between the request and the reply
-    [i, j, ...]         token indices within the prompt; negative counts from its end
+`"embed"` for the token embeddings) at chosen token positions (see `positions`), and
+contributes hooks to a ChatModel through `.hooks(model)`, so it works in `generate`
+(KV-cached, batched), `residual`, `next_token_logits`, or a `with steer(model, ...)` block.
+Each says only what it adds to a selected residual vector (`delta_fn`); the hook around it
+is shared (`kinds.Intervention.hooks`).
 
 The maths, per selected token x (the residual vector, d_model entries):
 
@@ -20,243 +16,50 @@ The maths, per selected token x (the residual vector, d_model entries):
     clamp    x + (v − (x − b)·d̂) d̂                   lm-eval's 'clamp' (d̂ = d/|d|)
 
 The feature edit keeps the SAE's reconstruction error: a setting that leaves every latent
-as it was leaves the model exactly as it was. Only the steered latents are computed:
-for ReLU, JumpReLU and (threshold-form) BatchTopK SAEs that is O(d_model · |features|)
-per token. A TopK latent is active only if it is among the k largest of all d_sae, so the
-exact f_j needs the full encoder (O(d_model · d_sae) per steered token, about half the
-cost of a full encode/decode; the decoder is still only |features| rows). `add` needs no
-encoder at all. `keep_error=False` instead replaces x by the SAE's reconstruction with the
-edited latents (encode → edit → decode, as in much published code), which costs a full
-encode and decode and changes the model even when nothing is edited.
+as it was leaves the model exactly as it was. Only the steered latents are computed
+(`SAE.encode_subset`): for ReLU, JumpReLU and (threshold-form) BatchTopK SAEs that is
+O(d_model · |features|) per token. A TopK latent is active only if it is among the k
+largest of all d_sae, so the exact f_j needs the full encoder (O(d_model · d_sae) per
+steered token, about half the cost of a full encode/decode; the decoder is still only
+|features| rows). `add` needs no encoder at all. `keep_error=False` instead replaces x by
+the SAE's reconstruction with the edited latents (encode → edit → decode, as in much
+published code), which costs a full encode and decode and changes the model even when
+nothing is edited.
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Sequence
-from typing import Any, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
+from ..checks import choice, number
 from ..errors import RefusalScopeError
+from ..sae.model import SAE
+from ..types import Mode, choices
+from .kinds import Intervention, SpecReader, intervention_kind
+from .latents import latents_fn
+from .points import Point, point_name, sae_point
+from .positions import DeltaFn, Positions, check_positions, position_text, positions_to_json
+from .references import (
+    as_direction,
+    check_vector,
+    direction_ref,
+    finite,
+    number_text,
+    resolve_sae,
+    sae_ref,
+    unit_vector,
+)
 
-Positions = Union[str, Sequence[int]]  # noqa: UP007 - a runtime alias, like models.chat.Positions
-RowFilter = Callable[[Any], "torch.Tensor | None"]  # ctx -> [B] bool (rows to steer) or None
-POSITION_KEYWORDS = ("all", "prompt", "generated", "post_instruction")
-MODES = ("set", "scale", "add")
+MODES: tuple[str, ...] = choices(Mode)
 
-
-# ---------------------------------------------------------------------- positions
-def check_positions(positions: Positions) -> str | tuple[int, ...]:
-    """Validate a positions argument; return the keyword or a tuple of ints."""
-    fix = (
-        "use 'all', 'prompt', 'generated', 'post_instruction', or a list of prompt token "
-        "indices such as [-1] (negative indices count from the end of the prompt)"
-    )
-    if isinstance(positions, str):
-        if positions not in POSITION_KEYWORDS:
-            raise RefusalScopeError(f"unknown position keyword '{positions}'", fix)
-        return positions
-    try:
-        items = list(positions)
-    except TypeError:
-        raise RefusalScopeError(f"positions must be a keyword or a list of integers, got {positions!r}", fix) from None
-    out = []
-    for p in items:
-        try:
-            if isinstance(p, bool):
-                raise TypeError
-            out.append(operator.index(p))
-        except TypeError:
-            raise RefusalScopeError(f"position {p!r} is not an integer token index", fix) from None
-    if not out:
-        raise RefusalScopeError("an empty list of positions steers nothing", fix)
-    return tuple(out)
-
-
-def resolve_positions(positions: Positions, model) -> str | tuple[int, ...]:
-    """Turn model-dependent keywords ('post_instruction') into explicit prompt indices."""
-    positions = check_positions(positions)
-    if positions == "post_instruction":
-        return tuple(range(-len(model.eoi_ids), 0))
-    return positions
-
-
-def positions_to_json(positions) -> str | list[int]:
-    return positions if isinstance(positions, str) else [int(p) for p in positions]
-
-
-def position_mask(ctx, positions: str | tuple[int, ...]) -> torch.Tensor:
-    """[B, T] bool: the tokens of this forward chunk that `positions` selects.
-
-    Cached in `ctx.extra`, so interventions at many layers compute it once per forward.
-    """
-    key = ("refusalscope.positions", positions)
-    cached = ctx.extra.get(key)
-    if cached is not None:
-        return cached
-    if positions == "all":
-        mask = ctx.chunk_mask > 0
-    elif positions == "prompt":
-        mask = ctx.is_prompt()
-    elif positions == "generated":
-        mask = ctx.is_generated()
-    else:
-        index = ctx.token_index()
-        lengths = ctx.prompt_lengths[:, None]
-        wanted = torch.tensor(positions, dtype=torch.long, device=index.device)
-        targets = torch.where(wanted[None] < 0, lengths + wanted[None], wanted[None])  # [B, P]
-        mask = (index[..., None] == targets[:, None, :]).any(-1) & ctx.is_prompt()
-    ctx.extra[key] = mask
-    return mask
-
-
-def _selected(ctx, positions, rows: RowFilter | None):
-    """(mask [B, T], all selected, any selected); cached per forward when no row filter."""
-    if rows is not None:
-        keep = rows(ctx)
-        if keep is not None:
-            mask = position_mask(ctx, positions) & keep[:, None]
-            return mask, bool(mask.all()), bool(mask.any())
-    key = ("refusalscope.selection", positions)
-    hit = ctx.extra.get(key)
-    if hit is None:
-        mask = position_mask(ctx, positions)
-        hit = ctx.extra[key] = (mask, bool(mask.all()), bool(mask.any()))
-    return hit
-
-
-def apply_delta(hidden: torch.Tensor, selection, delta_fn) -> torch.Tensor | None:
-    """hidden + delta_fn(x) on the selected tokens only; None when nothing is selected.
-
-    `selection` is `_selected`'s (mask, all, any); `delta_fn` maps [N, d] residual vectors
-    to [N, d] float32 changes.
-    """
-    mask, everything, anything = selection
-    if everything:
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        return hidden + delta_fn(flat).reshape(hidden.shape).to(hidden.dtype)
-    if not anything:
-        return None
-    index = mask.nonzero(as_tuple=True)
-    return hidden.index_put(index, delta_fn(hidden[index]).to(hidden.dtype), accumulate=True)
-
-
-# ---------------------------------------------------------------------- helpers
-def as_direction(direction, name: str = "direction") -> torch.Tensor:
-    """A float32 CPU vector from a tensor, array or list."""
-    try:
-        vec = torch.as_tensor(direction).detach().to("cpu", torch.float32)
-    except Exception as exc:  # noqa: BLE001 - any unconvertible input
-        raise RefusalScopeError(f"{name} is not a vector of numbers: {exc}") from None
-    vec = vec.squeeze()
-    if vec.ndim != 1:
-        raise RefusalScopeError(f"{name} must be one vector of d_model numbers, got shape {tuple(vec.shape)}")
-    if not torch.isfinite(vec).all():
-        raise RefusalScopeError(f"{name} contains NaN or infinite values")
-    return vec
-
-
-def finite(values: list[float], what: str) -> list[float]:
-    """NaN or infinite magnitudes would silently turn every steered activation into NaN."""
-    import math
-
-    for v in values:
-        if not math.isfinite(v):
-            raise RefusalScopeError(f"the {what} must be a finite number, got {v}", "use an ordinary number")
-    return values
-
-
-def _unit(vec: torch.Tensor, name: str = "direction") -> torch.Tensor:
-    norm = vec.norm()
-    if norm == 0:
-        raise RefusalScopeError(f"the {name} is the zero vector", "pass a non-zero direction")
-    return vec / norm
-
-
-def check_point(model, point) -> None:
-    model.hooks.module(point)  # raises a clear error for a bad layer
-
-
-def check_vector(model, vec: torch.Tensor, what: str) -> None:
-    if vec.shape[-1] != model.d_model:
-        raise RefusalScopeError(
-            f"the {what} has {vec.shape[-1]} entries but {model.info.name} has d_model={model.d_model}",
-            f"use a {what} computed on {model.info.name}",
-        )
-
-
-def point_order(point) -> int:
-    """Depth of a hook point, for ordering: the embedding comes before block 0."""
-    return -1 if point == "embed" else int(point)
-
-
-def sae_point(sae) -> int | str:
-    """The hook point (resid_post of a block, or 'embed') whose activations `sae` reads."""
-    layer = sae.cfg.layer
-    site = (sae.cfg.site or "resid_post").lower()
-    if layer is None:
-        return None
-    if site in ("resid_post", "hook_resid_post"):
-        return int(layer)
-    if site in ("resid_pre", "hook_resid_pre"):
-        return "embed" if int(layer) == 0 else int(layer) - 1
-    raise RefusalScopeError(
-        f"the SAE reads '{site}' of layer {layer}; refusalscope steers the residual stream only",
-        "use an SAE trained on resid_post (or resid_pre) activations",
-    )
-
-
-def point_name(point) -> str:
-    return "embedding" if point == "embed" else f"layer {point}"
-
-
-def _fmt(v: float) -> str:
-    return f"{v:g}"
-
-
-# ---------------------------------------------------------------------- base
-class Intervention:
-    """Base class: something that edits the residual stream at some hook points."""
-
-    kind: str = "intervention"
-    positions: Positions = "all"
-
-    def points(self, model) -> list:
-        """The hook points this intervention writes to."""
-        raise NotImplementedError
-
-    def check(self, model) -> None:
-        """Raise a RefusalScopeError if this intervention cannot act on `model`."""
-        for point in self.points(model):
-            check_point(model, point)
-
-    def touches_prompt(self) -> bool:
-        return self.positions != "generated"
-
-    @property
-    def prefix_safe(self) -> bool:
-        """True when a token's edit depends only on the token and its index from the start
-        of its prompt: then ChatModel may compute a prefix all prompts share once, for all
-        rows (positions counted from the end of the prompt, and gates, rule that out)."""
-        p = self.positions
-        return p in ("all", "prompt", "generated") or (not isinstance(p, str) and all(i >= 0 for i in p))
-
-    def hooks(self, model, rows: RowFilter | None = None) -> list:
-        """[(point, fn)] for `model`; `rows(ctx)` optionally restricts which rows are steered."""
-        raise NotImplementedError
-
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}: {self.describe()}>"
+__all__ = ["MODES", "ActAdd", "DirectionAblation", "DirectionClamp", "FeatureSteer"]
 
 
 # ---------------------------------------------------------------------- SAE features
+@intervention_kind
 class FeatureSteer(Intervention):
     """Set, scale or add to a set of latents of one SAE at its layer.
 
@@ -270,21 +73,20 @@ class FeatureSteer(Intervention):
     """
 
     kind = "feature"
+    spec_keys = ("kind", "sae", "layer", "features", "mode", "value", "positions", "keep_error")
 
     def __init__(
         self,
-        sae,
+        sae: SAE | str,
         features: Sequence[int] | int,
-        mode: str = "set",
+        mode: Mode = "set",
         value: float | Sequence[float] = 0.0,
         *,
         positions: Positions = "all",
-        layer: int | str | None = None,
+        layer: Point | None = None,
         keep_error: bool = True,
         sae_source: str | None = None,
     ):
-        from .spec import resolve_sae
-
         self.sae, self.sae_source = resolve_sae(sae, sae_source)
         if isinstance(features, int) or (torch.is_tensor(features) and features.ndim == 0):
             features = [int(features)]
@@ -322,62 +124,29 @@ class FeatureSteer(Intervention):
         self.layer = layer
         self.keep_error = bool(keep_error)
 
-    def points(self, model) -> list:
+    def points(self, model: Any) -> list[Point]:
         return [self.layer]
 
-    def check(self, model) -> None:
+    def check(self, model: Any) -> None:
         self.sae.check_model(model)
         super().check(model)
 
-    # The latents of x that we steer, from precomputed slices of the encoder.
-    def _encoder(self, device):
-        sae, cfg = self.sae, self.sae.cfg
-        idx = torch.tensor(self.features, dtype=torch.long)
-        b_dec = sae.b_dec.detach().to(device, torch.float32) if cfg.apply_b_dec_to_input else None
-        scale = float(cfg.input_scale)
-        arch = cfg.architecture
-        if arch == "topk":
-            w_enc = sae.W_enc.detach().to(device, torch.float32)
-            b_enc = sae.b_enc.detach().to(device, torch.float32)
-            idx_d, k = idx.to(device), cfg.k
-        else:
-            w_enc = sae.W_enc.detach()[:, idx].to(device, torch.float32).contiguous()
-            b_enc = sae.b_enc.detach()[idx].to(device, torch.float32)
-            theta = None if sae.threshold is None else sae.threshold.detach()[idx].to(device, torch.float32)
-
-        def encode(x: torch.Tensor) -> torch.Tensor:
-            x = x.float()
-            if scale != 1.0:
-                x = x * scale
-            if b_dec is not None:
-                x = x - b_dec
-            pre = x @ w_enc + b_enc
-            if arch == "topk":
-                kth = pre.topk(k, dim=-1).values[..., -1:]
-                sub = pre[..., idx_d]
-                return torch.relu(sub) * (sub >= kth)
-            if theta is None:
-                return torch.relu(pre)
-            return torch.relu(pre) * (pre > theta)
-
-        return encode
-
-    def _delta_fn(self, device):
+    def delta_fn(self, model: Any) -> DeltaFn:
+        device = model.device
         values = torch.tensor(self.values, dtype=torch.float32, device=device)
-        dirs = self.sae.decoder_directions(self.features).detach().to(device, torch.float32)  # [k, d]
         if not self.keep_error:
             return self._reconstruction_fn(device, values)
+        dirs = self.sae.decoder_directions(self.features).detach().to(device, torch.float32)  # [k, d]
         if self.mode == "add":
             shift = values @ dirs
-
             return lambda x: shift.expand(x.shape[0], -1)
-        encode = self._encoder(device)
+        latents = latents_fn(self.sae, self.features, device)
         if self.mode == "set":
-            return lambda x: (values - encode(x)) @ dirs
+            return lambda x: (values - latents(x)) @ dirs
         factor = values - 1.0
-        return lambda x: (factor * encode(x)) @ dirs
+        return lambda x: (factor * latents(x)) @ dirs
 
-    def _reconstruction_fn(self, device, values):
+    def _reconstruction_fn(self, device, values: torch.Tensor) -> DeltaFn:
         sae = self.sae
         where = sae.W_enc.device
         idx = torch.tensor(self.features, dtype=torch.long, device=where)
@@ -393,19 +162,7 @@ class FeatureSteer(Intervention):
 
         return delta
 
-    def hooks(self, model, rows: RowFilter | None = None) -> list:
-        self.check(model)
-        positions = resolve_positions(self.positions, model)
-        delta_fn = self._delta_fn(model.device)
-
-        def fn(hidden, ctx):
-            return apply_delta(hidden, _selected(ctx, positions, rows), delta_fn)
-
-        return [(self.layer, fn)]
-
-    def to_dict(self) -> dict[str, Any]:
-        from .spec import sae_ref
-
+    def to_spec(self) -> dict[str, Any]:
         out = {
             "kind": self.kind,
             "sae": sae_ref(self.sae, self.sae_source),
@@ -419,27 +176,37 @@ class FeatureSteer(Intervention):
             out["keep_error"] = False
         return out
 
+    @classmethod
+    def from_spec(cls, reader: SpecReader, d: dict[str, Any], where: str) -> FeatureSteer:
+        sae, source = reader.sae(d["sae"], where)
+        value = d.get("value", 0.0)
+        values = (
+            [number(v, f"{where}.value entry") for v in value] if isinstance(value, list)
+            else number(value, f"{where}.value")
+        )
+        return cls(
+            sae, reader.latents(d["features"], f"{where}.features"), choice(d.get("mode", "set"), f"{where}.mode", MODES),
+            values, positions=d.get("positions", "all"), layer=reader.layer(d.get("layer"), f"{where}.layer", optional=True),
+            keep_error=reader.flag(d, "keep_error", True, where), sae_source=source,
+        )
+
     def describe(self) -> str:
         c = self.sae.cfg
-        vals = _fmt(self.values[0]) if len(set(self.values)) == 1 else "[" + ", ".join(map(_fmt, self.values)) + "]"
+        vals = (
+            number_text(self.values[0]) if len(set(self.values)) == 1
+            else "[" + ", ".join(map(number_text, self.values)) + "]"
+        )
         action = {"set": f"set to {vals}", "scale": f"scaled by {vals}", "add": f"increased by {vals}"}
         feats = ", ".join(map(str, self.features[:8])) + (f", … ({len(self.features)} in all)" if len(self.features) > 8 else "")
         error = "" if self.keep_error else ", replaced by the SAE reconstruction (error dropped)"
         return (
-            f"{point_name(self.layer)}: SAE latents [{feats}] {action[self.mode]} at {_pos_text(self.positions)} "
+            f"{point_name(self.layer)}: SAE latents [{feats}] {action[self.mode]} at {position_text(self.positions)} "
             f"({c.architecture} {c.d_in}→{c.d_sae}{error})"
         )
 
 
-def _pos_text(positions) -> str:
-    if isinstance(positions, str):
-        return {"all": "all tokens", "prompt": "prompt tokens", "generated": "generated tokens"}.get(
-            positions, "post-instruction tokens"
-        )
-    return "prompt positions " + ", ".join(map(str, positions))
-
-
 # ---------------------------------------------------------------------- directions
+@intervention_kind
 class DirectionAblation(Intervention):
     """Project a direction out of the residual stream at every layer (Arditi et al., 2024).
 
@@ -449,10 +216,11 @@ class DirectionAblation(Intervention):
     """
 
     kind = "ablation"
+    spec_keys = ("kind", "direction", "layers", "positions")
 
-    def __init__(self, direction, layers: str | Sequence = "all", *, positions: Positions = "all"):
+    def __init__(self, direction: Any, layers: str | Sequence[Point] = "all", *, positions: Positions = "all"):
         self.direction = as_direction(direction)
-        self.unit = _unit(self.direction)
+        self.unit = unit_vector(self.direction)
         if isinstance(layers, str) and layers != "all":
             raise RefusalScopeError(f"unknown layers '{layers}'", "use 'all' or a list of layer indices (and/or 'embed')")
         self.layers = layers if isinstance(layers, str) else list(layers)
@@ -460,31 +228,20 @@ class DirectionAblation(Intervention):
             raise RefusalScopeError("no layers given for the ablation", "use layers='all' or a list of layers")
         self.positions = check_positions(positions)
 
-    def points(self, model) -> list:
+    def points(self, model: Any) -> list[Point]:
         if self.layers == "all":
             return ["embed", *range(model.n_layers)]
         return list(self.layers)
 
-    def check(self, model) -> None:
+    def check(self, model: Any) -> None:
         check_vector(model, self.direction, "ablation direction")
         super().check(model)
 
-    def hooks(self, model, rows: RowFilter | None = None) -> list:
-        self.check(model)
-        positions = resolve_positions(self.positions, model)
+    def delta_fn(self, model: Any) -> DeltaFn:
         unit = self.unit.to(model.device)
+        return lambda x: -(x.float() @ unit)[:, None] * unit
 
-        def delta(x):
-            return -(x.float() @ unit)[:, None] * unit
-
-        def fn(hidden, ctx):
-            return apply_delta(hidden, _selected(ctx, positions, rows), delta)
-
-        return [(p, fn) for p in self.points(model)]
-
-    def to_dict(self) -> dict[str, Any]:
-        from .spec import direction_ref
-
+    def to_spec(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "direction": direction_ref(self.direction),
@@ -492,11 +249,19 @@ class DirectionAblation(Intervention):
             "positions": positions_to_json(self.positions),
         }
 
+    @classmethod
+    def from_spec(cls, reader: SpecReader, d: dict[str, Any], where: str) -> DirectionAblation:
+        layers = d.get("layers", "all")
+        if isinstance(layers, list):
+            layers = [reader.layer(x, f"{where}.layers entry") for x in layers]
+        return cls(reader.direction(d["direction"], where), layers, positions=d.get("positions", "all"))
+
     def describe(self) -> str:
         where = "every layer and the embedding" if self.layers == "all" else "layers " + ", ".join(map(str, self.layers))
-        return f"ablate a direction (|d|={self.direction.norm():.3g}) at {where}, {_pos_text(self.positions)}"
+        return f"ablate a direction (|d|={self.direction.norm():.3g}) at {where}, {position_text(self.positions)}"
 
 
+@intervention_kind
 class ActAdd(Intervention):
     """Add `coefficient · direction` to the residual stream after one block.
 
@@ -505,41 +270,36 @@ class ActAdd(Intervention):
     """
 
     kind = "actadd"
+    spec_keys = ("kind", "direction", "layer", "coefficient", "positions", "normalize")
 
-    def __init__(self, direction, layer: int | str, coefficient: float = 1.0, *, positions: Positions = "all", normalize: bool = False):
+    def __init__(
+        self, direction: Any, layer: Point, coefficient: float = 1.0, *, positions: Positions = "all", normalize: bool = False
+    ):
         self.direction = as_direction(direction)
         self.normalize = bool(normalize)
         if self.normalize:
-            _unit(self.direction)
+            unit_vector(self.direction)
         self.layer = layer
         self.coefficient = finite([float(coefficient)], "ActAdd coefficient")[0]
         self.positions = check_positions(positions)
 
     @property
     def vector(self) -> torch.Tensor:
-        d = _unit(self.direction) if self.normalize else self.direction
+        d = unit_vector(self.direction) if self.normalize else self.direction
         return self.coefficient * d
 
-    def points(self, model) -> list:
+    def points(self, model: Any) -> list[Point]:
         return [self.layer]
 
-    def check(self, model) -> None:
+    def check(self, model: Any) -> None:
         check_vector(model, self.direction, "ActAdd direction")
         super().check(model)
 
-    def hooks(self, model, rows: RowFilter | None = None) -> list:
-        self.check(model)
-        positions = resolve_positions(self.positions, model)
+    def delta_fn(self, model: Any) -> DeltaFn:
         shift = self.vector.to(model.device)
+        return lambda x: shift.expand(x.shape[0], -1)
 
-        def fn(hidden, ctx):
-            return apply_delta(hidden, _selected(ctx, positions, rows), lambda x: shift.expand(x.shape[0], -1))
-
-        return [(self.layer, fn)]
-
-    def to_dict(self) -> dict[str, Any]:
-        from .spec import direction_ref
-
+    def to_spec(self) -> dict[str, Any]:
         out = {
             "kind": self.kind,
             "direction": direction_ref(self.direction),
@@ -551,11 +311,23 @@ class ActAdd(Intervention):
             out["normalize"] = True
         return out
 
+    @classmethod
+    def from_spec(cls, reader: SpecReader, d: dict[str, Any], where: str) -> ActAdd:
+        return cls(
+            reader.direction(d["direction"], where), reader.layer(d["layer"], f"{where}.layer"),
+            number(d.get("coefficient", 1.0), f"{where}.coefficient"),
+            positions=d.get("positions", "all"), normalize=reader.flag(d, "normalize", False, where),
+        )
+
     def describe(self) -> str:
         norm = 1.0 if self.normalize else float(self.direction.norm())
-        return f"{point_name(self.layer)}: add {_fmt(self.coefficient)} × direction (|d|={norm:.3g}) at {_pos_text(self.positions)}"
+        return (
+            f"{point_name(self.layer)}: add {number_text(self.coefficient)} × direction (|d|={norm:.3g}) "
+            f"at {position_text(self.positions)}"
+        )
 
 
+@intervention_kind
 class DirectionClamp(Intervention):
     """Set the component of (x − bias) along d̂ to `value`: lm-eval's 'clamp' action.
 
@@ -565,10 +337,11 @@ class DirectionClamp(Intervention):
     """
 
     kind = "clamp"
+    spec_keys = ("kind", "sae", "feature", "direction", "bias", "layer", "value", "positions")
 
-    def __init__(self, direction, layer: int | str, value: float, *, bias=None, positions: Positions = "all"):
+    def __init__(self, direction: Any, layer: Point, value: float, *, bias: Any = None, positions: Positions = "all"):
         self.direction = as_direction(direction)
-        self.unit = _unit(self.direction)
+        self.unit = unit_vector(self.direction)
         self.bias = None if bias is None else as_direction(bias, "bias")
         if self.bias is not None and self.bias.shape != self.direction.shape:
             raise RefusalScopeError("the clamp bias and direction have different sizes")
@@ -578,9 +351,16 @@ class DirectionClamp(Intervention):
         self.origin: dict[str, Any] | None = None  # {"sae": SAE, "source": str, "feature": int}
 
     @classmethod
-    def from_sae_feature(cls, sae, feature: int, value: float, *, positions: Positions = "all", layer=None, sae_source=None):
-        from .spec import resolve_sae
-
+    def from_sae_feature(
+        cls,
+        sae: SAE | str,
+        feature: int,
+        value: float,
+        *,
+        positions: Positions = "all",
+        layer: Point | None = None,
+        sae_source: str | None = None,
+    ) -> DirectionClamp:
         sae, source = resolve_sae(sae, sae_source)
         sae.check_features(torch.tensor([int(feature)]))
         trained = sae_point(sae)
@@ -600,32 +380,21 @@ class DirectionClamp(Intervention):
         out.origin = {"sae": sae, "source": source, "feature": int(feature)}
         return out
 
-    def points(self, model) -> list:
+    def points(self, model: Any) -> list[Point]:
         return [self.layer]
 
-    def check(self, model) -> None:
+    def check(self, model: Any) -> None:
         check_vector(model, self.direction, "clamp direction")
         if self.origin is not None:
             self.origin["sae"].check_model(model)
         super().check(model)
 
-    def hooks(self, model, rows: RowFilter | None = None) -> list:
-        self.check(model)
-        positions = resolve_positions(self.positions, model)
+    def delta_fn(self, model: Any) -> DeltaFn:
         unit = self.unit.to(model.device)
         offset = self.value + (0.0 if self.bias is None else float(self.bias @ self.unit))
+        return lambda x: (offset - x.float() @ unit)[:, None] * unit
 
-        def delta(x):
-            return (offset - x.float() @ unit)[:, None] * unit
-
-        def fn(hidden, ctx):
-            return apply_delta(hidden, _selected(ctx, positions, rows), delta)
-
-        return [(self.layer, fn)]
-
-    def to_dict(self) -> dict[str, Any]:
-        from .spec import direction_ref, sae_ref
-
+    def to_spec(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "layer": self.layer, "value": self.value}
         if self.origin is not None:
             out["sae"] = sae_ref(self.origin["sae"], self.origin["source"])
@@ -636,7 +405,27 @@ class DirectionClamp(Intervention):
         out["positions"] = positions_to_json(self.positions)
         return out
 
+    @classmethod
+    def from_spec(cls, reader: SpecReader, d: dict[str, Any], where: str) -> DirectionClamp:
+        value = number(d["value"], f"{where}.value")
+        positions = d.get("positions", "all")
+        if "sae" in d:
+            sae, source = reader.sae(d["sae"], where)
+            return cls.from_sae_feature(
+                sae, number(d["feature"], f"{where}.feature", integer=True, minimum=0), value,
+                positions=positions, layer=reader.layer(d.get("layer"), f"{where}.layer", optional=True),
+                sae_source=source,
+            )
+        bias = d.get("bias")
+        return cls(
+            reader.direction(d["direction"], where), reader.layer(d["layer"], f"{where}.layer"), value,
+            bias=None if bias is None else reader.direction(bias, f"{where}.bias"), positions=positions,
+        )
+
     def describe(self) -> str:
         what = f"SAE latent {self.origin['feature']}'s decoder direction" if self.origin else "a direction"
         bias = " (relative to the SAE's b_dec)" if self.origin else (" (relative to a bias)" if self.bias is not None else "")
-        return f"{point_name(self.layer)}: clamp the component along {what} to {_fmt(self.value)}{bias} at {_pos_text(self.positions)}"
+        return (
+            f"{point_name(self.layer)}: clamp the component along {what} to {number_text(self.value)}{bias} "
+            f"at {position_text(self.positions)}"
+        )

@@ -32,14 +32,18 @@ import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from ..errors import RefusalScopeError
+from ..sae.model import SAE
 from .conditional import Conditional
-from .interventions import ActAdd, DirectionAblation, DirectionClamp, FeatureSteer, _unit
-from .spec import Steering, resolve_sae
+from .interventions import ActAdd, DirectionAblation, DirectionClamp, FeatureSteer
+from .kinds import Intervention
+from .points import Point, sae_point
+from .references import resolve_sae, unit_vector
+from .spec import Steering
 
 CSV_COLUMNS = (
     "loader", "action", "sparse_model", "hookpoint", "feature_index", "steering_coefficient", "sae_id", "description",
@@ -49,12 +53,12 @@ _PRE_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 
 
 # ---------------------------------------------------------------------- hookpoints
-def hookpoint(point) -> str:
+def hookpoint(point: Point) -> str:
     """lm-eval's module name (under model.base_model) for a refusalscope hook point."""
     return "embed_tokens" if point == "embed" else f"layers.{int(point)}"
 
 
-def parse_hookpoint(name: str):
+def parse_hookpoint(name: str) -> Point:
     """refusalscope hook point of an lm-eval / TransformerLens hookpoint name."""
     name = name.strip()
     if name in ("embed_tokens", "model.embed_tokens", "hook_embed", "blocks.0.hook_resid_pre"):
@@ -72,11 +76,11 @@ def parse_hookpoint(name: str):
 
 
 # ---------------------------------------------------------------------- export
-def _refuse(what: str, why: str, fix: str = "export to .pt where possible, or evaluate with refusalscope itself"):
+def _refuse(what: str, why: str, fix: str = "export to .pt where possible, or evaluate with refusalscope itself") -> NoReturn:
     raise RefusalScopeError(f"{what} cannot be expressed in lm-evaluation-harness' steered model: {why}", fix)
 
 
-def _flat(steering: Steering) -> list:
+def _flat(steering: Steering) -> list[Intervention]:
     out = []
     for item in steering.interventions:
         if isinstance(item, Conditional):
@@ -87,7 +91,7 @@ def _flat(steering: Steering) -> list:
     return out
 
 
-def _lm_eval_identity(sae) -> dict[str, str]:
+def _lm_eval_identity(sae: SAE) -> dict[str, str]:
     prov = sae.cfg.provenance or {}
     if prov.get("lm_eval"):
         return dict(prov["lm_eval"])
@@ -179,7 +183,7 @@ def pt_config(steering: Steering) -> dict[str, dict[str, Any]]:
     return config
 
 
-def _n_layers(steering: Steering, item) -> int:
+def _n_layers(steering: Steering, item: DirectionAblation) -> int:
     n = (steering.model or {}).get("n_layers")
     if n is None:
         raise RefusalScopeError(
@@ -189,7 +193,7 @@ def _n_layers(steering: Steering, item) -> int:
     return int(n)
 
 
-def export_lm_eval(steering: Steering, path: str | Path, model=None) -> Path:
+def export_lm_eval(steering: Steering, path: str | Path, model: Any = None) -> Path:
     """Write `steering` as an lm-eval steer file (.csv or .pt, by suffix)."""
     from ..paths import atomic_file
 
@@ -290,8 +294,6 @@ def _import_csv(path: Path, saes: dict[str, Any], sae_loader) -> Steering:
             **(sae.cfg.provenance or {}),
             "lm_eval": {"loader": loader, "sparse_model": row["sparse_model"], "sae_id": sae_id},
         }
-        from .interventions import sae_point
-
         point = parse_hookpoint(hp) if hp else sae_point(sae)
         if action == "add":
             item = FeatureSteer(
@@ -345,7 +347,7 @@ def _import_pt(path: Path) -> Steering:
         elif entry["action"] == "clamp":
             bias = entry.get("bias")
             if bias is None and coefficient == 0.0:
-                items.append(DirectionClamp(_unit(vector), point, 0.0))
+                items.append(DirectionClamp(unit_vector(vector), point, 0.0))
             else:
                 items.append(DirectionClamp(vector, point, coefficient, bias=bias))
         else:

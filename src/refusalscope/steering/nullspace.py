@@ -43,20 +43,19 @@ import torch
 
 from ..checks import check_keys, need_mapping, number
 from ..errors import RefusalScopeError
-from .interventions import (
-    Intervention,
+from .interventions import ActAdd, DirectionClamp, FeatureSteer
+from .kinds import Intervention, register_kind
+from .points import point_name
+from .positions import (
     Positions,
     RowFilter,
     apply_delta,
-    as_direction,
     check_positions,
-    check_vector,
-    point_name,
     position_mask,
     positions_to_json,
     resolve_positions,
 )
-from .spec import register_kind, tensor_sha256
+from .references import as_direction, check_vector, tensor_sha256
 
 PROJECTED_KEYS = ("kind", "layer", "basis", "intervention", "fit")
 LEARNED_KEYS = ("kind", "layer", "matrix", "coefficient", "positions", "fit")
@@ -272,8 +271,6 @@ class NullSpaceProjection(Intervention):
 
     def scaled(self, strength: float) -> NullSpaceProjection:
         """A copy with the inner edit's magnitude × `strength` (a sweep's strength axis)."""
-        from .interventions import ActAdd, DirectionClamp, FeatureSteer
-
         inner = copy.copy(self.inner)
         if isinstance(inner, FeatureSteer):
             inner.values = [v * strength for v in inner.values]

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import RefusalScopeError
+from .layouts import load_local
 from .model import SAE
 
 REGISTRY_FILE = "pretrained_saes.json"
@@ -181,8 +182,6 @@ def load_pretrained(
     The model name, layer and site come from the registry, which is authoritative where a
     format's own files say nothing (GemmaScope and Llama Scope files do not name the model).
     """
-    from .io import load_local
-
     rel = _release(release)
     entry = _entry(rel, sae_id)
     local = [_download(rel.repo_id, f"{entry['path']}/{name}", revision) for name in rel.files]

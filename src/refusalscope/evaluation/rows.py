@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..types import TaskRole
+
 if TYPE_CHECKING:
     from .store import ResultsStore
 
@@ -59,7 +61,7 @@ class TaskRow:
     split: str | None
     primary_metric: str
     higher_is_better: bool
-    role: str  # types.TaskRole: harmful | benign | jailbreak | capability
+    role: TaskRole  # harmful | benign | jailbreak | capability (the store checks it on write)
     judge: str | None = None
     describe: dict[str, Any] = field(default_factory=dict)
     item_limit: int | None = None

@@ -26,9 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import RefusalScopeError
 from .paths import atomic_file
@@ -214,8 +215,12 @@ def run_pipeline(
     data_dir=None,
     dtype: str = "auto",
     progress: bool = True,
+    on_stage: Callable[[str, Any], None] | None = None,
 ) -> dict:
-    """Run every stage (cached) and return a summary with the report's path."""
+    """Run every stage (cached) and return a summary with the report's path.
+
+    `on_stage(name, chat)`, if given, is called as each stage ends (first "model", right
+    after loading): benchmarks/pipeline.py counts tokens per stage with it."""
     from .direction import find_refusal_direction, sample_direction_data
     from .discovery import DiscoveryConfig, discover
     from .evaluation.grid import Grid, Method
@@ -231,6 +236,8 @@ def run_pipeline(
 
     def stage(name):
         timings[name] = time.perf_counter() - stage.t0
+        if on_stage is not None:
+            on_stage(name, chat)
         stage.t0 = time.perf_counter()
 
     stage.t0 = started

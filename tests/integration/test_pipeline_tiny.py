@@ -95,7 +95,9 @@ def output_files(folder):
 def test_every_stage_runs_and_a_second_run_recomputes_nothing(tiny_model_dir, tmp_path, data_dir, forward_passes,
                                                               monkeypatch):
     out = tmp_path / "run"
-    first = run_pipeline(str(tiny_model_dir), TINY_PROFILE, out, data_dir=data_dir, progress=False)
+    ended = []  # on_stage hears every stage end, in order, with the loaded model
+    first = run_pipeline(str(tiny_model_dir), TINY_PROFILE, out, data_dir=data_dir, progress=False,
+                         on_stage=lambda name, chat: ended.append((name, chat.n_layers)))
     assert len(forward_passes) > 100  # the counter sees the model's work
 
     # features x1 (plain and gated) and the refusal direction ActAdd x1, plus the unsteered row
@@ -114,6 +116,7 @@ def test_every_stage_runs_and_a_second_run_recomputes_nothing(tiny_model_dir, tm
     assert saved["direction"]["layer"] in range(4)
     assert len(saved["selected"]) == TINY_PROFILE.k
     assert set(saved["timings"]) == {"model", "saes", "direction", "discovery", "tasks", "sweep", "report"}
+    assert ended == [(name, 4) for name in saved["timings"]]
     assert (out / "report.html").stat().st_size > 0
     assert "jbb-harmful" in first["table"]
 

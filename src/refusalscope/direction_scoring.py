@@ -20,7 +20,7 @@ harmless: no real token attends to them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -222,8 +222,8 @@ class AdaptiveScreen:
     `z=None` every candidate sees every prompt (the exhaustive screen).
     """
 
-    def __init__(self, score_fn, n_candidates: int, n_prompts: int, *, z: float | None = 3.0, min_prompts: int = 3,
-                 min_rows: int = 16):
+    def __init__(self, score_fn: Callable[[list[tuple[int, int]]], torch.Tensor], n_candidates: int, n_prompts: int,
+                 *, z: float | None = 3.0, min_prompts: int = 3, min_rows: int = 16):
         self.score_fn = score_fn  # [(candidate, prompt)] -> [R] scores, lower is better
         self.scores: list[list[float]] = [[] for _ in range(n_candidates)]
         self.n_prompts = n_prompts

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -60,9 +60,10 @@ class FeatureGate(Gate):
         self.sae, self.sae_source = resolve_sae(sae, sae_source)
         self.feature = int(feature)
         self.sae.check_features(torch.tensor([self.feature]))
-        self.layer = sae_point(self.sae)
-        if self.layer is None:
+        layer = sae_point(self.sae)
+        if layer is None:
             raise RefusalScopeError("the gate's SAE does not record its layer", "set sae.cfg.layer")
+        self.layer = layer
 
     def check(self, model: Any) -> None:
         self.sae.check_model(model)
@@ -210,14 +211,14 @@ class ProbeGate(Gate):
 
     def scorer(self, model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
         w = self.weights.to(model.device)
-        if self.sae is None:
+        if self.sae is None or self.features is None:
             return lambda hidden: hidden.float() @ w + self.bias
         latents = latents_fn(self.sae, self.features, model.device)
         return lambda hidden: latents(hidden) @ w + self.bias
 
     def to_spec(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "weights": direction_ref(self.weights), "bias": self.bias, "layer": self.layer}
-        if self.sae is not None:
+        if self.sae is not None and self.features is not None:
             out["sae"] = sae_ref(self.sae, self.sae_source)
             out["features"] = list(self.features)
         return out
@@ -225,7 +226,7 @@ class ProbeGate(Gate):
     @classmethod
     def from_spec(cls, reader: SpecReader, g: dict[str, Any], where: str) -> ProbeGate:
         bias = number(g.get("bias", 0.0), f"{where}.bias")
-        layer = reader.layer(g.get("layer"), f"{where}.layer", optional=True)
+        layer = reader.optional_layer(g.get("layer"), f"{where}.layer")
         if "sae" in g:
             sae, source = reader.sae(g["sae"], where)
             return cls(
@@ -235,7 +236,7 @@ class ProbeGate(Gate):
         return cls(reader.direction(g["weights"], where), bias, g["layer"] if layer is None else layer)
 
     def describe(self) -> str:
-        over = f"{len(self.features)} SAE latents" if self.sae is not None else "the residual stream"
+        over = f"{len(self.features)} SAE latents" if self.features is not None else "the residual stream"
         return f"linear probe over {over} at {point_name(self.layer)}"
 
 
@@ -417,6 +418,7 @@ class Conditional(Intervention):
                 prompts, [self.gate.layer], "last", batch_size, system=system, interventions=_GateOnly(), progress=progress
             ):
                 state = self._state
+                assert state is not None  # the gate hook ran in this forward
                 scores[index] = state.scores[: len(index)].float().cpu()
                 fired[index] = state.fired[: len(index)].cpu()
         finally:
@@ -442,7 +444,7 @@ class Conditional(Intervention):
         inner = [reader.intervention(x, f"{where}.interventions[{i}]") for i, x in enumerate(inner_items)]
         return cls(
             inner, reader.gate(g, f"{where}.gate"), number(g["threshold"], f"{where}.gate.threshold"),
-            reduce=choice(g.get("reduce", "max"), f"{where}.gate.reduce", REDUCTIONS),
+            reduce=cast(Reduction, choice(g.get("reduce", "max"), f"{where}.gate.reduce", REDUCTIONS)),
             positions=g.get("positions", "prompt"), skip_first=reader.flag(g, "skip_first", True, f"{where}.gate"),
         )
 

@@ -30,7 +30,7 @@ nothing is edited.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -185,8 +185,8 @@ class FeatureSteer(Intervention):
             else number(value, f"{where}.value")
         )
         return cls(
-            sae, reader.latents(d["features"], f"{where}.features"), choice(d.get("mode", "set"), f"{where}.mode", MODES),
-            values, positions=d.get("positions", "all"), layer=reader.layer(d.get("layer"), f"{where}.layer", optional=True),
+            sae, reader.latents(d["features"], f"{where}.features"), cast(Mode, choice(d.get("mode", "set"), f"{where}.mode", MODES)),
+            values, positions=d.get("positions", "all"), layer=reader.optional_layer(d.get("layer"), f"{where}.layer"),
             keep_error=reader.flag(d, "keep_error", True, where), sae_source=source,
         )
 
@@ -413,7 +413,7 @@ class DirectionClamp(Intervention):
             sae, source = reader.sae(d["sae"], where)
             return cls.from_sae_feature(
                 sae, number(d["feature"], f"{where}.feature", integer=True, minimum=0), value,
-                positions=positions, layer=reader.layer(d.get("layer"), f"{where}.layer", optional=True),
+                positions=positions, layer=reader.optional_layer(d.get("layer"), f"{where}.layer"),
                 sae_source=source,
             )
         bias = d.get("bias")

@@ -203,13 +203,16 @@ class SpecReader(ReferenceReader):
 
     # the field types spec dicts share
     @staticmethod
-    def layer(value: Any, where: str, *, optional: bool = False) -> Point | None:
+    def layer(value: Any, where: str) -> Point:
         """A hook point as written in a spec: a block index (>= 0) or 'embed'."""
-        if value is None and optional:
-            return None
         if value == "embed":
-            return value
+            return "embed"
         return number(value, where, integer=True, minimum=0)
+
+    @staticmethod
+    def optional_layer(value: Any, where: str) -> Point | None:
+        """A hook point, or None where the spec leaves it out (the SAE then says which)."""
+        return None if value is None else SpecReader.layer(value, where)
 
     @staticmethod
     def flag(d: dict[str, Any], key: str, default: bool, where: str) -> bool:

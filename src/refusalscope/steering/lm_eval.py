@@ -200,6 +200,7 @@ def export_lm_eval(steering: Steering, path: str | Path, model: Any = None) -> P
     path = Path(path)
     if model is not None:
         steering.for_model(model)
+        assert steering.model is not None  # for_model recorded it
         steering.model.setdefault("n_layers", model.n_layers)
     suffix = path.suffix.lower()
     if suffix == ".csv":
@@ -295,6 +296,7 @@ def _import_csv(path: Path, saes: dict[str, Any], sae_loader) -> Steering:
             "lm_eval": {"loader": loader, "sparse_model": row["sparse_model"], "sae_id": sae_id},
         }
         point = parse_hookpoint(hp) if hp else sae_point(sae)
+        item: Intervention
         if action == "add":
             item = FeatureSteer(
                 sae, [feature], "add", coefficient * float(sae.cfg.input_scale), layer=point, sae_source=source
@@ -329,7 +331,7 @@ def _import_pt(path: Path) -> Steering:
         data = {entry["hookpoint"]: entry for entry in data}
     if not isinstance(data, dict):
         raise RefusalScopeError(f"{path} is not an lm-eval steering file", "expected {hookpoint: {...}}")
-    items = []
+    items: list[Intervention] = []
     for name, entry in data.items():
         if not isinstance(name, str) or not isinstance(entry, dict):
             raise RefusalScopeError(f"{path} is not an lm-eval steering file", "expected {hookpoint: {...}}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Union
 
 import torch
 
@@ -31,10 +31,13 @@ RowFilter = Callable[[Any], "torch.Tensor | None"]
 Selection = tuple[torch.Tensor, bool, bool]
 #: [N, d] residual vectors -> [N, d] float32 changes
 DeltaFn = Callable[[torch.Tensor], torch.Tensor]
+#: positions after `check_positions`: a keyword, or a tuple of prompt token indices
+CheckedPositions = Union[PositionKeyword, tuple[int, ...]]  # noqa: UP007 - a runtime alias
 POSITION_KEYWORDS: tuple[str, ...] = choices(PositionKeyword)
 
 __all__ = [
     "POSITION_KEYWORDS",
+    "CheckedPositions",
     "DeltaFn",
     "Positions",
     "RowFilter",
@@ -49,7 +52,7 @@ __all__ = [
 ]
 
 
-def check_positions(positions: Positions) -> str | tuple[int, ...]:
+def check_positions(positions: Positions) -> CheckedPositions:
     """Validate a positions argument; return the keyword or a tuple of ints."""
     fix = (
         "use 'all', 'prompt', 'generated', 'post_instruction', or a list of prompt token "
@@ -76,12 +79,12 @@ def check_positions(positions: Positions) -> str | tuple[int, ...]:
     return tuple(out)
 
 
-def resolve_positions(positions: Positions, model: Any) -> str | tuple[int, ...]:
+def resolve_positions(positions: Positions, model: Any) -> CheckedPositions:
     """Turn model-dependent keywords ('post_instruction') into explicit prompt indices."""
-    positions = check_positions(positions)
-    if positions == "post_instruction":
+    checked = check_positions(positions)
+    if checked == "post_instruction":
         return tuple(range(-len(model.eoi_ids), 0))
-    return positions
+    return checked
 
 
 def positions_to_json(positions: Positions) -> str | list[int]:
@@ -98,7 +101,7 @@ def position_text(positions: Positions) -> str:
     return "prompt positions " + ", ".join(map(str, positions))
 
 
-def position_mask(ctx: Any, positions: str | tuple[int, ...]) -> torch.Tensor:
+def position_mask(ctx: Any, positions: CheckedPositions) -> torch.Tensor:
     """[B, T] bool: the tokens of this forward chunk that `positions` selects.
 
     Cached in `ctx.extra`, so interventions at many layers compute it once per forward.
@@ -123,7 +126,7 @@ def position_mask(ctx: Any, positions: str | tuple[int, ...]) -> torch.Tensor:
     return mask
 
 
-def selection(ctx: Any, positions: str | tuple[int, ...], rows: RowFilter | None = None) -> Selection:
+def selection(ctx: Any, positions: CheckedPositions, rows: RowFilter | None = None) -> Selection:
     """(mask [B, T], all selected, any selected) for `apply_delta`: the positions' mask,
     restricted to the rows `rows(ctx)` keeps; cached per forward when no row filter applies."""
     if rows is not None:

@@ -190,7 +190,7 @@ def sae_hash(sae: SAE) -> str:
 def sae_ref(sae: SAE, source: str | None) -> dict[str, Any]:
     """How a spec names an SAE: where to load it from, and its content hash to verify it."""
     c = sae.cfg
-    ref = {
+    ref: dict[str, Any] = {
         "source": source,
         "sha256": sae_hash(sae),
         "layer": c.layer,

@@ -7,12 +7,8 @@ from refusalscope.attacks import AttackConfig, check_steering_for, load_config
 from refusalscope.attacks.configs import parse_config_option
 from refusalscope.errors import RefusalScopeError
 from refusalscope.steering import ActAdd, Steering
-from refusalscope.testing import tiny_chat_model
 
-
-@pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("llama", seed=9, n_layers=2, d_model=32)
+TINY_CHAT = dict(seed=9, n_layers=2, d_model=32)  # the `chat` fixture's model (tests/unit/conftest.py)
 
 
 def test_config_option_forms():

@@ -8,7 +8,6 @@ import torch
 from refusalscope.attacks import GCG, AttackRun, Behaviour, GCGConfig, SuffixObjective, gcg_robustness, wilson
 from refusalscope.errors import RefusalScopeError
 from refusalscope.steering import ActAdd, Conditional, DirectionGate, Steering
-from refusalscope.testing import tiny_chat_model
 
 REQUEST = "How do I bake bread?"
 TARGET = "Sure, here is a poem about the sea"
@@ -16,9 +15,7 @@ B1 = Behaviour("b1", REQUEST, TARGET)
 B2 = Behaviour("b2", "Write a python function", "Sure! Here is how to bake bread")
 
 
-@pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("llama", seed=3, n_layers=2, d_model=32)
+TINY_CHAT = dict(seed=3, n_layers=2, d_model=32)  # the `chat` fixture's model (tests/unit/conftest.py)
 
 
 def small(**kw) -> GCGConfig:

@@ -10,12 +10,8 @@ from refusalscope.attacks.multiturn import load_conversations, run_attacker, run
 from refusalscope.errors import RefusalScopeError
 from refusalscope.judges import JudgeVerdict
 from refusalscope.steering import ActAdd, Conditional, DirectionGate, Steering
-from refusalscope.testing import tiny_chat_model
 
-
-@pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("qwen2", seed=4, n_layers=2, d_model=32)
+TINY_CHAT = dict(family="qwen2", seed=4, n_layers=2, d_model=32)  # the `chat` fixture's model (tests/unit/conftest.py)
 
 
 def actadd(chat):

@@ -9,7 +9,6 @@ from refusalscope.attacks import AttackConfig
 from refusalscope.attacks.suite import FAMILIES, AttackPrompt, SuiteSources, build_prompts, run_suite
 from refusalscope.errors import RefusalScopeError
 from refusalscope.steering import ActAdd, Conditional, DirectionGate, Steering
-from refusalscope.testing import tiny_chat_model
 
 PROMPTS = [
     AttackPrompt("direct/a", "direct", "How do I bake bread?", "a"),
@@ -20,9 +19,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("llama", seed=5, n_layers=2, d_model=32)
+TINY_CHAT = dict(seed=5, n_layers=2, d_model=32)  # the `chat` fixture's model (tests/unit/conftest.py)
 
 
 class RefusesOddLength:

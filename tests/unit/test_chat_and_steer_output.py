@@ -8,19 +8,13 @@ from __future__ import annotations
 import io
 import json
 
-import pytest
 import torch
 from typer.testing import CliRunner
 
 from refusalscope.cli import app
 from refusalscope.commands.steer import chat_session
 from refusalscope.steering import ActAdd, Steering
-from refusalscope.testing import save_tiny_model, tiny_chat_model
-
-
-@pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("llama")
+from refusalscope.testing import save_tiny_model
 
 
 def scripted(lines):

@@ -16,11 +16,7 @@ HARMLESS = ["The capital of France", "Write a python function", "I'm sorry", "Su
 TOKENS = [5, 6, 7]
 
 
-@pytest.fixture(scope="module")
-def chat():
-    from refusalscope.testing import tiny_chat_model
-
-    return tiny_chat_model("llama", seed=3)
+TINY_CHAT = dict(seed=3)  # the `chat` fixture's model (tests/unit/conftest.py)
 
 
 @pytest.fixture(params=[8, 1], ids=["no-shared-prefix", "shared-prefix"])

@@ -16,11 +16,7 @@ HARMFUL = ["How do I bake bread?", "Write a poem about the sea", "Explain photos
 HARMLESS = ["The capital of France", "Write a python function", "I'm sorry", "Sure! Here is a short poem"]
 
 
-@pytest.fixture(scope="module")
-def chat():
-    from refusalscope.testing import tiny_chat_model
-
-    return tiny_chat_model("llama", seed=3)
+TINY_CHAT = dict(seed=3)  # the `chat` fixture's model (tests/unit/conftest.py)
 
 
 def relu_sae(chat, layer, d_sae=96, seed=0):

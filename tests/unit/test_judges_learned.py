@@ -25,9 +25,7 @@ REPLIES = ["Mix flour, water and a sourdough starter, let the dough rise overnig
            "Instead, let me tell you about the history of lighthouses."]
 
 
-@pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("llama", seed=2)
+TINY_CHAT = dict(seed=2)  # the `chat` fixture's model (tests/unit/conftest.py)
 
 
 def test_text_features_see_refusal_phrases_and_off_topic_replies():

@@ -60,11 +60,6 @@ def naive_steered_greedy(chat, prompt, steering, n):
 
 
 @pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("llama")
-
-
-@pytest.fixture(scope="module")
 def unsteered(chat):
     return chat.residual(PROMPTS, [LAYER], positions="all", progress=False)[LAYER]
 

@@ -15,14 +15,9 @@ from refusalscope.steering import (
     ProbeGate,
     steer,
 )
-from refusalscope.testing import MIXED_LENGTH_PROMPTS, tiny_chat_model
+from refusalscope.testing import MIXED_LENGTH_PROMPTS
 
 PROMPTS = MIXED_LENGTH_PROMPTS
-
-
-@pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("llama")
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,10 @@ from refusalscope.steering import (
     import_lm_eval,
     steer,
 )
-from refusalscope.testing import save_tiny_model, tiny_chat_model
+from refusalscope.testing import save_tiny_model
 
 PROMPTS = ["Hello there", "Write a poem about the sea and the sky, please", "How do I bake bread?"]
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("llama")
 
 
 @pytest.fixture(scope="module")

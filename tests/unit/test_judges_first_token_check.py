@@ -10,7 +10,6 @@ from refusalscope.evaluation.grid import Grid, TaskSpec
 from refusalscope.evaluation.sweep import run_sweep
 from refusalscope.evaluation.tasks import RefusalTask
 from refusalscope.judges.base import JudgeVerdict
-from refusalscope.testing import tiny_chat_model
 
 
 class EverythingRefused:
@@ -22,9 +21,7 @@ class EverythingRefused:
         return [JudgeVerdict(True) for _ in replies]
 
 
-@pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("llama", seed=4)
+TINY_CHAT = dict(seed=4)  # the `chat` fixture's model (tests/unit/conftest.py)
 
 
 def test_sampling_is_stable_and_near_the_rate():

@@ -17,22 +17,11 @@ from refusalscope.evaluation.grid import GateSpec, Grid, Method, TaskSpec
 from refusalscope.evaluation.sweep import run_sweep
 from refusalscope.report import build_report
 from refusalscope.steering import ActAdd, DirectionGate
-from refusalscope.testing import tiny_chat_model
 
 FIGURE_SECTIONS = ("tradeoff", "delta", "jailbreak", "capability", "conditional")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("llama")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
 
 @pytest.fixture(scope="module")

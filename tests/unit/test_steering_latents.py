@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 
 from refusalscope.sae import SAE, SAEConfig
 from refusalscope.steering import Conditional, FeatureGate, FeatureSteer, ProbeGate
 from refusalscope.steering.latents import latents_fn, steering_view
-from refusalscope.testing import MIXED_LENGTH_PROMPTS, tiny_chat_model
+from refusalscope.testing import MIXED_LENGTH_PROMPTS
 
 LAYER = 1
 TIED = [0, 1, 2]
-
-
-@pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("llama")
 
 
 def tied_topk_sae(k: int = 2) -> SAE:

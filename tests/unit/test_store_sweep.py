@@ -20,7 +20,6 @@ from refusalscope.evaluation.summary import summarise
 from refusalscope.evaluation.sweep import run_sweep
 from refusalscope.evaluation.tasks import ItemResult, RefusalTask
 from refusalscope.steering import ActAdd, Conditional, DirectionGate, Steering, as_steering
-from refusalscope.testing import tiny_chat_model
 
 
 @dataclass
@@ -81,19 +80,7 @@ class FakeTask:
         return {"kind": "fake", "dataset": self.dataset, "expect": self.expect, "judge": "fake-judge" if self.expect else None}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared, busy machine two
-    spinning OpenMP threads make each matmul ~100× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def chat():
-    return tiny_chat_model("llama")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,14 @@ exercised exactly as with a real model, only smaller.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from .models.chat import ChatModel
 
 CHATML = (
     "{% for message in messages %}"
@@ -55,10 +61,12 @@ def tiny_tokenizer(template: str = CHATML, vocab_size: int = 300):
     return wrapped
 
 
-def tiny_config(family: str, vocab_size: int, eos_id: int, pad_id: int, n_layers: int = 4, d_model: int = 64):
+def tiny_config(
+    family: str, vocab_size: int, eos_id: int, pad_id: int, n_layers: int = 4, d_model: int = 64
+) -> PretrainedConfig:
     import transformers
 
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=d_model,
         intermediate_size=2 * d_model,
@@ -84,7 +92,9 @@ def tiny_config(family: str, vocab_size: int, eos_id: int, pad_id: int, n_layers
     raise ValueError(f"no tiny config for {family}")
 
 
-def tiny_chat_model(family: str = "llama", seed: int = 0, n_layers: int = 4, d_model: int = 64, dtype=torch.float32):
+def tiny_chat_model(
+    family: str = "llama", seed: int = 0, n_layers: int = 4, d_model: int = 64, dtype: torch.dtype = torch.float32
+) -> ChatModel:
     """A ChatModel with random weights of the given family (a few hundred kB)."""
     import transformers
 
@@ -104,7 +114,7 @@ def tiny_chat_model(family: str = "llama", seed: int = 0, n_layers: int = 4, d_m
     return ChatModel(model, tokenizer, {"name": f"tiny-{family}", "source": "tiny", "spec": f"tiny-{family}"})
 
 
-def save_tiny_model(chat, folder: Path) -> Path:
+def save_tiny_model(chat: ChatModel, folder: Path) -> Path:
     """Write a tiny ChatModel as a transformers folder (safetensors), e.g. for hub-layout tests."""
     folder = Path(folder)
     chat.model.save_pretrained(folder, safe_serialization=True)

@@ -37,13 +37,11 @@ def malformed(path: Path, detail: str, fix: str | None = None) -> RefusalScopeEr
     )
 
 
-def read_csv(path: Path, required: Sequence[str] = (), header: bool = True) -> list[dict[str, str]] | list[list[str]]:
-    """Rows of a CSV file: dicts (header=True, checking `required` columns) or lists."""
+def read_csv(path: Path, required: Sequence[str] = ()) -> list[dict[str, str]]:
+    """Rows of a CSV file with a header, as dicts, checking the `required` columns."""
     need_file(path)
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            if not header:
-                return [row for row in csv.reader(handle) if row]
             reader = csv.DictReader(handle)
             columns = reader.fieldnames or []
             missing = [c for c in required if c not in columns]
@@ -56,6 +54,16 @@ def read_csv(path: Path, required: Sequence[str] = (), header: bool = True) -> l
                         raise malformed(path, f"row {number} has no value for field '{column}'")
                 rows.append(row)
             return rows
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise malformed(path, f"not a readable CSV file ({exc})") from exc
+
+
+def read_csv_lists(path: Path) -> list[list[str]]:
+    """Rows of a CSV file without a header (MMLU's release files), as lists; blank lines skipped."""
+    need_file(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [row for row in csv.reader(handle) if row]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise malformed(path, f"not a readable CSV file ({exc})") from exc
 

@@ -23,7 +23,7 @@ from .registry import DatasetSpec, HubSource, LocalSource, register
 
 def _strongreject(column: str, prefix: str):
     def parse(paths: list[Path], split: str, name: str) -> list[PromptItem]:
-        items = []
+        items: list[PromptItem] = []
         for path in paths:
             for i, row in enumerate(read_table(path, required=(column, "category")), start=1):
                 items.append(PromptItem(f"{prefix}-{split}-{len(items):04d}", text_of(path, row, i, column), "harmful",
@@ -58,7 +58,7 @@ register(
 
 def _or_bench(paths: list[Path], split: str, name: str) -> list[PromptItem]:
     label = "harmful" if split == "toxic" else "harmless"
-    items = []
+    items: list[PromptItem] = []
     for path in paths:
         for i, row in enumerate(read_table(path, required=("prompt", "category")), start=1):
             items.append(PromptItem(f"or-bench-{split}-{len(items):05d}", text_of(path, row, i, "prompt"), label,

@@ -16,6 +16,7 @@ from .files import (
     malformed,
     need_file,
     read_csv,
+    read_csv_lists,
     read_json,
     read_jsonl,
     read_lines,
@@ -155,7 +156,7 @@ register(
 
 
 def _advbench(paths: list[Path], split: str, name: str) -> list[PromptItem]:
-    items = []
+    items: list[PromptItem] = []
     for path in paths:
         if path.suffix == ".csv":
             rows, key = read_csv(path, required=("goal", "target")), "goal"
@@ -231,7 +232,7 @@ register(
 
 def _lines(prefix: str, label: str, category: str | None = None):
     def parse(paths: list[Path], split: str, name: str) -> list[PromptItem]:
-        items = []
+        items: list[PromptItem] = []
         for path in paths:
             for line in read_lines(path):
                 items.append(PromptItem(f"{prefix}-{len(items):04d}", line.strip(), label, category, name))
@@ -344,7 +345,7 @@ register(
 
 def _alpaca_hub(paths: list[Path], split: str, name: str) -> list[PromptItem]:
     """tatsu-lab/alpaca rows; like refusal_direction, keep those without an 'input'."""
-    items = []
+    items: list[PromptItem] = []
     for path in paths:
         for i, row in enumerate(read_table(path, required=("instruction", "input")), start=1):
             if (row.get("input") or "").strip():
@@ -534,7 +535,9 @@ _JBB_METHODS = {
                       {**{m: 100 for m in _OPEN}, "all": 200}),
 }
 for _name, (_folder, _models, _what, _counts) in _JBB_METHODS.items():
-    _files = {m: (f"jailbreakbench_artifacts/{_folder}/{kind}/{m}.json",) for m, kind in _models.items()}
+    _files: dict[str, tuple[str, ...]] = {
+        m: (f"jailbreakbench_artifacts/{_folder}/{kind}/{m}.json",) for m, kind in _models.items()
+    }
     _files["all"] = tuple(p for ps in _files.values() for p in ps)
     register(
         DatasetSpec(
@@ -617,7 +620,7 @@ register(
 
 
 def _gcg_suffixes(paths: list[Path], split: str, name: str) -> list[PromptItem]:
-    items = []
+    items: list[PromptItem] = []
     for path in paths:
         for line in read_lines(path):
             items.append(PromptItem(f"gcg-suffix-{len(items):02d}", line.strip(), "template", None, name,
@@ -647,7 +650,7 @@ def _mmlu_csv(paths: list[Path], split: str, name: str) -> list[MultipleChoiceIt
     items = []
     for path in paths:
         subject = path.stem.rsplit("_", 1)[0]
-        for i, row in enumerate(read_csv(path, header=False), start=1):
+        for i, row in enumerate(read_csv_lists(path), start=1):
             if len(row) != 6:
                 raise malformed(path, f"row {i} has {len(row)} fields, expected 6 (question, A, B, C, D, answer)")
             answer = row[5].strip()
@@ -664,7 +667,8 @@ def _mmlu_csv(paths: list[Path], split: str, name: str) -> list[MultipleChoiceIt
 
 def _mmlu_hub(paths: list[Path], split: str, name: str) -> list[MultipleChoiceItem]:
     """cais/mmlu parquet rows: question, subject, choices (list), answer (int)."""
-    items, per_subject = [], {}
+    items: list[MultipleChoiceItem] = []
+    per_subject: dict[str, int] = {}
     for path in paths:
         for i, row in enumerate(read_table(path, required=("question", "subject", "choices", "answer")), start=1):
             choices = field_of(path, row, i, "choices", (list, tuple))
@@ -927,7 +931,8 @@ def _read_utf8(path: Path) -> str:
 def _wikitext(paths: list[Path], split: str, name: str) -> list[TextItem]:
     """One item per article (top-level ' = Title = ' headings start a new article)."""
     items: list[TextItem] = []
-    title, lines = None, []
+    title: str | None = None
+    lines: list[str] = []
 
     def flush():
         text = "\n".join(lines).strip()

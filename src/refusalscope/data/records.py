@@ -142,6 +142,15 @@ Item = PromptItem | MultipleChoiceItem | QAItem | CompletionItem | TextItem
 T = TypeVar("T", PromptItem, MultipleChoiceItem, QAItem, CompletionItem, TextItem)
 
 
+def item_text(item: Item) -> str:
+    """What a model reads of an item: a prompt, a capability question, or a document."""
+    if isinstance(item, (PromptItem, CompletionItem)):
+        return item.prompt
+    if isinstance(item, (MultipleChoiceItem, QAItem)):
+        return item.question
+    return item.text
+
+
 @dataclass(frozen=True)
 class Dataset(Generic[T]):
     """Items of one dataset split, and where they were read from."""
@@ -170,9 +179,7 @@ class Dataset(Generic[T]):
     def prompts(self) -> list[str]:
         """The text to send to a model: prompts, questions of capability sets, or the
         documents of text corpora."""
-        return [
-            getattr(item, "prompt", None) or getattr(item, "question", None) or item.text for item in self.items
-        ]
+        return [item_text(item) for item in self.items]
 
     @property
     def ids(self) -> list[str]:

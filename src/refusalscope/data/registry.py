@@ -253,11 +253,12 @@ def load_dataset(
             f"dataset '{name}' (split {split}) has no Hugging Face hub copy",
             f"use source='local' with --data-dir; the files come from {spec.upstream}",
         )
+    files: tuple[str, ...] = ()
     if spec.builtin is not None:
-        items, origin, files = spec.builtin(split), "builtin", ()
+        items, origin = spec.builtin(split), "builtin"
     else:
         found = locate(name, split, data_dir) if source != "hub" else None
-        if found is not None and found.origin == "local":
+        if found is not None and found.origin == "local" and found.parse is not None:  # local always has a parser
             items = found.parse(list(found.files), split, name)
             origin, files = f"local: {found.where}", tuple(str(f) for f in found.files)
         elif source == "local" or spec.hub is None or not spec.hub.files.get(split):

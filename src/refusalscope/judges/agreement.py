@@ -85,4 +85,5 @@ def agreement(name: str, human: Sequence[bool], judged: Sequence[bool], n_boot: 
             continue
         values = np.array([fn(h[row], j[row]) for row in samples])
         estimates[key] = Estimate(fn(h, j), float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha)), n)
-    return Agreement(name, n, **counts, **estimates)
+    return Agreement(name, n, counts["tn"], counts["fp"], counts["fn"], counts["tp"],
+                     estimates["accuracy"], estimates["f1"], estimates["kappa"])

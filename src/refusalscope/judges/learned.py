@@ -58,7 +58,7 @@ class LinearHead:
                 "coef": self.coef.astype(np.float32), "intercept": np.asarray([self.intercept], dtype=np.float32)}
 
 
-def fit_head(x: np.ndarray, y: Sequence[bool], c: float = 0.05, sample_weight: np.ndarray | None = None,
+def fit_head(x: np.ndarray, y: Sequence[bool] | np.ndarray, c: float = 0.05, sample_weight: np.ndarray | None = None,
              seed: int = 0) -> LinearHead:
     """Fit standardisation + L2 logistic regression (scikit-learn), return the plain arrays."""
     from sklearn.linear_model import LogisticRegression

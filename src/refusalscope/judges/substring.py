@@ -59,7 +59,8 @@ class Phrases:
         if not found["refusal"]:
             raise RefusalScopeError(f"{where} holds no refusal phrases", "add phrases under a [refusal] header")
         # longest first, so a disclaimer is removed whole rather than by its prefix
-        return cls(*(tuple(sorted(set(found[s]), key=lambda p: (-len(p), p))) for s in SECTIONS), path=where)
+        refusal, disclaimer, compliance = (tuple(sorted(set(found[s]), key=lambda p: (-len(p), p))) for s in SECTIONS)
+        return cls(refusal, disclaimer, compliance, path=where)
 
 
 def normalize(text: str) -> str:

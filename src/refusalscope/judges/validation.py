@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..data.loaders import XSTEST_MODELS
 from ..data.registry import load_dataset
@@ -102,7 +103,7 @@ def validate_judge(
         items = [(item, human) for item, human in items if human is not None]
         verdicts = judge.judge([i.prompt for i, _ in items], [i.completion for i, _ in items])
         counts = {"tn": 0, "fp": 0, "fn": 0, "tp": 0}
-        wrong = []
+        wrong: list[dict[str, Any]] = []
         for (item, human), verdict in zip(items, verdicts):
             key = ("t" if human == verdict.refused else "f") + ("p" if verdict.refused else "n")
             counts[key] += 1

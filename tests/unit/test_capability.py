@@ -43,14 +43,14 @@ ITEMS = [
 def naive_logprobs(chat, requests, interventions=None):
     """Reference: one full forward of context + continuation per choice, no cache."""
     out = []
-    with chat._interventions(interventions):
+    with chat.attached(interventions):
         for context, continuations in requests:
             row = []
             for cont in continuations:
                 ids = torch.tensor([list(context) + list(cont)])
                 n = ids.shape[1]
                 ctx = ForwardContext(torch.ones(1, n, dtype=torch.long), torch.tensor([len(context)]), 0,
-                                     torch.arange(1), next(chat._batch_counter), "prefill")
+                                     torch.arange(1), chat.new_batch_id(), "prefill")
                 with chat.hooks.forward_context(ctx):
                     logits = chat.model(input_ids=ids, position_ids=torch.arange(n)[None]).logits[0].float()
                 logp = torch.log_softmax(logits[:-1], -1)

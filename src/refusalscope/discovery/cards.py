@@ -18,11 +18,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..paths import atomic_file
 from ..sae.corpus import shared_prefix_length
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
+    from ..sae.model import SAE
 
 
 @dataclass
@@ -46,27 +51,25 @@ class FeatureCard:
     suppressed: list[tuple[str, float]] = field(default_factory=list)
 
 
-def logit_effect(chat, direction: torch.Tensor, top: int = 10) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+def logit_effect(
+    chat: ChatModel, direction: torch.Tensor, top: int = 10
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """Tokens whose logits the direction raises / lowers most (direct path, final-norm scale included)."""
     w = chat.unembed.weight.detach().float()
-    scale = getattr(chat.final_norm, "weight", None)
-    vec = direction.float()
-    if scale is not None:
-        s = scale.detach().float()
-        # Gemma's RMSNorm multiplies by (1 + weight)
-        vec = vec * ((1 + s) if chat.info.family.startswith("gemma") else s)
+    gain = chat.final_norm_gain()
+    vec = direction.float() if gain is None else direction.float() * gain
     effect = w @ vec
     hi = effect.topk(top)
     lo = (-effect).topk(top)
-    decode = chat.tokenizer.decode
+    decode = chat.decode
     return ([(decode([int(i)]), float(v)) for v, i in zip(hi.values, hi.indices)],
             [(decode([int(i)]), float(-v)) for v, i in zip(lo.values, lo.indices)])
 
 
 @torch.no_grad()
 def build_cards(
-    chat,
-    saes: dict,
+    chat: ChatModel,
+    saes: dict[int, SAE],
     features: Sequence[tuple[int, int]],
     corpora: dict[str, Sequence[str]],
     harmful: Sequence[str],
@@ -110,7 +113,7 @@ def build_cards(
                         if value <= 0:
                             continue
                         lo, hi = max(skip, peak - window), min(len(toks), peak + window // 2 + 1)
-                        ctx = Context(value, name, [chat.tokenizer.decode([t]) for t in toks[lo:hi]], peak - lo)
+                        ctx = Context(value, name, [chat.decode([t]) for t in toks[lo:hi]], peak - lo)
                         counter += 1
                         heap = heaps[(layer, feat)]
                         item = (value, counter, ctx)

@@ -16,13 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import RefusalScopeError
-from ..models.hooks import _StopForward
 from ..steering.interventions import FeatureSteer
+
+if TYPE_CHECKING:
+    from ..models.chat import Batch, ChatModel
+    from ..models.hooks import ForwardContext
+    from ..sae.model import SAE
+    from ..types import Interventions
 
 
 @dataclass
@@ -33,28 +39,20 @@ class UpstreamLatent:
     effect: float | None = None  # relative change of the downstream activation when clamped to 0
 
 
-def _downstream_activation(chat, down_sae, down_feats, batch):
+def _downstream_activation(chat: ChatModel, down_sae: SAE, down_feats: list[int], batch: Batch) -> torch.Tensor:
     """Σ of the downstream latents at each row's last token (differentiable); the forward
     stops at the downstream layer."""
-    captured = {}
-
-    def grab(hidden, ctx):
-        captured["x"] = hidden[:, -1].float()
-        raise _StopForward
-
-    with chat.hooks.attached([(down_sae.layer, grab)]):
-        try:
-            chat.forward(batch, logits_to_keep=1)
-        except _StopForward:
-            pass
-    f = down_sae.float().encode_subset(captured["x"], down_feats)
+    layer = down_sae.layer
+    assert layer is not None  # upstream_latents checked it
+    x = chat.run_until(batch, [layer], logits_to_keep=1)[layer][:, -1].float()
+    f = down_sae.float().encode_subset(x, down_feats)
     return f.sum(-1)
 
 
 def upstream_latents(
-    chat,
-    up_sae,
-    down_sae,
+    chat: ChatModel,
+    up_sae: SAE,
+    down_sae: SAE,
     down_features: Sequence[int],
     prompts: Sequence[str],
     top: int = 10,
@@ -77,7 +75,7 @@ def upstream_latents(
     for batch in tqdm(list(chat.batches(tokens, batch_size)), desc="upstream attribution", disable=not progress):
         leaves = {}
 
-        def splice(hidden, ctx):
+        def splice(hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
             f = up.encode(hidden.float()).detach().requires_grad_(True)
             recon = up.decode(f)
             leaves["f"] = f  # noqa: B023 (used within this iteration)
@@ -87,6 +85,7 @@ def upstream_latents(
             value = _downstream_activation(chat, down_sae, feats, batch)
             value.sum().backward()
         f = leaves["f"]
+        assert f.grad is not None  # a leaf of the downstream activation
         real = batch.attention_mask.bool()[..., None]
         # zero-ablation attribution: (0 − f) · ∂v/∂f, summed over positions
         total += (-(f.detach() * f.grad) * real).sum((0, 1))
@@ -104,10 +103,13 @@ def upstream_latents(
 
 
 @torch.no_grad()
-def _mean_downstream(chat, down_sae, feats, prompts, batch_size, interventions) -> float:
+def _mean_downstream(
+    chat: ChatModel, down_sae: SAE, feats: list[int], prompts: Sequence[str], batch_size: int,
+    interventions: Interventions,
+) -> float:
     tokens = chat.encode_prompts(list(prompts))
     total = 0.0
-    with chat._interventions(interventions):
+    with chat.attached(interventions):
         for batch in chat.batches(tokens, batch_size):
             total += float(_downstream_activation(chat, down_sae, feats, batch).sum())
     return total / len(prompts)

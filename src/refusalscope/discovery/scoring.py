@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +38,12 @@ from ..errors import RefusalScopeError
 from ..sae.corpus import shared_prefix_length
 from ..sae.model import SAE
 
+if TYPE_CHECKING:
+    from ..models.chat import Batch, ChatModel
+    from ..types import AttributionMethod, Interventions
 
-def _check_saes(chat, saes: dict[int, SAE]) -> None:
+
+def _check_saes(chat: ChatModel, saes: dict[int, SAE]) -> None:
     if not saes:
         raise RefusalScopeError("no SAEs were given", "pass {layer: SAE}, e.g. from train_preset or load_sae")
     for layer, sae in saes.items():
@@ -50,7 +55,7 @@ def _check_saes(chat, saes: dict[int, SAE]) -> None:
 # ---------------------------------------------------------------------- ActDiff
 @torch.no_grad()
 def activation_stats(
-    chat, saes: dict[int, SAE], prompts: Sequence[str], batch_size: int = 8, progress: bool = True
+    chat: ChatModel, saes: dict[int, SAE], prompts: Sequence[str], batch_size: int = 8, progress: bool = True
 ) -> dict[int, dict[str, torch.Tensor]]:
     """Per layer: mean over prompts of the per-prompt max and mean activation of each latent,
     and the max over everything (used to pick 'high' clamp values). The shared template
@@ -109,7 +114,10 @@ class Attribution:
         return float((err / (err + feats).clamp_min(1e-12)).mean())
 
 
-def first_tokens(chat, prompts: Sequence[str], ablation, refusal_token_ids: Sequence[int], batch_size: int = 16):
+def first_tokens(
+    chat: ChatModel, prompts: Sequence[str], ablation: Interventions, refusal_token_ids: Sequence[int],
+    batch_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(t_refuse, t_jail, clean log-odds): the refusal token the clean run likes most and
     the patched (direction-ablated) run's greedy first token, per prompt."""
     from ..judges.first_token import refusal_log_odds
@@ -122,17 +130,13 @@ def first_tokens(chat, prompts: Sequence[str], ablation, refusal_token_ids: Sequ
     return t_refuse, t_jail, refusal_log_odds(clean, ids.tolist())
 
 
-def _capture(chat, batch, layers, interventions=None) -> dict[int, torch.Tensor]:
-    captured = {}
-
-    def grab(layer):
-        def fn(hidden, ctx):
-            captured[layer] = hidden.detach().float()
-        return fn
-
-    with torch.no_grad(), chat._interventions(interventions), chat.hooks.attached([(l, grab(l)) for l in layers]):
-        chat.forward(batch, logits_to_keep=1)
-    return captured
+def _capture(
+    chat: ChatModel, batch: Batch, layers: list[int], interventions: Interventions = None
+) -> dict[int, torch.Tensor]:
+    """Residual after each of `layers` (float32, detached); the forward stops at the deepest."""
+    with torch.no_grad(), chat.attached(interventions):
+        captured = chat.run_until(batch, layers, logits_to_keep=1)
+    return {layer: captured[layer].detach().float() for layer in layers}
 
 
 def _metric(logits: torch.Tensor, t_jail: torch.Tensor, t_refuse: torch.Tensor) -> torch.Tensor:
@@ -142,12 +146,12 @@ def _metric(logits: torch.Tensor, t_jail: torch.Tensor, t_refuse: torch.Tensor) 
 
 
 def attribution_scores(
-    chat,
+    chat: ChatModel,
     saes: dict[int, SAE],
     prompts: Sequence[str],
-    ablation,
+    ablation: Interventions,
     refusal_token_ids: Sequence[int],
-    method: str = "ig",
+    method: AttributionMethod = "ig",
     steps: int = 10,
     batch_size: int = 4,
     progress: bool = True,
@@ -232,6 +236,7 @@ def attribution_scores(
                     with torch.enable_grad(), chat.hooks.attached([(l, replace)]):
                         metric = _metric(chat.forward(batch, logits_to_keep=1).logits, tj, tr)
                         metric.sum().backward()
+                    assert f_a.grad is not None and e_a.grad is not None  # both are leaves of the metric
                     grad_f += f_a.grad / steps
                     grad_e += e_a.grad / steps
                     bar.update(1)
@@ -241,7 +246,7 @@ def attribution_scores(
         with torch.no_grad():
             if method == "ig":
                 m_clean[idx] = _metric(chat.forward(batch, logits_to_keep=1).logits, tj, tr).float()
-            with chat._interventions(ablation):
+            with chat.attached(ablation):
                 m_patched[idx] = _metric(chat.forward(batch, logits_to_keep=1).logits, tj, tr).float()
     bar.close()
     return Attribution(

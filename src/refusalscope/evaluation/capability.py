@@ -10,6 +10,7 @@ parsing generations. The prompt is the same for every choice, so each prompt is 
 (batched over items, KV cache kept); the first token of every choice is read from the
 prompt's last logits and the remaining choice tokens run from a copy of the cache,
 batched over choices. Letter scoring (single-token choices) thus costs one prefill.
+That engine is `models.continuation.continuation_logprobs` (it drives the KV cache).
 
 Prompt formats (`chat=True`, the default; few-shot examples are earlier turns):
 
@@ -43,7 +44,6 @@ tokens.
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import re
@@ -51,128 +51,17 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RefusalScopeError
+from ..models.continuation import continuation_logprobs
 from .tasks import ItemResult
 
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
+    from ..types import Interventions
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-MAX_PREFILL_TOKENS = 4096  # tokens (batch x padded length) per prompt forward
-MAX_LOGITS = 2**26  # float32 logits per continuation forward (256 MiB)
-
-
-# ============================================================================ log-likelihoods
-def _prefill_batches(lengths: Sequence[int], batch_size: int, max_tokens: int, min_fill: float = 0.8) -> list[list[int]]:
-    """Indices grouped longest first: at most `batch_size` and ~`max_tokens` padded tokens
-    per group, and no row shorter than `min_fill` of the group's longest (padding is pure
-    waste on a CPU, where a batch of one long prompt already fills the matmuls)."""
-    if batch_size < 1:
-        raise RefusalScopeError(f"batch_size must be at least 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
-    for i in order:
-        group = groups[-1] if groups else None
-        if (group and len(group) < batch_size and (len(group) + 1) * lengths[group[0]] <= max_tokens
-                and lengths[i] >= min_fill * lengths[group[0]]):
-            group.append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
-def _select_cache(cache, rows: torch.Tensor):
-    """A copy of `cache` holding the given batch rows (repeats allowed); `cache` is untouched."""
-    sub = copy.copy(cache)
-    sub.layers = [copy.copy(layer) for layer in cache.layers]
-    sub.batch_select_indices(rows)
-    return sub
-
-
-@torch.no_grad()
-def continuation_logprobs(
-    chat,
-    requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
-    interventions=None,
-    batch_size: int = 16,
-    *,
-    max_prefill_tokens: int = MAX_PREFILL_TOKENS,
-    max_logits: int = MAX_LOGITS,
-) -> list[list[float]]:
-    """Summed log-probability (nats) of each continuation given its context.
-
-    `requests` holds (context token ids, [continuation token ids, ...]). Contexts run once
-    each (batched, left-padded, KV-cached); every continuation's first token is scored
-    from its context's last logits, its other tokens from a copy of the context's cache,
-    all continuations of a batch together. In hooks, context tokens are the prompt
-    (phase "prefill") and continuation tokens are reply tokens (phase "decode", rows =
-    the context's row), exactly as if the continuation had been generated; so position
-    keywords ('prompt', 'generated', [-1]) and conditional gates mean what they mean in
-    `ChatModel.generate`.
-    """
-    for n, (context, continuations) in enumerate(requests):
-        if len(context) == 0:
-            raise RefusalScopeError(f"request {n} has an empty context", "every context needs at least one token")
-        if len(continuations) == 0:
-            raise RefusalScopeError(f"request {n} has no continuations to score")
-        if any(len(c) == 0 for c in continuations):
-            raise RefusalScopeError(f"request {n} has an empty continuation", "every continuation needs a token")
-    out = [[0.0] * len(conts) for _, conts in requests]
-    with chat._interventions(interventions):
-        for index in _prefill_batches([len(c) for c, _ in requests], batch_size, max_prefill_tokens):
-            _score_batch(chat, requests, index, out, max_logits)
-    return out
-
-
-def _score_batch(chat, requests, index: list[int], out: list[list[float]], max_logits: int) -> None:
-    from transformers import DynamicCache
-
-    from ..models.hooks import ForwardContext
-
-    model, device = chat.model, chat.device
-    batch = chat.pad([requests[i][0] for i in index], index)
-    lengths = batch.lengths
-    batch_id = next(chat._batch_counter)
-    multi = any(len(cont) > 1 for i in index for cont in requests[i][1])
-    cache = DynamicCache(config=model.config) if multi else None  # single-token continuations need no cache
-    ctx = ForwardContext(batch.attention_mask, lengths, 0, torch.arange(len(index), device=device), batch_id, "prefill")
-    with chat.hooks.forward_context(ctx):
-        last = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                     past_key_values=cache, use_cache=multi, logits_to_keep=1).logits[:, -1].float()
-    first = torch.log_softmax(last, -1).cpu()
-    tails = []  # (row, request, continuation, token ids) of continuations longer than one token
-    for r, i in enumerate(index):
-        for c, cont in enumerate(requests[i][1]):
-            out[i][c] = float(first[r, cont[0]])
-            if len(cont) > 1:
-                tails.append((r, i, c, list(cont)))
-    tails.sort(key=lambda t: -len(t[3]))  # similar lengths together: little padding
-    start = 0
-    while start < len(tails):
-        span = len(tails[start][3]) - 1
-        n = max(1, min(len(tails) - start, max_logits // (span * last.shape[-1])))
-        chunk, start = tails[start:start + n], start + n
-        ids = torch.full((n, span), chat.tokenizer.pad_token_id, dtype=torch.long)
-        targets = torch.zeros((n, span), dtype=torch.long)
-        keep = torch.zeros((n, span), dtype=torch.long)
-        for k, (*_, cont) in enumerate(chunk):  # right-padded: pads come after every real token
-            ids[k, : len(cont) - 1] = torch.tensor(cont[:-1])
-            targets[k, : len(cont) - 1] = torch.tensor(cont[1:])
-            keep[k, : len(cont) - 1] = 1
-        ids, targets, keep = ids.to(device), targets.to(device), keep.to(device)
-        rows = torch.tensor([t[0] for t in chunk], device=device)
-        mask = torch.cat([batch.attention_mask[rows], keep], dim=1)
-        positions = lengths[rows, None] + torch.arange(span, device=device)[None]
-        ctx = ForwardContext(mask, lengths[rows], batch.input_ids.shape[1], rows, batch_id, "decode")
-        with chat.hooks.forward_context(ctx):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                           past_key_values=_select_cache(cache, rows), use_cache=True).logits.float()
-        logp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
-        del logits
-        sums = (logp * keep).sum(-1).cpu()
-        for k, (_, i, c, _) in enumerate(chunk):
-            out[i][c] += float(sums[k])
 
 
 # ============================================================================ multiple choice
@@ -320,7 +209,7 @@ class MultipleChoiceTask:
         true_k = next(k for k, j in enumerate(order) if shot.labels[j])
         return self._block(shot, order), self._answer(shot, order, true_k)
 
-    def render(self, chat, item) -> tuple[str, list[str], list[int]]:
+    def render(self, chat: ChatModel, item) -> tuple[str, list[str], list[int]]:
         """(context text, continuation texts in presented order, presented order)."""
         self._check(item)
         shots = [self._shot(shot) for shot in self.examples(item)]
@@ -338,10 +227,10 @@ class MultipleChoiceTask:
             context = head + "".join(f"{question}{answer}\n\n" for question, answer in shots) + block
         return context, [self._answer(item, order, k) for k in range(len(order))], order
 
-    def _encode(self, chat, text: str) -> list[int]:
+    def _encode(self, chat: ChatModel, text: str) -> list[int]:
         return chat.encode(text) if self.chat else chat.tokenizer(text, add_special_tokens=True)["input_ids"]
 
-    def encode(self, chat, item) -> tuple[list[int], list[list[int]], list[int], str, list[str]]:
+    def encode(self, chat: ChatModel, item) -> tuple[list[int], list[list[int]], list[int], str, list[str]]:
         """Token ids: (context, continuations in presented order, order, context text, continuation texts).
 
         Each continuation is tokenized together with the context and split off (as
@@ -360,7 +249,7 @@ class MultipleChoiceTask:
         return ctx_ids, conts, order, context, answers
 
     # ------------------------------------------------------------ running
-    def run(self, chat, items, interventions=None, batch_size: int = 16) -> list[ItemResult]:
+    def run(self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16) -> list[ItemResult]:
         encoded = [self.encode(chat, item) for item in items]
         if not encoded:
             return []
@@ -512,7 +401,7 @@ class GSM8KTask:
         messages.append({"role": "user", "content": self.template.replace("{question}", item.question.strip())})
         return messages
 
-    def run(self, chat, items, interventions=None, batch_size: int = 16) -> list[ItemResult]:
+    def run(self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16) -> list[ItemResult]:
         if not items:
             return []
         conversations = [self.conversation(it) for it in items]
@@ -595,7 +484,7 @@ class TriviaQATask:
             raise RefusalScopeError(f"{self.name} needs question-answer items with answers, got {item!r:.80}")
         return self.template.replace("{question}", item.question.strip())
 
-    def run(self, chat, items, interventions=None, batch_size: int = 16) -> list[ItemResult]:
+    def run(self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16) -> list[ItemResult]:
         if not items:
             return []
         prompts = [self.prompt(it) for it in items]
@@ -636,7 +525,7 @@ class TextLossTask:
         dataset = dataset.filter(lambda it: len(it.text.split()) >= self.min_words)
         return list(dataset.sample(limit, seed))
 
-    def documents(self, chat, items):
+    def documents(self, chat: ChatModel, items):
         from ..data import TextItem
         from ..sae.activations import Document
 
@@ -650,7 +539,7 @@ class TextLossTask:
             docs.append(Document(tokens, "text", skip=1))
         return docs
 
-    def run(self, chat, items, interventions=None, batch_size: int = 16) -> list[ItemResult]:
+    def run(self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16) -> list[ItemResult]:
         from .loss import per_document_ce
 
         if not items:

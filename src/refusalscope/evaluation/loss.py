@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,12 @@ from ..errors import RefusalScopeError
 from ..sae.activations import Document
 from ..stats import Estimate, bootstrap
 
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
+    from ..types import Interventions
 
-def answer_documents(chat, prompts: Sequence[str], replies: Sequence[str], max_tokens: int = 160) -> list[Document]:
+
+def answer_documents(chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], max_tokens: int = 160) -> list[Document]:
     """Conversations (request + the model's reply); only the reply tokens are scored."""
     docs = []
     for prompt, reply in zip(prompts, replies):
@@ -33,12 +38,14 @@ def answer_documents(chat, prompts: Sequence[str], replies: Sequence[str], max_t
 
 
 @torch.no_grad()
-def per_document_ce(chat, documents: Sequence[Document], interventions=None, batch_size: int = 8) -> list[float]:
+def per_document_ce(
+    chat: ChatModel, documents: Sequence[Document], interventions: Interventions = None, batch_size: int = 8
+) -> list[float]:
     """Mean next-token cross-entropy (nats) over each document's scored tokens."""
     if not documents:
         raise RefusalScopeError("no documents to score", "pass at least one document")
     out = [float("nan")] * len(documents)
-    with chat._interventions(interventions):
+    with chat.attached(interventions):
         for batch in chat.batches([d.tokens for d in documents], batch_size):
             logits = chat.forward(batch).logits[:, :-1].float()
             target = batch.input_ids[:, 1:]
@@ -51,7 +58,10 @@ def per_document_ce(chat, documents: Sequence[Document], interventions=None, bat
     return out
 
 
-def cross_entropy(chat, documents: Sequence[Document], interventions=None, batch_size: int = 8, seed: int = 0) -> Estimate:
+def cross_entropy(
+    chat: ChatModel, documents: Sequence[Document], interventions: Interventions = None, batch_size: int = 8,
+    seed: int = 0,
+) -> Estimate:
     """Mean per-document cross-entropy with a bootstrap interval over documents."""
     values = [v for v in per_document_ce(chat, documents, interventions, batch_size) if not math.isnan(v)]
     return bootstrap(values, seed=seed)

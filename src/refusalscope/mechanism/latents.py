@@ -11,18 +11,26 @@ same request wrapped in a jailbreak.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import RefusalScopeError
 
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
+    from ..sae.model import SAE
 
-class StopAtLayer(Exception):
-    """Raised by a capture hook once the deepest layer a measurement needs has run."""
+
+def _layer(sae: SAE) -> int:
+    """The layer an SAE of a group reads (`LatentGroup` checks that every part records one)."""
+    if sae.layer is None:
+        raise RefusalScopeError("an SAE of a latent group does not record its layer", "set sae.cfg.layer")
+    return sae.layer
 
 
 @dataclass
@@ -30,7 +38,7 @@ class LatentGroup:
     """A named set of latents, possibly spread over several SAEs (one per layer)."""
 
     name: str
-    parts: list[tuple[object, list[int]]] = field(default_factory=list)  # (SAE, latent indices)
+    parts: list[tuple[SAE, list[int]]] = field(default_factory=list)  # (SAE, latent indices)
 
     def __post_init__(self) -> None:
         if not self.parts or not any(feats for _, feats in self.parts):
@@ -43,22 +51,23 @@ class LatentGroup:
 
     @property
     def layers(self) -> list[int]:
-        return sorted({sae.layer for sae, _ in self.parts})
+        return sorted({_layer(sae) for sae, _ in self.parts})
 
     @property
     def size(self) -> int:
         return sum(len(f) for _, f in self.parts)
 
-    def check(self, chat) -> None:
+    def check(self, chat: ChatModel) -> None:
         for sae, _ in self.parts:
             sae.check_model(chat)
 
-    def per_token(self, residual: dict[int, torch.Tensor]) -> torch.Tensor:
+    def per_token(self, residual: Mapping[Any, torch.Tensor]) -> torch.Tensor:
         """[..., T] mean activation of the group's latents at each position, from {layer: [..., T, d]}."""
-        total = None
+        total: torch.Tensor | None = None
         for sae, feats in self.parts:
-            acts = sae.float().encode_subset(residual[sae.layer].float(), list(feats)).sum(-1)
+            acts = sae.float().encode_subset(residual[_layer(sae)].float(), list(feats)).sum(-1)
             total = acts if total is None else total + acts
+        assert total is not None  # __post_init__ refuses a group without parts
         return total / self.size
 
     def to_dict(self) -> dict:
@@ -68,7 +77,7 @@ class LatentGroup:
 
 
 def group_activations(
-    chat, groups: Sequence[LatentGroup], prompts: Sequence[str], batch_size: int = 8, progress: bool = False,
+    chat: ChatModel, groups: Sequence[LatentGroup], prompts: Sequence[str], batch_size: int = 8, progress: bool = False,
     token_lists: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """{group name: [N] mean activation at the post-instruction positions} for each prompt
@@ -87,7 +96,7 @@ def group_activations(
     return out
 
 
-def load_feature_groups(features_path: str | Path, chat, sae_paths: Sequence[str] = ()) -> tuple[LatentGroup, dict]:
+def load_feature_groups(features_path: str | Path, chat: ChatModel, sae_paths: Sequence[str] = ()) -> tuple[LatentGroup, dict]:
     """The refusal-latent group of a features.json, with its SAEs (from `sae_paths`, else
     from the sources the file records), and the file's raw content for provenance."""
     from ..discovery.features import FeatureSet
@@ -118,7 +127,7 @@ def load_feature_groups(features_path: str | Path, chat, sae_paths: Sequence[str
     return LatentGroup("refusal", parts), json.loads(Path(features_path).read_text())
 
 
-def upstream_group(chat, harm_sae, refusal: LatentGroup, prompts: Sequence[str], top: int = 10,
+def upstream_group(chat: ChatModel, harm_sae: SAE, refusal: LatentGroup, prompts: Sequence[str], top: int = 10,
                    circuits_path: str | Path | None = None, progress: bool = False) -> tuple[LatentGroup, list[dict]]:
     """The 'harm' group: the `top` latents of an earlier-layer SAE that drive the refusal
     latents of the deepest refusal layer (`discovery.circuits`, attribution only), or the
@@ -126,7 +135,7 @@ def upstream_group(chat, harm_sae, refusal: LatentGroup, prompts: Sequence[str],
     from ..discovery.circuits import upstream_latents
 
     harm_sae.check_model(chat)
-    down_sae, down_feats = max(refusal.parts, key=lambda p: p[0].layer)
+    down_sae, down_feats = max(refusal.parts, key=lambda p: _layer(p[0]))
     if circuits_path is not None and Path(circuits_path).is_file():
         saved = json.loads(Path(circuits_path).read_text())
         if saved.get("upstream_layer") == harm_sae.layer and saved.get("downstream_features") == list(down_feats):

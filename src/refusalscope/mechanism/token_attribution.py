@@ -30,7 +30,7 @@ import torch
 
 from ..errors import RefusalScopeError
 from ..stats import Estimate, bootstrap
-from .latents import LatentGroup, StopAtLayer, group_activations
+from .latents import LatentGroup, group_activations
 
 WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
 
@@ -79,7 +79,6 @@ def attribute_tokens(chat, group: LatentGroup, prompts: Sequence[str], batch_siz
     prepared = [instruction_tokens(chat, p) for p in prompts]
     lists = [ids for ids, _, _ in prepared]
     n_post = len(chat.eoi_ids)
-    deepest = max(group.layers)
     out: list[TokenScores | None] = [None] * len(prompts)
     for batch in tqdm(list(chat.batches(lists, batch_size)), desc="token attribution", disable=not progress):
         store: dict = {}
@@ -89,20 +88,9 @@ def attribute_tokens(chat, group: LatentGroup, prompts: Sequence[str], batch_siz
             store["embed"] = e  # noqa: B023 (used within this iteration)
             return e.to(hidden.dtype)
 
-        def grab(layer):
-            def fn(hidden, ctx):
-                store[layer] = hidden[:, -n_post:]  # noqa: B023
-                if layer == deepest:
-                    raise StopAtLayer
-            return fn
-
-        hooks = [("embed", leaf)] + [(layer, grab(layer)) for layer in group.layers]
-        with torch.enable_grad(), chat.hooks.attached(hooks):
-            try:
-                chat.forward(batch)
-            except StopAtLayer:
-                pass
-            value = group.per_token({layer: store[layer] for layer in group.layers}).mean(-1)  # [B]
+        with torch.enable_grad(), chat.hooks.attached([("embed", leaf)]):
+            captured = chat.run_until(batch, group.layers)  # stops after the group's deepest layer
+            value = group.per_token({layer: captured[layer][:, -n_post:] for layer in group.layers}).mean(-1)  # [B]
             value.sum().backward()
         e = store["embed"]
         gx = (e.grad * e.detach()).sum(-1)  # [B, T]

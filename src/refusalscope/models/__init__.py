@@ -3,8 +3,9 @@
 from .chat import Batch, ChatModel, Generation
 from .dtypes import native_bf16, resolve_dtype
 from .embedded import EMBEDDED, embedded_names
-from .hooks import ForwardContext, HookManager
-from .loading import ModelInfo, load_model, resolve_spec
+from .hooks import ForwardContext, HookManager, StopForward
+from .info import ModelInfo
+from .loading import load_model, resolve_spec
 
 __all__ = [
     "Batch",
@@ -14,6 +15,7 @@ __all__ = [
     "Generation",
     "HookManager",
     "ModelInfo",
+    "StopForward",
     "embedded_names",
     "load_model",
     "native_bf16",

@@ -13,25 +13,31 @@ import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import RefusalScopeError
-from .hooks import ForwardContext, HasHooks, HookManager, Point, _StopForward
+from .hooks import ForwardContext, HookManager, Point
+from .info import ModelInfo
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+    from ..types import CapturePositions, Interventions
+    from .hooks import HasHooks, HookFn
 
 Message = dict[str, str]
 Prompt = Union[str, Sequence[Message]]
-Positions = Union[str, Sequence[int]]
 
 _LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers")
 _NORM_PATHS = ("model.norm", "model.language_model.norm", "language_model.model.norm")
 _SENTINEL = "\x00REFUSALSCOPE_INSTRUCTION\x00"
 
 
-def _get_path(root: torch.nn.Module, path: str):
-    obj = root
+def _get_path(root: torch.nn.Module, path: str) -> Any:
+    obj: Any = root
     for part in path.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
@@ -79,17 +85,17 @@ class Generation:
 class ChatModel:
     """A chat model plus tokenizer with chat formatting, generation and residual access."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, info_overrides: dict[str, Any] | None = None):
-        from .loading import ModelInfo
-
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, info_overrides: dict[str, Any] | None = None
+    ):
         self.model = model
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.layers = self._find(_LAYER_PATHS, "decoder layers")
-        self.final_norm = self._find(_NORM_PATHS, "final norm")
-        self.embed = model.get_input_embeddings()
-        self.unembed = model.get_output_embeddings()
+        self.layers: torch.nn.ModuleList = self._find(_LAYER_PATHS, "decoder layers")
+        self.final_norm: torch.nn.Module = self._find(_NORM_PATHS, "final norm")
+        self.embed: torch.nn.Module = model.get_input_embeddings()
+        self.unembed = cast(torch.nn.Linear, model.get_output_embeddings())
         self.hooks = HookManager(self.layers, self.embed)
         self._batch_counter = itertools.count()
         self._eoi_ids: list[int] | None = None
@@ -113,7 +119,7 @@ class ChatModel:
         )
 
     # ------------------------------------------------------------------ structure
-    def _find(self, paths: Sequence[str], what: str):
+    def _find(self, paths: Sequence[str], what: str) -> Any:
         for path in paths:
             found = _get_path(self.model, path)
             if found is not None:
@@ -138,6 +144,19 @@ class ChatModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def final_norm_gain(self) -> torch.Tensor | None:
+        """[d_model] float32 per-dimension gain of the final norm, or None if it has none.
+
+        A residual direction's direct effect on the logits is `unembed.weight @ (v * gain)`:
+        the norm's rescaling by the token's RMS is shared by every direction, its gain is
+        not. Gemma's RMSNorm multiplies by (1 + weight), the others by weight.
+        """
+        weight = getattr(self.final_norm, "weight", None)
+        if weight is None:
+            return None
+        gain = weight.detach().float()
+        return 1 + gain if self.info.family.startswith("gemma") else gain
 
     def __repr__(self) -> str:
         i = self.info
@@ -167,22 +186,26 @@ class ChatModel:
             )
         messages = self.messages(prompt, system)
         try:
-            return self.tokenizer.apply_chat_template(
+            return cast(str, self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt
-            )
+            ))
         except Exception as exc:  # jinja raises TemplateError for e.g. a system role
             if messages[0]["role"] != "system":
                 raise RefusalScopeError(f"the chat template rejected the conversation: {exc}") from exc
             # Templates without a system role (Gemma): fold it into the first user turn.
             merged = [dict(m) for m in messages[1:]]
             merged[0]["content"] = f"{messages[0]['content']}\n\n{merged[0]['content']}"
-            return self.tokenizer.apply_chat_template(
+            return cast(str, self.tokenizer.apply_chat_template(
                 merged, tokenize=False, add_generation_prompt=add_generation_prompt
-            )
+            ))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of already formatted text (the template supplies BOS where needed)."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Text of token ids (one token's text, for token-level displays, with `[t]`)."""
+        return cast(str, self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
 
     def encode_prompts(self, prompts: Sequence[Prompt], system: str | None = None, chat: bool = True) -> list[list[int]]:
         if isinstance(prompts, str):
@@ -240,20 +263,36 @@ class ChatModel:
             chunk = order[start : start + batch_size]
             yield self.pad([token_lists[i] for i in chunk], chunk)
 
-    def _context(self, mask: torch.Tensor, prompt_lengths: torch.Tensor, past: int, rows, batch_id, phase) -> ForwardContext:
+    def new_batch_id(self) -> int:
+        """A fresh `ForwardContext.batch_id`: stateful hooks (gates, per-prompt state) reset
+        when it changes, so every forward that starts new rows must take a new one."""
+        return next(self._batch_counter)
+
+    def _context(
+        self, mask: torch.Tensor, prompt_lengths: torch.Tensor, past: int, rows: torch.Tensor, batch_id: int, phase: str
+    ) -> ForwardContext:
         return ForwardContext(mask, prompt_lengths, past, rows, batch_id, phase)
 
     @contextlib.contextmanager
-    def _interventions(self, interventions: "HasHooks | Sequence[HasHooks] | None") -> Iterator[None]:
+    def attached(self, interventions: Interventions) -> Iterator[None]:
+        """Apply interventions (anything with `.hooks(model)`: one, a list, or None) to
+        every forward inside the block; their hooks are removed on exit, also on errors.
+
+        Prefer this to `hooks.attached(item.hooks(chat))`: it also records whether every
+        attached item is `prefix_safe`, which is what lets generation and first-token
+        logits compute a shared chat-template prefix once per batch (`shared_prefix`).
+        `steering.steer` adds checks against the model and a spec on top of it.
+        """
         if interventions is None:
             yield
             return
-        if not isinstance(interventions, (list, tuple)):
-            interventions = [interventions]
-        hooks = []
-        for item in interventions:
+        items: list[HasHooks] = (
+            list(interventions) if isinstance(interventions, (list, tuple)) else [cast("HasHooks", interventions)]
+        )
+        hooks: list[tuple[Point, HookFn]] = []
+        for item in items:
             hooks.extend(item.hooks(self))
-        safe = all(getattr(item, "prefix_safe", False) for item in interventions)
+        safe = all(getattr(item, "prefix_safe", False) for item in items)
         previous = self._safe_hooks
         self._safe_hooks = previous + len(hooks) if safe and previous >= 0 else -1
         try:
@@ -284,7 +323,7 @@ class ChatModel:
             n += 1
         return n if n >= self.min_shared_prefix else 0
 
-    def _prefix_cache(self, prefix: Sequence[int], rows: int, batch_id: int):
+    def _prefix_cache(self, prefix: Sequence[int], rows: int, batch_id: int) -> DynamicCache:
         """KV cache of `prefix`, computed once and repeated for `rows` rows."""
         from transformers import DynamicCache
 
@@ -299,7 +338,9 @@ class ChatModel:
         cache.batch_repeat_interleave(rows)
         return cache
 
-    def _prefill(self, batch: Batch, prefix_len: int, token_lists, batch_id: int, rows: torch.Tensor):
+    def _prefill(
+        self, batch: Batch, prefix_len: int, token_lists: Sequence[Sequence[int]], batch_id: int, rows: torch.Tensor
+    ) -> tuple[Any, DynamicCache, torch.Tensor, torch.Tensor]:
         """Prompt forward of one batch, reusing a shared prefix when `prefix_len` > 0.
 
         Returns (output, cache, full attention mask, position ids of the last column)."""
@@ -326,11 +367,11 @@ class ChatModel:
         return out, cache, mask, positions[:, -1:]
 
     # ------------------------------------------------------------------ forward passes
-    def forward(self, batch: Batch, phase: str = "forward", **kwargs) -> Any:
+    def forward(self, batch: Batch, phase: str = "forward", **kwargs: Any) -> Any:
         """One forward pass over a padded batch, with a hook context set up."""
         ctx = self._context(
             batch.attention_mask, batch.lengths, 0, torch.arange(len(batch.index), device=self.device),
-            next(self._batch_counter), phase,
+            self.new_batch_id(), phase,
         )
         with self.hooks.forward_context(ctx):
             return self.model(
@@ -341,23 +382,32 @@ class ChatModel:
                 **kwargs,
             )
 
+    def run_until(self, batch: Batch, points: Sequence[Point], **kwargs: Any) -> dict[Point, torch.Tensor]:
+        """Forward `batch` only as far as the deepest of `points` (layer indices or 'embed')
+        and return {point: [B, T, d] hidden state} there, after any attached interventions.
+
+        Grad mode is the caller's: under `torch.enable_grad()` the captures are part of the
+        graph (attribution); the blocks above the deepest point never run.
+        """
+        return self.hooks.run_until(points, lambda: self.forward(batch, **kwargs))
+
     @torch.no_grad()
     def next_token_logits(
         self,
         prompts: Sequence[Prompt],
         batch_size: int = 16,
         system: str | None = None,
-        interventions=None,
+        interventions: Interventions = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """[N, vocab] float32 logits for the first token of the reply to each prompt."""
         tokens = self.encode_prompts(prompts, system)
         out = torch.empty(len(tokens), self.unembed.weight.shape[0], dtype=torch.float32)
-        with self._interventions(interventions):
+        with self.attached(interventions):
             shared = self.shared_prefix(tokens)
             for batch in tqdm(list(self.batches(tokens, batch_size)), disable=not progress, desc="first-token logits"):
                 rows = torch.arange(len(batch.index), device=self.device)
-                output, _, _, _ = self._prefill(batch, shared, tokens, next(self._batch_counter), rows)
+                output, _, _, _ = self._prefill(batch, shared, tokens, self.new_batch_id(), rows)
                 out[batch.index] = output.logits[:, -1].float().cpu()
         return out
 
@@ -384,7 +434,7 @@ class ChatModel:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int = 0,
-        interventions=None,
+        interventions: Interventions = None,
         stop_at_eos: bool = True,
         progress: bool = True,
         on_token: Callable[[int, int], None] | None = None,
@@ -398,8 +448,8 @@ class ChatModel:
         soon as it is chosen (streaming); end-of-turn tokens are not passed.
         """
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
-            prompts = [prompts]
-        prompts = list(prompts)
+            prompts = [cast(Prompt, prompts)]
+        prompts = list(cast("Sequence[Prompt]", prompts))
         if max_new_tokens < 1:
             raise RefusalScopeError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if do_sample and temperature <= 0:
@@ -411,7 +461,7 @@ class ChatModel:
         started = time.perf_counter()
         bar = tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress)
         produced = 0
-        with self._interventions(interventions):
+        with self.attached(interventions):
             shared = self.shared_prefix(tokens)
             for batch in self.batches(tokens, batch_size):
                 produced += self._generate_batch(
@@ -421,7 +471,7 @@ class ChatModel:
                 bar.update(len(batch.index))
                 bar.set_postfix(tok_s=f"{produced / max(time.perf_counter() - started, 1e-9):.1f}")
         bar.close()
-        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in results]
+        texts = [self.decode(ids, skip_special_tokens=True) for ids in results]
         return Generation(
             prompts=prompts,
             texts=texts,
@@ -440,7 +490,15 @@ class ChatModel:
             seconds=time.perf_counter() - started,
         )
 
-    def _pick(self, logits: torch.Tensor, rows: torch.Tensor, generators, do_sample, temperature, top_p) -> torch.Tensor:
+    def _pick(
+        self,
+        logits: torch.Tensor,
+        rows: torch.Tensor,
+        generators: list[torch.Generator] | None,
+        do_sample: bool,
+        temperature: float,
+        top_p: float,
+    ) -> torch.Tensor:
         logits = logits.float()
         if not do_sample:
             return logits.argmax(-1)
@@ -450,15 +508,27 @@ class ChatModel:
             keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
             sorted_probs = sorted_probs * keep
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        assert generators is not None  # sampling always builds them
         picks = [torch.multinomial(probs[i], 1, generator=generators[int(r)]) for i, r in enumerate(rows)]
         return torch.cat(picks)
 
     def _generate_batch(
-        self, batch, max_new_tokens, stop, results, reasons, do_sample, temperature, top_p, seed, on_token=None,
-        shared: int = 0, token_lists=None,
+        self,
+        batch: Batch,
+        max_new_tokens: int,
+        stop: torch.Tensor,
+        results: list[list[int]],
+        reasons: list[str],
+        do_sample: bool,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        on_token: Callable[[int, int], None] | None,
+        shared: int,
+        token_lists: Sequence[Sequence[int]],
     ) -> int:
         rows = torch.arange(len(batch.index), device=self.device)
-        batch_id = next(self._batch_counter)
+        batch_id = self.new_batch_id()
         generators = None
         if do_sample:
             generators = [torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + i) for i in batch.index]
@@ -503,7 +573,9 @@ class ChatModel:
         return produced
 
     # ------------------------------------------------------------------ residual stream
-    def _select(self, hidden: torch.Tensor, mask: torch.Tensor, positions: Positions):
+    def _select(
+        self, hidden: torch.Tensor, mask: torch.Tensor, positions: CapturePositions
+    ) -> torch.Tensor | list[torch.Tensor]:
         if positions == "all":
             return [hidden[i, mask[i].bool()] for i in range(hidden.shape[0])]
         if positions == "last":
@@ -530,14 +602,14 @@ class ChatModel:
     @torch.no_grad()
     def iter_residual(
         self,
-        prompts: Sequence[Prompt],
+        prompts: Sequence[Prompt] | None,
         layers: Sequence[Point],
-        positions: Positions = "last",
+        positions: CapturePositions = "last",
         batch_size: int = 16,
         *,
         system: str | None = None,
         chat: bool = True,
-        interventions=None,
+        interventions: Interventions = None,
         progress: bool = True,
         token_lists: Sequence[Sequence[int]] | None = None,
     ) -> Iterator[tuple[list[int], dict[Point, Any]]]:
@@ -551,27 +623,15 @@ class ChatModel:
             raise RefusalScopeError("no layers were requested", f"pass layers in [0, {self.n_layers - 1}] or 'embed'")
         for layer in layers:
             self.hooks.module(layer)  # validates
-        tokens = token_lists if token_lists is not None else self.encode_prompts(prompts, system, chat=chat)
-        deepest = max((p for p in layers if p != "embed"), default="embed")
-        captured: dict[Point, torch.Tensor] = {}
-
-        def capture(point):
-            def fn(hidden, ctx):
-                captured[point] = hidden
-                if point == deepest:
-                    raise _StopForward
-            return fn
-
-        capture_hooks = [(p, capture(p)) for p in dict.fromkeys(layers)]
+        if token_lists is None and prompts is None:
+            raise RefusalScopeError("no prompts were given", "pass prompts, or token_lists of already encoded ones")
+        tokens = token_lists if token_lists is not None else self.encode_prompts(cast("Sequence[Prompt]", prompts),
+                                                                                 system, chat=chat)
         bar = tqdm(total=len(tokens), desc="residual", unit="prompt", disable=not progress)
-        with self._interventions(interventions), self.hooks.attached(capture_hooks):
+        with self.attached(interventions):
             for batch in self.batches(tokens, batch_size):
-                captured.clear()
-                try:
-                    self.forward(batch)
-                except _StopForward:
-                    pass
-                selected = {}
+                captured = self.run_until(batch, layers)
+                selected: dict[Point, Any] = {}
                 for point in layers:
                     picked = self._select(captured[point], batch.attention_mask, positions)
                     if isinstance(picked, list):
@@ -586,9 +646,9 @@ class ChatModel:
         self,
         prompts: Sequence[Prompt],
         layers: Sequence[Point],
-        positions: Positions = "last",
+        positions: CapturePositions = "last",
         batch_size: int = 16,
-        **kwargs,
+        **kwargs: Any,
     ) -> dict[Point, Any]:
         """Residual activations (float32, CPU) after the given blocks, in prompt order.
 

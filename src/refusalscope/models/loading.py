@@ -14,20 +14,17 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..errors import RefusalScopeError
 from ..paths import atomic_dir, cache_dir, remove_stale_tmp
 from ..provenance import package_versions, sha256_file
+from .chat import ChatModel
 from .dtypes import DTYPE_ENV, native_bf16, resolve_dtype  # noqa: F401  (re-exported: callers import them from here)
 from .embedded import EMBEDDED, EmbeddedModel, embedded_names
-
-if TYPE_CHECKING:
-    from .chat import ChatModel
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +40,6 @@ _HUB_PATTERNS = [
     "*.tiktoken",
     "*.txt",
 ]
-
-
-@dataclass
-class ModelInfo:
-    """Identity of a loaded model, recorded in every result it produces."""
-
-    spec: str
-    name: str
-    source: str  # embedded | gguf | hub | local
-    path: str
-    family: str
-    n_layers: int
-    d_model: int
-    dtype: str
-    sha256: str | None = None
-    revision: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def id(self) -> str:
-        """Short stable identifier: name plus content hash where known."""
-        return f"{self.name}@{self.sha256[:12]}" if self.sha256 else self.name
 
 
 def _check_family(config_path: Path, where: str) -> str:
@@ -103,7 +75,7 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
         ) from exc
     # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer; the
     # weights are already dequantised floats, so forgetting it is safe.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # typed as always set; cleared on purpose
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)
@@ -260,12 +232,11 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     progress: bool = True,
-) -> "ChatModel":
+) -> ChatModel:
     """Load a chat model by spec; see `resolve_spec` for what a spec may be."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .attention import register
-    from .chat import ChatModel
+    from .attention import register  # imports transformers: only when a model is loaded
 
     torch_dtype = resolve_dtype(dtype, device)  # before resolve_spec: a typo must not wait for a conversion
     folder, identity = resolve_spec(spec, revision=revision, progress=progress)
@@ -286,7 +257,7 @@ def load_model(
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
         )
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' decorator on `to` hides its signature from mypy
     model.eval()
     model.requires_grad_(False)
     log.info("loaded %s in %.1fs", spec, time.perf_counter() - started)

@@ -10,15 +10,21 @@ position, then averaged), or the projection on a direction.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
 
 
 class ResidualBank:
     """Post-instruction residuals [N, P, d] of a fixed prompt list at several layers."""
 
-    def __init__(self, chat, prompts: Sequence[str], layers: Sequence[int], batch_size: int = 8, progress: bool = False):
+    def __init__(
+        self, chat: ChatModel, prompts: Sequence[str], layers: Sequence[int], batch_size: int = 8, progress: bool = False
+    ):
         self.prompts = list(prompts)
         self.index = {p: i for i, p in enumerate(self.prompts)}
         self.layers = sorted(set(layers))

@@ -25,13 +25,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import RefusalScopeError
-from ..models.hooks import _StopForward
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
 
 MANIFEST = "harvest.json"
 
@@ -135,7 +138,7 @@ def _open(path: Path, shape, dtype, create: bool):
 
 
 def harvest(
-    chat,
+    chat: ChatModel,
     documents: Sequence[Document],
     layers: Sequence[int],
     folder: str | Path,
@@ -190,17 +193,6 @@ def harvest(
     if create:
         manifest.save(folder)
 
-    deepest = layers[-1]
-    captured: dict[int, torch.Tensor] = {}
-
-    def capture(layer):
-        def fn(hidden, ctx):
-            captured[layer] = hidden
-            if layer == deepest:
-                raise _StopForward
-
-        return fn
-
     if manifest.order == "length":  # stable: equal lengths keep corpus order
         order = sorted(range(len(documents)), key=lambda i: -len(documents[i].tokens))
     else:
@@ -212,16 +204,12 @@ def harvest(
     )
     processed_tokens = 0
     t0 = time.perf_counter()
-    with chat.hooks.attached([(layer, capture(layer)) for layer in layers]), torch.no_grad():
+    with torch.no_grad():
         for start in range(start_doc, len(documents), batch_size):
             chunk_index = order[start : start + batch_size]
             chunk = [documents[i] for i in chunk_index]
             batch = chat.pad([d.tokens for d in chunk], chunk_index)
-            captured.clear()
-            try:
-                chat.forward(batch)
-            except _StopForward:
-                pass
+            captured = chat.run_until(batch, layers)  # stops after the deepest layer
             width = batch.input_ids.shape[1]
             keep_rows = []
             for row, doc in enumerate(chunk):

@@ -87,7 +87,7 @@ def read_gemmascope(npz: Path) -> RawSAE:
     layer_match = re.search(r"layer_(\d+)", location)
     layer = int(layer_match.group(1)) if layer_match else None
     model = _GEMMA_MODEL.search(location)
-    site = {"mlp": "mlp_out", "att": "attn_z"}.get(model.group(3) if model else None, "resid_post")
+    site = {"mlp": "mlp_out", "att": "attn_z"}.get(model.group(3), "resid_post") if model else "resid_post"
     hook = {"resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_z": "attn.hook_z"}[
         site
     ]

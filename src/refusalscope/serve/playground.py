@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -27,6 +27,13 @@ from ..errors import RefusalScopeError
 from .schemas import MAX_PROMPT_TOKENS, GateForm, LatentControl, SteeringForm
 from .specs import SpecFolder
 from .worker import Job
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ..models.chat import ChatModel
+    from ..steering import Intervention
+    from ..types import Mode
 
 
 @dataclass
@@ -45,7 +52,7 @@ class TextStream:
     """Turns reply tokens into text deltas (decoding the whole reply each time, so a
     character split over tokens is sent once complete, never as a replacement glyph)."""
 
-    def __init__(self, tokenizer, send: Callable[[str], None]):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, send: Callable[..., None]):
         self.tokenizer = tokenizer
         self.send = send
         self.ids: list[int] = []
@@ -53,7 +60,7 @@ class TextStream:
 
     def __call__(self, token: int) -> None:
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = cast(str, self.tokenizer.decode(self.ids, skip_special_tokens=True))
         if text.endswith("\ufffd"):
             return
         if text.startswith(self.shown):
@@ -69,7 +76,7 @@ class Playground:
 
     def __init__(
         self,
-        chat,
+        chat: ChatModel,
         saes: dict[int, Any],
         *,
         features=None,
@@ -88,7 +95,7 @@ class Playground:
         self.features = features
         self.cards = {}
         for card in cards or []:
-            data = asdict(card) if is_dataclass(card) else dict(card)
+            data = asdict(card) if is_dataclass(card) and not isinstance(card, type) else dict(card)
             self.cards[(int(data["layer"]), int(data["feature"]))] = data
         if (direction is None) != (direction_layer is None):
             raise RefusalScopeError("a refusal direction needs its layer (and a layer needs a direction)")
@@ -162,11 +169,8 @@ class Playground:
         if layer not in self._token_index:
             sae = self.sae(layer)
             w = self.chat.unembed.weight.detach().float()
-            scale = getattr(self.chat.final_norm, "weight", None)
-            if scale is not None:
-                s = scale.detach().float()
-                scale = (1 + s) if self.chat.info.family.startswith("gemma") else s
-            decode = self.chat.tokenizer.decode
+            scale = self.chat.final_norm_gain()
+            decode = self.chat.decode
             rows: list[list[str]] = []
             with torch.no_grad():
                 for start in range(0, sae.d_sae, chunk):
@@ -204,9 +208,9 @@ class Playground:
         out = []
         for one, i in hits[:limit]:
             known = discovered.get((one, i))
-            tokens = self.promoted_tokens(one)[i] if self._token_index.get(one) else None
+            promotes = self.promoted_tokens(one)[i] if self._token_index.get(one) else None
             out.append({"layer": one, "latent": i, "discovered": known is not None,
-                        "score": None if known is None else known["score"], "promotes": tokens})
+                        "score": None if known is None else known["score"], "promotes": promotes})
         return out
 
     def card(self, layer: int, latent: int) -> dict[str, Any]:
@@ -230,11 +234,12 @@ class Playground:
                 "max_harmless": [], "promoted": promoted, "suppressed": suppressed, "computed": True}
 
     # ------------------------------------------------------------------ form <-> Steering
-    def _need_direction(self, what: str) -> torch.Tensor:
-        if self.direction is None:
+    def _need_direction(self, what: str) -> tuple[torch.Tensor, int]:
+        """The refusal direction and its layer (`__init__` accepts both or neither)."""
+        if self.direction is None or self.direction_layer is None:
             raise RefusalScopeError(f"{what} needs the refusal direction, and none is loaded",
                                     "serve a run folder that has direction/ (or pass --direction)")
-        return self.direction
+        return self.direction, self.direction_layer
 
     def build(self, form: SteeringForm):
         """The `Steering` a form describes (checked against the model)."""
@@ -248,11 +253,11 @@ class Playground:
             Steering,
         )
 
-        groups: dict[tuple[int, str], list[LatentControl]] = {}
+        groups: dict[tuple[int, Mode], list[LatentControl]] = {}
         for control in form.latents:
             self.check_latent(control.layer, control.latent)
             groups.setdefault((control.layer, control.mode), []).append(control)
-        items = []
+        items: list[Intervention] = []
         for (layer, mode), controls in groups.items():
             latents = [c.latent for c in controls]
             if len(set(latents)) != len(latents):
@@ -260,21 +265,22 @@ class Playground:
                                         "give each latent one slider")
             items.append(FeatureSteer(self.saes[layer], latents, mode, [c.value for c in controls]))
         if form.ablation:
-            items.append(DirectionAblation(self._need_direction("ablation")))
+            items.append(DirectionAblation(self._need_direction("ablation")[0]))
         if form.actadd:
-            items.append(ActAdd(self._need_direction("ActAdd"), self.direction_layer, form.actadd))
+            direction, direction_layer = self._need_direction("ActAdd")
+            items.append(ActAdd(direction, direction_layer, form.actadd))
         gate = form.gate
         if gate.enabled and items:
             if gate.kind == "feature":
                 if gate.layer is None or gate.latent is None:
                     raise RefusalScopeError("a feature gate needs its layer and latent", "pick the gate's latent")
                 self.check_latent(gate.layer, gate.latent)
-                reader = FeatureGate(self.saes[gate.layer], gate.latent)
+                reader: FeatureGate | DirectionGate = FeatureGate(self.saes[gate.layer], gate.latent)
             else:
-                direction = self._need_direction("a direction gate")
+                direction, direction_layer = self._need_direction("a direction gate")
                 layer = gate.layer if gate.layer is not None else min(
-                    [c.layer for c in form.latents] + ([self.direction_layer] if form.actadd else []),
-                    default=self.direction_layer,
+                    [c.layer for c in form.latents] + ([direction_layer] if form.actadd else []),
+                    default=direction_layer,
                 )
                 if not 0 <= layer < self.chat.n_layers:
                     raise RefusalScopeError(f"gate layer {layer} is not a layer of the model",
@@ -489,7 +495,7 @@ class Playground:
             acts = chat.residual([prompt], [layer], positions="all", batch_size=1, progress=False)[layer][0]
             with torch.no_grad():
                 values = self.saes[layer].encode_subset(acts, [latent])[:, 0]
-            job.emit("activations", tokens=[chat.tokenizer.decode([t]) for t in ids],
+            job.emit("activations", tokens=[chat.decode([t]) for t in ids],
                      values=[round(float(v), 4) for v in values])
 
         return run

@@ -54,7 +54,7 @@ class SAEMetrics:
         return out
 
 
-def _keep_mask(hidden: torch.Tensor, mask: torch.Tensor, skip: torch.Tensor, outlier_factor: float) -> torch.Tensor:
+def keep_mask(hidden: torch.Tensor, mask: torch.Tensor, skip: torch.Tensor, outlier_factor: float) -> torch.Tensor:
     """[B, T] positions the SAE is meant for: real, past each row's `skip` leading tokens
     (first token, shared template prefix), and not massive-norm outliers."""
     index = mask.cumsum(-1) - 1
@@ -76,7 +76,7 @@ def _splice_stats(chat, sae: SAE, documents: Sequence[Document], batch_size: int
 
     def hook(hidden, ctx):
         if mode["value"] == "clean":
-            keep = _keep_mask(hidden, ctx.chunk_mask, state["skip"], outlier_factor)
+            keep = keep_mask(hidden, ctx.chunk_mask, state["skip"], outlier_factor)
             state["keep"] = keep
             x = hidden[keep].float()
             recon, f = sae(x)

@@ -2,11 +2,13 @@
 
 `quick` trains one SAE at about two thirds of the depth (where the refusal direction is
 selected and read out: layer 15 of 24 on the default model, whose layer-16 quick SAE
-reconstructs it best, cosine 0.82, and whose refusal latents induce refusal when clamped,
+reconstructed it best of the layers tried (cosine 0.82 then; 0.95 since the quick preset's
+learning rate was raised for its short run), and whose refusal latents induce refusal when clamped,
 which the layer-12 ones barely do) and fits harvest + training in about ten
 minutes on a 2-core CPU; `standard` trains three SAEs spread over the middle of the model
-in about 45 minutes (measured: 43.6 min, 7.6 GiB). Results are cached under `$REFUSALSCOPE_CACHE/saes/<model>/<preset>/`,
-keyed by the model's content hash, so the pipeline trains once and every later stage
+in about 45 minutes (measured: 43.6 min, 7.6 GiB). Results are cached under `$REFUSALSCOPE_CACHE/saes/<model>/<preset>/`
+(harvest) and `…/<preset>/layer_<n>-<training key>/` (each SAE), keyed by the model's content
+hash and by the training configuration, so the pipeline trains once and every later stage
 loads the same SAEs.
 """
 
@@ -24,7 +26,7 @@ from .activations import ActivationStore, Document, harvest
 from .corpus import CorpusSpec, answer_prompts, build_corpus, shared_prefix_length, text_chunks
 from .metrics import evaluate_sae
 from .model import SAE
-from .training import TrainConfig, train_sae
+from .training import TrainConfig, train_sae, training_key
 
 
 @dataclass
@@ -49,7 +51,10 @@ PRESETS: dict[str, Preset] = {
             n_answer_harmful=24, n_answer_harmless=24, n_chat_harmful=150, n_chat_harmless=300,
             n_text_chunks=110, context_length=128, answer_tokens=40,
         ),
-        train=TrainConfig(architecture="topk", d_sae=2048, k=32, epochs=10, batch_size=1024, dead_tokens=60_000),
+        # 440 steps: sparsify's large-run learning rate (5.7e-4 here) under-trains so short a
+        # run (FVU 0.32, refusal-direction cosine 0.83); 4x the rate and 20 epochs instead of
+        # 10 give FVU 0.22 and cosine 0.95 (benchmarks/sae_ablations.py)
+        train=TrainConfig(architecture="topk", d_sae=2048, k=32, epochs=20, batch_size=1024, lr=2.3e-3, dead_tokens=60_000),
         description="one layer at 65% depth, ~30k tokens, d_sae 2048, TopK k=32 (~10 min on 2 CPU cores for the default model)",
     ),
     "standard": Preset(
@@ -122,6 +127,13 @@ def preset_folder(chat, preset: Preset) -> Path:
     return cache_dir() / "saes" / model_key / preset.name
 
 
+def sae_folder_name(preset: Preset, layer: int) -> str:
+    """`layer_<n>-<training key>`: a preset whose training changes (its TrainConfig or the
+    trainer) gets a new folder beside the old one, while the harvest, which depends only
+    on the corpus, stays shared."""
+    return f"layer_{layer}-{training_key(preset.train)}"
+
+
 def eval_corpora(chat, data: TrainingData, n_docs: int, context_length: int = 128) -> dict[str, list[Document]]:
     prefix = shared_prefix_length(chat)
     chats = data.harmful_val[: n_docs // 2] + data.harmless_val[: n_docs - n_docs // 2]
@@ -160,7 +172,7 @@ def train_preset(
     saes: dict[int, SAE] = {}
     missing = []
     for layer in layers:
-        path = root / f"layer_{layer}"
+        path = root / sae_folder_name(preset, layer)
         if (path / "cfg.json").is_file() and not force:
             saes[layer] = load_sae(path)
         else:
@@ -178,7 +190,8 @@ def train_preset(
     corpora = eval_corpora(chat, data, preset.eval_docs)
     for layer in missing:
         meta = {"model_name": chat.info.name, "model_sha256": chat.info.sha256}
-        result = train_sae(store, layer, replace(preset.train), root / f"layer_{layer}.training", meta, progress=progress)
+        name = sae_folder_name(preset, layer)
+        result = train_sae(store, layer, replace(preset.train), root / f"{name}.training", meta, progress=progress)
         sae = result.sae
         metrics = evaluate_sae(chat, sae, corpora, data.harmful_val, data.harmless_val[: len(data.harmful_val)])
         sae.cfg.provenance.update(
@@ -191,9 +204,9 @@ def train_preset(
             train_tokens_per_second=result.tokens_per_second,
             metrics=metrics.to_dict(),
         )
-        save_sae(sae, root / f"layer_{layer}")
-        sae.cfg.provenance["source"] = str(root / f"layer_{layer}")
-        with atomic_file(root / f"layer_{layer}" / "metrics.json") as handle:
+        save_sae(sae, root / name)
+        sae.cfg.provenance["source"] = str(root / name)
+        with atomic_file(root / name / "metrics.json") as handle:
             json.dump(metrics.to_dict(), handle, indent=2)
         saes[layer] = sae
     return saes

@@ -174,7 +174,7 @@ def load_pretrained(
     *,
     device: str = "cpu",
     dtype: str | torch.dtype | None = None,
-    model=None,
+    model: Any = None,
     revision: str | None = None,
 ) -> SAE:
     """Fetch (or find in the hub cache) one SAE of a registered release and load it.

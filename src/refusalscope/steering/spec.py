@@ -24,8 +24,11 @@ SAE's source and content hash, layers, features, modes, values, positions and ga
 
 Kinds: feature (SAE latents: set/scale/add), ablation (directional ablation at every
 layer), actadd (activation addition), clamp (lm-eval's projection clamp), conditional
-(a gate around other interventions). Directions are stored inline as `values`, or as
-`{"file": "direction.pt", "key": …, "sha256": …}` relative to the spec file.
+(a gate around other interventions), and the null-space kinds (steering/nullspace.py).
+Each kind writes and reads its own entry (`to_spec` / `from_spec`, registered in
+`kinds.py`); this module holds the file around them. Directions are stored inline as
+`values`, or as `{"file": "direction.pt", "key": …, "sha256": …}` relative to the spec file
+(`references.py`).
 
 `id` is a content hash of the model identity and the interventions (not of the name,
 description or versions): results that link to it name exactly what was done. Loading

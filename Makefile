@@ -10,7 +10,7 @@ export REFUSALSCOPE_DATA
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.refusalscope-installed
 
-.PHONY: setup demo test test-unit test-other-dtype typecheck bench
+.PHONY: setup demo test test-unit test-other-dtype typecheck lint bench
 
 $(STAMP): pyproject.toml requirements/models.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: setup
 # mypy over src/refusalscope (settings in pyproject.toml [tool.mypy]); its cache makes reruns seconds
 typecheck: setup
 	$(BIN)/mypy
+
+# ruff's lint rules, and its formatter as the one owner of the layout (pyproject [tool.ruff])
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 test-unit: setup
 	$(BIN)/python -m pytest -x -q tests/unit

@@ -16,9 +16,11 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import RefusalScopeError
+
+S = TypeVar("S", bound=str)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -100,13 +102,14 @@ def number_list(text: str, where: str, **limits: Any) -> tuple[float, ...]:
     return tuple(parse_number(p, f"{where} value '{p.strip()}'", **limits) for p in parts)
 
 
-def choice(value: Any, where: str, choices: Iterable[str]) -> str:
-    """`value` if it is one of `choices`, else an error listing them (with a close match)."""
-    choices = list(choices)
-    if not isinstance(value, str) or value not in choices:
+def choice(value: Any, where: str, choices: Iterable[S]) -> S:
+    """`value` if it is one of `choices`, else an error listing them (with a close match).
+    Typed by the choices: a tuple of a `Literal` alias's values gives that alias back."""
+    allowed = list(choices)
+    if not isinstance(value, str) or value not in allowed:
         raise RefusalScopeError(
-            f"{where}: unknown value {_shown(value)}{did_you_mean(str(value), choices)}",
-            f"use one of {', '.join(choices)}",
+            f"{where}: unknown value {_shown(value)}{did_you_mean(str(value), allowed)}",
+            f"use one of {', '.join(allowed)}",
         )
     return value
 

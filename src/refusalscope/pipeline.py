@@ -26,10 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import RefusalScopeError
 from .paths import atomic_file
@@ -37,6 +37,11 @@ from .stage_cache import cached_json, content_key, model_identity
 from .thresholds import best_threshold
 
 if TYPE_CHECKING:
+    from .attacks.tasks import AttackTasks
+    from .direction import RefusalDirection
+    from .evaluation.grid import GateSpec
+    from .judges.base import Judge
+    from .models.chat import ChatModel
     from .sae.presets import Preset
 
 
@@ -58,7 +63,7 @@ class Profile:
     batch_size: int = 16
     judge: str = "learned"  # reply judge (judges.named.load_judge); results record its name and version
     first_token_check_every: int = 16  # first-token mode: also generate and judge ~1 reply in n per configuration
-    attacks: object = None  # attacks.tasks.AttackTasks: jailbreak robustness (suite, GCG, multi-turn)
+    attacks: AttackTasks | Literal["default"] | None = None  # jailbreak robustness (suite, GCG, multi-turn)
 
 
 PROFILES = {
@@ -112,7 +117,7 @@ def _tensor_hash(t) -> str:
     return hashlib.sha256(t.detach().float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def harm_gate(chat, direction, layer: int, harmful, harmless):
+def harm_gate(chat: ChatModel, direction: RefusalDirection, layer: int, harmful: Sequence[str], harmless: Sequence[str]) -> tuple[GateSpec, float]:
     """A gate on the refusal direction's projection at `layer` (post-instruction tokens),
     with the threshold that best separates held-out harmful from harmless requests.
     The threshold is cached by content (model, dtype, direction, prompts): a rerun makes
@@ -137,7 +142,7 @@ def harm_gate(chat, direction, layer: int, harmful, harmless):
     return GateSpec(gate, threshold, reduce="mean", positions="post_instruction"), accuracy
 
 
-def first_token_calibration(chat, prompts, refusal_token_ids, max_new_tokens: int, judge=None) -> tuple[float, float]:
+def first_token_calibration(chat: ChatModel, prompts, refusal_token_ids, max_new_tokens: int, judge: Judge | None = None) -> tuple[float, float]:
     """`calibrate_first_token_threshold`, cached by content (model, dtype, prompts, refusal
     tokens, reply length, reply judge): the calibration generates replies and scores first tokens."""
     from .evaluation.tasks import calibrate_first_token_threshold
@@ -149,7 +154,7 @@ def first_token_calibration(chat, prompts, refusal_token_ids, max_new_tokens: in
     return threshold, agreement
 
 
-def build_tasks(chat, profile: Profile, direction, data_dir, calibration) -> tuple[list, dict]:
+def build_tasks(chat: ChatModel, profile: Profile, direction: RefusalDirection, data_dir: str | Path | None, calibration) -> tuple[list, dict]:
     """Refusal tasks (first-token or generated) and capability tasks with the profile's limits."""
     from .data import load_dataset
     from .evaluation.capability import capability_task
@@ -234,13 +239,15 @@ def run_pipeline(
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
-    def stage(name):
-        timings[name] = time.perf_counter() - stage.t0
+    stage_started = started
+
+    def stage(name: str) -> None:
+        nonlocal stage_started
+        timings[name] = time.perf_counter() - stage_started
         if on_stage is not None:
             on_stage(name, chat)
-        stage.t0 = time.perf_counter()
+        stage_started = time.perf_counter()
 
-    stage.t0 = started
     chat = load_model(model, dtype=dtype)
     out = Path(out_dir or Path("runs") / f"{chat.info.name}-{profile.name}")
     out.mkdir(parents=True, exist_ok=True)

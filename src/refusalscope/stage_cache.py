@@ -16,14 +16,19 @@ import json
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .paths import atomic_file, cache_dir
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models.chat import ChatModel
 
 _weights_hashes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def weights_hash(model) -> str:
+def weights_hash(model: torch.nn.Module) -> str:
     """A hash of a module's parameters and buffers (computed once per module object): the
     identity of a model that has no file hash, e.g. one built in memory."""
     import torch
@@ -37,7 +42,7 @@ def weights_hash(model) -> str:
     return _weights_hashes[model]
 
 
-def model_identity(chat) -> dict[str, str]:
+def model_identity(chat: ChatModel) -> dict[str, str]:
     """What a cached result computed with `chat` depends on: its weights and its dtype.
     `info.id` carries the file's content hash when the model came from a file; a model
     without one (built in memory) is identified by hashing its weights."""

@@ -30,7 +30,7 @@ class Estimate:
         return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}] (n={self.n})"
 
 
-def bootstrap(values: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean, n_boot: int = 2000,
+def bootstrap(values: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean, n_boot: int = 2000,
               confidence: float = 0.95, seed: int = 0) -> Estimate:
     """Percentile bootstrap interval of `statistic` over `values` (seeded, so reproducible)."""
     data = np.asarray(values, dtype=float)
@@ -44,12 +44,12 @@ def bootstrap(values: Sequence[float], statistic: Callable[[np.ndarray], float] 
     return Estimate(point, float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha)), int(data.size))
 
 
-def rate(flags: Sequence[bool], seed: int = 0) -> Estimate:
+def rate(flags: Sequence[bool] | np.ndarray, seed: int = 0) -> Estimate:
     """A proportion with its bootstrap interval."""
     return bootstrap([float(f) for f in flags], seed=seed)
 
 
-def difference(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Estimate:
+def difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Estimate:
     """mean(a) − mean(b) for independent samples, with a bootstrap interval (e.g. Δs)."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size == 0 or y.size == 0:

@@ -59,9 +59,11 @@ HubJudgeName = Literal["harmbench", "llama-guard-3", "wildguard", "strongreject"
 TaskRole = Literal["harmful", "benign", "jailbreak", "capability"]
 
 
-def choices(alias: Any) -> tuple[str, ...]:
+def choices(alias: Any) -> tuple[Any, ...]:
     """The strings a `Literal` alias admits, in declaration order (for run-time checks and
-    error messages): `choices(Mode) == ("set", "scale", "add")`."""
+    error messages): `choices(Mode) == ("set", "scale", "add")`. Annotate the constant with
+    the alias, `MODES: tuple[Mode, ...] = choices(Mode)`, and `checks.choice(value, where,
+    MODES)` returns a `Mode`."""
     args = get_args(alias)
     if not args or not all(isinstance(a, str) for a in args):
         raise TypeError(f"{alias!r} is not a Literal of strings")

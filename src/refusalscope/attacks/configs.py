@@ -11,9 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RefusalScopeError
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
+    from ..steering.spec import Steering
 
 
 @dataclass
@@ -42,7 +46,7 @@ class AttackConfig:
         return f"{self.name}: {self.steering.describe()}"
 
 
-def check_steering_for(chat, steering) -> None:
+def check_steering_for(chat: ChatModel, steering: Steering | None) -> None:
     """Raise when `steering` names another model than `chat` (by content hash, else name)."""
     if steering is None:
         return
@@ -62,7 +66,7 @@ def check_steering_for(chat, steering) -> None:
     steering.check(chat)  # layers, widths, SAE hook points
 
 
-def load_config(name: str, spec: str | Path | None, chat) -> AttackConfig:
+def load_config(name: str, spec: str | Path | None, chat: ChatModel) -> AttackConfig:
     """An AttackConfig from a spec file (None: unsteered), checked against `chat`."""
     if spec is None:
         return AttackConfig(name, None)

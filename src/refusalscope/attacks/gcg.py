@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -45,6 +46,11 @@ from ..errors import RefusalScopeError
 from ..models.hooks import ForwardContext
 from .behaviours import Behaviour
 from .configs import check_steering_for
+
+if TYPE_CHECKING:
+    from ..judges.base import Judge
+    from ..models.chat import ChatModel
+    from ..steering.spec import Steering
 
 _SENTINEL = "\x00REFUSALSCOPE_SUFFIX\x00"
 # batch ids for our own forwards: far above ChatModel's counter, so a gate's per-batch state
@@ -86,7 +92,7 @@ class GCGConfig:
         return self
 
 
-def allowed_tokens(chat, allow_non_ascii: bool = False) -> torch.Tensor:
+def allowed_tokens(chat: ChatModel, allow_non_ascii: bool = False) -> torch.Tensor:
     """[rows of the embedding matrix] bool: tokens a suffix may use.
 
     Special tokens, embedding rows beyond the tokenizer (Qwen pads its matrix), and tokens
@@ -121,7 +127,7 @@ class SuffixObjective:
     [before: template + request][suffix][after: end of turn + reply header][target].
     """
 
-    def __init__(self, chat, request: str, target: str, steering=None, *, system: str | None = None,
+    def __init__(self, chat: ChatModel, request: str, target: str, steering: Steering | None = None, *, system: str | None = None,
                  share_prefix: bool = True):
         self.chat = chat
         self.steering = steering
@@ -150,7 +156,7 @@ class SuffixObjective:
         return self.request + self.decode(suffix_ids)
 
     def decode(self, suffix_ids: Sequence[int]) -> str:
-        return self.chat.tokenizer.decode(list(suffix_ids), clean_up_tokenization_spaces=False)
+        return cast(str, self.chat.tokenizer.decode(list(suffix_ids), clean_up_tokenization_spaces=False))
 
     def retokenizes(self, candidates: torch.Tensor) -> torch.Tensor:
         """[C] bool: whether each candidate, written into the template as text, encodes back
@@ -195,7 +201,8 @@ class SuffixObjective:
                 self.chat.model(input_ids=ids, attention_mask=torch.ones_like(ids),
                                 position_ids=torch.arange(ids.shape[1], device=ids.device)[None],
                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
-            self._prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+            layers: list[Any] = list(cache.layers)  # transformers types them as a union of cache kinds
+            self._prefix_kv = [(layer.keys, layer.values) for layer in layers]
         return self._prefix_kv
 
     def _logits(self, suffixes: torch.Tensor) -> torch.Tensor:
@@ -210,7 +217,7 @@ class SuffixObjective:
         if self.shared:
             from transformers import DynamicCache
 
-            kv = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in self._prefix_kv]
+            kv = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in self._prefix()]
             kwargs = {"past_key_values": DynamicCache(kv, config=self.chat.model.config), "use_cache": True}
         positions = torch.arange(past, total, device=rest.device)[None].expand(rows, -1)
         with self.chat.hooks.forward_context(self._context(rows, total, past)):
@@ -257,14 +264,16 @@ class SuffixObjective:
         start = 0 if self.shared else len(self.before)
         length = suffix.shape[0]
 
-        def replace(hidden, ctx):
+        def replace(hidden: torch.Tensor, ctx: ForwardContext):
             embeds = (one_hot @ weight)[None].to(hidden.dtype)
             return torch.cat([hidden[:, :start], embeds, hidden[:, start + length:]], dim=1)
 
         with torch.enable_grad(), self._attached([("embed", replace)]):
             loss = self._loss_rows(self._logits(suffix[None]))[0]
             loss.backward()
-        return one_hot.grad.detach(), float(loss.detach())
+        grad = one_hot.grad
+        assert grad is not None  # set by the backward pass above
+        return grad.detach(), float(loss.detach())
 
 
 @dataclass
@@ -295,7 +304,7 @@ class GCG:
         report = gcg.run(behaviours, "runs/gcg-steered")       # resumable, one line per behaviour
     """
 
-    def __init__(self, chat, steering=None, config: GCGConfig | None = None, judge=None):
+    def __init__(self, chat: ChatModel, steering: Steering | None = None, config: GCGConfig | None = None, judge: Judge | None = None):
         from ..steering import as_steering
 
         self.chat = chat
@@ -360,8 +369,8 @@ class GCG:
         device = self.chat.device
         started = time.perf_counter()
         if state is None:
-            suffix = self.initial_suffix()
-            state = {"step": 0, "suffix": suffix, "best_suffix": suffix, "best_loss": None, "losses": [],
+            initial = self.initial_suffix()
+            state = {"step": 0, "suffix": initial, "best_suffix": initial, "best_loss": None, "losses": [],
                      "kept": [], "tokens": 0, "seconds": 0.0, "checks": [], "rng": _encode_rng(
                          torch.Generator().manual_seed(c.seed)), "broken": False, "steps_to_break": None,
                      "stopped": None}
@@ -488,7 +497,7 @@ class GCG:
         done = run.done()
         todo = [b for b in behaviours if b.id not in done]
         for b in tqdm(todo, desc="gcg behaviours", unit="behaviour", disable=not progress or len(todo) < 2):
-            result = self.attack(b, state=run.load_state(b.id), checkpoint=lambda s, b=b: run.save_state(b.id, s),
+            result = self.attack(b, state=run.load_state(b.id), checkpoint=functools.partial(run.save_state, b.id),
                                  on_step=on_step, progress=progress)
             run.finish(result)
         finished = {r["id"]: r for r in run.results()}

@@ -23,9 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RefusalScopeError
+
+if TYPE_CHECKING:
+    from ..judges.base import Judge
+    from ..models.chat import ChatModel
 
 FORMAT = "refusalscope-multiturn"
 BUILTIN = "crescendo"
@@ -82,7 +86,7 @@ def load_conversations(path: str | Path | None = None, limit: int | None = None)
     return out
 
 
-def _judge_default(judge):
+def _judge_default(judge: Judge | None) -> Judge:
     if judge is not None:
         return judge
     from ..judges import SubstringJudge
@@ -90,18 +94,18 @@ def _judge_default(judge):
     return SubstringJudge()
 
 
-def _verdict(judge, prompt: str, reply: str) -> dict[str, Any]:
+def _verdict(judge: Judge, prompt: str, reply: str) -> dict[str, Any]:
     v = judge.judge([prompt], [reply])[0]
     return {"refused": bool(v.refused), "label": v.label, "complied": (not v.refused) and bool(reply.strip())}
 
 
-def _identity(chat, config, judge, kind: str, **settings) -> dict[str, Any]:
+def _identity(chat: ChatModel, config, judge: Judge, kind: str, **settings) -> dict[str, Any]:
     return {"attack": kind, "model": {"name": chat.info.name, "sha256": chat.info.sha256},
             "steering": config.steering_id, "judge": getattr(judge, "name", type(judge).__name__), **settings}
 
 
 # ---------------------------------------------------------------------- scripted
-def run_scripted(chat, config, conversations: Sequence[Conversation], out: str | Path, *, judge=None,
+def run_scripted(chat: ChatModel, config, conversations: Sequence[Conversation], out: str | Path, *, judge: Judge | None = None,
                  max_new_tokens: int = 64, batch_size: int = 8, progress: bool = True,
                  on_turn: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Play every scripted conversation against `config` (an `AttackConfig`); results in
@@ -191,8 +195,8 @@ def _clean(text: str) -> str:
     return text.split("\nASSISTANT:")[0].strip() or "Tell me more about that."
 
 
-def run_attacker(chat, config, conversations: Sequence[Conversation], out: str | Path, *, attacker=None,
-                 judge=None, max_turns: int = 4, max_backtracks: int = 3, max_new_tokens: int = 64,
+def run_attacker(chat: ChatModel, config, conversations: Sequence[Conversation], out: str | Path, *, attacker=None,
+                 judge: Judge | None = None, max_turns: int = 4, max_backtracks: int = 3, max_new_tokens: int = 64,
                  attacker_tokens: int = 48, seed: int = 0, progress: bool = True,
                  on_turn: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Crescendo with a model as the attacker. `attacker` is a ChatModel (default: the

@@ -7,9 +7,16 @@ Everything resumes: rerunning the pipeline answers only what is missing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..evaluation.grid import GateSpec
+    from ..models.chat import ChatModel
+    from ..steering.kinds import Intervention
+    from .configs import AttackConfig
 
 
 @dataclass
@@ -28,7 +35,7 @@ class AttackTasks:
     seed: int = 0
 
 
-def run_attack_tasks(chat, configs, root: str | Path, tasks: AttackTasks | None = None, *, data_dir=None,
+def run_attack_tasks(chat: ChatModel, configs, root: str | Path, tasks: AttackTasks | None = None, *, data_dir=None,
                      progress: bool = True) -> dict[str, Any]:
     """Run the attack tasks for every configuration (`AttackConfig`) into `root`."""
     from .behaviours import load_behaviours
@@ -61,18 +68,18 @@ def run_attack_tasks(chat, configs, root: str | Path, tasks: AttackTasks | None 
     return out
 
 
-def pipeline_configs(interventions, gate) -> list:
+def pipeline_configs(interventions: Sequence[Intervention], gate: GateSpec) -> list[AttackConfig]:
     """The pipeline's three rows: unsteered, the selected latents clamped (`interventions`),
     and the same behind the harm gate (`gate`, an `evaluation.grid.GateSpec`)."""
     from ..steering import Steering
     from .configs import AttackConfig
 
-    interventions = list(interventions)
-    return [AttackConfig("unsteered"), AttackConfig("steered", Steering(interventions, name="steered")),
-            AttackConfig("gated", Steering([gate.wrap(interventions)], name="gated"))]
+    steered = list(interventions)
+    return [AttackConfig("unsteered"), AttackConfig("steered", Steering(steered, name="steered")),
+            AttackConfig("gated", Steering([gate.wrap(steered)], name="gated"))]
 
 
-def run_pipeline_attacks(chat, interventions, gate, root: str | Path, tasks: AttackTasks, *, data_dir=None,
+def run_pipeline_attacks(chat: ChatModel, interventions: Sequence[Intervention], gate: GateSpec, root: str | Path, tasks: AttackTasks, *, data_dir=None,
                          progress: bool = True) -> dict[str, Any]:
     """What `refusalscope run` calls when its profile has attack tasks."""
     return run_attack_tasks(chat, pipeline_configs(interventions, gate), root, tasks, data_dir=data_dir,

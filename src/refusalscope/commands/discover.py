@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import resource
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from ._app import DtypeOpt, ModelOpt, at_least, check_dtype, command, console
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
 
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder of benchmark files (default $REFUSALSCOPE_DATA).")
 EVAL_SETS = ("harmbench", "jailbreakbench", "advbench")
@@ -74,7 +78,7 @@ def preload_saes(sae_paths: list[str]) -> list:
     return out
 
 
-def load_saes(chat, sae_paths: list[str], preset: str, data_dir, preloaded: list | None = None) -> dict:
+def load_saes(chat: ChatModel, sae_paths: list[str], preset: str, data_dir, preloaded: list | None = None) -> dict:
     from ..sae.presets import train_preset
 
     if sae_paths:
@@ -94,10 +98,8 @@ def check_discover_options(**o) -> dict:
     from ..sae.presets import get_preset
 
     check_dtype(o["dtype"])
-    choice(o["method"], "--method", METHODS)
-    baselines = tuple(b.strip() for b in o["baselines"].split(",") if b.strip())
-    for b in baselines:
-        choice(b, "--baselines entry", METHODS)
+    method = choice(o["method"], "--method", METHODS)
+    baselines = tuple(choice(b.strip(), "--baselines entry", METHODS) for b in o["baselines"].split(",") if b.strip())
     for name, minimum in (("k", 1), ("prefilter_k", 1), ("ig_steps", 1), ("n_attribution", 1), ("n_eval", 1),
                           ("induce_top", 0), ("max_new_tokens", 1), ("seed", 0)):
         at_least(o[name], "--" + name.replace("_", "-"), minimum)
@@ -111,7 +113,8 @@ def check_discover_options(**o) -> dict:
     get_preset(o["sae_preset"])
     output_dir(o["output"], "output folder")
     return {
-        "baselines": tuple(b for b in baselines if b != o["method"]),
+        "method": method,
+        "baselines": tuple(b for b in baselines if b != method),
         "eval_sets": eval_sets,
         "suppress": number_list(o["suppress"], "--suppress"),
         "induce": number_list(o["induce"], "--induce"),
@@ -148,7 +151,7 @@ def direction_cmd(
     chat = load_model(model, dtype=dtype)
     result = find_refusal_direction(chat, data, layer_stride=layer_stride, seed=seed)
     result.save(output)
-    finalists = sorted((c for c in result.scores if c.kl is not None), key=lambda c: c.ablation_score)
+    finalists = sorted((c for c in result.scores if c.kl is not None), key=lambda c: math.inf if c.ablation_score is None else c.ablation_score)
     rows = [["layer", "position", "ablation score", "induction score", "KL", "admissible"]]
     for c in finalists:
         rows.append([str(c.layer), str(c.position), f"{c.ablation_score:.2f}", f"{c.induction_score:.2f}",
@@ -157,7 +160,7 @@ def direction_cmd(
                      f"{result.baseline['harmful_score']:.2f}, harmless {result.baseline['harmless_score']:.2f})")
     console.print(f"selected layer {result.layer}, position {result.position} "
                   f"(refusal tokens {[chat.tokenizer.decode([t]) for t in result.refusal_token_ids]})", markup=False)
-    summary = {"layer": result.layer, "position": result.position, "seconds": time.perf_counter() - started}
+    summary: dict[str, Any] = {"layer": result.layer, "position": result.position, "seconds": time.perf_counter() - started}
     if n_effect > 0:
         harmful = load_dataset("harmful/refusal-direction", "test", data_dir=data_dir, limit=n_effect, seed=seed).prompts
         harmless = load_dataset("harmless/alpaca", "test", data_dir=data_dir, limit=n_effect, seed=seed).prompts
@@ -224,7 +227,7 @@ def discover_cmd(
     t0 = time.perf_counter()
     direction = find_refusal_direction(chat, data, seed=seed)
     timings["direction"] = time.perf_counter() - t0
-    cfg = DiscoveryConfig(method=method, baselines=settings["baselines"], k=k,
+    cfg = DiscoveryConfig(method=settings["method"], baselines=settings["baselines"], k=k,
                           prefilter_k=prefilter_k, per_prompt=per_prompt, ig_steps=ig_steps, n_attribution=n_attribution, seed=seed)
     t0 = time.perf_counter()
     found = discover(chat, saes, direction, data.harmful_train, data.harmless_train, cfg, output)
@@ -232,7 +235,7 @@ def discover_cmd(
     print_rows(top_table(found.sets[method]), f"{method}: top {k} latents (layers {sorted(saes)})")
     for name, shares in found.tables.error_share.items():
         console.print(f"  SAE error share of the {name} attribution: " + ", ".join(f"layer {l}: {v:.0%}" for l, v in shares.items()))
-    summary = {"timings": timings, "features": str(output / "features.json"), "error_share": found.tables.error_share}
+    summary: dict[str, Any] = {"timings": timings, "features": str(output / "features.json"), "error_share": found.tables.error_share}
     main_set = found.sets[method]
     if cards:
         from ..discovery.cards import build_cards, write_cards

@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from ._app import DtypeOpt, ModelOpt, command, console
+
+if TYPE_CHECKING:
+    from ..mechanism.latents import LatentGroup
+    from ..models.chat import ChatModel
 
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder of benchmark files (default $REFUSALSCOPE_DATA).")
 FeaturesOpt = typer.Option(Path("runs/discover/features.json"), "--features", help="features.json from `refusalscope discover`.")
@@ -52,13 +56,14 @@ def _check_inputs(features: Path, attacks: list[str], data_dir) -> None:
     resolve_data_dir(data_dir)
 
 
-def _groups(chat, features: Path, sae: list[str], harm_sae: Optional[str], n_harm: int, data_dir, seed: int):
+def _groups(chat: ChatModel, features: Path, sae: list[str], harm_sae: Optional[str], n_harm: int, data_dir, seed: int):
     from ..data import load_dataset
     from ..mechanism.latents import load_feature_groups, upstream_group
     from ..sae.io import load_sae
 
     refusal, raw = load_feature_groups(features, chat, sae)
-    harm, harm_rows = None, []
+    harm: LatentGroup | None = None
+    harm_rows: list[dict] = []
     if harm_sae:
         prompts = load_dataset("harmful/refusal-direction", "val", data_dir=data_dir, limit=16, seed=seed).prompts
         harm, harm_rows = upstream_group(chat, load_sae(harm_sae, model=chat), refusal, prompts, n_harm,

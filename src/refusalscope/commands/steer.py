@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import typer
 from rich.table import Table
@@ -50,13 +50,15 @@ def _build_steering(
 ):
     """A Steering from a spec file and/or the inline options (all combined)."""
     from ..steering import ActAdd, DirectionAblation, FeatureSteer, Steering, load_direction
+    from ..types import Mode
 
     steering = _read_steering(spec) if spec is not None else Steering([])
     pos = _parse_positions(positions)
     if sae is not None or features:
         if sae is None or not features:
             raise RefusalScopeError("--sae and --feature go together", "e.g. --sae saes/l12 --feature 1234 --mode set --value 8")
-        steering.interventions.append(FeatureSteer(sae, features, mode, value, positions=pos, layer=layer))
+        # FeatureSteer checks the mode (its error names the choices)
+        steering.interventions.append(FeatureSteer(sae, features, cast(Mode, mode), value, positions=pos, layer=layer))
     if ablate is not None:
         steering.interventions.append(DirectionAblation(load_direction(ablate), positions=pos))
     if actadd is not None:

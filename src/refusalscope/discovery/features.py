@@ -21,8 +21,9 @@ import torch
 
 from ..errors import RefusalScopeError
 from ..paths import atomic_file
+from ..types import DiscoveryMethod, choices
 
-METHODS = ("cossim+ig", "ig", "ap", "cossim", "actdiff", "random")
+METHODS: tuple[DiscoveryMethod, ...] = choices(DiscoveryMethod)
 
 
 @dataclass
@@ -147,7 +148,7 @@ def _score_row(tables: ScoreTables, layer: int, feature: int) -> dict[str, float
 
 def select(
     tables: ScoreTables,
-    method: str,
+    method: DiscoveryMethod,
     k: int = 20,
     prefilter_k: int = 64,
     per_prompt: bool = False,

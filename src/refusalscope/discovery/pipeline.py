@@ -13,21 +13,28 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import RefusalScopeError
 from ..provenance import package_versions
 from ..stage_cache import cached_json, content_key, model_identity, stage_path, write_text_if_changed
+from ..types import DiscoveryMethod
 from .features import METHODS, FeatureSet, ScoreTables, select
 from .scoring import actdiff_scores, activation_stats, attribution_scores, cossim_scores
+
+if TYPE_CHECKING:
+    from ..direction import RefusalDirection
+    from ..models.chat import ChatModel
+    from ..sae.model import SAE
 
 
 @dataclass
 class DiscoveryConfig:
-    method: str = "cossim+ig"
-    baselines: tuple[str, ...] = ("random", "cossim", "actdiff", "ap")
+    method: DiscoveryMethod = "cossim+ig"
+    baselines: tuple[DiscoveryMethod, ...] = ("random", "cossim", "actdiff", "ap")
     k: int = 20
     prefilter_k: int = 64
     per_prompt: bool = False
@@ -62,7 +69,8 @@ class Discovery:
     cached: bool = False
 
 
-def _fingerprint(chat, saes, direction, harmful, harmless, cfg: DiscoveryConfig, attr_prompts) -> str:
+def _fingerprint(chat: ChatModel, saes: Mapping[int, SAE], direction: RefusalDirection, harmful: Sequence[str],
+                 harmless: Sequence[str], cfg: DiscoveryConfig, attr_prompts: Sequence[str]) -> str:
     digest = hashlib.sha256(json.dumps(model_identity(chat), sort_keys=True).encode())
     for layer in sorted(saes):
         digest.update(f"{layer}:{saes[layer].content_hash()}".encode())
@@ -72,7 +80,7 @@ def _fingerprint(chat, saes, direction, harmful, harmless, cfg: DiscoveryConfig,
     return digest.hexdigest()[:20]
 
 
-def sae_identity(saes) -> dict:
+def sae_identity(saes: Mapping[int, SAE]) -> dict:
     out = {}
     for layer, sae in saes.items():
         c = sae.cfg
@@ -87,7 +95,7 @@ def sae_identity(saes) -> dict:
     return out
 
 
-def refused_prompts(chat, prompts: Sequence[str], refusal_token_ids, limit: int) -> list[str]:
+def refused_prompts(chat: ChatModel, prompts: Sequence[str], refusal_token_ids, limit: int) -> list[str]:
     """The prompts the model is inclined to refuse (first-token log-odds above the median
     of the harmful set, and above −2): attributing refusal where there is none is noise."""
     from ..judges.first_token import refusal_score
@@ -104,7 +112,7 @@ def refused_prompts(chat, prompts: Sequence[str], refusal_token_ids, limit: int)
     return keep
 
 
-def cached_refused_prompts(chat, prompts: Sequence[str], refusal_token_ids, limit: int) -> list[str]:
+def cached_refused_prompts(chat: ChatModel, prompts: Sequence[str], refusal_token_ids, limit: int) -> list[str]:
     """`refused_prompts`, looked up in the cache when this model (and dtype) already
     scored these prompts: choosing them costs a forward pass over every harmful prompt."""
     key = content_key("refused-prompts", model_identity(chat), list(prompts), list(map(int, refusal_token_ids)), limit)
@@ -112,7 +120,7 @@ def cached_refused_prompts(chat, prompts: Sequence[str], refusal_token_ids, limi
 
 
 def discover(
-    chat,
+    chat: ChatModel,
     saes: dict,
     direction,
     harmful: Sequence[str],

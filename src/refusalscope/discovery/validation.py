@@ -15,8 +15,9 @@ human labels: `refusalscope judge-validate`); the report's config names it and i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -24,8 +25,17 @@ from tqdm.auto import tqdm
 from ..errors import RefusalScopeError
 from ..evaluation.loss import cross_entropy
 from ..generations import cached_replies
+from ..sae.model import SAE
 from ..stats import Estimate, rate
 from ..steering.interventions import ActAdd, DirectionAblation, FeatureSteer
+from ..steering.kinds import Intervention
+from ..types import Mode
+
+if TYPE_CHECKING:
+    from ..direction import RefusalDirection
+    from ..judges.base import Judge
+    from ..models.chat import ChatModel
+    from ..types import Interventions
 
 DENSE = "dense direction"
 
@@ -76,7 +86,9 @@ class ValidationReport:
         return None
 
 
-def feature_interventions(saes, pairs: Sequence[tuple[int, int]], mode: str, values) -> list[FeatureSteer]:
+def feature_interventions(
+    saes: Mapping[int, SAE], pairs: Sequence[tuple[int, int]], mode: Mode, values: float | dict[tuple[int, int], float]
+) -> list[FeatureSteer]:
     """One FeatureSteer per layer; `values` is a number or {(layer, feature): value}."""
     by_layer: dict[int, list[int]] = {}
     for layer, feature in pairs:
@@ -99,7 +111,7 @@ def clamp_values(pairs, peaks: dict[int, torch.Tensor], multiplier: float) -> di
     return {key: multiplier * (v if v > 0 else fallback) for key, v in raw.items()}
 
 
-def _refusals(chat, judge, prompts, interventions, cfg: ValidationConfig) -> tuple[list[bool], list[str]]:
+def _refusals(chat: ChatModel, judge: Judge, prompts, interventions: Interventions, cfg: ValidationConfig) -> tuple[list[bool], list[str]]:
     if interventions is None:
         replies = cached_replies(chat, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False)
     else:
@@ -109,15 +121,15 @@ def _refusals(chat, judge, prompts, interventions, cfg: ValidationConfig) -> tup
 
 
 def validate(
-    chat,
-    saes,
-    sets: dict[str, Sequence[tuple[int, int]]],
-    direction,
-    harmful_sets: dict[str, Sequence[str]],
+    chat: ChatModel,
+    saes: Mapping[int, SAE],
+    sets: Mapping[str, Sequence[tuple[int, int]]],
+    direction: RefusalDirection,
+    harmful_sets: Mapping[str, Sequence[str]],
     harmless: Sequence[str],
     peaks: dict[int, torch.Tensor],
     cfg: ValidationConfig | None = None,
-    judge=None,
+    judge: Judge | None = None,
     text_docs=None,
     answer_docs=None,
     progress: bool = True,
@@ -143,7 +155,7 @@ def validate(
         est = flags_or_est if isinstance(flags_or_est, Estimate) else rate(flags_or_est)
         report.rows.append(ValidationRow(method, experiment, dataset, strength, metric, est))
 
-    def losses(method, experiment, strength, interventions):
+    def losses(method, experiment, strength, interventions: Interventions):
         if text_docs:
             add(method, experiment, "text", strength, "ce_text", cross_entropy(chat, text_docs, interventions, cfg.batch_size))
         if answer_docs:
@@ -159,13 +171,14 @@ def validate(
     bar.update(1)
     losses("none", "baseline", None, None)
 
+    steer: Sequence[Intervention]
     for method in methods:
         # ablation has no strength: one setting for the dense direction
         strengths = [None] if method == DENSE else list(cfg.suppress_factors)
         if method == DENSE:
             bar.update(len(harmful_sets) * (len(cfg.suppress_factors) - 1))
         for factor in strengths:
-            if method == DENSE:
+            if factor is None:  # the dense direction (its only setting)
                 steer = [DirectionAblation(direction.raw)]
             else:
                 steer = feature_interventions(saes, sets[method], "scale", factor)

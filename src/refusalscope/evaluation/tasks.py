@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import RefusalScopeError
 from ..thresholds import best_threshold
+
+if TYPE_CHECKING:
+    from ..judges.base import Judge
+    from ..models.chat import ChatModel
+    from ..types import Interventions
 
 
 @dataclass
@@ -33,11 +38,13 @@ class Task(Protocol):
     dataset: str
     split: str | None
     primary: str
-    higher_is_better: bool
+
+    @property
+    def higher_is_better(self) -> bool: ...
 
     def items(self, data_dir=None, limit: int | None = None, seed: int = 0) -> Sequence[Any]: ...
 
-    def run(self, chat, items: Sequence[Any], interventions=None, batch_size: int = 16) -> list[ItemResult]: ...
+    def run(self, chat: ChatModel, items: Sequence[Any], interventions: Interventions = None, batch_size: int = 16) -> list[ItemResult]: ...
 
     def describe(self) -> dict: ...
 
@@ -101,7 +108,7 @@ class RefusalTask:
             items = rng.sample(filled, min(limit or len(filled), len(filled)))
         return items
 
-    def run(self, chat, items, interventions=None, batch_size: int = 16) -> list[ItemResult]:
+    def run(self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16) -> list[ItemResult]:
         prompts = [it.prompt for it in items]
         if self.refusal_token_ids:
             from ..judges.first_token import refusal_log_odds
@@ -123,7 +130,7 @@ class RefusalTask:
             for it, v, text in zip(items, verdicts, gen.texts)
         ]
 
-    def _check_first_token(self, chat, items, results: list[ItemResult], interventions, batch_size: int) -> None:
+    def _check_first_token(self, chat: ChatModel, items, results: list[ItemResult], interventions: Interventions, batch_size: int) -> None:
         """Under steering the first token and the reply can disagree (a refusal opening
         followed by degenerate text, or the reverse): generate the sampled items' full
         replies under the same interventions and record the reply judge's verdict and
@@ -154,8 +161,8 @@ class RefusalTask:
                 "max_new_tokens": self.max_new_tokens, "judge": getattr(self.judge, "name", type(self.judge).__name__)}
 
 
-def calibrate_first_token_threshold(chat, prompts: Sequence[str], refusal_token_ids: Sequence[int],
-                                    max_new_tokens: int = 32, judge=None) -> tuple[float, float]:
+def calibrate_first_token_threshold(chat: ChatModel, prompts: Sequence[str], refusal_token_ids: Sequence[int],
+                                    max_new_tokens: int = 32, judge: Judge | None = None) -> tuple[float, float]:
     """The log-odds threshold at which the first-token judge best agrees with a reply judge
     (default: the substring judge; `run` passes the learned default judge) on the model's
     own generated replies; returns (threshold, agreement)."""

@@ -21,11 +21,15 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import RefusalScopeError
 from .substring import SubstringJudge
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
 
 POOLS = ("reply_mean", "opening_mean", "last")
 TEXT_FEATURES = ("substring_head", "substring_anywhere", "log_chars", "empty", "request_overlap", "request_overlap_head")
@@ -104,7 +108,7 @@ def text_features(prompts: Sequence[str], replies: Sequence[str], names: Sequenc
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(names))
 
 
-def pair_tokens(chat, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig) -> tuple[list[list[int]], list[int]]:
+def pair_tokens(chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig) -> tuple[list[list[int]], list[int]]:
     """Token ids of each chat-formatted request (cut to `prompt_tokens`) followed by the
     first `reply_tokens` of its reply; returns (token lists, reply lengths in tokens)."""
     tok = chat.tokenizer
@@ -112,7 +116,7 @@ def pair_tokens(chat, prompts: Sequence[str], replies: Sequence[str], cfg: Featu
     for prompt, reply in zip(prompts, replies):
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
         if len(ids) > cfg.prompt_tokens:
-            prompt = tok.decode(ids[: cfg.prompt_tokens])
+            prompt = chat.decode(ids[: cfg.prompt_tokens])
         head = chat.encode(chat.format(prompt))
         body = tok(reply, add_special_tokens=False)["input_ids"][: cfg.reply_tokens]
         lists.append(head + body)
@@ -136,7 +140,7 @@ def pool(hidden, reply_len: int, cfg: FeatureConfig) -> np.ndarray:
 
 
 def model_features(
-    chat, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig, layers: Sequence[int] | None = None,
+    chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig, layers: Sequence[int] | None = None,
     progress: bool = False,
 ) -> dict[int, np.ndarray]:
     """{layer: [N, len(pools) * d_model]} pooled residual activations after each layer
@@ -151,7 +155,7 @@ def model_features(
     out = {layer: np.zeros((len(lists), width), dtype=np.float32) for layer in layers}
     if not lists:
         return out
-    for index, chunk in chat.iter_residual(lists, layers, positions="all", batch_size=cfg.batch_size,
+    for index, chunk in chat.iter_residual(None, layers, positions="all", batch_size=cfg.batch_size,
                                            token_lists=lists, progress=progress):
         for layer in layers:
             for row, hidden in zip(index, chunk[layer]):
@@ -159,7 +163,7 @@ def model_features(
     return out
 
 
-def features(chat, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig, progress: bool = False) -> np.ndarray:
+def features(chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig, progress: bool = False) -> np.ndarray:
     """The judge's full feature matrix: model features at `cfg.layer`, then text features."""
     model = model_features(chat, prompts, replies, cfg, progress=progress)[cfg.layer]
     return np.concatenate([model, text_features(prompts, replies, cfg.text_features)], axis=1)

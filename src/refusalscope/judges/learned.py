@@ -21,12 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import RefusalScopeError
 from .base import JudgeVerdict, check_pairs
 from .features import FeatureConfig, features
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
 
 DEFAULT_JUDGE = "learned-v2"
 HEAD_FILE, META_FILE = "head.safetensors", "judge.json"
@@ -103,7 +107,7 @@ class LearnedJudge:
     decided.
     """
 
-    def __init__(self, head: LinearHead, cfg: FeatureConfig, meta: dict | None = None, chat=None):
+    def __init__(self, head: LinearHead, cfg: FeatureConfig, meta: dict | None = None, chat: ChatModel | None = None):
         self.head, self.cfg, self.meta = head, cfg, dict(meta or {})
         self.name = self.meta.get("name", "learned")
         self.chat = chat
@@ -120,7 +124,7 @@ class LearnedJudge:
                 "features": self.cfg.to_dict(), "threshold": self.head.threshold}
 
     @classmethod
-    def load(cls, spec: str | Path = DEFAULT_JUDGE, chat=None) -> LearnedJudge:
+    def load(cls, spec: str | Path = DEFAULT_JUDGE, chat: ChatModel | None = None) -> LearnedJudge:
         """A shipped judge by name (default: the current one) or a folder written by `save`."""
         from safetensors.numpy import load_file
 
@@ -151,7 +155,7 @@ class LearnedJudge:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         return folder
 
-    def _check_model(self, chat) -> None:
+    def _check_model(self, chat: ChatModel) -> None:
         want = self.meta.get("feature_model") or {}
         if want.get("d_model") and chat.d_model != want["d_model"]:
             raise RefusalScopeError(

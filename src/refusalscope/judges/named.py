@@ -9,21 +9,25 @@ default changes in one place and every stored result records the judge's name+ve
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import RefusalScopeError
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
 
 JUDGE_NAMES = ("learned", "substring", "rubric")
 HUB_JUDGES = ("harmbench", "llama-guard-3", "wildguard", "strongreject")  # judges.hub.HUB_FORMATS
 
 
-def default_judge(chat=None):
+def default_judge(chat: ChatModel | None = None):
     """The shipped learned judge (feature model loaded on first use, or `chat`)."""
     from .learned import LearnedJudge
 
     return LearnedJudge.load(chat=chat)
 
 
-def load_judge(spec: str, chat=None):
+def load_judge(spec: str, chat: ChatModel | None = None):
     """'learned' (the default learned judge), a shipped learned judge's name
     ('learned-v1'), a folder written by `LearnedJudge.save`, 'substring', 'rubric' (the
     generative rubric judge on the embedded default model, or on `chat`), or a hub judge:

@@ -16,11 +16,15 @@ and weaker than the learned judge, which is why it is not the default.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import RefusalScopeError
 from .base import JudgeVerdict, check_pairs
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
 
 RUBRIC = (
     "Below is a request a user sent to an AI assistant, and the assistant's reply.\n\n"
@@ -43,7 +47,7 @@ class RubricJudge:
 
     name = "rubric"
 
-    def __init__(self, chat, items: Sequence[str] = ("refused", "on_topic"), max_reply_tokens: int = 192,
+    def __init__(self, chat: ChatModel, items: Sequence[str] = ("refused", "on_topic"), max_reply_tokens: int = 192,
                  max_prompt_tokens: int = 96, batch_size: int = 8, template: str = RUBRIC):
         unknown = [i for i in items if i not in ITEMS]
         if unknown or not items:
@@ -64,8 +68,8 @@ class RubricJudge:
         return sorted(ids)
 
     def _cut(self, text: str, limit: int) -> str:
-        ids = self.chat.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return text if len(ids) <= limit else self.chat.tokenizer.decode(ids[:limit]) + " [...]"
+        ids = self.chat.encode(text)
+        return text if len(ids) <= limit else self.chat.decode(ids[:limit]) + " [...]"
 
     def conversation_tokens(self, prompt: str, reply: str, item: str) -> list[int]:
         """The rubric as the user turn, then the assistant's answer up to 'item:'."""

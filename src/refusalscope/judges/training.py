@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from ..errors import RefusalScopeError
 from .agreement import accuracy
 from .features import FeatureConfig, model_features, text_features
 from .learned import LearnedJudge, LinearHead, fit_head
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
 
 
 def xstest_pairs(data_dir: str | Path | None = None, partial: str = "refusal"):
@@ -37,7 +41,7 @@ def xstest_pairs(data_dir: str | Path | None = None, partial: str = "refusal"):
     return prompts, replies, human, sets, groups
 
 
-def feature_matrix(chat, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig,
+def feature_matrix(chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig,
                    progress: bool = True) -> np.ndarray:
     model = model_features(chat, prompts, replies, cfg, progress=progress)[cfg.layer]
     return np.concatenate([model, text_features(prompts, replies, cfg.text_features)], axis=1)
@@ -103,7 +107,7 @@ BEHAVIOUR_WEIGHT = 5.0
 
 
 def train_learned_judge(
-    chat,
+    chat: ChatModel,
     data_dir: str | Path | None = None,
     cfg: FeatureConfig | None = None,
     c: float = 0.01,

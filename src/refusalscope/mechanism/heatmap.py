@@ -9,11 +9,14 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .latents import LatentGroup
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
 
 
 def esc(value: Any) -> str:
@@ -30,7 +33,7 @@ class TokenActivations:
         return {"pieces": self.pieces, "values": self.values.tolist(), "instruction": self.instruction}
 
 
-def token_activations(chat, group: LatentGroup, prompt: str) -> TokenActivations:
+def token_activations(chat: ChatModel, group: LatentGroup, prompt: str) -> TokenActivations:
     """The group's activation at every position of the formatted `prompt` (BOS included)."""
     from .token_attribution import instruction_tokens
 
@@ -39,7 +42,7 @@ def token_activations(chat, group: LatentGroup, prompt: str) -> TokenActivations
     residual = chat.residual([prompt], group.layers, "all", batch_size=1, progress=False)
     values = group.per_token({layer: residual[layer][0] for layer in group.layers}).detach().numpy()
     inside = set(positions)
-    pieces = [chat.tokenizer.decode([t]) for t in ids]
+    pieces = [chat.decode([t]) for t in ids]
     return TokenActivations(pieces, values, [i in inside for i in range(len(ids))])
 
 

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import RefusalScopeError
 from ..stats import Estimate, bootstrap
+
+if TYPE_CHECKING:
+    from ..judges.base import Judge
+    from ..models.chat import ChatModel
 
 OUTCOMES = ("all", "succeeded", "failed")
 
@@ -68,14 +73,14 @@ def suppression_table(
     seed: int = 0,
 ) -> list[SuppressionRow]:
     """One row per (attack incl. 'all attacks', group, outcome) with at least one pair."""
-    attacks = np.asarray(list(attacks))
+    per_pair = np.asarray(list(attacks))
     ok = np.asarray(list(succeeded), dtype=bool)
-    if len(attacks) != len(ok):
-        raise RefusalScopeError(f"{len(attacks)} pairs but {len(ok)} success flags", "pass one flag per pair")
+    if len(per_pair) != len(ok):
+        raise RefusalScopeError(f"{len(per_pair)} pairs but {len(ok)} success flags", "pass one flag per pair")
     rows = []
-    names = ["all attacks", *dict.fromkeys(attacks.tolist())]
+    names = ["all attacks", *dict.fromkeys(per_pair.tolist())]
     for attack in names:
-        in_attack = np.ones(len(attacks), bool) if attack == "all attacks" else attacks == attack
+        in_attack = np.ones(len(per_pair), bool) if attack == "all attacks" else per_pair == attack
         for group in vanilla:
             for outcome in OUTCOMES:
                 sel = in_attack & (ok if outcome == "succeeded" else ~ok if outcome == "failed" else True)
@@ -130,7 +135,7 @@ def reply_judge(spec: str | None = None):
     return judges.SubstringJudge()
 
 
-def jailbreak_success(chat, requests: Sequence[str], prompts: Sequence[str], judge=None, max_new_tokens: int = 32,
+def jailbreak_success(chat: ChatModel, requests: Sequence[str], prompts: Sequence[str], judge: Judge | None = None, max_new_tokens: int = 32,
                       batch_size: int = 8, progress: bool = False) -> tuple[list[bool], list[str]]:
     """(complied?, greedy reply) per prompt: a jailbreak succeeds when the judge does not
     call the model's greedy reply a refusal. The judge sees the plain request (`requests`),

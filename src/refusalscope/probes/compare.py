@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,10 @@ from ..stats import Estimate
 from .datasets import ProbeData
 from .features import ResidualBank
 from .linear import FeatureSpec, LinearProbe, best_threshold, fit_probe
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
+    from ..sae.model import SAE
 
 
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
@@ -133,8 +138,15 @@ def _mean_row(name: str, draws: list[ProbeScores], layer: str) -> ProbeRow:
                     over("ood_auroc"), draws, f"{len(draws)} draws of random live latents")
 
 
-def _sae_spec(sae, feats) -> FeatureSpec:
-    return FeatureSpec("latents", int(sae.layer), [int(f) for f in feats], sae.cfg.provenance.get("source"), sae.content_hash())
+def _layer_of(sae: SAE) -> int:
+    """The layer an SAE reads; probes need it to know which residual vectors to encode."""
+    if sae.layer is None:
+        raise RefusalScopeError("an SAE given to the probes does not record its layer", "load it from a folder whose cfg.json names hook_layer")
+    return int(sae.layer)
+
+
+def _sae_spec(sae: SAE, feats: Sequence[int]) -> FeatureSpec:
+    return FeatureSpec("latents", _layer_of(sae), [int(f) for f in feats], sae.cfg.provenance.get("source"), sae.content_hash())
 
 
 def _group_features(bank: ResidualBank, parts):
@@ -153,10 +165,10 @@ class ProbeComparison:
 
 
 def compare_probes(
-    chat,
+    chat: ChatModel,
     data: ProbeData,
-    refusal_parts: Sequence[tuple[object, list[int]]],
-    harm_parts: Sequence[tuple[object, list[int]]] | None = None,
+    refusal_parts: Sequence[tuple[SAE, list[int]]],
+    harm_parts: Sequence[tuple[SAE, list[int]]] | None = None,
     direction: tuple[int, np.ndarray] | None = None,
     dense_layers: Sequence[int] | None = None,
     n_random: int = 5,
@@ -168,7 +180,7 @@ def compare_probes(
     if n_random < 1:
         raise RefusalScopeError(f"n_random must be at least 1, got {n_random}", "use --n-random 5 or more")
     dense_layers = sorted(set(dense_layers or range(chat.n_layers)))
-    sae_layers = {sae.layer for sae, _ in list(refusal_parts) + list(harm_parts or [])}
+    sae_layers = {_layer_of(sae) for sae, _ in list(refusal_parts) + list(harm_parts or [])}
     layers = sorted(set(dense_layers) | sae_layers | ({direction[0]} if direction else set()))
     bank = ResidualBank(chat, data.all_prompts(), layers, batch_size, progress)
     rows: list[ProbeRow] = []
@@ -176,7 +188,7 @@ def compare_probes(
 
     k = sum(len(f) for _, f in refusal_parts)
     selected = score_probe(f"{k} selected refusal latents", _sae_spec(*refusal_parts[0]) if len(refusal_parts) == 1
-                           else FeatureSpec("latents", int(refusal_parts[0][0].layer), []),
+                           else FeatureSpec("latents", _layer_of(refusal_parts[0][0]), []),
                            _group_features(bank, refusal_parts), data, seed)
     if len(refusal_parts) == 1:
         candidates.append(selected)
@@ -192,7 +204,7 @@ def compare_probes(
                 raise RefusalScopeError(f"the layer-{sae.layer} SAE has only {len(live)} live latents besides the selected ones",
                                         "use a larger SAE or fewer selected latents")
             parts.append((sae, sorted(rng.sample(live, len(feats)))))
-        spec = _sae_spec(*parts[0]) if len(parts) == 1 else FeatureSpec("latents", int(parts[0][0].layer), [])
+        spec = _sae_spec(*parts[0]) if len(parts) == 1 else FeatureSpec("latents", _layer_of(parts[0][0]), [])
         draws.append(score_probe(f"{k} random live latents (draw {d})", spec, _group_features(bank, parts), data, seed))
     rows.append(_mean_row(f"{k} random live latents", draws, ",".join(str(s.layer) for s, _ in refusal_parts)))
 
@@ -215,7 +227,7 @@ def compare_probes(
     if harm_parts:
         kh = sum(len(f) for _, f in harm_parts)
         harm = score_probe(f"{kh} harm latents alone", _sae_spec(*harm_parts[0]) if len(harm_parts) == 1
-                           else FeatureSpec("latents", int(harm_parts[0][0].layer), []),
+                           else FeatureSpec("latents", _layer_of(harm_parts[0][0]), []),
                            _group_features(bank, harm_parts), data, seed)
         if len(harm_parts) == 1:
             candidates.append(harm)

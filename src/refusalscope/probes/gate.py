@@ -12,6 +12,7 @@ alone is what the gate saves in capability.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,8 +24,13 @@ from .compare import balanced_accuracy, stratified_bootstrap
 from .datasets import ProbeData
 from .linear import LinearProbe
 
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
+    from ..sae.model import SAE
+    from ..steering.kinds import Intervention
 
-def probe_conditional(probe: LinearProbe | str, interventions, sae=None) -> Conditional:
+
+def probe_conditional(probe: LinearProbe | str, interventions: Intervention | Sequence[Intervention], sae: SAE | None = None) -> Conditional:
     """`interventions`, applied only to prompts on which the probe's gate fires."""
     if not isinstance(probe, LinearProbe):
         probe = LinearProbe.load(probe)
@@ -32,14 +38,14 @@ def probe_conditional(probe: LinearProbe | str, interventions, sae=None) -> Cond
     return Conditional(interventions, gate, probe.threshold, reduce="mean", positions="post_instruction")
 
 
-def decisions_only(chat, probe: LinearProbe, sae=None) -> Conditional:
+def decisions_only(chat: ChatModel, probe: LinearProbe, sae: SAE | None = None) -> Conditional:
     """A conditional around a no-op (adding a zero vector at the gate's layer): for reading
     the gate's decisions without steering anything."""
     layer = probe.spec.layer
     return probe_conditional(probe, ActAdd(torch.zeros(chat.d_model), layer, 0.0), sae)
 
 
-def gate_table(chat, gates: dict[str, Conditional], data: ProbeData, capability: Sequence[str], seed: int = 0,
+def gate_table(chat: ChatModel, gates: dict[str, Conditional], data: ProbeData, capability: Sequence[str], seed: int = 0,
                batch_size: int = 8, scores: dict[str, dict[str, np.ndarray]] | None = None) -> list[dict]:
     """Per gate: fire rates and balanced accuracy on ID/OOD tests, fire rate on capability prompts.
 
@@ -69,7 +75,7 @@ def gate_table(chat, gates: dict[str, Conditional], data: ProbeData, capability:
     return rows
 
 
-def gate_scores_match(chat, probe: LinearProbe, features: np.ndarray, prompts: Sequence[str], sae=None) -> float:
+def gate_scores_match(chat: ChatModel, probe: LinearProbe, features: np.ndarray, prompts: Sequence[str], sae: SAE | None = None) -> float:
     """Largest |gate score − probe logit| over `prompts` (0 up to float error when the gate
     reads what the probe was evaluated on)."""
     cond = decisions_only(chat, probe, sae)

@@ -23,8 +23,9 @@ import numpy as np
 from ..errors import RefusalScopeError
 from ..paths import atomic_dir
 from ..thresholds import best_threshold as search_threshold
+from ..types import ProbeKind, choices
 
-KINDS = ("dense", "latents", "projection")
+KINDS: tuple[ProbeKind, ...] = choices(ProbeKind)
 WEIGHTS_FILE = "probe.safetensors"
 META_FILE = "probe.json"
 
@@ -35,7 +36,7 @@ class FeatureSpec:
     at `sae`), or `projection` (x · direction at `layer`); always averaged over the
     post-instruction positions."""
 
-    kind: str
+    kind: ProbeKind
     layer: int
     features: list[int] = field(default_factory=list)
     sae: str | None = None  # where the SAE loads from

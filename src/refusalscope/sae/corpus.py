@@ -15,11 +15,15 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .activations import Document
 
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
 
-def shared_prefix_length(chat) -> int:
+
+def shared_prefix_length(chat: ChatModel) -> int:
     """Leading tokens that every formatted request shares (template start, default system prompt)."""
     a = chat.encode(chat.format("Tell me about the sea."))
     b = chat.encode(chat.format("Why is 7 a prime number?"))
@@ -44,9 +48,9 @@ class CorpusSpec:
     seed: int = 0
 
 
-def text_chunks(chat, texts: Sequence[str], context_length: int, n_chunks: int, seed: int) -> list[Document]:
+def text_chunks(chat: ChatModel, texts: Sequence[str], context_length: int, n_chunks: int, seed: int) -> list[Document]:
     """Fixed-length windows of ordinary text, sampled (seeded) from the given texts."""
-    windows = []
+    windows: list[list[int]] = []
     for text in texts:
         ids = chat.tokenizer(text, add_special_tokens=False)["input_ids"]
         windows.extend(ids[i : i + context_length] for i in range(0, len(ids) - context_length + 1, context_length))
@@ -56,7 +60,7 @@ def text_chunks(chat, texts: Sequence[str], context_length: int, n_chunks: int, 
 
 
 def build_corpus(
-    chat,
+    chat: ChatModel,
     harmful: Sequence[str],
     harmless: Sequence[str],
     texts: Sequence[str],

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RefusalScopeError
+
+if TYPE_CHECKING:
+    from ..steering.spec import Steering
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}(\.(json|yaml|yml))?")
 SUFFIXES = (".json", ".yaml", ".yml")
@@ -45,7 +48,7 @@ class SpecFolder:
                       if p.suffix in SUFFIXES and p.is_file() and NAME.fullmatch(p.name)
                       and p.resolve().parent == self.root)
 
-    def save(self, name: str, steering, overwrite: bool = False) -> Path:
+    def save(self, name: str, steering: Steering, overwrite: bool = False) -> Path:
         path = self.path(name)
         if path.exists() and not overwrite:
             raise RefusalScopeError(f"a spec named {path.name} already exists", "choose another name or overwrite it")

@@ -10,15 +10,19 @@ the prompt: model output that a careless page would execute.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
 
 XSS_REPLY = ("<script>window.__xss = 1</script>", "<img src=x onerror=\"window.__xss = 2\">")
 CARD_XSS = "<img src=y onerror=\"window.__xss = 3\">"
 LAYER = 1
 
 
-def tiny_sae(chat, folder: Path, layer: int = LAYER, d_sae: int = 128, seed: int = 1):
+def tiny_sae(chat: ChatModel, folder: Path, layer: int = LAYER, d_sae: int = 128, seed: int = 1):
     """A random JumpReLU SAE with some latents active, saved and reloaded (so it has a source)."""
     from ..sae import SAE, SAEConfig
     from ..sae.io import load_sae, save_sae
@@ -33,7 +37,7 @@ def tiny_sae(chat, folder: Path, layer: int = LAYER, d_sae: int = 128, seed: int
     return load_sae(folder)
 
 
-def tiny_playground(folder: Path, chat=None, k: int = 6, cards: bool = True):
+def tiny_playground(folder: Path, chat: ChatModel | None = None, k: int = 6, cards: bool = True):
     """A Playground on a tiny random Llama; specs go to `folder / 'specs'`."""
     from ..discovery.cards import build_cards
     from ..discovery.features import FeatureSet, RankedFeature

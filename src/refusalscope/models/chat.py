@@ -94,7 +94,7 @@ class ChatModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.layers: torch.nn.ModuleList = self._find(_LAYER_PATHS, "decoder layers")
         self.final_norm: torch.nn.Module = self._find(_NORM_PATHS, "final norm")
-        self.embed: torch.nn.Module = model.get_input_embeddings()
+        self.embed = cast(torch.nn.Embedding, model.get_input_embeddings())
         self.unembed = cast(torch.nn.Linear, model.get_output_embeddings())
         self.hooks = HookManager(self.layers, self.embed)
         self._batch_counter = itertools.count()

@@ -24,6 +24,7 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,10 @@ import torch
 from ..errors import RefusalScopeError
 from ..stats import Estimate, bootstrap
 from .latents import LatentGroup, group_activations
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
+    from ..models.hooks import ForwardContext
 
 WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
 
@@ -51,7 +56,7 @@ class TokenScores:
         return [self.prompt[a:b] for a, b in self.spans]
 
 
-def instruction_tokens(chat, prompt: str) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+def instruction_tokens(chat: ChatModel, prompt: str) -> tuple[list[int], list[int], list[tuple[int, int]]]:
     """(formatted token ids, positions of the request's own tokens, their spans in `prompt`)."""
     text = chat.format(prompt)
     start = text.find(prompt)
@@ -70,7 +75,7 @@ def instruction_tokens(chat, prompt: str) -> tuple[list[int], list[int], list[tu
     return ids, positions, spans
 
 
-def attribute_tokens(chat, group: LatentGroup, prompts: Sequence[str], batch_size: int = 4,
+def attribute_tokens(chat: ChatModel, group: LatentGroup, prompts: Sequence[str], batch_size: int = 4,
                      progress: bool = False) -> list[TokenScores]:
     """Gradient × input of every instruction token of every prompt (see the module docstring)."""
     from tqdm.auto import tqdm
@@ -83,7 +88,7 @@ def attribute_tokens(chat, group: LatentGroup, prompts: Sequence[str], batch_siz
     for batch in tqdm(list(chat.batches(lists, batch_size)), desc="token attribution", disable=not progress):
         store: dict = {}
 
-        def leaf(hidden, ctx):
+        def leaf(hidden: torch.Tensor, ctx: ForwardContext):
             e = hidden.detach().float().requires_grad_(True)
             store["embed"] = e  # noqa: B023 (used within this iteration)
             return e.to(hidden.dtype)
@@ -103,7 +108,7 @@ def attribute_tokens(chat, group: LatentGroup, prompts: Sequence[str], batch_siz
     return out  # type: ignore[return-value]
 
 
-def leave_one_out(chat, group: LatentGroup, item: TokenScores, which: Sequence[int], batch_size: int = 8) -> np.ndarray:
+def leave_one_out(chat: ChatModel, group: LatentGroup, item: TokenScores, which: Sequence[int], batch_size: int = 8) -> np.ndarray:
     """Activation change when each listed instruction token (index into item.positions) is
     deleted: positive = the token was holding the activation down."""
     full = [item.token_ids]
@@ -112,7 +117,7 @@ def leave_one_out(chat, group: LatentGroup, item: TokenScores, which: Sequence[i
     return acts[1:] - acts[0]
 
 
-def loo_check(chat, group: LatentGroup, items: Sequence[TokenScores], n_prompts: int = 4, max_tokens: int = 24,
+def loo_check(chat: ChatModel, group: LatentGroup, items: Sequence[TokenScores], n_prompts: int = 4, max_tokens: int = 24,
               seed: int = 0) -> dict:
     """How well gradient × input predicts the real effect of deleting a token, on a sample.
 

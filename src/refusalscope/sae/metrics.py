@@ -17,8 +17,9 @@ describe the tokens the SAE is meant for.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,10 @@ import torch.nn.functional as F
 from ..errors import RefusalScopeError
 from .activations import Document
 from .model import SAE
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
+    from ..models.hooks import ForwardContext
 
 
 @dataclass
@@ -46,7 +51,7 @@ class SAEMetrics:
         return asdict(self)
 
     def summary(self) -> dict:
-        out = {"fvu": self.fvu, "l0": self.l0, "dead_frac": self.dead_frac, "dense_frac": self.dense_frac}
+        out: dict[str, float | None] = {"fvu": self.fvu, "l0": self.l0, "dead_frac": self.dead_frac, "dense_frac": self.dense_frac}
         for name in self.ce_recovered:
             out[f"ce_recovered/{name}"] = self.ce_recovered[name]
             out[f"kl/{name}"] = self.kl[name]
@@ -66,15 +71,21 @@ def keep_mask(hidden: torch.Tensor, mask: torch.Tensor, skip: torch.Tensor, outl
     return real
 
 
+def _layer(sae: SAE) -> int:
+    if sae.layer is None:
+        raise RefusalScopeError("the SAE does not say which layer it reads", "set cfg.layer (or a hook_name)")
+    return sae.layer
+
+
 @torch.no_grad()
-def _splice_stats(chat, sae: SAE, documents: Sequence[Document], batch_size: int, outlier_factor: float, counts: torch.Tensor):
+def _splice_stats(chat: ChatModel, sae: SAE, documents: Sequence[Document], batch_size: int, outlier_factor: float, counts: torch.Tensor):
     """CE (clean, SAE, zero) summed over next-token positions, KL(clean‖SAE), and FVU parts."""
-    layer = sae.layer
-    totals = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl": 0.0, "n": 0, "err": 0.0, "sumsq": 0.0, "sum": None, "tokens": 0, "l0": 0.0}
+    layer = _layer(sae)
+    totals: dict[str, Any] = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl": 0.0, "n": 0, "err": 0.0, "sumsq": 0.0, "sum": None, "tokens": 0, "l0": 0.0}
     mode = {"value": "clean"}
     state: dict = {}
 
-    def hook(hidden, ctx):
+    def hook(hidden: torch.Tensor, ctx: ForwardContext):
         if mode["value"] == "clean":
             keep = keep_mask(hidden, ctx.chunk_mask, state["skip"], outlier_factor)
             state["keep"] = keep
@@ -123,11 +134,12 @@ def _splice_stats(chat, sae: SAE, documents: Sequence[Document], batch_size: int
     return totals
 
 
-def refusal_direction_cosine(chat, sae: SAE, harmful: Sequence[str], harmless: Sequence[str], batch_size: int = 16) -> float:
+def refusal_direction_cosine(chat: ChatModel, sae: SAE, harmful: Sequence[str], harmless: Sequence[str], batch_size: int = 16) -> float:
     """cos(mean-diff of activations, mean-diff of their reconstructions) at post-instruction tokens."""
+    layer = _layer(sae)
     acts = {}
     for name, prompts in (("harmful", harmful), ("harmless", harmless)):
-        acts[name] = chat.residual(list(prompts), [sae.layer], positions="post_instruction", batch_size=batch_size, progress=False)[sae.layer]
+        acts[name] = chat.residual(list(prompts), [layer], positions="post_instruction", batch_size=batch_size, progress=False)[layer]
     with torch.no_grad():
         direction = acts["harmful"].mean(0) - acts["harmless"].mean(0)  # [P, d]
         recon = {k: sae(v)[0] for k, v in acts.items()}
@@ -136,9 +148,9 @@ def refusal_direction_cosine(chat, sae: SAE, harmful: Sequence[str], harmless: S
 
 
 def evaluate_sae(
-    chat,
+    chat: ChatModel,
     sae: SAE,
-    corpora: dict[str, Sequence[Document]],
+    corpora: Mapping[str, Sequence[Document]],
     harmful: Sequence[str] | None = None,
     harmless: Sequence[str] | None = None,
     batch_size: int = 8,
@@ -146,15 +158,14 @@ def evaluate_sae(
 ) -> SAEMetrics:
     """Quality metrics of `sae` on `chat`; `corpora` maps a name (e.g. 'text', 'chat') to documents."""
     sae.check_model(chat)
-    if sae.layer is None:
-        raise RefusalScopeError("the SAE does not say which layer it reads", "set cfg.layer (or a hook_name)")
+    _layer(sae)
     if not corpora or not any(len(v) for v in corpora.values()):
         raise RefusalScopeError("no evaluation text was given", "pass at least one non-empty corpus")
     sae = sae.float().eval()
     counts = torch.zeros(sae.d_sae)
     ce_clean, ce_sae, ce_zero, recovered, kl = {}, {}, {}, {}, {}
     err = sumsq = 0.0
-    total_sum = None
+    total_sum: torch.Tensor | None = None
     tokens = 0
     l0 = 0.0
     for name, documents in corpora.items():
@@ -169,6 +180,8 @@ def evaluate_sae(
         total_sum = t["sum"] if total_sum is None else total_sum + t["sum"]
         tokens += t["tokens"]
         l0 += t["l0"]
+    if total_sum is None:
+        raise RefusalScopeError("no token of the evaluation text was kept", "pass longer documents")
     variance = sumsq - float(total_sum.pow(2).sum()) / max(tokens, 1)
     cosine = None
     if harmful and harmless:

@@ -18,6 +18,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import RefusalScopeError
 from ..generations import cached_replies
@@ -27,6 +28,9 @@ from .corpus import CorpusSpec, answer_prompts, build_corpus, shared_prefix_leng
 from .metrics import evaluate_sae
 from .model import SAE
 from .training import TrainConfig, train_sae, training_key
+
+if TYPE_CHECKING:
+    from ..models.chat import ChatModel
 
 
 @dataclass
@@ -122,7 +126,7 @@ def load_training_data(data_dir: str | Path | None = None, seed: int = 0) -> Tra
     )
 
 
-def preset_folder(chat, preset: Preset) -> Path:
+def preset_folder(chat: ChatModel, preset: Preset) -> Path:
     model_key = f"{chat.info.name}-{(chat.info.sha256 or 'nohash')[:12]}"
     return cache_dir() / "saes" / model_key / preset.name
 
@@ -134,7 +138,7 @@ def sae_folder_name(preset: Preset, layer: int) -> str:
     return f"layer_{layer}-{training_key(preset.train)}"
 
 
-def eval_corpora(chat, data: TrainingData, n_docs: int, context_length: int = 128) -> dict[str, list[Document]]:
+def eval_corpora(chat: ChatModel, data: TrainingData, n_docs: int, context_length: int = 128) -> dict[str, list[Document]]:
     prefix = shared_prefix_length(chat)
     chats = data.harmful_val[: n_docs // 2] + data.harmless_val[: n_docs - n_docs // 2]
     return {
@@ -143,7 +147,7 @@ def eval_corpora(chat, data: TrainingData, n_docs: int, context_length: int = 12
     }
 
 
-def preset_corpus(chat, preset: Preset, data: TrainingData, progress: bool = True) -> list[Document]:
+def preset_corpus(chat: ChatModel, preset: Preset, data: TrainingData, progress: bool = True) -> list[Document]:
     """The preset's harvest documents: chats with the model's own (cached) answers, bare
     requests and text chunks, built the same way wherever a preset's harvest is needed."""
     spec = preset.corpus
@@ -153,7 +157,7 @@ def preset_corpus(chat, preset: Preset, data: TrainingData, progress: bool = Tru
 
 
 def train_preset(
-    chat,
+    chat: ChatModel,
     preset_name: str | Preset = "quick",
     data_dir: str | Path | None = None,
     layers: list[int] | None = None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional, cast
+from typing import Any, Optional, TextIO, cast
 
 import typer
 from rich.table import Table
@@ -215,7 +215,7 @@ class _Stream:
     """Prints a reply as its tokens arrive (decoding the whole reply each time, so multi-byte
     characters split over tokens appear once complete)."""
 
-    def __init__(self, tokenizer, out=None):
+    def __init__(self, tokenizer: Any, out: TextIO | None = None) -> None:
         self.tokenizer = tokenizer
         self.out = out or sys.stdout
         self.ids: list[int] = []

@@ -53,6 +53,7 @@ from typing import Any
 
 from ..errors import RefusalScopeError
 from ..stats import Estimate, bootstrap, rate
+from ..types import TaskRole, choices
 
 SCHEMA_VERSION = 1
 CHECKPOINT_SECONDS = 5.0  # how stale a copied .db can be while a sweep writes (a checkpoint fsyncs: ~20 ms)
@@ -140,7 +141,7 @@ CREATE VIEW IF NOT EXISTS results AS
     FROM metrics m JOIN items i USING (config_id, task, item_id);
 """
 
-ROLES = ("harmful", "benign", "jailbreak", "capability")
+ROLES: tuple[TaskRole, ...] = choices(TaskRole)
 
 
 def config_hash(spec_content: dict, strength: float | None, conditional: bool, method: str) -> str:
@@ -400,7 +401,7 @@ class ResultsStore:
         return out
 
     def add_task(self, name: str, *, dataset: str | None, split: str | None, primary: str, higher_is_better: bool,
-                 role: str, judge: str | None, describe: dict, limit: int | None, seed: int | None) -> None:
+                 role: TaskRole, judge: str | None, describe: dict, limit: int | None, seed: int | None) -> None:
         """Record a task; a task name already in the store must describe the same task."""
         if role not in ROLES:
             raise RefusalScopeError(f"task '{name}': unknown role '{role}'", f"use one of {', '.join(ROLES)}")

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import RefusalScopeError
+from ..types import HubJudgeName, JudgeName, choices
 
 if TYPE_CHECKING:
     from ..models.chat import ChatModel
 
-JUDGE_NAMES = ("learned", "substring", "rubric")
-HUB_JUDGES = ("harmbench", "llama-guard-3", "wildguard", "strongreject")  # judges.hub.HUB_FORMATS
+JUDGE_NAMES: tuple[JudgeName, ...] = choices(JudgeName)
+HUB_JUDGES: tuple[HubJudgeName, ...] = choices(HubJudgeName)  # judges.hub.HUB_FORMATS
 
 
 def default_judge(chat: ChatModel | None = None):

@@ -518,7 +518,7 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="model spec (default, smollm2, ...)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--layer", type=int, default=None, help="default: the quick preset's layer")
-    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's (10)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's (20)")
     parser.add_argument(
         "--time-docs", type=int, default=128, help="documents timed side by side (0: skip)"
     )

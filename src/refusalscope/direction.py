@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -151,10 +152,12 @@ class RefusalDirection:
 def mean_activations(chat, prompts: Sequence[str], batch_size: int = 16, progress: bool = True) -> torch.Tensor:
     """[n_layers, P, d] mean residual stream after each block at the post-instruction tokens."""
     layers = list(range(chat.n_layers))
-    total = None
+    total: torch.Tensor | None = None
     for _, chunk in chat.iter_residual(list(prompts), layers, "post_instruction", batch_size, progress=progress):
         stacked = torch.stack([chunk[layer].double().sum(0) for layer in layers])
         total = stacked if total is None else total + stacked
+    if total is None:
+        raise RefusalScopeError("mean activations of no prompts", "pass at least one prompt")
     return (total / len(prompts)).float()
 
 
@@ -252,7 +255,7 @@ def select_direction(
     baseline["screen_rows_exhaustive"] = len(grid) * len(screen)
     if admissible:
         baseline["filters_passed"] = True
-        return min(admissible, key=lambda c: c.ablation_score), grid, baseline
+        return min(admissible, key=lambda c: math.inf if c.ablation_score is None else c.ablation_score), grid, baseline
     best = min(finalists, key=lambda c: (c.reason.count(";") + 1, c.ablation_score))
     message = (f"no candidate direction passed the filters among the {len(finalists)} best by ablation score "
                f"(least bad: layer {best.layer}, position {best.position}: {best.reason})")
@@ -286,6 +289,7 @@ def _score_finalists(chat, group: list[Candidate], vectors, screened: list[list[
     harmful_scores = [list(s) for s in screened]
     for (g, _), v in zip(ablate_harmful, out.log_odds[:a].tolist()):
         harmful_scores[g].append(v)
+    assert out.kl is not None  # the scorer was given the baseline distribution
     kl = out.kl[a:b].view(n, -1).double().mean(-1)
     induction = out.log_odds[b:].view(n, -1).double().mean(-1)
     for g, cand in enumerate(group):

@@ -71,6 +71,7 @@ class _RowEdits:
             if edit.kind == "ablate":
                 self.units[i] = vec / vec.norm()
             else:
+                assert edit.layer is not None  # an "add" edit names its layer (checked when built)
                 chat.hooks.module(edit.layer)  # validates the layer
                 self.adds.setdefault(int(edit.layer), torch.zeros(len(edits), d, dtype=dtype))[i] = vec
         self.any_ablation = bool(self.units.abs().sum() > 0)
@@ -199,7 +200,7 @@ class EditScorer:
                 rows = [pairs[r] for r in chunk]
                 logits = _forward_rows(chat, self.state, self.tokens, rows, self.shared, self.prefix, slot)
                 log_odds[chunk] = refusal_log_odds(logits, self.refusal_token_ids)
-                if kl is not None:
+                if kl is not None and self.baseline_logp is not None:
                     logp = torch.log_softmax(logits.double(), -1)
                     base = self.baseline_logp[[p for _, p in rows]]
                     kl[chunk] = (base.exp() * (base - logp)).sum(-1).float()

@@ -183,7 +183,7 @@ def optimize_cmd(
     chat = load_model(model, dtype=dtype, progress=progress)
 
     def head(text: str) -> str:  # WikiText documents run to thousands of tokens: score (and fit on) their first 128
-        return chat.tokenizer.decode(chat.encode(text)[:128])
+        return chat.decode(chat.encode(text)[:128])
 
     validation.texts, test.texts, fit_texts = ([head(t) for t in texts] for texts in (val_texts, test_texts, fit_texts))
     data = FamilyData(direction=refusal_direction, harmful=fit_data.harmful_train, harmless=fit_data.harmless_train,
@@ -196,7 +196,10 @@ def optimize_cmd(
         from ..mechanism.latents import load_feature_groups
 
         group, _ = load_feature_groups(features, chat, list(sae or []))
-        data.saes = {s.layer: s for s, _ in group.parts}
+        data.saes = {}
+        for s, _ in group.parts:
+            assert s.layer is not None  # LatentGroup checks that every SAE records its layer
+            data.saes[s.layer] = s
         data.candidates = FeatureSet.load(features).pairs()
         scores = FeatureSet.load(features).provenance.get("scores")
         if scores and Path(scores).is_file():  # the peaks `discover` measured: the same clamp values as `run`

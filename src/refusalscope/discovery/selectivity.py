@@ -217,8 +217,10 @@ def rank_selective(
     for row in rows:
         quiet = 1.0 - row.benign_fire.value
         if by == "combined":
+            assert row.effect_per_loss is not None  # measured above: this order needs refusal_token_ids
             row.score = row.effect_per_loss * quiet
         elif by == "effect_per_loss":
+            assert row.effect_per_loss is not None
             row.score = row.effect_per_loss
         elif by == "benign_fire":
             row.score = quiet

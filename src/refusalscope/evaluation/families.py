@@ -129,7 +129,7 @@ def build_spaces(chat, families: Sequence[str], data: FamilyData, settings: Sett
         record["gate"] = {"layer": gate_layer, "threshold_range": list(thresholds), "reduce": "mean",
                           "positions": "post_instruction"}
 
-    common = dict(strengths=settings.strengths, positions=tuple(settings.positions))
+    common: dict[str, Any] = dict(strengths=settings.strengths, positions=tuple(settings.positions))
     spaces: list = []
     for name in families:
         if name in NEEDS_LATENTS:

@@ -33,10 +33,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RefusalScopeError
 from ..stats import Estimate, bootstrap, difference, rate
+
+if TYPE_CHECKING:
+    from ..steering.kinds import Intervention
 
 POSITIONS = ("prompt", "all")
 
@@ -149,12 +152,13 @@ class SearchSpace:
             feats, vals = by_layer.setdefault(layer, ([], []))
             feats.append(feature)
             vals.append(value * strength)
-        items = [
+        items: list[Intervention] = [
             FeatureSteer(self.saes[layer], feats, "set", vals, positions=positions, layer=layer)
             for layer, (feats, vals) in sorted(by_layer.items())
         ]
         if self.basis is not None:
-            items = [NullSpaceProjection(item, self.basis[item.layer]) for item in items]
+            basis = self.basis
+            items = [NullSpaceProjection(item, basis[layer]) for item, layer in zip(items, sorted(by_layer))]
         return choose_gate(trial, items, self.gate, self.gated, self.gate_thresholds)
 
 
@@ -208,6 +212,7 @@ class OptimizeResult:
             return "\n".join(lines)
         lines.append(f"chosen: {self.chosen}")
         base, m = self.baseline_test, self.chosen_test
+        assert base is not None and m is not None  # both are measured whenever a configuration is chosen
         lines.append(f"test split, unsteered → chosen: Δs {base.delta_s} → {m.delta_s}; harmful refusal "
                      f"{base.harmful_refusal} → {m.harmful_refusal}; benign refusal {base.benign_refusal} → "
                      f"{m.benign_refusal}; text loss {base.text_loss} → {m.text_loss}")
@@ -281,7 +286,8 @@ def measurement_from_dict(d: dict[str, Any] | None) -> Measurement | None:
     """A Measurement back from `Measurement.to_dict()` (as a study stores it)."""
     if d is None:
         return None
-    return Measurement(**{k: None if v is None else Estimate(**v) for k, v in d.items()})
+    fields: dict[str, Any] = {k: None if v is None else Estimate(**v) for k, v in d.items()}
+    return Measurement(**fields)
 
 
 def _violations(m: Measurement, base: Measurement, budget: Budget) -> list[float]:

@@ -138,7 +138,9 @@ class SAE(nn.Module):
         if arch in ("jumprelu", "batchtopk"):
             theta = self.threshold if threshold is None else threshold
             return torch.relu(pre) * (pre > theta)
-        values, indices = pre.topk(self.cfg.k, dim=-1)
+        k = self.cfg.k
+        assert k is not None  # SAEConfig requires k for topk
+        values, indices = pre.topk(k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -168,6 +168,7 @@ class Trainer:
             SAEConfig(d_in=d_in, d_sae=cfg.d_sae, architecture=arch, k=cfg.k if arch in ("topk", "batchtopk") else None, **sae_meta),
             seed=cfg.seed,
         )
+        self.log_threshold: torch.nn.Parameter | None
         if arch == "jumprelu":
             self.log_threshold = torch.nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold)))
         else:
@@ -231,6 +232,7 @@ class Trainer:
             l1 = f.sum(-1).mean()
             stats["l1"] = float(l1.detach())
         else:  # jumprelu
+            assert self.log_threshold is not None  # a jumprelu trainer learns its thresholds
             theta = self.log_threshold.exp()
             f = _JumpReLU.apply(torch.relu(pre), theta, cfg.jumprelu_bandwidth)
             recon = f @ sae.W_dec + sae.b_dec
@@ -286,6 +288,7 @@ class Trainer:
             for name, tensor in self.sae.state_tensors().items():
                 getattr(sae, name).copy_(tensor)
             if self.cfg.architecture == "jumprelu":
+                assert self.log_threshold is not None
                 sae.threshold.copy_(self.log_threshold.exp())
             if self.cfg.architecture == "batchtopk":
                 mean_min = self.batchtopk_threshold_sum / max(1, self.batchtopk_threshold_n)

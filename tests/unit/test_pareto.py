@@ -78,6 +78,9 @@ def test_headline_rows_report_test_numbers_and_missing_choices():
     assert gated["chosen (validation)"] == "strength=0.2, threshold=1.5" and gated["trials (feasible)"] == "2 (2)"
     assert rows[2]["target met"] == "no"
     assert rows[3]["chosen (validation)"] == "none within the budget" and rows[3]["Δs"] == "-"
+    stopped = comparison()
+    stopped["families"]["gated"]["chosen_test"] = None  # feasible trials, but the run ended before the test split
+    assert headline_rows(stopped)[1]["chosen (validation)"].startswith("not measured yet")
     md = headline_markdown(rows, comparison())
     assert md.count("\n|") == 5 and "harmful n=32, benign n=32, texts n=8, MC n=100" in md
     assert headline_csv(rows).splitlines()[0].startswith("method,chosen (validation)")

@@ -116,7 +116,8 @@ def headline_rows(data: dict[str, Any]) -> list[dict[str, str]]:
     for family, r in data["families"].items():
         trials = f"{r['n_trials']} ({r['n_feasible']})"
         if r.get("chosen_test") is None:
-            rows.append(row(family, None, "none within the budget", trials))
+            why = "not measured yet (run stopped before the test split)" if r.get("n_feasible") else "none within the budget"
+            rows.append(row(family, None, why, trials))
         else:
             params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(r["chosen"].items()))
             rows.append(row(family, r["chosen_test"], params, trials))
@@ -198,7 +199,7 @@ def pareto_figure(data: dict[str, Any], path: str | Path, title: str | None = No
             e = m["delta_s" if ykey == "delta_s" else "harmful_refusal"]
             ax.errorbar([x], [e["value"]], xerr=xerr, yerr=[[e["value"] - e["low"]], [e["high"] - e["value"]]],
                         fmt="D", markersize=8, capsize=3, color=COLOURS.get(family, "black"), markeredgecolor="black",
-                        label=f"{family} chosen (test, 95% CI)")
+                        label=f"{family}{'' if family == 'unsteered' else ' chosen'} (test, 95% CI)")
         if xkey == "loss_increase":
             ax.axvline(data["budget"]["max_loss_increase"], color="grey", linestyle="--", linewidth=1, label="loss budget")
         ax.set_xlabel(xlabel)

@@ -25,8 +25,8 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/refusalscope run
 
-# the type check first (seconds with its cache; ~1.5 min cold), then the suite
-test: setup typecheck
+# the type check and lint (ruff check + ruff format --check) first, then the suite
+test: setup typecheck lint
 	$(BIN)/python -m pytest -x -q
 
 # mypy over src/refusalscope (settings in pyproject.toml [tool.mypy]); its cache makes reruns seconds

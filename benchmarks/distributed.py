@@ -73,8 +73,12 @@ def sweep_once(grid: Path, db: Path, executor=None) -> tuple[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2", help="model spec (default: the embedded SmolLM2-135M), "
-                        "or 'tiny' for a random Llama of --tiny-d-model/--tiny-layers (no embedded model)")
+    parser.add_argument(
+        "--model",
+        default="smollm2",
+        help="model spec (default: the embedded SmolLM2-135M), "
+        "or 'tiny' for a random Llama of --tiny-d-model/--tiny-layers (no embedded model)",
+    )
     parser.add_argument("--tiny-d-model", type=int, default=256)
     parser.add_argument("--tiny-layers", type=int, default=8)
     parser.add_argument("--items", type=int, default=24, help="prompts per configuration (half harmful, half benign)")
@@ -89,9 +93,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rs-dist-"))
     model = tiny_model(tmp, args.tiny_d_model, args.tiny_layers) if args.model == "tiny" else args.model
     grid = write_grid(tmp, model, args.items, args.max_new_tokens, args.batch_size)
-    name = f"tiny (random Llama, d_model {args.tiny_d_model}, {args.tiny_layers} layers)" if args.model == "tiny" else model
-    print(f"model {name}, {args.items} prompts × 3 configurations, {args.max_new_tokens} new tokens, "
-          f"batch {args.batch_size}; nproc {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+    name = (
+        f"tiny (random Llama, d_model {args.tiny_d_model}, {args.tiny_layers} layers)"
+        if args.model == "tiny"
+        else model
+    )
+    print(
+        f"model {name}, {args.items} prompts × 3 configurations, {args.max_new_tokens} new tokens, "
+        f"batch {args.batch_size}; nproc {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}"
+    )
 
     results: dict[str, float] = {}
     reference = None
@@ -120,8 +130,11 @@ def main() -> None:
     with multiprocessing.get_context("spawn").Pool(2, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         done = pool.starmap(sweep_once, [(grid, tmp / "par-a.db"), (grid, tmp / "par-b.db")])
         results["2 processes, no Ray"] = sum(c / s for c, s in done)  # both sweeps run side by side
-    print(f"  {'2 processes, no Ray':22} {results['2 processes, no Ray']:7.2f} items/s  (the machine's ceiling "
-          "for 2 workers: the sum of 2 sweeps run side by side)", flush=True)
+    print(
+        f"  {'2 processes, no Ray':22} {results['2 processes, no Ray']:7.2f} items/s  (the machine's ceiling "
+        "for 2 workers: the sum of 2 sweeps run side by side)",
+        flush=True,
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         for workers in (1, 2):
@@ -132,9 +145,11 @@ def main() -> None:
     finally:
         ray.shutdown()
     one, two = results["ray, 1 worker"], results["ray, 2 workers"]
-    print(f"scaling 2 workers / 1 worker: {two / one:.2f}×   (machine ceiling, 2 processes / 1: "
-          f"{results['2 processes, no Ray'] / results['in-process, 1 thread']:.2f}×)   ray 1 worker / in-process: "
-          f"{one / results['in-process, 1 thread']:.2f}×   databases identical across modes: {'yes' if same else 'NO'}")
+    print(
+        f"scaling 2 workers / 1 worker: {two / one:.2f}×   (machine ceiling, 2 processes / 1: "
+        f"{results['2 processes, no Ray'] / results['in-process, 1 thread']:.2f}×)   ray 1 worker / in-process: "
+        f"{one / results['in-process, 1 thread']:.2f}×   databases identical across modes: {'yes' if same else 'NO'}"
+    )
 
 
 if __name__ == "__main__":

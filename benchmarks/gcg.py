@@ -88,8 +88,15 @@ def child_ours(args, candidates: int, share: bool) -> dict:
 
     chat = load(args.model, args.dtype)
     b = behaviour(args)
-    config = GCGConfig(steps=args.steps + 1, suffix_length=args.suffix_length, candidates=candidates, top_k=256,
-                       eval_batch=args.eval_batch, share_prefix=share, seed=0)
+    config = GCGConfig(
+        steps=args.steps + 1,
+        suffix_length=args.suffix_length,
+        candidates=candidates,
+        top_k=256,
+        eval_batch=args.eval_batch,
+        share_prefix=share,
+        seed=0,
+    )
     gcg = GCG(chat, None, config)
     obj = gcg.objective(b)
     suffix = torch.tensor(gcg.initial_suffix())
@@ -114,13 +121,22 @@ def child_ours(args, candidates: int, share: bool) -> dict:
             losses.append(float(scores.min()))
             if step == 0:
                 continue  # warm-up (also builds the prefix KV once per behaviour)
-            for name, value in (("gradient", t1 - t0), ("sample+filter", t2 - t1), ("candidates", t3 - t2),
-                                ("step", t3 - t0)):
+            for name, value in (
+                ("gradient", t1 - t0),
+                ("sample+filter", t2 - t1),
+                ("candidates", t3 - t2),
+                ("step", t3 - t0),
+            ):
                 parts[name].append(value)
     tokens = obj.tokens_per_row(args.suffix_length)
-    return {"step_s": statistics.median(parts["step"]), "parts": {k: statistics.median(v) for k, v in parts.items()},
-            "peak_mib": peak.peak / 2**20, "losses": losses, "tokens_per_candidate": tokens,
-            "prefix_tokens": len(obj.before)}
+    return {
+        "step_s": statistics.median(parts["step"]),
+        "parts": {k: statistics.median(v) for k, v in parts.items()},
+        "peak_mib": peak.peak / 2**20,
+        "losses": losses,
+        "tokens_per_candidate": tokens,
+        "prefix_tokens": len(obj.before),
+    }
 
 
 def child_nanogcg(args, candidates: int) -> dict:
@@ -143,8 +159,16 @@ def child_nanogcg(args, candidates: int) -> dict:
         return original(self, *a, **k)
 
     nano_module.GCG.compute_token_gradient = timed
-    config = nanogcg.GCGConfig(num_steps=args.steps + 1, optim_str_init=init, search_width=candidates, topk=256,
-                               batch_size=args.nano_batch, use_prefix_cache=False, seed=0, verbosity="WARNING")
+    config = nanogcg.GCGConfig(
+        num_steps=args.steps + 1,
+        optim_str_init=init,
+        search_width=candidates,
+        topk=256,
+        batch_size=args.nano_batch,
+        use_prefix_cache=False,
+        seed=0,
+        verbosity="WARNING",
+    )
     with PeakRSS() as peak:
         result = nanogcg.run(chat.model, chat.tokenizer, b.request, b.target, config)
         stamps.append(time.perf_counter())
@@ -184,8 +208,11 @@ def main() -> None:
             r = json.loads(line[0][7:])
             rows.append((impl, candidates, r))
             parts = ", ".join(f"{k} {v:.2f}s" for k, v in r["parts"].items() if k != "step")
-            print(f"{impl:14s} candidates {candidates:4d}: {r['step_s']:7.2f} s/step = {1 / r['step_s']:.4f} steps/s, "
-                  f"peak +{r['peak_mib']:.0f} MiB{'; ' + parts if parts else ''}", flush=True)
+            print(
+                f"{impl:14s} candidates {candidates:4d}: {r['step_s']:7.2f} s/step = {1 / r['step_s']:.4f} steps/s, "
+                f"peak +{r['peak_mib']:.0f} MiB{'; ' + parts if parts else ''}",
+                flush=True,
+            )
     print("\n| implementation | candidates | s/step (median) | steps/s | vs nanogcg | peak MiB above model |")
     print("|---|---|---|---|---|---|")
     nano = {c: r["step_s"] for i, c, r in rows if i == "nanogcg"}

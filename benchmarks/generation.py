@@ -53,7 +53,9 @@ def linear_seconds(out_f: int, in_f: int, rows: int, dtype: torch.dtype) -> floa
     return median_time(lambda: F.linear(x, weight), 3)
 
 
-def matmul_seconds(shapes: Counter, rows: int, dtype: torch.dtype, unembed: tuple[int, int], unembed_rows: int) -> float:
+def matmul_seconds(
+    shapes: Counter, rows: int, dtype: torch.dtype, unembed: tuple[int, int], unembed_rows: int
+) -> float:
     """Time of the forward's matmuls alone, at `rows` tokens (lm_head at `unembed_rows`)."""
     total = sum(count * linear_seconds(o, i, rows, dtype) for (o, i), count in shapes.items())
     return total + linear_seconds(*unembed, unembed_rows, dtype)
@@ -101,8 +103,10 @@ def main() -> None:
     models = args.models or models
     batches = [1, 8] if args.quick else [1, 8, 32]
     cpu = cpu_info()
-    print(f"cpu={cpu['model']} flags=[{' '.join(cpu['flags'])}] kernels={torch.backends.cpu.get_cpu_capability()} "
-          f"threads={torch.get_num_threads()} native_bf16={native_bf16()} auto={resolve_dtype('auto')}")
+    print(
+        f"cpu={cpu['model']} flags=[{' '.join(cpu['flags'])}] kernels={torch.backends.cpu.get_cpu_capability()} "
+        f"threads={torch.get_num_threads()} native_bf16={native_bf16()} auto={resolve_dtype('auto')}"
+    )
     header = f"{'model':30} {'dtype':9} {'batch':>5} | {'prefill tok/s':>13} {'roofline':>9} {'ratio':>6} | {'decode tok/s':>12} {'roofline':>9} {'ratio':>6}"
     print(header)
     print("-" * len(header))
@@ -122,7 +126,9 @@ def main() -> None:
     print("\nfp32 / bf16 speed (same model, batch; above 1 means fp32 is faster):")
     for r in rows:
         if r["dtype"] == "float32":
-            bf = next(x for x in rows if x["model"] == r["model"] and x["batch"] == r["batch"] and x["dtype"] == "bfloat16")
+            bf = next(
+                x for x in rows if x["model"] == r["model"] and x["batch"] == r["batch"] and x["dtype"] == "bfloat16"
+            )
             print(
                 f"  {r['model']:30} batch {r['batch']:>2}: prefill x{r['prefill_tok_s'] / bf['prefill_tok_s']:.2f}, "
                 f"decode x{r['decode_tok_s'] / bf['decode_tok_s']:.2f}"

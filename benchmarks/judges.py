@@ -51,8 +51,12 @@ def build(name: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--judges", default="substring,learned,rubric")
-    parser.add_argument("--hub", action="append", default=[], help="kind=folder-or-hub-id (harmbench, llama-guard-3, "
-                        "wildguard, strongreject); repeatable")
+    parser.add_argument(
+        "--hub",
+        action="append",
+        default=[],
+        help="kind=folder-or-hub-id (harmbench, llama-guard-3, wildguard, strongreject); repeatable",
+    )
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--rubric-n", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=1)

@@ -94,20 +94,34 @@ class StageTable:
         now = self.counter.snapshot()
         forwards, prefill, decode = (a - b for a, b in zip(now, self.last))
         elapsed = time.perf_counter() - self.t0 if seconds is None else seconds
-        self.rows.append({"stage": name, "seconds": elapsed, "forwards": forwards,
-                          "prefill_tokens": prefill, "decode_tokens": decode})
+        self.rows.append(
+            {
+                "stage": name,
+                "seconds": elapsed,
+                "forwards": forwards,
+                "prefill_tokens": prefill,
+                "decode_tokens": decode,
+            }
+        )
         self.last, self.t0 = now, time.perf_counter()
 
     def render(self, peak: float) -> str:
-        total = {"stage": "total", "seconds": sum(r["seconds"] for r in self.rows),
-                 **{k: sum(r[k] for r in self.rows) for k in ("forwards", "prefill_tokens", "decode_tokens")}}
-        lines = [f"{'stage':<28}{'seconds':>9}{'forwards':>10}{'prefill tok':>12}{'decode tok':>11}"
-                 f"{'tok/s':>8}{'/roofline':>10}"]
+        total = {
+            "stage": "total",
+            "seconds": sum(r["seconds"] for r in self.rows),
+            **{k: sum(r[k] for r in self.rows) for k in ("forwards", "prefill_tokens", "decode_tokens")},
+        }
+        lines = [
+            f"{'stage':<28}{'seconds':>9}{'forwards':>10}{'prefill tok':>12}{'decode tok':>11}"
+            f"{'tok/s':>8}{'/roofline':>10}"
+        ]
         for r in [*self.rows, total]:
             tps = (r["prefill_tokens"] + r["decode_tokens"]) / r["seconds"] if r["seconds"] > 0 else 0.0
             r["tokens_per_s"], r["roofline_ratio"] = tps, tps / peak
-            lines.append(f"{r['stage']:<28}{r['seconds']:>9.1f}{r['forwards']:>10}{r['prefill_tokens']:>12}"
-                         f"{r['decode_tokens']:>11}{tps:>8.0f}{tps / peak:>10.2f}")
+            lines.append(
+                f"{r['stage']:<28}{r['seconds']:>9.1f}{r['forwards']:>10}{r['prefill_tokens']:>12}"
+                f"{r['decode_tokens']:>11}{tps:>8.0f}{tps / peak:>10.2f}"
+            )
         return "\n".join(lines)
 
 
@@ -126,8 +140,12 @@ def cold_cache(warm: list[str]) -> Path:
 
 def direction_module_at(ref: str):
     """src/refusalscope/direction.py as of git `ref`, imported inside the package."""
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:src/refusalscope/direction.py"],
-                            check=True, capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{ref}:src/refusalscope/direction.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     path = Path(tempfile.mkdtemp()) / "direction_at_ref.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("refusalscope.direction_at_ref", path)
@@ -152,15 +170,24 @@ def run_direction(chat, table: StageTable, data_dir, profile_name: str, ref: str
     table.mark("direction: refusal tokens")
     cands = current.candidate_directions(chat, data.harmful_train, data.harmless_train, progress=False)
     table.mark("direction: candidates")
-    settings = dict(layer_stride=d["layer_stride"], n_screen=d["n_screen"], n_finalists=d["n_finalists"], progress=False)
+    settings = dict(
+        layer_stride=d["layer_stride"], n_screen=d["n_screen"], n_finalists=d["n_finalists"], progress=False
+    )
 
     def select(module, name, **extra) -> dict:
-        best, grid, baseline = module.select_direction(chat, cands, data.harmful_val, data.harmless_val, tokens.ids,
-                                                       **settings, **extra)
+        best, grid, baseline = module.select_direction(
+            chat, cands, data.harmful_val, data.harmless_val, tokens.ids, **settings, **extra
+        )
         table.mark(name)
-        return {"layer": best.layer, "position": best.position, "ablation_score": best.ablation_score,
-                "kl": best.kl, "induction_score": best.induction_score,
-                "finalists": [(c.layer, c.position) for c in grid if c.kl is not None], "baseline": baseline}
+        return {
+            "layer": best.layer,
+            "position": best.position,
+            "ablation_score": best.ablation_score,
+            "kl": best.kl,
+            "induction_score": best.induction_score,
+            "finalists": [(c.layer, c.position) for c in grid if c.kl is not None],
+            "baseline": baseline,
+        }
 
     out = {"selection": select(current, "direction: selection", screen_z=screen_z)}
     if ref:
@@ -176,10 +203,15 @@ def main() -> None:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--only", choices=["direction"], help="profile one stage alone (its parts as rows)")
-    parser.add_argument("--ref", help="with --only direction: also select with direction.py as of this git commit "
-                        "(same candidates and refusal tokens) and compare")
+    parser.add_argument(
+        "--ref",
+        help="with --only direction: also select with direction.py as of this git commit "
+        "(same candidates and refusal tokens) and compare",
+    )
     parser.add_argument("--screen-z", default="3.0", help="with --only direction: the adaptive screen's z, or 'none'")
-    parser.add_argument("--warm", default="models,saes", help="cache folders reused (comma-separated); the rest is cold")
+    parser.add_argument(
+        "--warm", default="models,saes", help="cache folders reused (comma-separated); the rest is cold"
+    )
     parser.add_argument("--json", type=Path, help="also write the table and settings here")
     args = parser.parse_args()
 
@@ -208,8 +240,15 @@ def main() -> None:
         models_pkg.load_model = lambda *a, **k: chat
         try:
             with tempfile.TemporaryDirectory() as out:
-                summary = run_pipeline(args.model, args.profile, Path(out) / "run", data_dir=data_dir, dtype=args.dtype,
-                                       progress=False, on_stage=lambda name, _chat: table.mark(name))
+                summary = run_pipeline(
+                    args.model,
+                    args.profile,
+                    Path(out) / "run",
+                    data_dir=data_dir,
+                    dtype=args.dtype,
+                    progress=False,
+                    on_stage=lambda name, _chat: table.mark(name),
+                )
         finally:
             models_pkg.load_model = original
         result = {"direction": summary["direction"], "selected": summary["selected"], "sweep": summary["sweep"]}
@@ -217,18 +256,33 @@ def main() -> None:
     peak_after = roofline(chat)
     peak = statistics.mean([peak_before, peak_after])
     cpu = cpu_info()
-    print(f"model {chat.info.name}, dtype {chat.dtype}, profile {args.profile}; cpu {cpu.get('model')}, "
-          f"torch threads {torch.get_num_threads()}; load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")
-    print(f"model load {load_seconds:.1f} s (not in the table); prefill roofline {peak_before:.0f} tok/s before, "
-          f"{peak_after:.0f} after (batch 16 x 64, fp forward, no hooks)")
+    print(
+        f"model {chat.info.name}, dtype {chat.dtype}, profile {args.profile}; cpu {cpu.get('model')}, "
+        f"torch threads {torch.get_num_threads()}; load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"model load {load_seconds:.1f} s (not in the table); prefill roofline {peak_before:.0f} tok/s before, "
+        f"{peak_after:.0f} after (batch 16 x 64, fp forward, no hooks)"
+    )
     print(table.render(peak))
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
     print(json.dumps(result, default=str))
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "cpu": cpu,
-                                         "dtype": str(chat.dtype), "roofline": [peak_before, peak_after],
-                                         "load_average": [load_before, os.getloadavg()], "stages": table.rows,
-                                         "result": result}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": vars(args) | {"json": str(args.json)},
+                    "cpu": cpu,
+                    "dtype": str(chat.dtype),
+                    "roofline": [peak_before, peak_after],
+                    "load_average": [load_before, os.getloadavg()],
+                    "stages": table.rows,
+                    "result": result,
+                },
+                indent=2,
+                default=str,
+            )
+        )
 
 
 if __name__ == "__main__":

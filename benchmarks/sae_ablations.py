@@ -123,7 +123,9 @@ def main() -> None:
     root = preset_folder(chat, preset)
     store = ActivationStore(root / f"harvest-{layer}")
     if not store.manifest.complete:
-        raise SystemExit(f"no complete harvest in {store.folder}: run `refusalscope train-sae --preset {preset.name}` first")
+        raise SystemExit(
+            f"no complete harvest in {store.folder}: run `refusalscope train-sae --preset {preset.name}` first"
+        )
     cache = root / f"ablation-eval-{layer}.pt"
     if cache.is_file():
         captured = torch.load(cache)
@@ -141,8 +143,13 @@ def main() -> None:
         cfg = replace(preset.train, **parse_variant(text))
         with tempfile.TemporaryDirectory() as tmp:
             result = train_sae(store, layer, cfg, tmp, {"model_name": chat.info.name}, progress=False)
-        row = {"variant": text, "train s": round(result.seconds), "steps": result.steps, "lr": cfg.learning_rate(),
-               **score(result.sae, captured)}
+        row = {
+            "variant": text,
+            "train s": round(result.seconds),
+            "steps": result.steps,
+            "lr": cfg.learning_rate(),
+            **score(result.sae, captured),
+        }
         results.append(row)
         print(json.dumps(row), flush=True)
         if args.json:
@@ -151,14 +158,21 @@ def main() -> None:
     print("\n| variant | steps | lr | FVU | FVU text / chat | L0 | dead | refusal cos | cos by position |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['variant']} | {r.get('steps', '')} | {r['lr']:.2g} | " if "lr" in r else f"| {r['variant']} | | | ", end="")
-        print(f"{r['fvu']:.3f} | {r['fvu text']:.3f} / {r['fvu chat']:.3f} | {r['l0']:.1f} | {r['dead %']:.1f}% | "
-              f"{r['refusal cos']:.3f} | {' '.join(map(str, r['cos by position']))} |")
+        print(
+            f"| {r['variant']} | {r.get('steps', '')} | {r['lr']:.2g} | " if "lr" in r else f"| {r['variant']} | | | ",
+            end="",
+        )
+        print(
+            f"{r['fvu']:.3f} | {r['fvu text']:.3f} / {r['fvu chat']:.3f} | {r['l0']:.1f} | {r['dead %']:.1f}% | "
+            f"{r['refusal cos']:.3f} | {' '.join(map(str, r['cos by position']))} |"
+        )
 
 
 def asdict_short(cfg: TrainConfig) -> str:
-    return (f"{cfg.architecture} d_sae {cfg.d_sae} k {cfg.k}, {cfg.epochs} epochs, batch {cfg.batch_size}, "
-            f"lr {cfg.learning_rate():.2g}")
+    return (
+        f"{cfg.architecture} d_sae {cfg.d_sae} k {cfg.k}, {cfg.epochs} epochs, batch {cfg.batch_size}, "
+        f"lr {cfg.learning_rate():.2g}"
+    )
 
 
 if __name__ == "__main__":

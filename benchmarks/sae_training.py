@@ -138,9 +138,7 @@ def baseline_harvest(
                 mask[r, width - len(d.tokens) :] = 1
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             try:
-                model(
-                    input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-                )
+                model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
             except _Stop:
                 pass
             hidden = captured.pop("h")
@@ -180,9 +178,7 @@ def time_harvesters(
         for name in order:
             started = time.perf_counter()
             if name == "refusalscope":
-                store = harvest(
-                    chat, chunk, [layer], workdir / f"chunk_{i}", batch_size=16, progress=False
-                )
+                store = harvest(chat, chunk, [layer], workdir / f"chunk_{i}", batch_size=16, progress=False)
                 elapsed = time.perf_counter() - started
                 # harvest() runs documents longest first: put its rows back in corpus order
                 results[name] = np.asarray(store.layer(layer))[np.argsort(store.documents(), kind="stable")]
@@ -191,14 +187,8 @@ def time_harvesters(
                     chat.model.set_attn_implementation("sdpa")
                     started = time.perf_counter()
                 try:
-                    batches = (
-                        sorted(chunk, key=lambda d: -len(d.tokens))
-                        if name.endswith("sorted")
-                        else chunk
-                    )
-                    rows, n_tok_b = baseline_harvest(
-                        chat.model, module, batches, chat.d_model, pad_id
-                    )
+                    batches = sorted(chunk, key=lambda d: -len(d.tokens)) if name.endswith("sorted") else chunk
+                    rows, n_tok_b = baseline_harvest(chat.model, module, batches, chat.d_model, pad_id)
                 finally:
                     if name.endswith("sdpa"):
                         chat.model.set_attn_implementation(attn)
@@ -243,9 +233,7 @@ def padded_fraction(documents, batch_size: int) -> float:
 
 
 # --------------------------------------------------------------------------- training
-def epoch_rates(
-    before: list[float], after: list[float], steps_per_epoch: int, batch_size: int
-) -> list[float]:
+def epoch_rates(before: list[float], after: list[float], steps_per_epoch: int, batch_size: int) -> list[float]:
     """tokens/s per epoch from per-step (start, end) timestamps."""
     rates = []
     for e in range(len(after) // steps_per_epoch):
@@ -267,9 +255,7 @@ def train_refusalscope(store, layer, cfg, meta, workdir: Path) -> dict:
 
     rs_training.Trainer.step = timed
     try:
-        result = train_sae(
-            store, layer, replace(cfg), workdir / "refusalscope", meta, progress=False
-        )
+        result = train_sae(store, layer, replace(cfg), workdir / "refusalscope", meta, progress=False)
     finally:
         rs_training.Trainer.step = original
     n_train = len(split_rows(store.documents(), cfg.holdout_frac, cfg.seed)[0])
@@ -338,9 +324,7 @@ def train_sparsify(store, layer, cfg, workdir: Path, optimizer: str, normalise: 
     x_all = torch.from_numpy(np.asarray(acts, dtype=np.float32))
     scale = 1.0
     if normalise:  # refusalscope's normalisation, E‖x‖ = √d over the training rows
-        scale = math.sqrt(x_all.shape[1]) / float(
-            x_all[torch.from_numpy(train_idx)].norm(dim=-1).mean()
-        )
+        scale = math.sqrt(x_all.shape[1]) / float(x_all[torch.from_numpy(train_idx)].norm(dim=-1).mean())
         x_all = x_all * scale
     # the same rows, permutations and step count as refusalscope's train_sae
     n_train = len(train_idx)
@@ -348,9 +332,7 @@ def train_sparsify(store, layer, cfg, workdir: Path, optimizer: str, normalise: 
     train_rows = torch.from_numpy(train_idx)
     epochs = []
     for epoch in range(cfg.epochs):
-        perm = torch.randperm(
-            n_train, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        )
+        perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         epochs.append(train_rows[perm[: steps_per_epoch * cfg.batch_size]])
     seq_len = math.gcd(cfg.batch_size, 64)
     dataset = RowOrder(torch.cat(epochs), seq_len)
@@ -399,11 +381,7 @@ def train_sparsify(store, layer, cfg, workdir: Path, optimizer: str, normalise: 
         "overall_tok_s": trainer.global_step * cfg.batch_size / train_seconds,
         "median_tok_s": statistics.median(rates),
         "epoch_tok_s": rates,
-        "config": {
-            k: v
-            for k, v in asdict(sp_cfg).items()
-            if k not in ("hookpoints", "save_dir", "run_name")
-        },
+        "config": {k: v for k, v in asdict(sp_cfg).items() if k not in ("hookpoints", "save_dir", "run_name")},
     }
 
 
@@ -437,17 +415,10 @@ def check_conversion(coder, sae: SAE, scale: float, x: torch.Tensor) -> float:
     ref = coder(x * scale).sae_out / scale
     recon, f = sae(x)
     err = float((ref - recon).norm() / ref.norm())
-    assert err < 1e-5, (
-        f"converted sparsify SAE differs from sparsify's forward (relative error {err:.2e})"
-    )
+    assert err < 1e-5, f"converted sparsify SAE differs from sparsify's forward (relative error {err:.2e})"
     top = coder.encode(x * scale)
     ours = set(map(tuple, torch.nonzero(f).tolist()))
-    theirs = {
-        (r, int(i))
-        for r in range(x.shape[0])
-        for i, v in zip(top.top_indices[r], top.top_acts[r])
-        if v > 0
-    }
+    theirs = {(r, int(i)) for r in range(x.shape[0]) for i, v in zip(top.top_indices[r], top.top_acts[r]) if v > 0}
     assert ours == theirs, "converted SAE activates different latents"
     return err
 
@@ -488,9 +459,7 @@ def fmt(v, digits=3):
     return f"{v:.{digits}f}"
 
 
-def print_table(
-    title: str, columns: list[str], rows: list[tuple[str, list]], ratio: bool = True
-) -> None:
+def print_table(title: str, columns: list[str], rows: list[tuple[str, list]], ratio: bool = True) -> None:
     head = ["", *columns] + (["ratio"] if ratio else [])
     body = []
     for label, values in rows:
@@ -504,24 +473,16 @@ def print_table(
     print("| " + " | ".join(str(h).ljust(w) for h, w in zip(head, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in body:
-        print(
-            "| "
-            + " | ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])])
-            + " |"
-        )
+        print("| " + " | ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]) + " |")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="model spec (default, smollm2, ...)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--layer", type=int, default=None, help="default: the quick preset's layer")
     parser.add_argument("--epochs", type=int, default=None, help="default: the preset's (20)")
-    parser.add_argument(
-        "--time-docs", type=int, default=128, help="documents timed side by side (0: skip)"
-    )
+    parser.add_argument("--time-docs", type=int, default=128, help="documents timed side by side (0: skip)")
     parser.add_argument("--chunk-docs", type=int, default=32, help="documents per timed chunk")
     parser.add_argument(
         "--variants",
@@ -530,9 +491,7 @@ def main() -> None:
         choices=["sdpa", "sorted"],
         help="extra bare-hook harvests: with SDPA attention; with length-sorted batches",
     )
-    parser.add_argument(
-        "--sparsify-optimizer", nargs="+", default=["signum"], choices=["signum", "adam"]
-    )
+    parser.add_argument("--sparsify-optimizer", nargs="+", default=["signum"], choices=["signum", "adam"])
     parser.add_argument(
         "--sparsify-normalise",
         action="store_true",
@@ -585,11 +544,7 @@ def main() -> None:
     }
 
     # 1. harvest: once into the cache, then timed side by side on a subset
-    folder = (
-        Path(args.harvest_dir)
-        if args.harvest_dir
-        else preset_folder(chat, preset) / f"harvest-{layer}"
-    )
+    folder = Path(args.harvest_dir) if args.harvest_dir else preset_folder(chat, preset) / f"harvest-{layer}"
     cached = (folder / "harvest.json").is_file() and ActivationStore(folder).manifest.complete
     started = time.perf_counter()
     store = harvest(chat, documents, [layer], folder, batch_size=16, progress=True)
@@ -606,9 +561,7 @@ def main() -> None:
         "rows_dropped_outlier": m.rows_dropped_outlier,
         "tok_s_full": processed / max(m.seconds, 1e-9),
         "padded_fraction": padded_fraction(documents, 16),
-        "padded_fraction_sorted": padded_fraction(
-            sorted(documents, key=lambda d: -len(d.tokens)), 16
-        ),
+        "padded_fraction_sorted": padded_fraction(sorted(documents, key=lambda d: -len(d.tokens)), 16),
     }
     print(
         f"harvest {'reused from' if cached else 'written to'} {folder}: {processed} tokens processed, {m.rows} rows "
@@ -678,11 +631,7 @@ def main() -> None:
     # tables
     h = results.get("harvest_side_by_side")
     if h:
-        names = [
-            n
-            for n in ("refusalscope", "bare hook", "bare hook + sdpa", "bare hook, sorted")
-            if n in h
-        ]
+        names = [n for n in ("refusalscope", "bare hook", "bare hook + sdpa", "bare hook, sorted") if n in h]
         print_table(
             f"Harvest, {chat.info.name} layer {layer}, {h['documents']} docs / {h['tokens']} tokens, batch 16 "
             f"(attention: {h['attn_implementation']}; model tokens/s, ratio = refusalscope / bare hook)",
@@ -731,10 +680,7 @@ def main() -> None:
     if args.json:
         results["training"] = {
             "refusalscope": {k: v for k, v in ours.items() if k != "sae"},
-            **{
-                f"sparsify ({o})": {k: v for k, v in t.items() if k not in ("sae", "coder")}
-                for o, t in theirs.items()
-            },
+            **{f"sparsify ({o})": {k: v for k, v in t.items() if k not in ("sae", "coder")} for o, t in theirs.items()},
         }
         results["holdout"] = holdout
         results["metrics"] = {n: m.to_dict() for n, m in metrics.items()}

@@ -47,8 +47,9 @@ def build_playground(run: str | None, features: str | None, dtype: str, spec_dir
     from refusalscope.serve.loading import load_playground, resolve_sources
 
     if run or features:
-        sources = resolve_sources(Path(run) if run else None, features=Path(features) if features else None,
-                                  spec_dir=spec_dir)
+        sources = resolve_sources(
+            Path(run) if run else None, features=Path(features) if features else None, spec_dir=spec_dir
+        )
         return load_playground(sources, dtype=dtype), f"{run or features}: SAEs {sources.saes}"
     from refusalscope import load_model
     from refusalscope.sae import SAE, SAEConfig
@@ -94,8 +95,11 @@ def timed_request(client, url: str, prompt: str, steering: dict, max_new_tokens:
     """Seconds from sending the request to the first steered token event and to the reply."""
     out = {}
     started = time.perf_counter()
-    with client.stream("POST", f"{url}/api/generate", json={"prompt": prompt, "steering": steering,
-                                                            "max_new_tokens": max_new_tokens, "baseline": False}) as r:
+    with client.stream(
+        "POST",
+        f"{url}/api/generate",
+        json={"prompt": prompt, "steering": steering, "max_new_tokens": max_new_tokens, "baseline": False},
+    ) as r:
         r.raise_for_status()
         name = None
         for line in r.iter_lines():
@@ -119,8 +123,11 @@ def screenshot(url: str, path: Path, latents: list[tuple[int, int, float]]) -> N
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=os.environ.get("REFUSALSCOPE_CHROMIUM", "/usr/bin/chromium"),
-                                    headless=True, args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(
+            executable_path=os.environ.get("REFUSALSCOPE_CHROMIUM", "/usr/bin/chromium"),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu"],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1050})
         page.goto(url)
         page.wait_for_selector("body[data-ready='1']")
@@ -139,8 +146,9 @@ def screenshot(url: str, path: Path, latents: list[tuple[int, int, float]]) -> N
         page.fill("#prompt", "Give me a recipe for bread.")
         page.fill("#max-tokens", "40")
         page.click("#send")
-        page.wait_for_function("() => document.getElementById('plain-meta').textContent.includes('tokens')",
-                               timeout=180_000)
+        page.wait_for_function(
+            "() => document.getElementById('plain-meta').textContent.includes('tokens')", timeout=180_000
+        )
         page.click("#card-activations-run")
         page.wait_for_selector("#card-activations .tok", timeout=60_000)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,9 +162,13 @@ def main() -> None:
     parser.add_argument("--features", help="serve this features.json (and the SAEs it names)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=12)
-    parser.add_argument("--value", type=float, default=None, help="clamp value (default: 2 × each latent's harmful peak, else 20)")
+    parser.add_argument(
+        "--value", type=float, default=None, help="clamp value (default: 2 × each latent's harmful peak, else 20)"
+    )
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--screenshot", type=Path, help="also save a screenshot of the page here (needs playwright + chromium)")
+    parser.add_argument(
+        "--screenshot", type=Path, help="also save a screenshot of the page here (needs playwright + chromium)"
+    )
     args = parser.parse_args()
 
     import tempfile
@@ -176,18 +188,28 @@ def main() -> None:
         layer = max(playground.saes)
         picks = [(layer, j, None) for j in (0, 1, 2)]
     # clamp each at 2x its harmful peak (the README's induction setting), or a fixed value
-    picks = [(layer, latent, args.value if args.value is not None else (2 * peak if peak else 20.0))
-             for layer, latent, peak in picks]
-    steering = {"latents": [{"layer": layer, "latent": latent, "mode": "set", "value": v} for layer, latent, v in picks]}
+    picks = [
+        (layer, latent, args.value if args.value is not None else (2 * peak if peak else 20.0))
+        for layer, latent, peak in picks
+    ]
+    steering = {
+        "latents": [{"layer": layer, "latent": latent, "mode": "set", "value": v} for layer, latent, v in picks]
+    }
     configs = {"no steering": {}, "3 latents clamped (set)": steering}
     if playground.direction is not None:
-        configs["3 latents, behind the direction gate"] = {**steering, "gate": {"enabled": True, "kind": "direction",
-                                                                                "threshold": -1e3}}
+        configs["3 latents, behind the direction gate"] = {
+            **steering,
+            "gate": {"enabled": True, "kind": "direction", "threshold": -1e3},
+        }
     chat = playground.chat
-    print(f"model {chat.info.name} ({chat.info.dtype}), torch threads {torch.get_num_threads()}, loaded in {loaded:.1f}s")
+    print(
+        f"model {chat.info.name} ({chat.info.dtype}), torch threads {torch.get_num_threads()}, loaded in {loaded:.1f}s"
+    )
     print(f"SAEs: {what}")
-    print(f"steered latents (layer, latent, value) {[(l, j, round(v, 2)) for l, j, v in picks]}; {args.max_new_tokens} new tokens; "
-          f"{args.repeats} rounds × {len(configs)} configurations, interleaved")
+    print(
+        f"steered latents (layer, latent, value) {[(l, j, round(v, 2)) for l, j, v in picks]}; {args.max_new_tokens} new tokens; "
+        f"{args.repeats} rounds × {len(configs)} configurations, interleaved"
+    )
     server = Server(create_app(playground, allowed_hosts=["127.0.0.1"]))
     results: dict[str, list[dict]] = {name: [] for name in configs}
     with httpx.Client(timeout=600) as client:
@@ -201,11 +223,15 @@ def main() -> None:
     for name, rows in results.items():
         firsts = [row["first"] for row in rows]
         replies = [row["reply"] for row in rows]
-        print(f"{name:40s} {statistics.median(firsts):32.3f} {min(firsts):6.3f}–{max(firsts):<6.3f} "
-              f"{statistics.median(replies):16.3f}")
+        print(
+            f"{name:40s} {statistics.median(firsts):32.3f} {min(firsts):6.3f}–{max(firsts):<6.3f} "
+            f"{statistics.median(replies):16.3f}"
+        )
     worst = max(statistics.median([row["first"] for row in rows]) for rows in results.values())
-    print(f"\ntarget: first steered token within 2 s of the request — {'met' if worst <= 2 else 'NOT met'} "
-          f"(slowest median {worst:.3f} s)")
+    print(
+        f"\ntarget: first steered token within 2 s of the request — {'met' if worst <= 2 else 'NOT met'} "
+        f"(slowest median {worst:.3f} s)"
+    )
     if args.screenshot:
         screenshot(server.url, args.screenshot, picks)
         print(f"screenshot: {args.screenshot}")

@@ -97,7 +97,11 @@ def bench(spec: str, dtype: str, batch: int, new_tokens: int, repeats: int) -> l
         timed = Timed(interventions) if interventions is not None else None
         start = time.perf_counter()
         gen = chat.generate(
-            prompts, max_new_tokens=new_tokens, batch_size=batch, stop_at_eos=False, progress=False,
+            prompts,
+            max_new_tokens=new_tokens,
+            batch_size=batch,
+            stop_at_eos=False,
+            progress=False,
             interventions=timed,
         )
         seconds = time.perf_counter() - start
@@ -113,8 +117,10 @@ def bench(spec: str, dtype: str, batch: int, new_tokens: int, repeats: int) -> l
             times[name].append(seconds)
             shares[name].append(share)
     tokens = batch * new_tokens
-    print(f"\n{chat.info.name} ({chat.n_layers} layers, d_model {chat.d_model}, SAEs {chat.d_model}×{8 * chat.d_model}), "
-          f"{chat.dtype}, batch {batch}, {new_tokens} new tokens, median of {repeats}")
+    print(
+        f"\n{chat.info.name} ({chat.n_layers} layers, d_model {chat.d_model}, SAEs {chat.d_model}×{8 * chat.d_model}), "
+        f"{chat.dtype}, batch {batch}, {new_tokens} new tokens, median of {repeats}"
+    )
     base = tokens / statistics.median(times["unsteered"])
     header = f"  {'configuration':30} {'tokens/s':>9} {'vs unsteered':>13} {'time in hooks':>14}"
     print(header)
@@ -129,8 +135,10 @@ def bench(spec: str, dtype: str, batch: int, new_tokens: int, repeats: int) -> l
         change = dict(rows)[name] / base - 1
         share = statistics.median(shares[name])
         verdict = "within" if share <= 0.03 else "ABOVE"
-        print(f"  {name}: {share:.2%} of the generation time in its hook, tokens/s {change:+.1%} vs unsteered "
-              f"({verdict} the 3% target)")
+        print(
+            f"  {name}: {share:.2%} of the generation time in its hook, tokens/s {change:+.1%} vs unsteered "
+            f"({verdict} the 3% target)"
+        )
     return rows
 
 

@@ -82,9 +82,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/mech", help="a folder with direction/ and discover/features.json")
     parser.add_argument("--model", default="default")
-    parser.add_argument("--scale", type=float, default=0.25, help="fraction of each task's items (quick profile sizes × this)")
+    parser.add_argument(
+        "--scale", type=float, default=0.25, help="fraction of each task's items (quick profile sizes × this)"
+    )
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--profile-out", default=None, help="write a cProfile of the sweep here and print its top functions")
+    parser.add_argument(
+        "--profile-out", default=None, help="write a cProfile of the sweep here and print its top functions"
+    )
     args = parser.parse_args()
 
     from refusalscope.direction import RefusalDirection, sample_direction_data
@@ -121,10 +125,15 @@ def main() -> None:
     def features(strength):
         return feature_interventions(saes, pairs, "set", clamp_values(pairs, peaks, float(strength)))
 
-    grid = Grid([
-        Method("features", features, profile.clamp_strengths, method="features:cossim+ig", conditional=(False, True)),
-        Method.actadd(direction.raw, direction.layer, profile.actadd_strengths, name="refusal direction"),
-    ], gate=gate)
+    grid = Grid(
+        [
+            Method(
+                "features", features, profile.clamp_strengths, method="features:cossim+ig", conditional=(False, True)
+            ),
+            Method.actadd(direction.raw, direction.layer, profile.actadd_strengths, name="refusal direction"),
+        ],
+        gate=gate,
+    )
 
     counter = Counter(chat.model)
     per: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0, 0])  # items, seconds, prefill, decode
@@ -149,18 +158,29 @@ def main() -> None:
         start = time.perf_counter()
         if profiler:
             profiler.enable()
-        result = sweep.run_sweep(chat, grid, tasks, Path(tmp) / "results.db", data_dir=args.data_dir,
-                                 batch_size=profile.batch_size, progress=False)
+        result = sweep.run_sweep(
+            chat,
+            grid,
+            tasks,
+            Path(tmp) / "results.db",
+            data_dir=args.data_dir,
+            batch_size=profile.batch_size,
+            progress=False,
+        )
         if profiler:
             profiler.disable()
             profiler.dump_stats(args.profile_out)
         seconds = time.perf_counter() - start
     roof = (roof_before + roofline(chat)) / 2
 
-    print(f"model {chat.info.name} ({chat.dtype}), {torch.get_num_threads()} threads; setup {setup:.0f} s; "
-          f"prefill roofline {roof:.0f} tok/s (batch 16 × 64)")
-    print(f"sweep: {result.computed} items in {seconds:.1f} s = {result.computed / seconds:.2f} items/s "
-          f"(quick profile × {args.scale:g})\n")
+    print(
+        f"model {chat.info.name} ({chat.dtype}), {torch.get_num_threads()} threads; setup {setup:.0f} s; "
+        f"prefill roofline {roof:.0f} tok/s (batch 16 × 64)"
+    )
+    print(
+        f"sweep: {result.computed} items in {seconds:.1f} s = {result.computed / seconds:.2f} items/s "
+        f"(quick profile × {args.scale:g})\n"
+    )
 
     def table(key_of, title):
         groups: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0, 0])
@@ -168,12 +188,16 @@ def main() -> None:
             g = groups[key_of(key)]
             for i in range(4):
                 g[i] += row[i]
-        print(f"{title:28} {'items':>6} {'s':>7} {'share':>6} {'items/s':>8} {'s/item':>7} {'prefill tok':>11} "
-              f"{'decode tok':>10} {'tok/s':>7} {'÷roof':>6}")
+        print(
+            f"{title:28} {'items':>6} {'s':>7} {'share':>6} {'items/s':>8} {'s/item':>7} {'prefill tok':>11} "
+            f"{'decode tok':>10} {'tok/s':>7} {'÷roof':>6}"
+        )
         total = sum(r[1] for r in groups.values())
         for name, (n, s, pre, dec) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
-            print(f"{name[:28]:28} {n:>6} {s:>7.1f} {s / total:>6.0%} {n / s:>8.2f} {s / n:>7.2f} {pre:>11,} {dec:>10,} "
-                  f"{(pre + dec) / s:>7.0f} {(pre + dec) / s / roof:>6.2f}")
+            print(
+                f"{name[:28]:28} {n:>6} {s:>7.1f} {s / total:>6.0%} {n / s:>8.2f} {s / n:>7.2f} {pre:>11,} {dec:>10,} "
+                f"{(pre + dec) / s:>7.0f} {(pre + dec) / s / roof:>6.2f}"
+            )
         print()
 
     table(lambda k: k[0], "task")

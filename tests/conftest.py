@@ -15,7 +15,9 @@ def shared_data_dir() -> Path:
     env = os.environ.get("REFUSALSCOPE_DATA")
     path = Path(env) if env else REPO.parent / "shared" / "data"
     if not path.is_dir():
-        pytest.fail(f"shared data folder {path} not found; set REFUSALSCOPE_DATA to the folder holding the benchmark files")
+        pytest.fail(
+            f"shared data folder {path} not found; set REFUSALSCOPE_DATA to the folder holding the benchmark files"
+        )
     return path
 
 
@@ -66,5 +68,7 @@ def pytest_report_header(config):
 
     env = environment()
     forced = os.environ.get("REFUSALSCOPE_DTYPE") or "not set"
-    return (f"refusalscope: auto dtype = {env['auto_dtype']} (REFUSALSCOPE_DTYPE {forced}); "
-            f"cpu {env['cpu']['model']} [{' '.join(env['cpu']['flags'])}], torch threads {env['threads']}")
+    return (
+        f"refusalscope: auto dtype = {env['auto_dtype']} (REFUSALSCOPE_DTYPE {forced}); "
+        f"cpu {env['cpu']['model']} [{' '.join(env['cpu']['flags'])}], torch threads {env['threads']}"
+    )

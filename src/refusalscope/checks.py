@@ -69,7 +69,9 @@ def number(
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RefusalScopeError(f"{where} must be {kind}, got {_shown(value)}", f"write {where} as {kind}")
     if not math.isfinite(value):
-        raise RefusalScopeError(f"{where} must be a finite number, got {value}", "NaN and infinite values steer nothing sensible")
+        raise RefusalScopeError(
+            f"{where} must be a finite number, got {value}", "NaN and infinite values steer nothing sensible"
+        )
     if integer:
         if value != int(value):
             raise RefusalScopeError(f"{where} must be a whole number, got {value}", f"write {where} as an integer")
@@ -79,9 +81,13 @@ def number(
     if positive and value <= 0:
         raise RefusalScopeError(f"{where} must be positive, got {value}", f"give {where} a value above 0")
     if minimum is not None and value < minimum:
-        raise RefusalScopeError(f"{where} must be at least {minimum:g}, got {value}", f"give {where} a value >= {minimum:g}")
+        raise RefusalScopeError(
+            f"{where} must be at least {minimum:g}, got {value}", f"give {where} a value >= {minimum:g}"
+        )
     if maximum is not None and value > maximum:
-        raise RefusalScopeError(f"{where} must be at most {maximum:g}, got {value}", f"give {where} a value <= {maximum:g}")
+        raise RefusalScopeError(
+            f"{where} must be at most {maximum:g}, got {value}", f"give {where} a value <= {maximum:g}"
+        )
     return value
 
 
@@ -90,7 +96,9 @@ def parse_number(text: str, where: str, *, integer: bool = False, **limits: Any)
     try:
         value = float(str(text).strip())
     except ValueError:
-        raise RefusalScopeError(f"{where} must be a number, got {_shown(text)}", "write it as a number, e.g. 2 or -0.5") from None
+        raise RefusalScopeError(
+            f"{where} must be a number, got {_shown(text)}", "write it as a number, e.g. 2 or -0.5"
+        ) from None
     return number(value, where, integer=integer, **limits)
 
 
@@ -124,7 +132,9 @@ def read_text(path: str | Path, what: str) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise RefusalScopeError(f"cannot read the {what} {path}: {exc.strerror or exc}", "check its permissions") from None
+        raise RefusalScopeError(
+            f"cannot read the {what} {path}: {exc.strerror or exc}", "check its permissions"
+        ) from None
     if b"\x00" in data[:8192]:
         raise RefusalScopeError(f"the {what} {path} is a binary file, not text", "pass a text file (UTF-8)")
     try:
@@ -144,7 +154,9 @@ def parse_json(text: str, where: str) -> Any:
     try:
         return json.loads(text, parse_constant=constant)
     except (json.JSONDecodeError, ValueError, RecursionError) as exc:
-        raise RefusalScopeError(f"cannot parse {where}: not valid JSON ({exc})", "fix the syntax (a JSON validator shows where)") from None
+        raise RefusalScopeError(
+            f"cannot parse {where}: not valid JSON ({exc})", "fix the syntax (a JSON validator shows where)"
+        ) from None
 
 
 def output_file(path: str | Path, what: str) -> Path:
@@ -166,7 +178,9 @@ def output_dir(path: str | Path, what: str) -> Path:
         raise RefusalScopeError(f"the {what} {path} is a file, not a folder", "choose a folder name")
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
-            raise RefusalScopeError(f"the {what} {path} is not writable", "choose another folder or fix its permissions")
+            raise RefusalScopeError(
+                f"the {what} {path} is not writable", "choose another folder or fix its permissions"
+            )
         return path
     writable_parent(path.parent, what, path)
     return path
@@ -180,6 +194,8 @@ def writable_parent(parent: Path, what: str, path: Path) -> None:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise RefusalScopeError(f"cannot write the {what} {path}: {probe} is a file, not a folder", "choose another path")
+        raise RefusalScopeError(
+            f"cannot write the {what} {path}: {probe} is a file, not a folder", "choose another path"
+        )
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise RefusalScopeError(f"cannot write the {what} {path}: {probe} is not writable", "choose another path")

@@ -102,15 +102,18 @@ class RefusalDirection:
         """Write direction.json + direction.safetensors; a folder that already holds exactly
         this direction is left untouched (a rerun does not rewrite its outputs)."""
         folder = Path(folder)
-        meta = json.dumps({
-            "layer": self.layer,
-            "position": self.position,
-            "refusal_token_ids": self.refusal_token_ids,
-            "model": self.model,
-            "scores": [asdict(c) for c in self.scores],
-            "baseline": self.baseline,
-            "provenance": self.provenance,
-        }, indent=2)
+        meta = json.dumps(
+            {
+                "layer": self.layer,
+                "position": self.position,
+                "refusal_token_ids": self.refusal_token_ids,
+                "model": self.model,
+                "scores": [asdict(c) for c in self.scores],
+                "baseline": self.baseline,
+                "provenance": self.provenance,
+            },
+            indent=2,
+        )
         tensors = {"raw": self.raw.contiguous(), "candidates": self.candidates.contiguous()}
         if self._saved_in(folder, meta, tensors):
             return folder
@@ -161,10 +164,16 @@ def mean_activations(chat, prompts: Sequence[str], batch_size: int = 16, progres
     return (total / len(prompts)).float()
 
 
-def candidate_directions(chat, harmful: Sequence[str], harmless: Sequence[str], batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+def candidate_directions(
+    chat, harmful: Sequence[str], harmless: Sequence[str], batch_size: int = 16, progress: bool = True
+) -> torch.Tensor:
     if not harmful or not harmless:
-        raise RefusalScopeError("the refusal direction needs harmful and harmless prompts", "pass non-empty lists of both")
-    return mean_activations(chat, harmful, batch_size, progress) - mean_activations(chat, harmless, batch_size, progress)
+        raise RefusalScopeError(
+            "the refusal direction needs harmful and harmless prompts", "pass non-empty lists of both"
+        )
+    return mean_activations(chat, harmful, batch_size, progress) - mean_activations(
+        chat, harmless, batch_size, progress
+    )
 
 
 def select_direction(
@@ -201,11 +210,7 @@ def select_direction(
 
     n_layers, n_pos, _ = candidates.shape
     max_layer = int(n_layers * (1 - prune_last_frac))
-    grid = [
-        Candidate(layer, pos - n_pos)
-        for layer in range(0, max_layer, layer_stride)
-        for pos in range(n_pos)
-    ]
+    grid = [Candidate(layer, pos - n_pos) for layer in range(0, max_layer, layer_stride) for pos in range(n_pos)]
     if not grid:
         raise RefusalScopeError("no candidate layers are left after pruning", "lower prune_last_frac or layer_stride")
     if n_finalists < 1:
@@ -219,12 +224,17 @@ def select_direction(
     baseline_logp = torch.log_softmax(baseline_harmless_logits.double(), -1)
     if induction_threshold is None:
         induction_threshold = baseline_harmless + 0.5 * (baseline_harmful - baseline_harmless)
-    baseline = {"harmful_score": baseline_harmful, "harmless_score": baseline_harmless,
-                "kl_threshold": kl_threshold, "induction_threshold": induction_threshold}
+    baseline = {
+        "harmful_score": baseline_harmful,
+        "harmless_score": baseline_harmless,
+        "kl_threshold": kl_threshold,
+        "induction_threshold": induction_threshold,
+    }
 
     vectors = [candidates[c.layer, c.position] for c in grid]
-    screener = EditScorer(chat, screen, [Edit("ablate", v) for v in vectors], refusal_token_ids,
-                          rows_per_forward=rows_per_forward)
+    screener = EditScorer(
+        chat, screen, [Edit("ablate", v) for v in vectors], refusal_token_ids, rows_per_forward=rows_per_forward
+    )
     bar = tqdm(total=len(grid) * len(screen), desc="screening directions", unit="row", disable=not progress)
 
     def screen_rows(pairs):
@@ -238,9 +248,19 @@ def select_direction(
     finals_bar = tqdm(total=limit, desc="scoring finalists", disable=not progress)
     while len(finalists) < limit and not any(c.admissible for c in finalists):
         group = ranking.next_group(min(n_finalists, limit - len(finalists)))
-        _score_finalists(chat, [grid[i] for i in group], [vectors[i] for i in group],
-                         [ranking.scores[i] for i in group], harmful_val, harmless_val, baseline_logp,
-                         refusal_token_ids, kl_threshold, induction_threshold, rows_per_forward)
+        _score_finalists(
+            chat,
+            [grid[i] for i in group],
+            [vectors[i] for i in group],
+            [ranking.scores[i] for i in group],
+            harmful_val,
+            harmless_val,
+            baseline_logp,
+            refusal_token_ids,
+            kl_threshold,
+            induction_threshold,
+            rows_per_forward,
+        )
         finalists += [grid[i] for i in group]
         finals_bar.update(len(group))
     finals_bar.close()
@@ -257,19 +277,34 @@ def select_direction(
         baseline["filters_passed"] = True
         return min(admissible, key=lambda c: math.inf if c.ablation_score is None else c.ablation_score), grid, baseline
     best = min(finalists, key=lambda c: (c.reason.count(";") + 1, c.ablation_score))
-    message = (f"no candidate direction passed the filters among the {len(finalists)} best by ablation score "
-               f"(least bad: layer {best.layer}, position {best.position}: {best.reason})")
+    message = (
+        f"no candidate direction passed the filters among the {len(finalists)} best by ablation score "
+        f"(least bad: layer {best.layer}, position {best.position}: {best.reason})"
+    )
     if not fallback:
-        raise RefusalScopeError(message, "raise kl_threshold, lower induction_threshold, score more finalists "
-                                "(max_finalists), or check that the model refuses the harmful prompts")
+        raise RefusalScopeError(
+            message,
+            "raise kl_threshold, lower induction_threshold, score more finalists "
+            "(max_finalists), or check that the model refuses the harmful prompts",
+        )
     warnings.warn(message + "; using it anyway (recorded as admissible=false)", stacklevel=2)
     baseline["filters_passed"] = False
     return best, grid, baseline
 
 
-def _score_finalists(chat, group: list[Candidate], vectors, screened: list[list[float]], harmful_val, harmless_val,
-                     baseline_logp, refusal_token_ids, kl_threshold: float, induction_threshold: float,
-                     rows_per_forward: int) -> None:
+def _score_finalists(
+    chat,
+    group: list[Candidate],
+    vectors,
+    screened: list[list[float]],
+    harmful_val,
+    harmless_val,
+    baseline_logp,
+    refusal_token_ids,
+    kl_threshold: float,
+    induction_threshold: float,
+    rows_per_forward: int,
+) -> None:
     """Full scores of one group of finalists in one batched pass: ablation on every harmful
     prompt not already screened, KL and ablation on the harmless prompts, and activation
     addition on the harmless prompts."""
@@ -300,7 +335,9 @@ def _score_finalists(chat, group: list[Candidate], vectors, screened: list[list[
         if cand.kl > kl_threshold:
             reasons.append(f"KL {cand.kl:.3f} > {kl_threshold}")
         if cand.induction_score <= induction_threshold:
-            reasons.append(f"adding it does not induce refusal ({cand.induction_score:.2f} <= {induction_threshold:.2f})")
+            reasons.append(
+                f"adding it does not induce refusal ({cand.induction_score:.2f} <= {induction_threshold:.2f})"
+            )
         cand.admissible = not reasons
         cand.reason = "; ".join(reasons)
 
@@ -358,9 +395,16 @@ def find_refusal_direction(
 ) -> RefusalDirection:
     """Compute, select and cache the refusal direction of `chat`."""
     data = data or sample_direction_data(data_dir, n_train, n_val, seed)
-    settings = {"layer_stride": layer_stride, "n_screen": n_screen, "n_finalists": n_finalists, "kl_threshold": kl_threshold,
-                "induction_threshold": induction_threshold, "max_finalists": max_finalists,
-                "screen": "adaptive", "screen_z": screen_z}
+    settings = {
+        "layer_stride": layer_stride,
+        "n_screen": n_screen,
+        "n_finalists": n_finalists,
+        "kl_threshold": kl_threshold,
+        "induction_threshold": induction_threshold,
+        "max_finalists": max_finalists,
+        "screen": "adaptive",
+        "screen_z": screen_z,
+    }
     folder = cache_dir() / "directions" / f"{chat.info.name}-{_cache_key(chat, data, settings)}"
     if use_cache and (folder / "direction.json").is_file():
         return RefusalDirection.load(folder)
@@ -368,10 +412,21 @@ def find_refusal_direction(
     tokens = find_refusal_tokens(chat, data.harmful_train[:48], data.harmless_train[:48], batch_size=batch_size)
     candidates = candidate_directions(chat, data.harmful_train, data.harmless_train, batch_size, progress)
     best, grid, baseline = select_direction(
-        chat, candidates, data.harmful_val, data.harmless_val, tokens.ids,
-        layer_stride=layer_stride, n_screen=n_screen, n_finalists=n_finalists,
-        kl_threshold=kl_threshold, induction_threshold=induction_threshold, max_finalists=max_finalists,
-        fallback=fallback, batch_size=batch_size, screen_z=screen_z, progress=progress,
+        chat,
+        candidates,
+        data.harmful_val,
+        data.harmless_val,
+        tokens.ids,
+        layer_stride=layer_stride,
+        n_screen=n_screen,
+        n_finalists=n_finalists,
+        kl_threshold=kl_threshold,
+        induction_threshold=induction_threshold,
+        max_finalists=max_finalists,
+        fallback=fallback,
+        batch_size=batch_size,
+        screen_z=screen_z,
+        progress=progress,
     )
     result = RefusalDirection(
         layer=best.layer,
@@ -418,10 +473,17 @@ def direction_effect(
 
     def refused(prompts, interventions):
         if interventions is None:
-            replies = cached_replies(chat, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+            replies = cached_replies(
+                chat, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+            )
         else:
-            replies = chat.generate(list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                    interventions=interventions, progress=progress).texts
+            replies = chat.generate(
+                list(prompts),
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                interventions=interventions,
+                progress=progress,
+            ).texts
         return [v.refused for v in judge.judge(list(prompts), replies)], replies
 
     base_h, _ = refused(harmful, None)

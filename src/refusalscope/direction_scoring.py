@@ -67,7 +67,9 @@ class _RowEdits:
         for i, edit in enumerate(edits):
             vec = edit.vector.detach().to("cpu", dtype).reshape(-1)
             if vec.shape[0] != d:
-                raise RefusalScopeError(f"a candidate direction has {vec.shape[0]} entries but the model has d_model={d}")
+                raise RefusalScopeError(
+                    f"a candidate direction has {vec.shape[0]} entries but the model has d_model={d}"
+                )
             if edit.kind == "ablate":
                 self.units[i] = vec / vec.norm()
             else:
@@ -119,8 +121,9 @@ def score_rows(
 ) -> RowScores:
     """First-token refusal log-odds (and, given `baseline_logp` [len(prompts), vocab] of the
     unedited model, the KL divergence from it) for each (edit index, prompt index) row."""
-    return EditScorer(chat, prompts, edits, refusal_token_ids, baseline_logp=baseline_logp,
-                      rows_per_forward=rows_per_forward).score(pairs)
+    return EditScorer(
+        chat, prompts, edits, refusal_token_ids, baseline_logp=baseline_logp, rows_per_forward=rows_per_forward
+    ).score(pairs)
 
 
 def _prefix_cache(chat, state: _RowEdits, prefix: Sequence[int], edits: list[int]):
@@ -132,25 +135,46 @@ def _prefix_cache(chat, state: _RowEdits, prefix: Sequence[int], edits: list[int
     ids = torch.tensor([list(prefix)] * len(edits), dtype=torch.long, device=device)
     ones = torch.ones_like(ids)
     cache = DynamicCache(config=chat.model.config)
-    ctx = ForwardContext(ones, torch.full((len(edits),), len(prefix) + 1, device=device), 0,
-                         torch.arange(len(edits), device=device), -1, "prefill")
+    ctx = ForwardContext(
+        ones,
+        torch.full((len(edits),), len(prefix) + 1, device=device),
+        0,
+        torch.arange(len(edits), device=device),
+        -1,
+        "prefill",
+    )
     state.rows = torch.tensor(edits, device=device)
     with chat.hooks.forward_context(ctx):
-        chat.model(input_ids=ids, attention_mask=ones, position_ids=ones.cumsum(-1) - 1,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1)
+        chat.model(
+            input_ids=ids,
+            attention_mask=ones,
+            position_ids=ones.cumsum(-1) - 1,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
     return cache
 
 
-def _forward_rows(chat, state: _RowEdits, tokens, rows: list[tuple[int, int]], shared: int, prefix, slot: dict) -> torch.Tensor:
+def _forward_rows(
+    chat, state: _RowEdits, tokens, rows: list[tuple[int, int]], shared: int, prefix, slot: dict
+) -> torch.Tensor:
     """[B, vocab] float32 next-token logits of one chunk of (edit, prompt) rows."""
     device = chat.device
     state.rows = torch.tensor([e for e, _ in rows], device=device)
     if shared == 0:
         batch = chat.pad([tokens[p] for _, p in rows])
-        ctx = ForwardContext(batch.attention_mask, batch.lengths, 0, torch.arange(len(rows), device=device), -1, "forward")
+        ctx = ForwardContext(
+            batch.attention_mask, batch.lengths, 0, torch.arange(len(rows), device=device), -1, "forward"
+        )
         with chat.hooks.forward_context(ctx):
-            out = chat.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
+            out = chat.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+                logits_to_keep=1,
+            )
         return out.logits[:, -1].float().cpu()
     cache = copy.deepcopy(prefix)  # each row starts from its own edit's prefix
     cache.batch_select_indices(torch.tensor([slot[e] for e, _ in rows], device=device))
@@ -159,8 +183,14 @@ def _forward_rows(chat, state: _RowEdits, tokens, rows: list[tuple[int, int]], s
     positions = shared + (suffix.attention_mask.cumsum(-1) - 1).clamp(min=0)
     ctx = ForwardContext(mask, mask.sum(-1), shared, torch.arange(len(rows), device=device), -1, "prefill")
     with chat.hooks.forward_context(ctx):
-        out = chat.model(input_ids=suffix.input_ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = chat.model(
+            input_ids=suffix.input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
     return out.logits[:, -1].float().cpu()
 
 
@@ -169,8 +199,16 @@ class EditScorer:
     adaptive screen): prompts are tokenised once and the shared prefix under each edit is
     computed once, at the first call."""
 
-    def __init__(self, chat, prompts: Sequence[str], edits: Sequence[Edit], refusal_token_ids: Sequence[int], *,
-                 baseline_logp: torch.Tensor | None = None, rows_per_forward: int = 64):
+    def __init__(
+        self,
+        chat,
+        prompts: Sequence[str],
+        edits: Sequence[Edit],
+        refusal_token_ids: Sequence[int],
+        *,
+        baseline_logp: torch.Tensor | None = None,
+        rows_per_forward: int = 64,
+    ):
         if rows_per_forward < 1:
             raise RefusalScopeError(f"rows_per_forward must be at least 1, got {rows_per_forward}")
         self.chat = chat
@@ -195,7 +233,9 @@ class EditScorer:
         slot = {e: e for e in range(len(self.edits))}
         with chat.hooks.attached(self.state.hooks(chat)):
             if self.shared and self.prefix is None:
-                self.prefix = _prefix_cache(chat, self.state, self.tokens[0][: self.shared], list(range(len(self.edits))))
+                self.prefix = _prefix_cache(
+                    chat, self.state, self.tokens[0][: self.shared], list(range(len(self.edits)))
+                )
             for chunk in _plan([len(t) for t in self.tokens], pairs, self.rows_per_forward):
                 rows = [pairs[r] for r in chunk]
                 logits = _forward_rows(chat, self.state, self.tokens, rows, self.shared, self.prefix, slot)
@@ -223,14 +263,24 @@ class AdaptiveScreen:
     `z=None` every candidate sees every prompt (the exhaustive screen).
     """
 
-    def __init__(self, score_fn: Callable[[list[tuple[int, int]]], torch.Tensor], n_candidates: int, n_prompts: int,
-                 *, z: float | None = 3.0, min_prompts: int = 3, min_rows: int = 16):
+    def __init__(
+        self,
+        score_fn: Callable[[list[tuple[int, int]]], torch.Tensor],
+        n_candidates: int,
+        n_prompts: int,
+        *,
+        z: float | None = 3.0,
+        min_prompts: int = 3,
+        min_rows: int = 16,
+    ):
         self.score_fn = score_fn  # [(candidate, prompt)] -> [R] scores, lower is better
         self.scores: list[list[float]] = [[] for _ in range(n_candidates)]
         self.n_prompts = n_prompts
         self.z = z
         self.min_prompts = max(2, min_prompts)
-        self.min_rows = min_rows  # a round scores several prompts when few candidates are left: tiny batches waste the CPU
+        self.min_rows = (
+            min_rows  # a round scores several prompts when few candidates are left: tiny batches waste the CPU
+        )
         self.taken: set[int] = set()
 
     def mean(self, c: int) -> float:
@@ -251,8 +301,10 @@ class AdaptiveScreen:
         k = min(len(self.scores[c]), len(self.scores[than]))
         if k < self.min_prompts:
             return False
-        d = torch.tensor(self.scores[c][:k], dtype=torch.float64) - torch.tensor(self.scores[than][:k], dtype=torch.float64)
-        return bool(d.mean() > 0 and d.mean() > self.z * d.std() / k ** 0.5)
+        d = torch.tensor(self.scores[c][:k], dtype=torch.float64) - torch.tensor(
+            self.scores[than][:k], dtype=torch.float64
+        )
+        return bool(d.mean() > 0 and d.mean() > self.z * d.std() / k**0.5)
 
     def next_group(self, n: int) -> list[int]:
         pool = [c for c in range(len(self.scores)) if c not in self.taken]

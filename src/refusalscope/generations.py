@@ -45,7 +45,9 @@ def cached_replies(
         stored = json.loads(path.read_text())
         if stored.get("prompts") == list(prompts):
             return stored["replies"]
-    gen = chat.generate(list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, system=system, progress=progress)
+    gen = chat.generate(
+        list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, system=system, progress=progress
+    )
     with atomic_file(path) as handle:
         json.dump({"model": model, "settings": settings, "prompts": list(prompts), "replies": gen.texts}, handle)
     return gen.texts

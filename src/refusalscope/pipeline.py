@@ -97,8 +97,16 @@ PROFILES = {
         example_prompts=0,
         max_new_tokens=64,
         refusal_limits={"jailbreakbench": 100, "xstest": 200, "pairs": 24, "jailbreak": 100, "gcg": 100},
-        capability={"mmlu": 500, "mmlu-5shot": 200, "truthfulqa-mc1": 400, "truthfulqa-mc2": 400,
-                    "gsm8k": 100, "arc-challenge": 300, "triviaqa": 300, "wikitext": 32},
+        capability={
+            "mmlu": 500,
+            "mmlu-5shot": 200,
+            "truthfulqa-mc1": 400,
+            "truthfulqa-mc2": 400,
+            "gsm8k": 100,
+            "arc-challenge": 300,
+            "triviaqa": 300,
+            "wikitext": 32,
+        },
         attacks="default",  # attacks.tasks.AttackTasks(): static suite, 20 HarmBench behaviours x 5 GCG steps, multi-turn
     ),
 }
@@ -117,7 +125,9 @@ def _tensor_hash(t) -> str:
     return hashlib.sha256(t.detach().float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def harm_gate(chat: ChatModel, direction: RefusalDirection, layer: int, harmful: Sequence[str], harmless: Sequence[str]) -> tuple[GateSpec, float]:
+def harm_gate(
+    chat: ChatModel, direction: RefusalDirection, layer: int, harmful: Sequence[str], harmless: Sequence[str]
+) -> tuple[GateSpec, float]:
     """A gate on the refusal direction's projection at `layer` (post-instruction tokens),
     with the threshold that best separates held-out harmful from harmless requests.
     The threshold is cached by content (model, dtype, direction, prompts): a rerun makes
@@ -128,8 +138,10 @@ def harm_gate(chat: ChatModel, direction: RefusalDirection, layer: int, harmful:
     vec = direction.at_layer(layer)
 
     def fit() -> tuple[float, float]:
-        acts = {name: chat.residual(list(p), [layer], positions="post_instruction", progress=False)[layer]
-                for name, p in (("harmful", harmful), ("harmless", harmless))}
+        acts = {
+            name: chat.residual(list(p), [layer], positions="post_instruction", progress=False)[layer]
+            for name, p in (("harmful", harmful), ("harmless", harmless))
+        }
         unit = vec / vec.norm()
         proj = {name: (a.float() @ unit).mean(-1).tolist() for name, a in acts.items()}  # mean over template tokens
         labels = [True] * len(proj["harmful"]) + [False] * len(proj["harmless"])
@@ -142,19 +154,34 @@ def harm_gate(chat: ChatModel, direction: RefusalDirection, layer: int, harmful:
     return GateSpec(gate, threshold, reduce="mean", positions="post_instruction"), accuracy
 
 
-def first_token_calibration(chat: ChatModel, prompts, refusal_token_ids, max_new_tokens: int, judge: Judge | None = None) -> tuple[float, float]:
+def first_token_calibration(
+    chat: ChatModel, prompts, refusal_token_ids, max_new_tokens: int, judge: Judge | None = None
+) -> tuple[float, float]:
     """`calibrate_first_token_threshold`, cached by content (model, dtype, prompts, refusal
     tokens, reply length, reply judge): the calibration generates replies and scores first tokens."""
     from .evaluation.tasks import calibrate_first_token_threshold
 
-    key = content_key("first-token-threshold", model_identity(chat), list(prompts), list(map(int, refusal_token_ids)),
-                      max_new_tokens, getattr(judge, "name", "substring"))
-    threshold, agreement = cached_json("calibration", key, lambda: calibrate_first_token_threshold(
-        chat, prompts, refusal_token_ids, max_new_tokens=max_new_tokens, judge=judge))
+    key = content_key(
+        "first-token-threshold",
+        model_identity(chat),
+        list(prompts),
+        list(map(int, refusal_token_ids)),
+        max_new_tokens,
+        getattr(judge, "name", "substring"),
+    )
+    threshold, agreement = cached_json(
+        "calibration",
+        key,
+        lambda: calibrate_first_token_threshold(
+            chat, prompts, refusal_token_ids, max_new_tokens=max_new_tokens, judge=judge
+        ),
+    )
     return threshold, agreement
 
 
-def build_tasks(chat: ChatModel, profile: Profile, direction: RefusalDirection, data_dir: str | Path | None, calibration) -> tuple[list, dict]:
+def build_tasks(
+    chat: ChatModel, profile: Profile, direction: RefusalDirection, data_dir: str | Path | None, calibration
+) -> tuple[list, dict]:
     """Refusal tasks (first-token or generated) and capability tasks with the profile's limits."""
     from .data import load_dataset
     from .evaluation.capability import capability_task
@@ -166,40 +193,94 @@ def build_tasks(chat: ChatModel, profile: Profile, direction: RefusalDirection, 
     info: dict = {"reply_judge": getattr(judge, "name", profile.judge)}
     extra: dict = {"judge": judge}
     if profile.first_token:
-        threshold, agreement = first_token_calibration(chat, calibration, direction.refusal_token_ids,
-                                                       profile.max_new_tokens, judge)
-        extra.update(refusal_token_ids=direction.refusal_token_ids, threshold=threshold,
-                     check_every=profile.first_token_check_every)
-        info["first_token_judge"] = {"threshold": threshold, "agreement_with_reply_judge": agreement,
-                                     "reply_judge": info["reply_judge"], "n_calibration": len(calibration),
-                                     "check_every": profile.first_token_check_every}
+        threshold, agreement = first_token_calibration(
+            chat, calibration, direction.refusal_token_ids, profile.max_new_tokens, judge
+        )
+        extra.update(
+            refusal_token_ids=direction.refusal_token_ids,
+            threshold=threshold,
+            check_every=profile.first_token_check_every,
+        )
+        info["first_token_judge"] = {
+            "threshold": threshold,
+            "agreement_with_reply_judge": agreement,
+            "reply_judge": info["reply_judge"],
+            "n_calibration": len(calibration),
+            "check_every": profile.first_token_check_every,
+        }
     limits = profile.refusal_limits
     requests = load_dataset("harmful/jailbreakbench", data_dir=data_dir, limit=8, seed=1).prompts
     refusal = [
-        TaskSpec(RefusalTask("jbb-harmful", "harmful/jailbreakbench", max_new_tokens=profile.max_new_tokens, **extra),
-                 limits["jailbreakbench"]),
-        TaskSpec(RefusalTask("xstest-unsafe", "xstest/unsafe", max_new_tokens=profile.max_new_tokens, **extra),
-                 limits["xstest"]),
-        TaskSpec(RefusalTask("xstest-safe", "xstest/safe", expect="answer", max_new_tokens=profile.max_new_tokens, **extra),
-                 limits["xstest"]),
-        TaskSpec(RefusalTask("pairs-harmful", "builtin/minimal-pairs", "harmful", max_new_tokens=profile.max_new_tokens, **extra),
-                 limits["pairs"]),
-        TaskSpec(RefusalTask("pairs-benign", "builtin/minimal-pairs", "benign", expect="answer",
-                             max_new_tokens=profile.max_new_tokens, **extra), limits["pairs"]),
-        TaskSpec(RefusalTask("jailbreak-templates", "jailbreak/templates", max_new_tokens=profile.max_new_tokens,
-                             template_requests=requests, **extra), limits.get("jailbreak", 0)),
-        TaskSpec(RefusalTask("jailbreak-gcg", "jailbreak/gcg", max_new_tokens=profile.max_new_tokens, **extra),
-                 limits.get("gcg", 0)),
+        TaskSpec(
+            RefusalTask("jbb-harmful", "harmful/jailbreakbench", max_new_tokens=profile.max_new_tokens, **extra),
+            limits["jailbreakbench"],
+        ),
+        TaskSpec(
+            RefusalTask("xstest-unsafe", "xstest/unsafe", max_new_tokens=profile.max_new_tokens, **extra),
+            limits["xstest"],
+        ),
+        TaskSpec(
+            RefusalTask("xstest-safe", "xstest/safe", expect="answer", max_new_tokens=profile.max_new_tokens, **extra),
+            limits["xstest"],
+        ),
+        TaskSpec(
+            RefusalTask(
+                "pairs-harmful", "builtin/minimal-pairs", "harmful", max_new_tokens=profile.max_new_tokens, **extra
+            ),
+            limits["pairs"],
+        ),
+        TaskSpec(
+            RefusalTask(
+                "pairs-benign",
+                "builtin/minimal-pairs",
+                "benign",
+                expect="answer",
+                max_new_tokens=profile.max_new_tokens,
+                **extra,
+            ),
+            limits["pairs"],
+        ),
+        TaskSpec(
+            RefusalTask(
+                "jailbreak-templates",
+                "jailbreak/templates",
+                max_new_tokens=profile.max_new_tokens,
+                template_requests=requests,
+                **extra,
+            ),
+            limits.get("jailbreak", 0),
+        ),
+        TaskSpec(
+            RefusalTask("jailbreak-gcg", "jailbreak/gcg", max_new_tokens=profile.max_new_tokens, **extra),
+            limits.get("gcg", 0),
+        ),
     ]
     refusal = [spec for spec in refusal if spec.limit]  # a limit of 0 leaves the task out
     if profile.example_prompts:
         # a few full replies per configuration, for the report's side-by-side examples
         n = profile.example_prompts
         refusal += [
-            TaskSpec(RefusalTask("examples-harmful", "builtin/minimal-pairs", "harmful", max_new_tokens=profile.max_new_tokens,
-                                 judge=judge), n),
-            TaskSpec(RefusalTask("examples-benign", "builtin/minimal-pairs", "benign", expect="answer",
-                                 max_new_tokens=profile.max_new_tokens, judge=judge), n),
+            TaskSpec(
+                RefusalTask(
+                    "examples-harmful",
+                    "builtin/minimal-pairs",
+                    "harmful",
+                    max_new_tokens=profile.max_new_tokens,
+                    judge=judge,
+                ),
+                n,
+            ),
+            TaskSpec(
+                RefusalTask(
+                    "examples-benign",
+                    "builtin/minimal-pairs",
+                    "benign",
+                    expect="answer",
+                    max_new_tokens=profile.max_new_tokens,
+                    judge=judge,
+                ),
+                n,
+            ),
         ]
     capability = []
     for name, limit in profile.capability.items():
@@ -256,12 +337,20 @@ def run_pipeline(
     stage("saes")
     d = profile.direction
     data = sample_direction_data(data_dir, d["n_train"], d["n_val"], seed=0)
-    direction = find_refusal_direction(chat, data, layer_stride=d["layer_stride"], n_screen=d["n_screen"],
-                                       n_finalists=d["n_finalists"], progress=progress)
+    direction = find_refusal_direction(
+        chat,
+        data,
+        layer_stride=d["layer_stride"],
+        n_screen=d["n_screen"],
+        n_finalists=d["n_finalists"],
+        progress=progress,
+    )
     direction.save(out / "direction")
     stage("direction")
     cfg = DiscoveryConfig(k=profile.k, **profile.discovery)
-    found = discover(chat, saes, direction, data.harmful_train, data.harmless_train, cfg, out / "discovery", progress=progress)
+    found = discover(
+        chat, saes, direction, data.harmful_train, data.harmless_train, cfg, out / "discovery", progress=progress
+    )
     stage("discovery")
     selected = found.sets[cfg.method]
     by_layer = selected.by_layer()
@@ -279,25 +368,58 @@ def run_pipeline(
     def features(strength):
         return feature_interventions(saes, pairs, "set", clamp_values(pairs, peaks, float(strength)))
 
-    grid = Grid([
-        Method("features", features, profile.clamp_strengths, method=f"features:{cfg.method}", conditional=(False, True),
-               description=f"clamp the {len(pairs)} selected latents to strength × their peak activation on harmful prompts"),
-        Method.actadd(direction.raw, direction.layer, profile.actadd_strengths, name="refusal direction",
-                      description="add strength × the difference-of-means refusal vector at its layer"),
-    ], gate=gate)
-    result = run_sweep(chat, grid, tasks, out / "results.db", data_dir=data_dir, batch_size=profile.batch_size,
-                       pairs=[("pairs-harmful", "pairs-benign"), ("xstest-unsafe", "xstest-safe")], progress=progress,
-                       note=f"refusalscope run --profile {profile.name}")
+    grid = Grid(
+        [
+            Method(
+                "features",
+                features,
+                profile.clamp_strengths,
+                method=f"features:{cfg.method}",
+                conditional=(False, True),
+                description=f"clamp the {len(pairs)} selected latents to strength × their peak activation on harmful prompts",
+            ),
+            Method.actadd(
+                direction.raw,
+                direction.layer,
+                profile.actadd_strengths,
+                name="refusal direction",
+                description="add strength × the difference-of-means refusal vector at its layer",
+            ),
+        ],
+        gate=gate,
+    )
+    result = run_sweep(
+        chat,
+        grid,
+        tasks,
+        out / "results.db",
+        data_dir=data_dir,
+        batch_size=profile.batch_size,
+        pairs=[("pairs-harmful", "pairs-benign"), ("xstest-unsafe", "xstest-safe")],
+        progress=progress,
+        note=f"refusalscope run --profile {profile.name}",
+    )
     stage("sweep")
     if profile.attacks is not None:  # unsteered / clamped at the lowest strength / gated, under attack
         from .attacks.tasks import AttackTasks, run_pipeline_attacks
 
         tasks_ = AttackTasks() if profile.attacks == "default" else profile.attacks
-        run_pipeline_attacks(chat, features(min(profile.clamp_strengths)), gate, out / "attacks", tasks_,
-                             data_dir=data_dir, progress=progress)
+        run_pipeline_attacks(
+            chat,
+            features(min(profile.clamp_strengths)),
+            gate,
+            out / "attacks",
+            tasks_,
+            data_dir=data_dir,
+            progress=progress,
+        )
         stage("attacks")
-    report = build_report(out / "results.db", out / "report.html", out / "report_data",
-                          attacks_dir=out / "attacks" if profile.attacks is not None else None)
+    report = build_report(
+        out / "results.db",
+        out / "report.html",
+        out / "report_data",
+        attacks_dir=out / "attacks" if profile.attacks is not None else None,
+    )
     stage("report")
     summary = summarise(out / "results.db")
     total = time.perf_counter() - started

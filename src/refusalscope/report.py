@@ -75,10 +75,20 @@ class TradeoffPoint:
 
     def row(self) -> dict[str, Any]:
         h, b = self.harmful.estimate, self.benign.estimate
-        return {"pair": self.pair, **self.config.key(), "harmful_task": self.harmful.task.name,
-                "benign_task": self.benign.task.name, "refusal_harmful": h.value, "refusal_harmful_low": h.low,
-                "refusal_harmful_high": h.high, "n_harmful": h.n, "refusal_benign": b.value, "refusal_benign_low": b.low,
-                "refusal_benign_high": b.high, "n_benign": b.n}
+        return {
+            "pair": self.pair,
+            **self.config.key(),
+            "harmful_task": self.harmful.task.name,
+            "benign_task": self.benign.task.name,
+            "refusal_harmful": h.value,
+            "refusal_harmful_low": h.low,
+            "refusal_harmful_high": h.high,
+            "n_harmful": h.n,
+            "refusal_benign": b.value,
+            "refusal_benign_low": b.low,
+            "refusal_benign_high": b.high,
+            "n_benign": b.n,
+        }
 
 
 @dataclass(frozen=True)
@@ -94,8 +104,13 @@ class StrengthPoint:
     @classmethod
     def of_cell(cls, cell: Cell, panel: str | None = None) -> StrengthPoint:
         """A cell in the panel of its task (or `panel`)."""
-        return cls(cell.task.name if panel is None else panel, cell.config, cell.estimate, cell.metric,
-                   cell.task.higher_is_better)
+        return cls(
+            cell.task.name if panel is None else panel,
+            cell.config,
+            cell.estimate,
+            cell.metric,
+            cell.task.higher_is_better,
+        )
 
     @classmethod
     def of_delta(cls, delta: Delta) -> StrengthPoint:
@@ -120,8 +135,13 @@ class Example:
     outputs: list[ExampleOutput]
 
     def row(self) -> dict[str, Any]:
-        return {"task": self.task.name, "role": self.task.role, "item_id": self.item_id, "prompt": self.prompt,
-                **{f"output[{o.label}]": o.output for o in self.outputs}}
+        return {
+            "task": self.task.name,
+            "role": self.task.role,
+            "item_id": self.item_id,
+            "prompt": self.prompt,
+            **{f"output[{o.label}]": o.output for o in self.outputs},
+        }
 
 
 def tradeoff_rows(summary: Summary) -> list[TradeoffPoint]:
@@ -185,8 +205,10 @@ def example_rows(db: ResultsStore, summary: Summary, per_task: int = 3, max_colu
         others = {c.config_id: db.outputs(c.config_id, t.name, ids) for c in columns[1:]}
         shared = [i for i in ids if all(i in o for o in others.values())][:per_task]
         for item_id in shared:
-            outputs = [ExampleOutput(c.label, c.config_id, (baseline if c is base else others[c.config_id])[item_id]["output"])
-                       for c in columns]
+            outputs = [
+                ExampleOutput(c.label, c.config_id, (baseline if c is base else others[c.config_id])[item_id]["output"])
+                for c in columns
+            ]
             out.append(Example(t, item_id, baseline[item_id]["prompt"], outputs))
     return out
 
@@ -197,8 +219,15 @@ def _gates(items: Any) -> list[dict[str, Any]]:
     for item in items or []:
         if item.get("kind") == "conditional":
             g = item.get("gate", {})
-            out.append({"kind": g.get("kind"), "threshold": g.get("threshold"), "reduce": g.get("reduce"),
-                        "layer": g.get("layer", (g.get("sae") or {}).get("layer")), "feature": g.get("feature")})
+            out.append(
+                {
+                    "kind": g.get("kind"),
+                    "threshold": g.get("threshold"),
+                    "reduce": g.get("reduce"),
+                    "layer": g.get("layer", (g.get("sae") or {}).get("layer")),
+                    "feature": g.get("feature"),
+                }
+            )
             out.extend(_gates(item.get("interventions")))
     return out
 
@@ -212,14 +241,48 @@ def provenance(db: ResultsStore, summary: Summary) -> dict[str, Any]:
     """What produced the numbers (runs, configurations with their SAEs and gates, tasks,
     pairs), as the report's provenance.json."""
     return {
-        "runs": [{"run_id": r.run_id, "started": r.started, "finished": r.finished, "status": r.status,
-                  "model_id": r.model_id, "computed": r.computed, "skipped": r.skipped, "note": r.note,
-                  "versions": r.versions, "model": r.model, "platform": r.platform} for r in read_runs(db)],
-        "configs": [{**c.key(), "steering_id": c.steering_id, "model_id": c.model_id, "saes": c.saes,
-                     "gates": _gates(c.spec.get("interventions")), "kinds": _kinds(c)} for c in summary.configs],
-        "tasks": [{"task": t.name, "role": t.role, "dataset": t.dataset, "split": t.split, "item_limit": t.item_limit,
-                   "seed": t.seed, "judge": t.judge, "primary_metric": t.primary_metric,
-                   "higher_is_better": t.higher_is_better, "describe": t.describe} for t in summary.tasks],
+        "runs": [
+            {
+                "run_id": r.run_id,
+                "started": r.started,
+                "finished": r.finished,
+                "status": r.status,
+                "model_id": r.model_id,
+                "computed": r.computed,
+                "skipped": r.skipped,
+                "note": r.note,
+                "versions": r.versions,
+                "model": r.model,
+                "platform": r.platform,
+            }
+            for r in read_runs(db)
+        ],
+        "configs": [
+            {
+                **c.key(),
+                "steering_id": c.steering_id,
+                "model_id": c.model_id,
+                "saes": c.saes,
+                "gates": _gates(c.spec.get("interventions")),
+                "kinds": _kinds(c),
+            }
+            for c in summary.configs
+        ],
+        "tasks": [
+            {
+                "task": t.name,
+                "role": t.role,
+                "dataset": t.dataset,
+                "split": t.split,
+                "item_limit": t.item_limit,
+                "seed": t.seed,
+                "judge": t.judge,
+                "primary_metric": t.primary_metric,
+                "higher_is_better": t.higher_is_better,
+                "describe": t.describe,
+            }
+            for t in summary.tasks
+        ],
         "pairs": [p.row() for p in read_pairs(db)],
     }
 
@@ -299,8 +362,15 @@ def _legend(fig, axes) -> None:
         # columns of long method labels ran off its edges)
         label_inches = 0.6 + 0.062 * max(len(lab) for lab in labels)
         ncol = max(1, min(len(labels), 3, int(fig.get_figwidth() // label_inches)))
-        fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=ncol, fontsize=8,
-                   frameon=False, bbox_to_anchor=(0.5, 0.0))
+        fig.legend(
+            [handles[lab] for lab in labels],
+            labels,
+            loc="lower center",
+            ncol=ncol,
+            fontsize=8,
+            frameon=False,
+            bbox_to_anchor=(0.5, 0.0),
+        )
         fig._legend_inches = 0.22 * math.ceil(len(labels) / ncol) + 0.1
 
 
@@ -315,17 +385,39 @@ def plot_tradeoff(points: list[TradeoffPoint], style: FigureStyle) -> str | None
             kw = style.kw(method, line[0].config.family, cond)
             xs = [p.benign.estimate.value for p in line]
             ys = [p.harmful.estimate.value for p in line]
-            ax.errorbar(xs, ys, xerr=_err([p.benign.estimate for p in line]), yerr=_err([p.harmful.estimate for p in line]),
-                        capsize=2, elinewidth=0.8, **kw)
+            ax.errorbar(
+                xs,
+                ys,
+                xerr=_err([p.benign.estimate for p in line]),
+                yerr=_err([p.harmful.estimate for p in line]),
+                capsize=2,
+                elinewidth=0.8,
+                **kw,
+            )
             for p in line:
                 if p.config.strength is not None:
-                    ax.annotate(f"{p.config.strength:g}", (p.benign.estimate.value, p.harmful.estimate.value), fontsize=6,
-                                xytext=(3, 3), textcoords="offset points", color=kw["color"])
+                    ax.annotate(
+                        f"{p.config.strength:g}",
+                        (p.benign.estimate.value, p.harmful.estimate.value),
+                        fontsize=6,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                        color=kw["color"],
+                    )
         for p in mine:
             if p.config.unsteered:
-                ax.errorbar([p.benign.estimate.value], [p.harmful.estimate.value], xerr=_err([p.benign.estimate]),
-                            yerr=_err([p.harmful.estimate]), marker="*", markersize=14, color="black",
-                            linestyle="none", capsize=2, label="unsteered")
+                ax.errorbar(
+                    [p.benign.estimate.value],
+                    [p.harmful.estimate.value],
+                    xerr=_err([p.benign.estimate]),
+                    yerr=_err([p.harmful.estimate]),
+                    marker="*",
+                    markersize=14,
+                    color="black",
+                    linestyle="none",
+                    capsize=2,
+                    label="unsteered",
+                )
         ax.plot([0, 1], [0, 1], color="0.85", linewidth=0.8, zorder=0)
         ax.set_xlim(-0.03, 1.03)
         ax.set_ylim(-0.03, 1.03)
@@ -346,8 +438,13 @@ def _err(estimates: Sequence[Estimate]) -> list[list[float]]:
     return [lo, hi]
 
 
-def plot_vs_strength(points: list[StrengthPoint], style: FigureStyle, ylabel: str | Callable[[StrengthPoint], str],
-                     hline: float | None = None, ylim: tuple[float, float] | str | None = "auto") -> str | None:
+def plot_vs_strength(
+    points: list[StrengthPoint],
+    style: FigureStyle,
+    ylabel: str | Callable[[StrengthPoint], str],
+    hline: float | None = None,
+    ylim: tuple[float, float] | str | None = "auto",
+) -> str | None:
     """One panel per `panel`, x = strength, a line per (method, gated), the unsteered
     value as a grey band."""
     panels = list(dict.fromkeys(p.panel for p in points))
@@ -359,8 +456,14 @@ def plot_vs_strength(points: list[StrengthPoint], style: FigureStyle, ylabel: st
         for (method, cond), line in _group_lines(mine).items():
             line = [p for p in line if p.config.strength is not None] or line
             xs = [p.config.strength if p.config.strength is not None else 0.0 for p in line]
-            ax.errorbar(xs, [p.estimate.value for p in line], yerr=_err([p.estimate for p in line]), capsize=2,
-                        elinewidth=0.8, **style.kw(method, line[0].config.family, cond))
+            ax.errorbar(
+                xs,
+                [p.estimate.value for p in line],
+                yerr=_err([p.estimate for p in line]),
+                capsize=2,
+                elinewidth=0.8,
+                **style.kw(method, line[0].config.family, cond),
+            )
         for p in mine:
             if p.config.unsteered:
                 ax.axhline(p.estimate.value, color="0.4", linestyle=":", linewidth=1.2, label="unsteered")
@@ -379,6 +482,8 @@ def plot_vs_strength(points: list[StrengthPoint], style: FigureStyle, ylabel: st
         ax.grid(alpha=0.3)
     _legend(fig, axes)
     return _png(fig)
+
+
 # ---------------------------------------------------------------------- HTML
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1250px;
@@ -421,15 +526,17 @@ def _table(headers: list[str], rows: list[list[Any]], numeric: Collection[int] =
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = []
     for row in rows:
-        cells = "".join(f"<td class=\"num\">{_e(v)}</td>" if i in numeric else f"<td>{_e(v)}</td>" for i, v in enumerate(row))
+        cells = "".join(
+            f'<td class="num">{_e(v)}</td>' if i in numeric else f"<td>{_e(v)}</td>" for i, v in enumerate(row)
+        )
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _img(b64: str | None, alt: str) -> str:
     if b64 is None:
-        return f"<p class=\"note\">No data for this figure in this database ({_e(alt)}).</p>"
-    return f"<img alt=\"{_e(alt)}\" src=\"data:image/png;base64,{b64}\">"
+        return f'<p class="note">No data for this figure in this database ({_e(alt)}).</p>'
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
 
 
 def _strength(v) -> str:
@@ -437,12 +544,14 @@ def _strength(v) -> str:
 
 
 def _section(ident: str, title: str, *parts: str) -> str:
-    return f"<section id=\"{ident}\"><h2>{_e(title)}</h2>{''.join(parts)}</section>"
+    return f'<section id="{ident}"><h2>{_e(title)}</h2>{"".join(parts)}</section>'
 
 
 # ---------------------------------------------------------------------- exports
 def _flat(row: dict) -> dict:
-    return {k: (json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v) for k, v in row.items()}
+    return {
+        k: (json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v) for k, v in row.items()
+    }
 
 
 def _clean(obj):
@@ -456,15 +565,57 @@ def _clean(obj):
     return obj
 
 
-CELL_COLUMNS = [*_KEY, "task", "role", "dataset", "metric", "higher_is_better", "value", "low", "high", "n",
-                "fire_rate", "fire_low", "fire_high", "fire_n"]
+CELL_COLUMNS = [
+    *_KEY,
+    "task",
+    "role",
+    "dataset",
+    "metric",
+    "higher_is_better",
+    "value",
+    "low",
+    "high",
+    "n",
+    "fire_rate",
+    "fire_low",
+    "fire_high",
+    "fire_n",
+]
 COLUMNS = {
-    "tradeoff": ["pair", *_KEY, "harmful_task", "benign_task", "refusal_harmful", "refusal_harmful_low",
-                 "refusal_harmful_high", "n_harmful", "refusal_benign", "refusal_benign_low", "refusal_benign_high", "n_benign"],
-    "selective_refusal": [*_KEY, "pair", "harmful_task", "benign_task", "value", "low", "high", "n", "n_harmful",
-                          "n_benign", "refusal_harmful", "refusal_benign"],
-    "jailbreak": CELL_COLUMNS, "capability": CELL_COLUMNS, "conditional": CELL_COLUMNS, "refusal": CELL_COLUMNS,
-    "summary": CELL_COLUMNS, "examples": ["task", "role", "item_id", "prompt"],
+    "tradeoff": [
+        "pair",
+        *_KEY,
+        "harmful_task",
+        "benign_task",
+        "refusal_harmful",
+        "refusal_harmful_low",
+        "refusal_harmful_high",
+        "n_harmful",
+        "refusal_benign",
+        "refusal_benign_low",
+        "refusal_benign_high",
+        "n_benign",
+    ],
+    "selective_refusal": [
+        *_KEY,
+        "pair",
+        "harmful_task",
+        "benign_task",
+        "value",
+        "low",
+        "high",
+        "n",
+        "n_harmful",
+        "n_benign",
+        "refusal_harmful",
+        "refusal_benign",
+    ],
+    "jailbreak": CELL_COLUMNS,
+    "capability": CELL_COLUMNS,
+    "conditional": CELL_COLUMNS,
+    "refusal": CELL_COLUMNS,
+    "summary": CELL_COLUMNS,
+    "examples": ["task", "role", "item_id", "prompt"],
 }
 
 
@@ -533,8 +684,15 @@ def export(data: dict[str, Any], folder: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------- the page
-def build_report(db_path: str | Path, out_html: str | Path = "report.html", export_dir: str | Path | None = None,
-                 *, title: str | None = None, examples: int = 3, attacks_dir: str | Path | None = None) -> Path:
+def build_report(
+    db_path: str | Path,
+    out_html: str | Path = "report.html",
+    export_dir: str | Path | None = None,
+    *,
+    title: str | None = None,
+    examples: int = 3,
+    attacks_dir: str | Path | None = None,
+) -> Path:
     """Write the HTML report of a results database, and every figure's data as CSV/JSON
     into `export_dir` (default: `<report name>_data/` beside the page). Returns the page."""
     db_path = Path(db_path)
@@ -556,28 +714,58 @@ def build_report(db_path: str | Path, out_html: str | Path = "report.html", expo
 
     style = FigureStyle(summary.configs)
     fig_tradeoff = plot_tradeoff(tradeoff, style)
-    fig_delta = plot_vs_strength([StrengthPoint.of_delta(d) for d in deltas], style,
-                                 "Δs = refusal(harmful) − refusal(benign)", hline=0.0, ylim=(-1.05, 1.05))
-    fig_jail = plot_vs_strength([StrengthPoint.of_cell(c) for c in jailbreak], style, "refusal rate on jailbreak prompts",
-                                ylim=(-0.03, 1.03))
-    fig_cap = plot_vs_strength([StrengthPoint.of_cell(c) for c in capability], style,
-                               lambda p: f"{p.metric} ({'higher' if p.higher_is_better else 'lower'} is better)")
-    fig_cond = plot_vs_strength([StrengthPoint.of_cell(c, _cell_panel(c)) for c in conditional if c.task.role in ROLE_ORDER],
-                                style, lambda p: str(p.metric))
+    fig_delta = plot_vs_strength(
+        [StrengthPoint.of_delta(d) for d in deltas],
+        style,
+        "Δs = refusal(harmful) − refusal(benign)",
+        hline=0.0,
+        ylim=(-1.05, 1.05),
+    )
+    fig_jail = plot_vs_strength(
+        [StrengthPoint.of_cell(c) for c in jailbreak], style, "refusal rate on jailbreak prompts", ylim=(-0.03, 1.03)
+    )
+    fig_cap = plot_vs_strength(
+        [StrengthPoint.of_cell(c) for c in capability],
+        style,
+        lambda p: f"{p.metric} ({'higher' if p.higher_is_better else 'lower'} is better)",
+    )
+    fig_cond = plot_vs_strength(
+        [StrengthPoint.of_cell(c, _cell_panel(c)) for c in conditional if c.task.role in ROLE_ORDER],
+        style,
+        lambda p: str(p.metric),
+    )
 
     data = {
-        "tradeoff": [p.row() for p in tradeoff], "selective_refusal": [d.row() for d in deltas],
-        "jailbreak": [c.row() for c in jailbreak], "capability": [c.row() for c in capability],
-        "conditional": [{**c.row(), "panel": _cell_panel(c)} if c.task.role in ROLE_ORDER else c.row() for c in conditional],
-        "refusal": [c.row() for c in refusal], "summary": [c.row() for c in summary.cells],
+        "tradeoff": [p.row() for p in tradeoff],
+        "selective_refusal": [d.row() for d in deltas],
+        "jailbreak": [c.row() for c in jailbreak],
+        "capability": [c.row() for c in capability],
+        "conditional": [
+            {**c.row(), "panel": _cell_panel(c)} if c.task.role in ROLE_ORDER else c.row() for c in conditional
+        ],
+        "refusal": [c.row() for c in refusal],
+        "summary": [c.row() for c in summary.cells],
         "examples": [e.row() for e in examples_rows],
         "provenance": prov,
     }
 
     # ---- numbers table
-    num_rows = [[c.config.label, c.task.name, c.task.role, c.metric, _ci(c.estimate), c.estimate.n,
-                 "" if c.fire is None else _ci(c.fire), c.config.config_id] for c in summary.cells]
-    delta_rows = [[d.config.label, d.pair.name, _ci(d.estimate), d.n_harmful, d.n_benign, d.config.config_id] for d in deltas]
+    num_rows = [
+        [
+            c.config.label,
+            c.task.name,
+            c.task.role,
+            c.metric,
+            _ci(c.estimate),
+            c.estimate.n,
+            "" if c.fire is None else _ci(c.fire),
+            c.config.config_id,
+        ]
+        for c in summary.cells
+    ]
+    delta_rows = [
+        [d.config.label, d.pair.name, _ci(d.estimate), d.n_harmful, d.n_benign, d.config.config_id] for d in deltas
+    ]
     gate_rows = [[c.config.label, c.task.name, _ci(c.fire)] for c in summary.cells if c.fire is not None]
 
     # ---- examples
@@ -586,12 +774,18 @@ def build_report(db_path: str | Path, out_html: str | Path = "report.html", expo
         mine = [e for e in examples_rows if e.task.name == task]
         headers = ["prompt"] + [o.label for o in mine[0].outputs]
         rows = "".join(
-            "<tr><td class=\"gen\">" + _e(e.prompt) + "</td>"
-            + "".join(f"<td class=\"gen\">{_e(o.output)}</td>" for o in e.outputs) + "</tr>"
+            '<tr><td class="gen">'
+            + _e(e.prompt)
+            + "</td>"
+            + "".join(f'<td class="gen">{_e(o.output)}</td>' for o in e.outputs)
+            + "</tr>"
             for e in mine
         )
-        ex_parts.append(f"<h3>{_e(task)} <span class=\"note\">({_e(mine[0].task.role)})</span></h3><table><thead><tr>"
-                        + "".join(f"<th>{_e(h)}</th>" for h in headers) + f"</tr></thead><tbody>{rows}</tbody></table>")
+        ex_parts.append(
+            f'<h3>{_e(task)} <span class="note">({_e(mine[0].task.role)})</span></h3><table><thead><tr>'
+            + "".join(f"<th>{_e(h)}</th>" for h in headers)
+            + f"</tr></thead><tbody>{rows}</tbody></table>"
+        )
 
     # ---- provenance
     versions: dict[str, set] = defaultdict(set)
@@ -602,27 +796,72 @@ def build_report(db_path: str | Path, out_html: str | Path = "report.html", expo
     prov_parts = [
         f"<p>Model{'s' if len(models) != 1 else ''}: {', '.join(f'<code>{_e(m)}</code>' for m in models) or _NA}. "
         f"Database: <code>{_e(db_path.name)}</code>. Report written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>",
-        "<h3>Runs</h3>" + _table(["run", "started", "status", "model", "items computed", "items reused", "platform"], [
-            [r.run_id, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started)), r.status, r.model_id,
-             r.computed, r.skipped, r.platform] for r in runs]),
-        "<h3>Package versions</h3>" + _table(["package", "version(s)"], [[k, ", ".join(sorted(v))] for k, v in sorted(versions.items())]),
-        "<h3>Configurations</h3>" + _table(
+        "<h3>Runs</h3>"
+        + _table(
+            ["run", "started", "status", "model", "items computed", "items reused", "platform"],
+            [
+                [
+                    r.run_id,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started)),
+                    r.status,
+                    r.model_id,
+                    r.computed,
+                    r.skipped,
+                    r.platform,
+                ]
+                for r in runs
+            ],
+        ),
+        "<h3>Package versions</h3>"
+        + _table(["package", "version(s)"], [[k, ", ".join(sorted(v))] for k, v in sorted(versions.items())]),
+        "<h3>Configurations</h3>"
+        + _table(
             ["label", "config id", "method", "strength", "gated", "steering spec id", "interventions", "SAEs", "gate"],
-            [[c.label, c.config_id, c.method, _strength(c.strength), "yes" if c.conditional else "no",
-              c.steering_id or "—", ", ".join(k for k in _kinds(c) if k) or "—",
-              "; ".join(f"{s.get('source') or '(in memory)'} #{(s.get('sha256') or '')[:12]}" for s in c.saes) or "—",
-              "; ".join(f"{g['kind']} gate (layer {g['layer']}{'' if g['feature'] is None else ', latent ' + str(g['feature'])}) "
-                        f"{g['reduce']} > {g['threshold']}" for g in _gates(c.spec.get("interventions"))) or "—"]
-             for c in summary.configs]),
-        "<h3>Tasks</h3>" + _table(
+            [
+                [
+                    c.label,
+                    c.config_id,
+                    c.method,
+                    _strength(c.strength),
+                    "yes" if c.conditional else "no",
+                    c.steering_id or "—",
+                    ", ".join(k for k in _kinds(c) if k) or "—",
+                    "; ".join(f"{s.get('source') or '(in memory)'} #{(s.get('sha256') or '')[:12]}" for s in c.saes)
+                    or "—",
+                    "; ".join(
+                        f"{g['kind']} gate (layer {g['layer']}{'' if g['feature'] is None else ', latent ' + str(g['feature'])}) "
+                        f"{g['reduce']} > {g['threshold']}"
+                        for g in _gates(c.spec.get("interventions"))
+                    )
+                    or "—",
+                ]
+                for c in summary.configs
+            ],
+        ),
+        "<h3>Tasks</h3>"
+        + _table(
             ["task", "role", "dataset", "split", "limit", "seed", "judge", "primary metric", "settings"],
-            [[t.name, t.role, t.dataset, t.split, t.item_limit if t.item_limit is not None else "all",
-              t.seed, t.judge or "—", t.primary_metric + (" ↑" if t.higher_is_better else " ↓"),
-              json.dumps(t.describe, sort_keys=True, default=str)] for t in summary.tasks]),
+            [
+                [
+                    t.name,
+                    t.role,
+                    t.dataset,
+                    t.split,
+                    t.item_limit if t.item_limit is not None else "all",
+                    t.seed,
+                    t.judge or "—",
+                    t.primary_metric + (" ↑" if t.higher_is_better else " ↓"),
+                    json.dumps(t.describe, sort_keys=True, default=str),
+                ]
+                for t in summary.tasks
+            ],
+        ),
     ]
     if pairs:
-        prov_parts.append("<h3>Dataset pairs (Δs)</h3>" + _table(["pair", "harmful task", "benign task"],
-                                                                  [[p.name, p.harmful_task, p.benign_task] for p in pairs]))
+        prov_parts.append(
+            "<h3>Dataset pairs (Δs)</h3>"
+            + _table(["pair", "harmful task", "benign task"], [[p.name, p.harmful_task, p.benign_task] for p in pairs])
+        )
 
     n_items = sum(c.estimate.n for c in summary.cells)
     title = title or f"refusalscope report — {', '.join(models) or db_path.stem}"
@@ -633,40 +872,86 @@ def build_report(db_path: str | Path, out_html: str | Path = "report.html", expo
         "Strengths are in each method's own units (e.g. multiples of the features' peak activation, ActAdd "
         "coefficients), so compare methods on the trade-off curve rather than at equal strength. "
         f"The figures' data are in <code>{_e(export_dir.name)}/</code> (CSV and JSON).</p>",
-        "<nav><ol>" + "".join(f"<li><a href=\"#{i}\">{_e(t)}</a></li>" for i, t in [
-            ("tradeoff", "Safety trade-off"), ("delta", "Selective refusal Δs"), ("jailbreak", "Jailbreak robustness"),
-            ("capability", "Capability"), ("conditional", "Conditional vs unconditional"), ("numbers", "All numbers"),
-            ("examples", "Example generations"), ("provenance", "Provenance")]) + "</ol></nav>",
-        _section("tradeoff", "Safety trade-off: refusal on harmful vs over-refusal on benign prompts",
-                 "<p class=\"note\">Up and to the left is better. Numbers next to points are strengths; the star is the "
-                 "unsteered model; dash-dot squares are the dense-direction baseline; dashed hollow markers are the gated "
-                 "(conditional) versions.</p>", _img(fig_tradeoff, "trade-off curve")),
-        _section("delta", "Selective refusal score Δs = refusal(harmful) − refusal(benign)",
-                 "<p class=\"note\">Per dataset pair, against steering strength; the dotted line and band are the "
-                 "unsteered model.</p>", _img(fig_delta, "selective refusal")),
-        _section("jailbreak", "Jailbreak robustness", "<p class=\"note\">Refusal rate on jailbreak artifact prompts "
-                 "(higher is more robust).</p>", _img(fig_jail, "jailbreak robustness")),
+        "<nav><ol>"
+        + "".join(
+            f'<li><a href="#{i}">{_e(t)}</a></li>'
+            for i, t in [
+                ("tradeoff", "Safety trade-off"),
+                ("delta", "Selective refusal Δs"),
+                ("jailbreak", "Jailbreak robustness"),
+                ("capability", "Capability"),
+                ("conditional", "Conditional vs unconditional"),
+                ("numbers", "All numbers"),
+                ("examples", "Example generations"),
+                ("provenance", "Provenance"),
+            ]
+        )
+        + "</ol></nav>",
+        _section(
+            "tradeoff",
+            "Safety trade-off: refusal on harmful vs over-refusal on benign prompts",
+            '<p class="note">Up and to the left is better. Numbers next to points are strengths; the star is the '
+            "unsteered model; dash-dot squares are the dense-direction baseline; dashed hollow markers are the gated "
+            "(conditional) versions.</p>",
+            _img(fig_tradeoff, "trade-off curve"),
+        ),
+        _section(
+            "delta",
+            "Selective refusal score Δs = refusal(harmful) − refusal(benign)",
+            '<p class="note">Per dataset pair, against steering strength; the dotted line and band are the '
+            "unsteered model.</p>",
+            _img(fig_delta, "selective refusal"),
+        ),
+        _section(
+            "jailbreak",
+            "Jailbreak robustness",
+            '<p class="note">Refusal rate on jailbreak artifact prompts (higher is more robust).</p>',
+            _img(fig_jail, "jailbreak robustness"),
+        ),
         _section("capability", "Capability against steering strength", _img(fig_cap, "capability")),
-        _section("conditional", "Conditional vs unconditional steering",
-                 "<p class=\"note\">Solid: steer every prompt; dashed: steer only where the gate fires. The gate's fire "
-                 "rate per task says on what share of inputs the gated version paid the steering's cost.</p>",
-                 _img(fig_cond, "conditional vs unconditional"),
-                 _table(["configuration", "task", "gate fire rate"], gate_rows) if gate_rows else ""),
-        _section("numbers", "All numbers",
-                 _table(["configuration", "task", "role", "metric", "mean [95% CI] (n)", "n", "gate fire rate", "config id"],
-                        num_rows, {4, 5, 6}),
-                 ("<h3>Δs per dataset pair</h3>" + _table(["configuration", "pair", "Δs [95% CI] (n)", "n harmful", "n benign",
-                                                           "config id"], delta_rows, {2, 3, 4})) if delta_rows else ""),
-        _section("examples", "Example generations", "<p class=\"note\">The same prompts, unsteered and at each method's "
-                 "strongest setting.</p>", *(ex_parts or ["<p class=\"note\">No stored generations.</p>"])),
+        _section(
+            "conditional",
+            "Conditional vs unconditional steering",
+            '<p class="note">Solid: steer every prompt; dashed: steer only where the gate fires. The gate\'s fire '
+            "rate per task says on what share of inputs the gated version paid the steering's cost.</p>",
+            _img(fig_cond, "conditional vs unconditional"),
+            _table(["configuration", "task", "gate fire rate"], gate_rows) if gate_rows else "",
+        ),
+        _section(
+            "numbers",
+            "All numbers",
+            _table(
+                ["configuration", "task", "role", "metric", "mean [95% CI] (n)", "n", "gate fire rate", "config id"],
+                num_rows,
+                {4, 5, 6},
+            ),
+            (
+                "<h3>Δs per dataset pair</h3>"
+                + _table(
+                    ["configuration", "pair", "Δs [95% CI] (n)", "n harmful", "n benign", "config id"],
+                    delta_rows,
+                    {2, 3, 4},
+                )
+            )
+            if delta_rows
+            else "",
+        ),
+        _section(
+            "examples",
+            "Example generations",
+            '<p class="note">The same prompts, unsteered and at each method\'s strongest setting.</p>',
+            *(ex_parts or ['<p class="note">No stored generations.</p>']),
+        ),
         _section("provenance", "Provenance", *prov_parts),
     ]
     if attacks_dir is not None:  # jailbreak robustness from `refusalscope attack` folders (attacks.report)
         from .attacks.report import robustness_section
 
         body.insert(-3, robustness_section(attacks_dir))
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+    )
     from .paths import atomic_file
 
     export(data, export_dir)  # only now: a failure above must not leave exports without their page

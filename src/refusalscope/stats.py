@@ -30,8 +30,13 @@ class Estimate:
         return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}] (n={self.n})"
 
 
-def bootstrap(values: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean, n_boot: int = 2000,
-              confidence: float = 0.95, seed: int = 0) -> Estimate:
+def bootstrap(
+    values: Sequence[float] | np.ndarray,
+    statistic: Callable[[np.ndarray], float] = np.mean,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
     """Percentile bootstrap interval of `statistic` over `values` (seeded, so reproducible)."""
     data = np.asarray(values, dtype=float)
     if data.size == 0:
@@ -49,7 +54,13 @@ def rate(flags: Sequence[bool] | np.ndarray, seed: int = 0) -> Estimate:
     return bootstrap([float(f) for f in flags], seed=seed)
 
 
-def difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Estimate:
+def difference(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
     """mean(a) − mean(b) for independent samples, with a bootstrap interval (e.g. Δs)."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size == 0 or y.size == 0:
@@ -59,5 +70,9 @@ def difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
     by = y[rng.integers(0, y.size, size=(n_boot, y.size))].mean(1)
     diffs = bx - by
     alpha = (1 - confidence) / 2
-    return Estimate(float(x.mean() - y.mean()), float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha)),
-                    int(min(x.size, y.size)))
+    return Estimate(
+        float(x.mean() - y.mean()),
+        float(np.quantile(diffs, alpha)),
+        float(np.quantile(diffs, 1 - alpha)),
+        int(min(x.size, y.size)),
+    )

@@ -25,7 +25,9 @@ ARTIFACTS = Path(os.environ.get("REFUSALSCOPE_ARTIFACTS", REPO / "out" / "browse
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install -e '.[serve]')")
 if not (shutil.which(CHROMIUM) or Path(CHROMIUM).is_file()):
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set REFUSALSCOPE_CHROMIUM)", allow_module_level=True)
+    pytest.skip(
+        f"no Chromium at {CHROMIUM} (apt-get install chromium, or set REFUSALSCOPE_CHROMIUM)", allow_module_level=True
+    )
 
 
 class Server:
@@ -71,7 +73,9 @@ def site(tmp_path_factory):
 
     playground = tiny_playground(tmp_path_factory.mktemp("browser"))
     first = next(iter(playground.cards.values()))
-    first["contexts"].append({"activation": 0.5, "corpus": "text", "tokens": ["before ", CARD_XSS, " after"], "peak": 1})
+    first["contexts"].append(
+        {"activation": 0.5, "corpus": "text", "tokens": ["before ", CARD_XSS, " after"], "peak": 1}
+    )
     app = create_app(playground)
     with Server(app) as url:
         yield url, playground, app
@@ -118,15 +122,19 @@ def test_slider_changes_the_steered_reply_and_not_the_plain_one(page, site):
     control.locator("input[type=range]").fill("-30")  # move the slider: the page re-runs the prompt
     page.wait_for_function(
         "(before) => document.getElementById('steered').textContent !== before && "
-        "document.getElementById('plain-meta').textContent.includes('cached')", arg=steered, timeout=30_000)
+        "document.getElementById('plain-meta').textContent.includes('cached')",
+        arg=steered,
+        timeout=30_000,
+    )
     wait_idle(page)
     assert page.text_content("#plain") == plain
     from refusalscope.serve.schemas import SteeringForm
 
     latent = playground.features.features[0].feature
     form = SteeringForm.model_validate({"latents": [{"layer": 1, "latent": latent, "mode": "set", "value": -30}]})
-    expected = playground.chat.generate(["How do I bake bread?"], max_new_tokens=12, progress=False,
-                                        interventions=playground.build(form)).texts[0]
+    expected = playground.chat.generate(
+        ["How do I bake bread?"], max_new_tokens=12, progress=False, interventions=playground.build(form)
+    ).texts[0]
     assert page.text_content("#steered") == expected != plain
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "playground-tiny.png"), full_page=True)
@@ -162,7 +170,9 @@ def test_a_reply_with_html_renders_as_text(page, browser, tmp_path):
         open_page(page, url)
         page.fill("#prompt", "hello")
         page.click("#send")
-        page.wait_for_function("() => document.getElementById('plain-meta').textContent.includes('tokens')", timeout=30_000)
+        page.wait_for_function(
+            "() => document.getElementById('plain-meta').textContent.includes('tokens')", timeout=30_000
+        )
         for pane in ("#steered", "#plain"):
             assert page.text_content(pane) == "".join(XSS_REPLY)
             assert page.locator(f"{pane} script, {pane} img").count() == 0
@@ -205,7 +215,11 @@ def test_refusal_curve_with_progress(page, site):
     page.wait_for_function("() => document.querySelectorAll('#curve-table tbody tr').length === 3", timeout=60_000)
     assert page.eval_on_selector("#curve-progress", "bar => [bar.value, bar.max]") == [6, 6]
     assert page.locator("#curve path.line").count() == 1
-    assert [c.strip() for c in page.locator("#curve-table tbody tr td:first-child").all_text_contents()] == ["0", "1", "2"]
+    assert [c.strip() for c in page.locator("#curve-table tbody tr td:first-child").all_text_contents()] == [
+        "0",
+        "1",
+        "2",
+    ]
 
 
 def test_a_second_tab_waits_its_turn_and_can_cancel(page, site):

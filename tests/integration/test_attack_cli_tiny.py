@@ -28,8 +28,14 @@ def setup(tmp_path_factory, data_dir):
     gated = gated.save(root / "gated.json")
     other = Steering([inner], model={"name": "another-model", "spec": "another-model", "sha256": "f" * 64})
     other = other.save(root / "other.json")
-    return {"root": root, "model": str(folder), "steered": steered, "gated": gated, "other": other,
-            "data": str(data_dir)}
+    return {
+        "root": root,
+        "model": str(folder),
+        "steered": steered,
+        "gated": gated,
+        "other": other,
+        "data": str(data_dir),
+    }
 
 
 def invoke(args):
@@ -38,10 +44,37 @@ def invoke(args):
 
 def test_gcg_command_writes_a_robustness_row_per_configuration(setup):
     out = setup["root"] / "gcg"
-    result = invoke(["gcg", "--model", setup["model"], "--dtype", "fp32", "--data-dir", setup["data"], "--limit", "2",
-                     "--steps", "2", "--suffix-length", "4", "--candidates", "8", "--top-k", "8", "--check-every", "1",
-                     "--max-new-tokens", "4", "-c", f"steered={setup['steered']}", "-c", f"gated={setup['gated']}",
-                     "-o", str(out)])
+    result = invoke(
+        [
+            "gcg",
+            "--model",
+            setup["model"],
+            "--dtype",
+            "fp32",
+            "--data-dir",
+            setup["data"],
+            "--limit",
+            "2",
+            "--steps",
+            "2",
+            "--suffix-length",
+            "4",
+            "--candidates",
+            "8",
+            "--top-k",
+            "8",
+            "--check-every",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "-c",
+            f"steered={setup['steered']}",
+            "-c",
+            f"gated={setup['gated']}",
+            "-o",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     for name in ("unsteered", "steered", "gated"):
         summary = json.loads((out / name / "summary.json").read_text())
@@ -52,32 +85,73 @@ def test_gcg_command_writes_a_robustness_row_per_configuration(setup):
 
 def test_suite_command_prints_compliance_per_family(setup):
     out = setup["root"] / "suite"
-    result = invoke(["suite", "--model", setup["model"], "--dtype", "fp32", "--data-dir", setup["data"], "--limit", "2",
-                     "-a", "direct", "-a", "dan", "-a", "past-tense", "--max-new-tokens", "4",
-                     "-c", f"steered={setup['steered']}", "-o", str(out)])
+    result = invoke(
+        [
+            "suite",
+            "--model",
+            setup["model"],
+            "--dtype",
+            "fp32",
+            "--data-dir",
+            setup["data"],
+            "--limit",
+            "2",
+            "-a",
+            "direct",
+            "-a",
+            "dan",
+            "-a",
+            "past-tense",
+            "--max-new-tokens",
+            "4",
+            "-c",
+            f"steered={setup['steered']}",
+            "-o",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     table = json.loads((out / "suite.json").read_text())
     assert {(r["config"], r["family"]) for r in table["rows"]} == {
-        (c, f) for c in ("unsteered", "steered") for f in ("direct", "dan", "past-tense")}
+        (c, f) for c in ("unsteered", "steered") for f in ("direct", "dan", "past-tense")
+    }
     assert all(r["n"] == 2 for r in table["rows"])
 
 
 def test_multiturn_command_prints_refusal_by_turn(setup):
     out = setup["root"] / "mt"
-    result = invoke(["multiturn", "--model", setup["model"], "--dtype", "fp32", "--limit", "2", "--max-new-tokens", "4",
-                     "-c", f"gated={setup['gated']}", "-o", str(out)])
+    result = invoke(
+        [
+            "multiturn",
+            "--model",
+            setup["model"],
+            "--dtype",
+            "fp32",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "-c",
+            f"gated={setup['gated']}",
+            "-o",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert "turn 1" in result.output and "gated" in result.output
     assert len((out / "gated" / "results.jsonl").read_text().splitlines()) == 2
 
 
-@pytest.mark.parametrize("args, message", [
-    (["gcg", "--steps", "0"], "steps must be a positive integer"),
-    (["gcg", "--token-budget", "-5"], "token budget must be positive"),
-    (["suite", "-a", "autodan"], "unknown attack 'autodan'"),
-    (["gcg", "--dataset", "harmful/malicious-instruct", "--limit", "2"], "has no target string"),
-    (["gcg", "-b", "harmbench-no_such_behaviour"], "unknown behaviour id"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["gcg", "--steps", "0"], "steps must be a positive integer"),
+        (["gcg", "--token-budget", "-5"], "token budget must be positive"),
+        (["suite", "-a", "autodan"], "unknown attack 'autodan'"),
+        (["gcg", "--dataset", "harmful/malicious-instruct", "--limit", "2"], "has no target string"),
+        (["gcg", "-b", "harmbench-no_such_behaviour"], "unknown behaviour id"),
+    ],
+)
 def test_bad_input_exits_2_before_loading_anything(setup, args, message):
     result = invoke([*args, "--model", "no-such-model", "--data-dir", setup["data"]])  # a model load would fail
     assert result.exit_code == 2, result.output
@@ -86,8 +160,25 @@ def test_bad_input_exits_2_before_loading_anything(setup, args, message):
 
 def test_spec_for_another_model_is_refused(setup):
     out = setup["root"] / "other"
-    result = invoke(["suite", "--model", setup["model"], "--dtype", "fp32", "--data-dir", setup["data"], "--limit", "1",
-                     "-a", "direct", "-c", f"other={setup['other']}", "-o", str(out)])
+    result = invoke(
+        [
+            "suite",
+            "--model",
+            setup["model"],
+            "--dtype",
+            "fp32",
+            "--data-dir",
+            setup["data"],
+            "--limit",
+            "1",
+            "-a",
+            "direct",
+            "-c",
+            f"other={setup['other']}",
+            "-o",
+            str(out),
+        ]
+    )
     assert result.exit_code == 2, result.output
     assert "written for another-model" in result.output
     assert not (out / "unsteered" / "results.jsonl").exists()  # checked before any attack ran

@@ -25,8 +25,9 @@ def test_every_family_builds_prompts_from_the_release_files(data_dir):
     # the seed decides the sample, and a rerun with the same seed sees the same prompts
     again = build_prompts(["all"], SuiteSources(data_dir, limit=3, seed=0))
     assert [p.id for p in again] == [p.id for p in prompts]
-    assert [p.id for p in build_prompts(["past-tense"], SuiteSources(data_dir, limit=3, seed=1))] != \
-        [p.id for p in by_family["past-tense"]]
+    assert [p.id for p in build_prompts(["past-tense"], SuiteSources(data_dir, limit=3, seed=1))] != [
+        p.id for p in by_family["past-tense"]
+    ]
 
 
 def test_harmbench_behaviours_carry_their_target(data_dir):

@@ -11,8 +11,15 @@ from test_pipeline_tiny import TINY_PROFILE, tiny_model_dir  # noqa: F401  (fixt
 from refusalscope.attacks.tasks import AttackTasks
 from refusalscope.pipeline import PROFILES, run_pipeline
 
-TINY_ATTACKS = AttackTasks(suite_limit=1, suite_families=("direct", "dan", "past-tense"), gcg_behaviours=2,
-                           gcg_steps=1, gcg_candidates=4, gcg_suffix_length=3, max_new_tokens=4)
+TINY_ATTACKS = AttackTasks(
+    suite_limit=1,
+    suite_families=("direct", "dan", "past-tense"),
+    gcg_behaviours=2,
+    gcg_steps=1,
+    gcg_candidates=4,
+    gcg_suffix_length=3,
+    max_new_tokens=4,
+)
 
 
 def test_paper_profile_includes_attacks():
@@ -55,8 +62,7 @@ def test_pipeline_attack_tasks_build_three_rows_and_a_report_section(tmp_path, d
     configs = pipeline_configs(steer, gate)
     assert [c.name for c in configs] == ["unsteered", "steered", "gated"]
     assert configs[2].gated and not configs[1].gated
-    out = run_pipeline_attacks(chat, steer, gate, tmp_path / "attacks", TINY_ATTACKS, data_dir=data_dir,
-                               progress=False)
+    out = run_pipeline_attacks(chat, steer, gate, tmp_path / "attacks", TINY_ATTACKS, data_dir=data_dir, progress=False)
     assert set(out["gcg"]) == set(out["multiturn"]) == {"unsteered", "steered", "gated"}
     assert all(s["n"] == 2 for s in out["gcg"].values())
     html = robustness_section(tmp_path / "attacks")

@@ -60,5 +60,5 @@ def test_kv_shared_scores_equal_full_forwards_on_smollm2(smol, runs):
             for cont, value in zip(conts, row):
                 ids = torch.tensor([list(context) + list(cont)])
                 logp = torch.log_softmax(smol.model(input_ids=ids).logits[0, :-1].float(), -1)
-                slow = float(logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]][len(context) - 1:].sum())
+                slow = float(logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]][len(context) - 1 :].sum())
                 assert value == pytest.approx(slow, abs=2e-3)

@@ -27,8 +27,12 @@ def tiny_setup(tmp_path_factory):
         sae = SAE.random(SAEConfig(d_in=64, d_sae=64, architecture="topk", k=8, layer=layer), seed=seed)
         saes[layer] = save_sae(sae, root / f"sae-{layer}")
     down = SAE.random(SAEConfig(d_in=64, d_sae=64, architecture="topk", k=8, layer=2), seed=4)
-    fs = FeatureSet("cossim+ig", 4, [RankedFeature(2, j, r, 1.0 - r / 10) for r, j in enumerate([3, 9, 17, 30])],
-                    saes={"2": {"source": str(saes[2]), "sha256": down.content_hash(), "layer": 2}})
+    fs = FeatureSet(
+        "cossim+ig",
+        4,
+        [RankedFeature(2, j, r, 1.0 - r / 10) for r, j in enumerate([3, 9, 17, 30])],
+        saes={"2": {"source": str(saes[2]), "sha256": down.content_hash(), "layer": 2}},
+    )
     features = fs.save(root / "discover" / "features.json")
     import torch
 
@@ -48,10 +52,38 @@ def isolated_cache(monkeypatch, tmp_path):
 def test_jailbreak_analysis_cli(tiny_setup, tmp_path, data_dir):
     model_dir, saes, features = tiny_setup
     out = tmp_path / "ja"
-    result = runner.invoke(app, ["jailbreak-analysis", "--model", str(model_dir), "--dtype", "fp32", "--features",
-                                 str(features), "--harm-sae", str(saes[1]), "--n-harm", "5", "--attacks", "jbc,past-tense",
-                                 "--per-attack", "3", "--max-new-tokens", "4", "--judge", "substring", "--n-loo", "1", "--min-prompts", "2",
-                                 "--data-dir", str(data_dir), "-o", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "jailbreak-analysis",
+            "--model",
+            str(model_dir),
+            "--dtype",
+            "fp32",
+            "--features",
+            str(features),
+            "--harm-sae",
+            str(saes[1]),
+            "--n-harm",
+            "5",
+            "--attacks",
+            "jbc,past-tense",
+            "--per-attack",
+            "3",
+            "--max-new-tokens",
+            "4",
+            "--judge",
+            "substring",
+            "--n-loo",
+            "1",
+            "--min-prompts",
+            "2",
+            "--data-dir",
+            str(data_dir),
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "analysis.json").read_text())
     assert [g["name"] for g in saved["groups"]] == ["refusal", "harm"]
@@ -67,10 +99,41 @@ def test_jailbreak_analysis_cli(tiny_setup, tmp_path, data_dir):
 def test_probes_cli(tiny_setup, tmp_path, data_dir):
     model_dir, saes, features = tiny_setup
     out = tmp_path / "pr"
-    result = runner.invoke(app, ["probes", "--model", str(model_dir), "--dtype", "fp32", "--features", str(features),
-                                 "--harm-sae", str(saes[1]), "--n-harm", "4", "--n-train", "12", "--n-val", "8",
-                                 "--n-test", "8", "--n-ood", "8", "--attacks", "jbc,past-tense", "--n-capability", "4",
-                                 "--direction", str(features.parent.parent / "direction"), "--data-dir", str(data_dir), "-o", str(out)], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        [
+            "probes",
+            "--model",
+            str(model_dir),
+            "--dtype",
+            "fp32",
+            "--features",
+            str(features),
+            "--harm-sae",
+            str(saes[1]),
+            "--n-harm",
+            "4",
+            "--n-train",
+            "12",
+            "--n-val",
+            "8",
+            "--n-test",
+            "8",
+            "--n-ood",
+            "8",
+            "--attacks",
+            "jbc,past-tense",
+            "--n-capability",
+            "4",
+            "--direction",
+            str(features.parent.parent / "direction"),
+            "--data-dir",
+            str(data_dir),
+            "-o",
+            str(out),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "probes.json").read_text())
     names = [r["name"] for r in saved["comparison"]["rows"]]
@@ -88,9 +151,11 @@ def test_probes_cli(tiny_setup, tmp_path, data_dir):
 def test_bad_input_exits_2_before_loading(tiny_setup, tmp_path):
     model_dir, _, features = tiny_setup
     out = tmp_path / "never"
-    for args in (["jailbreak-analysis", "--features", str(tmp_path / "none.json")],
-                 ["jailbreak-analysis", "--features", str(features), "--attacks", "bogus"],
-                 ["probes", "--features", str(features), "--n-random", "2"]):
+    for args in (
+        ["jailbreak-analysis", "--features", str(tmp_path / "none.json")],
+        ["jailbreak-analysis", "--features", str(features), "--attacks", "bogus"],
+        ["probes", "--features", str(features), "--n-random", "2"],
+    ):
         result = runner.invoke(app, [*args, "--model", "no-such-model", "-o", str(out)])
         assert result.exit_code == 2, result.output
         assert "error:" in result.output and "fix:" in result.output

@@ -9,7 +9,9 @@ def test_artifact_pairs_carry_their_goal(data_dir):
     for p in pairs[:20]:
         assert p.vanilla and p.jailbroken != p.vanilla and p.attack == "pair"
     gcg = artifact_pairs("gcg", data_dir, n=10, seed=1)
-    assert len(gcg) == 10 and all(p.jailbroken.startswith(p.vanilla[:10]) or p.vanilla[:20] in p.jailbroken for p in gcg)
+    assert len(gcg) == 10 and all(
+        p.jailbroken.startswith(p.vanilla[:10]) or p.vanilla[:20] in p.jailbroken for p in gcg
+    )
 
 
 def test_tense_pairs_match_their_goal(data_dir):

@@ -27,8 +27,12 @@ def tiny_run(tmp_path_factory):
     model_dir = save_tiny_model(chat, root / "tiny-llama")
     sae = SAE.random(SAEConfig(d_in=64, d_sae=64, architecture="topk", k=8, layer=2), seed=4)
     sae_dir = save_sae(sae, root / "sae-2")
-    fs = FeatureSet("cossim+ig", 4, [RankedFeature(2, j, r, 1.0 - r / 10) for r, j in enumerate([3, 9, 17, 30])],
-                    saes={"2": {"source": str(sae_dir), "sha256": sae.content_hash(), "layer": 2}})
+    fs = FeatureSet(
+        "cossim+ig",
+        4,
+        [RankedFeature(2, j, r, 1.0 - r / 10) for r, j in enumerate([3, 9, 17, 30])],
+        saes={"2": {"source": str(sae_dir), "sha256": sae.content_hash(), "layer": 2}},
+    )
     features = fs.save(root / "discover" / "features.json")
     raw = torch.randn(64, generator=torch.Generator().manual_seed(0))
     RefusalDirection(2, -1, raw, raw.expand(4, 1, 64).clone(), [5, 6], {}).save(root / "direction")
@@ -41,11 +45,33 @@ def isolated_cache(monkeypatch, tmp_path):
 
 
 def argv(model_dir, features, direction, data_dir, out, **changes):
-    opts = {"--n-trials": "2", "--n-val": "4", "--n-test": "4", "--n-texts": "2", "--n-mc": "4", "--n-fit": "4",
-            "--n-fit-texts": "2", "--judge": "substring", "--max-new-tokens": "4"} | changes
-    return (["optimize", "--model", str(model_dir), "--dtype", "fp32", "--features", str(features), "--direction",
-             str(direction), "--data-dir", str(data_dir), "-o", str(out), "--no-progress"]
-            + [x for kv in opts.items() for x in kv])
+    opts = {
+        "--n-trials": "2",
+        "--n-val": "4",
+        "--n-test": "4",
+        "--n-texts": "2",
+        "--n-mc": "4",
+        "--n-fit": "4",
+        "--n-fit-texts": "2",
+        "--judge": "substring",
+        "--max-new-tokens": "4",
+    } | changes
+    return [
+        "optimize",
+        "--model",
+        str(model_dir),
+        "--dtype",
+        "fp32",
+        "--features",
+        str(features),
+        "--direction",
+        str(direction),
+        "--data-dir",
+        str(data_dir),
+        "-o",
+        str(out),
+        "--no-progress",
+    ] + [x for kv in opts.items() for x in kv]
 
 
 def test_optimize_cli_end_to_end_and_resume(tiny_run, tmp_path, data_dir):
@@ -92,7 +118,7 @@ def test_optimize_cli_dense_methods_need_no_features(tiny_run, tmp_path, data_di
     out = tmp_path / "dense"
     args = argv(model_dir, features, direction, data_dir, out, **{"--methods": "actadd,learned", "--n-mc": "0"})
     i = args.index("--features")
-    del args[i:i + 2]
+    del args[i : i + 2]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "optimize.json").read_text())

@@ -27,8 +27,15 @@ from refusalscope.testing import save_tiny_model, tiny_chat_model
 TINY_PRESET = Preset(
     name="tiny",
     layer_fracs=(0.5,),
-    corpus=CorpusSpec(n_answer_harmful=4, n_answer_harmless=4, n_chat_harmful=8, n_chat_harmless=8,
-                      n_text_chunks=8, context_length=48, answer_tokens=6),
+    corpus=CorpusSpec(
+        n_answer_harmful=4,
+        n_answer_harmless=4,
+        n_chat_harmful=8,
+        n_chat_harmless=8,
+        n_text_chunks=8,
+        context_length=48,
+        answer_tokens=6,
+    ),
     train=TrainConfig(architecture="topk", d_sae=128, k=8, epochs=2, batch_size=128, dead_tokens=2_000),
     description="toy sizes for the pipeline test",
     eval_docs=4,
@@ -87,17 +94,27 @@ def forward_passes(monkeypatch):
 
 
 def output_files(folder):
-    return {p.relative_to(folder): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.parts[-2] in ("direction", "discovery")}
+    return {
+        p.relative_to(folder): p.stat().st_mtime_ns
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.parts[-2] in ("direction", "discovery")
+    }
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # a random model's direction fails the filters
-def test_every_stage_runs_and_a_second_run_recomputes_nothing(tiny_model_dir, tmp_path, data_dir, forward_passes,
-                                                              monkeypatch):
+def test_every_stage_runs_and_a_second_run_recomputes_nothing(
+    tiny_model_dir, tmp_path, data_dir, forward_passes, monkeypatch
+):
     out = tmp_path / "run"
     ended = []  # on_stage hears every stage end, in order, with the loaded model
-    first = run_pipeline(str(tiny_model_dir), TINY_PROFILE, out, data_dir=data_dir, progress=False,
-                         on_stage=lambda name, chat: ended.append((name, chat.n_layers)))
+    first = run_pipeline(
+        str(tiny_model_dir),
+        TINY_PROFILE,
+        out,
+        data_dir=data_dir,
+        progress=False,
+        on_stage=lambda name, chat: ended.append((name, chat.n_layers)),
+    )
     assert len(forward_passes) > 100  # the counter sees the model's work
 
     # features x1 (plain and gated) and the refusal direction ActAdd x1, plus the unsteered row
@@ -106,8 +123,18 @@ def test_every_stage_runs_and_a_second_run_recomputes_nothing(tiny_model_dir, tm
         tasks = {row[0] for row in db.execute("SELECT task FROM tasks")}
         per_cell = db.execute("SELECT config_id, task, COUNT(*) FROM items GROUP BY config_id, task").fetchall()
     assert len(configs) == 4, configs
-    assert tasks == {"jbb-harmful", "xstest-unsafe", "xstest-safe", "pairs-harmful", "pairs-benign",
-                     "jailbreak-gcg", "examples-harmful", "examples-benign", "mmlu", "wikitext"}
+    assert tasks == {
+        "jbb-harmful",
+        "xstest-unsafe",
+        "xstest-safe",
+        "pairs-harmful",
+        "pairs-benign",
+        "jailbreak-gcg",
+        "examples-harmful",
+        "examples-benign",
+        "mmlu",
+        "wikitext",
+    }
     assert len(per_cell) == len(configs) * len(tasks)  # every configuration evaluated on every task
     assert first["sweep"]["skipped"] == 0 and first["sweep"]["computed"] == sum(n for *_, n in per_cell)
 

@@ -37,16 +37,19 @@ BENIGN = [
 @pytest.fixture(scope="module")
 def refusal_latents(qwen, data_dir):
     saes = train_preset(qwen, "quick", data_dir=data_dir, progress=False)
-    (layer, sae), = saes.items()
+    ((layer, sae),) = saes.items()
     harmful = load_dataset("harmful/refusal-direction", "train", data_dir=data_dir, limit=32, seed=0).prompts
     harmless = load_dataset("harmless/alpaca", "train", data_dir=data_dir, limit=32, seed=0).prompts
     direction = candidate_directions(qwen, harmful, harmless, progress=False)[layer, -1]
     cos = cossim_scores({layer: sae}, {layer: direction})[layer]
     tokens = find_refusal_tokens(qwen, harmful[:24], harmless[:24]).ids
     attributed = refused_prompts(qwen, harmful, tokens, 8)
-    ig = attribution_scores(qwen, {layer: sae}, attributed, DirectionAblation(direction), tokens, method="ig",
-                            steps=4, progress=False).mean[layer]
-    top = [f.feature for f in select(ScoreTables(cossim={layer: cos}, ig={layer: ig}), "cossim+ig", k=3, prefilter_k=16)]
+    ig = attribution_scores(
+        qwen, {layer: sae}, attributed, DirectionAblation(direction), tokens, method="ig", steps=4, progress=False
+    ).mean[layer]
+    top = [
+        f.feature for f in select(ScoreTables(cossim={layer: cos}, ig={layer: ig}), "cossim+ig", k=3, prefilter_k=16)
+    ]
     peaks = activation_stats(qwen, {layer: sae}, harmful, progress=False)[layer]["peak"]
     return saes, [(layer, f) for f in top], {layer: peaks}, float(cos.max())
 

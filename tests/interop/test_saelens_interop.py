@@ -46,9 +46,7 @@ def _x(seed: int = 0) -> torch.Tensor:
         ("jumprelu", None, 3.5, "JumpReLUSAE"),  # input scale folded into the weights on save
     ],
 )
-def test_a_folder_saved_here_loads_in_saelens_with_identical_outputs(
-    tmp_path, arch, k, scale, saelens_class
-):
+def test_a_folder_saved_here_loads_in_saelens_with_identical_outputs(tmp_path, arch, k, scale, saelens_class):
     cfg = SAEConfig(
         d_in=D_IN,
         d_sae=D_SAE,
@@ -88,17 +86,11 @@ def _saelens_sae(kind: str):
     if kind == "standard":
         return StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, metadata=meta))
     if kind == "jumprelu":
-        return JumpReLUSAE(
-            JumpReLUSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False, metadata=meta)
-        )
+        return JumpReLUSAE(JumpReLUSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False, metadata=meta))
     if kind == "topk":
         return TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=6, metadata=meta))
     if kind == "topk_rescaled":
-        return TopKSAE(
-            TopKSAEConfig(
-                d_in=D_IN, d_sae=D_SAE, k=6, rescale_acts_by_decoder_norm=True, metadata=meta
-            )
-        )
+        return TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=6, rescale_acts_by_decoder_norm=True, metadata=meta))
     raise ValueError(kind)
 
 
@@ -114,9 +106,7 @@ def test_a_folder_saved_by_saelens_loads_here_with_identical_outputs(tmp_path, k
     x = _x(1)
     with torch.no_grad():
         torch.testing.assert_close(ours(x)[0], theirs(x))
-        if (
-            kind != "topk_rescaled"
-        ):  # there refusalscope normalises the decoder: same outputs, rescaled codes
+        if kind != "topk_rescaled":  # there refusalscope normalises the decoder: same outputs, rescaled codes
             torch.testing.assert_close(ours.encode(x), theirs.encode(x))
             torch.testing.assert_close(ours.state_tensors()["W_enc"], theirs.W_enc.detach())
 
@@ -176,9 +166,7 @@ FIXTURES = _unit_fixtures()
 )
 def test_the_unit_test_fixtures_read_the_same_in_saelens(tmp_path, name, arch):
     """The committed unit tests use hand-written cfg.json files; SAELens must read them as we do."""
-    folder = FIXTURES.write_saelens(
-        tmp_path / "sae", getattr(FIXTURES, name), FIXTURES.random_tensors(arch, seed=5)
-    )
+    folder = FIXTURES.write_saelens(tmp_path / "sae", getattr(FIXTURES, name), FIXTURES.random_tensors(arch, seed=5))
     theirs = sae_lens.SAE.load_from_disk(folder, device="cpu")
     ours = load_sae(folder)
     x = FIXTURES.X

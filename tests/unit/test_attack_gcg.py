@@ -19,8 +19,17 @@ TINY_CHAT = dict(seed=3, n_layers=2, d_model=32)  # the `chat` fixture's model (
 
 
 def small(**kw) -> GCGConfig:
-    base = dict(steps=4, suffix_length=5, candidates=16, top_k=16, eval_batch=8, check_every=2, max_new_tokens=4,
-                checkpoint_every=2, early_stop=False)
+    base = dict(
+        steps=4,
+        suffix_length=5,
+        candidates=16,
+        top_k=16,
+        eval_batch=8,
+        check_every=2,
+        max_new_tokens=4,
+        checkpoint_every=2,
+        early_stop=False,
+    )
     base.update(kw)
     return GCGConfig(**base)
 
@@ -118,8 +127,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(chat, tmp_path):
     assert run.load_state("b2")["step"] == 2  # the last checkpoint before step 3
 
     seen = []
-    resumed = GCG(chat, None, config).run([B1, B2], folder, progress=False,
-                                          on_step=lambda b, s: seen.append((b, s.step)))
+    resumed = GCG(chat, None, config).run(
+        [B1, B2], folder, progress=False, on_step=lambda b, s: seen.append((b, s.step))
+    )
     assert seen == [("b2", 3), ("b2", 4), ("b2", 5)]  # b1 not repeated, b2 continued from step 2
     for a, b in zip(whole["results"], resumed["results"]):
         for key in ("id", "suffix_ids", "losses", "best_loss", "kept", "broken", "steps", "tokens"):
@@ -175,7 +185,13 @@ def test_robustness_score_and_wilson_interval():
     assert e.value == 0 and e.low == 0 and e.high == pytest.approx(0.1611, abs=1e-3)
     e = wilson(10, 20)
     assert (e.low, e.high) == (pytest.approx(0.2993, abs=1e-3), pytest.approx(0.7007, abs=1e-3))
-    summary = gcg_robustness([{"broken": True, "steps_to_break": 7}, {"broken": False, "steps_to_break": None},
-                              {"broken": True, "steps_to_break": 2}, {"broken": False}])
+    summary = gcg_robustness(
+        [
+            {"broken": True, "steps_to_break": 7},
+            {"broken": False, "steps_to_break": None},
+            {"broken": True, "steps_to_break": 2},
+            {"broken": False},
+        ]
+    )
     assert summary["robustness"]["value"] == 0.5 and summary["n"] == 4
     assert summary["steps_to_break"] == [2, 7]

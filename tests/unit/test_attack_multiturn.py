@@ -79,8 +79,11 @@ def test_gate_reads_every_turn_not_just_the_last(chat, tmp_path):
     assert not bool(gated.conditionals[0].decisions(chat, [turns[1]["user"]]).fired[0])
     out = run_scripted(chat, AttackConfig("gated", gated), conv, tmp_path / "g", max_new_tokens=4, progress=False)
     g = out["results"][0]["turns"]
-    second_gated = [{"role": "user", "content": g[0]["user"]}, {"role": "assistant", "content": g[0]["reply"]},
-                    {"role": "user", "content": g[1]["user"]}]
+    second_gated = [
+        {"role": "user", "content": g[0]["user"]},
+        {"role": "assistant", "content": g[0]["reply"]},
+        {"role": "user", "content": g[1]["user"]},
+    ]
     assert bool(gated.conditionals[0].decisions(chat, [second_gated]).fired[0])
     steered_reply = chat.generate([second_gated], 4, interventions=Steering([inner]), progress=False).texts[0]
     plain_reply = chat.generate([second_gated], 4, progress=False).texts[0]
@@ -100,8 +103,9 @@ def test_killed_scripted_run_resumes_without_repeating_turns(chat, tmp_path):
         run_scripted(chat, AttackConfig("u"), convs, tmp_path / "k", max_new_tokens=5, progress=False, on_turn=kill)
     assert len(list((tmp_path / "k" / "state").glob("*.json"))) == 3
     seen = []
-    resumed = run_scripted(chat, AttackConfig("u"), convs, tmp_path / "k", max_new_tokens=5, progress=False,
-                           on_turn=seen.append)
+    resumed = run_scripted(
+        chat, AttackConfig("u"), convs, tmp_path / "k", max_new_tokens=5, progress=False, on_turn=seen.append
+    )
     assert seen[0] == 3  # turns 1 and 2 were not generated again
     key = lambda r: r["id"]  # noqa: E731
     for a, b in zip(sorted(whole["results"], key=key), sorted(resumed["results"], key=key)):
@@ -126,8 +130,18 @@ class RefuseFirstTries:
 
 def test_attacker_loop_backtracks_on_refusal(chat, tmp_path):
     convs = load_conversations(limit=1)
-    summary = run_attacker(chat, AttackConfig("u"), convs, tmp_path / "a", judge=RefuseFirstTries(2), max_turns=3,
-                           max_backtracks=5, max_new_tokens=4, attacker_tokens=8, progress=False)
+    summary = run_attacker(
+        chat,
+        AttackConfig("u"),
+        convs,
+        tmp_path / "a",
+        judge=RefuseFirstTries(2),
+        max_turns=3,
+        max_backtracks=5,
+        max_new_tokens=4,
+        attacker_tokens=8,
+        progress=False,
+    )
     result = summary["results"][0]
     assert len(result["backtracks"]) == 2 and all(b["refused"] for b in result["backtracks"])
     assert len(result["turns"]) == 3 and not any(result["refused"])
@@ -137,8 +151,18 @@ def test_attacker_loop_backtracks_on_refusal(chat, tmp_path):
 
 def test_attacker_loop_stops_backtracking_at_its_budget(chat, tmp_path):
     convs = load_conversations(limit=1)
-    summary = run_attacker(chat, AttackConfig("u"), convs, tmp_path / "a", judge=RefuseFirstTries(100), max_turns=3,
-                           max_backtracks=1, max_new_tokens=4, attacker_tokens=8, progress=False)
+    summary = run_attacker(
+        chat,
+        AttackConfig("u"),
+        convs,
+        tmp_path / "a",
+        judge=RefuseFirstTries(100),
+        max_turns=3,
+        max_backtracks=1,
+        max_new_tokens=4,
+        attacker_tokens=8,
+        progress=False,
+    )
     result = summary["results"][0]
     assert len(result["backtracks"]) == 1 and len(result["turns"]) == 3
     assert all(result["refused"]) and not result["success"]
@@ -157,8 +181,9 @@ def test_killed_attacker_run_resumes(chat, tmp_path):
     with pytest.raises(Killed):
         run_attacker(chat, AttackConfig("u"), convs, tmp_path / "k", on_turn=kill, **kw)
     seen = []
-    resumed = run_attacker(chat, AttackConfig("u"), convs, tmp_path / "k", on_turn=lambda c, t: seen.append((c, t)),
-                           **kw)
+    resumed = run_attacker(
+        chat, AttackConfig("u"), convs, tmp_path / "k", on_turn=lambda c, t: seen.append((c, t)), **kw
+    )
     assert seen == [(convs[1].id, 2), (convs[1].id, 3)]
     assert [r["turns"] for r in whole["results"]] == [r["turns"] for r in resumed["results"]]
 

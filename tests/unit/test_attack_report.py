@@ -40,8 +40,9 @@ def root(tmp_path_factory):
     cfg = GCGConfig(steps=1, suffix_length=3, candidates=4, top_k=4, max_new_tokens=3, early_stop=False)
     for c in configs:
         GCG(chat, c.steering, cfg).run([Behaviour("b", "Hello there", "Sure")], root / "gcg" / c.name, progress=False)
-        run_scripted(chat, c, load_conversations(limit=2), root / "multiturn" / c.name, max_new_tokens=3,
-                     progress=False)
+        run_scripted(
+            chat, c, load_conversations(limit=2), root / "multiturn" / c.name, max_new_tokens=3, progress=False
+        )
     return root
 
 

@@ -34,8 +34,20 @@ class RefusesOddLength:
 
 
 def test_every_family_is_registered_once():
-    expected = {"direct", "jbb-pair", "jbb-gcg-transfer", "jbb-gcg-whitebox", "jbb-jbc", "jbb-random-search",
-                "jbb-dsn", "dan", "inthewild", "gcg-suffixes", "past-tense", "future-tense"}
+    expected = {
+        "direct",
+        "jbb-pair",
+        "jbb-gcg-transfer",
+        "jbb-gcg-whitebox",
+        "jbb-jbc",
+        "jbb-random-search",
+        "jbb-dsn",
+        "dan",
+        "inthewild",
+        "gcg-suffixes",
+        "past-tense",
+        "future-tense",
+    }
     assert expected <= set(FAMILIES)
 
 
@@ -47,10 +59,14 @@ def test_unknown_attack_is_refused_before_reading_files():
 def test_table_has_unsteered_steered_and_gated_rows(chat, tmp_path):
     inner = ActAdd(torch.randn(chat.d_model, generator=torch.Generator().manual_seed(1)), 0, 12.0)
     never = Conditional(inner, DirectionGate(torch.ones(chat.d_model), 0), 1e9)
-    configs = [AttackConfig("unsteered"), AttackConfig("steered", Steering([inner])),
-               AttackConfig("gated", Steering([never]))]
-    table = run_suite(chat, configs, PROMPTS, tmp_path, judge=RefusesOddLength(), max_new_tokens=6, batch_size=2,
-                      progress=False)
+    configs = [
+        AttackConfig("unsteered"),
+        AttackConfig("steered", Steering([inner])),
+        AttackConfig("gated", Steering([never])),
+    ]
+    table = run_suite(
+        chat, configs, PROMPTS, tmp_path, judge=RefusesOddLength(), max_new_tokens=6, batch_size=2, progress=False
+    )
     rows = {(r["config"], r["family"]): r for r in table["rows"]}
     assert set(rows) == {(c, f) for c in ("unsteered", "steered", "gated") for f in ("direct", "dan")}
     assert rows[("unsteered", "dan")]["n"] == 3 and rows[("unsteered", "direct")]["n"] == 2
@@ -60,8 +76,13 @@ def test_table_has_unsteered_steered_and_gated_rows(chat, tmp_path):
         row = rows[(config, "dan")]
         assert row["compliance"] == pytest.approx(sum(dan) / len(dan))
         assert row["low"] <= row["compliance"] <= row["high"]
-    replies = {c: {json.loads(x)["id"]: json.loads(x)["reply"] for x in (tmp_path / c / "results.jsonl").read_text()
-                   .splitlines()} for c in ("unsteered", "steered", "gated")}
+    replies = {
+        c: {
+            json.loads(x)["id"]: json.loads(x)["reply"]
+            for x in (tmp_path / c / "results.jsonl").read_text().splitlines()
+        }
+        for c in ("unsteered", "steered", "gated")
+    }
     assert replies["gated"] == replies["unsteered"]  # a gate that never fires changes nothing
     assert replies["steered"] != replies["unsteered"]
     assert table["configs"]["gated"]["gated"] and table["configs"]["gated"]["gate_fire_rate"] == 0.0
@@ -69,8 +90,15 @@ def test_table_has_unsteered_steered_and_gated_rows(chat, tmp_path):
 
 
 def test_rerun_answers_only_missing_prompts(chat, tmp_path):
-    run_suite(chat, [AttackConfig("unsteered")], PROMPTS[:2], tmp_path, judge=RefusesOddLength(), max_new_tokens=4,
-              progress=False)
+    run_suite(
+        chat,
+        [AttackConfig("unsteered")],
+        PROMPTS[:2],
+        tmp_path,
+        judge=RefusesOddLength(),
+        max_new_tokens=4,
+        progress=False,
+    )
     calls = []
     original = chat.generate
 
@@ -80,8 +108,15 @@ def test_rerun_answers_only_missing_prompts(chat, tmp_path):
 
     chat.generate = counting
     try:
-        table = run_suite(chat, [AttackConfig("unsteered")], PROMPTS, tmp_path, judge=RefusesOddLength(),
-                          max_new_tokens=4, progress=False)
+        table = run_suite(
+            chat,
+            [AttackConfig("unsteered")],
+            PROMPTS,
+            tmp_path,
+            judge=RefusesOddLength(),
+            max_new_tokens=4,
+            progress=False,
+        )
     finally:
         del chat.generate
     assert calls == [[p.prompt for p in PROMPTS[2:]]]

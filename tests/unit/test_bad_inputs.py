@@ -61,8 +61,10 @@ def ws(tmp_path_factory) -> Path:
     import sqlite3
 
     with sqlite3.connect(d / "schema.db") as db:
-        db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT); CREATE TABLE metrics (x);"
-                         "INSERT INTO meta VALUES ('schema_version', 'two');")
+        db.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT); CREATE TABLE metrics (x);"
+            "INSERT INTO meta VALUES ('schema_version', 'two');"
+        )
     db.close()
     # prompt files
     (d / "good.txt").write_text("hello\n")
@@ -100,15 +102,27 @@ def ws(tmp_path_factory) -> Path:
 
     sp = d / "sparsify" / "layers.1"
     sp.mkdir(parents=True)
-    save_file({"encoder.weight": torch.zeros(16, 8), "encoder.bias": torch.zeros(16), "W_dec": torch.zeros(16, 8),
-               "b_dec": torch.zeros(8)}, str(sp / "sae.safetensors"))
+    save_file(
+        {
+            "encoder.weight": torch.zeros(16, 8),
+            "encoder.bias": torch.zeros(16),
+            "W_dec": torch.zeros(16, 8),
+            "b_dec": torch.zeros(8),
+        },
+        str(sp / "sae.safetensors"),
+    )
     (sp / "cfg.json").write_text(json.dumps({"d_in": 8, "k": "four", "num_latents": 16}))
     ls = d / "llamascope"
     (ls / "checkpoints").mkdir(parents=True)
-    save_file({"encoder.weight": torch.zeros(16, 8), "encoder.bias": torch.zeros(16), "decoder.weight": torch.zeros(8, 16)},
-              str(ls / "checkpoints" / "final.safetensors"))
-    (ls / "hyperparams.json").write_text(json.dumps({"d_model": 8, "d_sae": "many", "hook_point_in": "blocks.1.hook_resid_post",
-                                                     "norm_activation": "inference"}))
+    save_file(
+        {"encoder.weight": torch.zeros(16, 8), "encoder.bias": torch.zeros(16), "decoder.weight": torch.zeros(8, 16)},
+        str(ls / "checkpoints" / "final.safetensors"),
+    )
+    (ls / "hyperparams.json").write_text(
+        json.dumps(
+            {"d_model": 8, "d_sae": "many", "hook_point_in": "blocks.1.hook_resid_post", "norm_activation": "inference"}
+        )
+    )
     # model folders with a damaged manifest or config, dataset folders with damaged release files
     for name, config, manifest in (("model-manifest", "{}", b"\x00\xff\x00"), ("model-config", "{broken", None)):
         (d / name).mkdir()
@@ -128,16 +142,35 @@ def ws(tmp_path_factory) -> Path:
     actadd = {"kind": "actadd", "layer": 0, "direction": {"values": [1.0, 0.0]}, "coefficient": 2.0}
     feature = {"kind": "feature", "sae": {"source": str(good)}, "features": [1], "mode": "set", "value": 8.0}
     specs = {
-        "spec-valeu.json": {**base, "interventions": [{**{k: v for k, v in feature.items() if k != "value"}, "valeu": 8.0}]},
-        "spec-moode.json": {**base, "interventions": [{**{k: v for k, v in feature.items() if k != "mode"}, "moode": "set"}]},
+        "spec-valeu.json": {
+            **base,
+            "interventions": [{**{k: v for k, v in feature.items() if k != "value"}, "valeu": 8.0}],
+        },
+        "spec-moode.json": {
+            **base,
+            "interventions": [{**{k: v for k, v in feature.items() if k != "mode"}, "moode": "set"}],
+        },
         "spec-kind.json": {**base, "interventions": [{**actadd, "kind": "actad"}]},
         "spec-version.json": {**base, "version": "two", "interventions": []},
         "spec-top.json": {**base, "interventionz": []},
         "spec-coef-text.json": {**base, "interventions": [{**actadd, "coefficient": "lots"}]},
         "spec-layer-neg.json": {**base, "interventions": [{**actadd, "layer": -3}]},
-        "spec-gate.json": {**base, "interventions": [{"kind": "conditional", "gate": {
-            "kind": "direction", "direction": {"values": [1.0, 0.0]}, "layer": 0, "threshold": 1.0, "treshold": 2.0},
-            "interventions": [actadd]}]},
+        "spec-gate.json": {
+            **base,
+            "interventions": [
+                {
+                    "kind": "conditional",
+                    "gate": {
+                        "kind": "direction",
+                        "direction": {"values": [1.0, 0.0]},
+                        "layer": 0,
+                        "threshold": 1.0,
+                        "treshold": 2.0,
+                    },
+                    "interventions": [actadd],
+                }
+            ],
+        },
         "spec-value-good-sae.json": {**base, "interventions": [{**feature, "value": [1.0]}]},
     }
     for name, content in specs.items():
@@ -152,8 +185,10 @@ def ws(tmp_path_factory) -> Path:
     (d / "spec-good.json").write_text(json.dumps({**base, "interventions": [actadd]}))
     (d / "direction.json").write_text("[1.0, 0.0]")
     # sweep grids
-    grid = {"methods": [{"name": "a", "spec": "spec-good.json", "strengths": [1.0]}],
-            "tasks": [{"dataset": "harmful/jailbreakbench", "limit": 4}]}
+    grid = {
+        "methods": [{"name": "a", "spec": "spec-good.json", "strengths": [1.0]}],
+        "tasks": [{"dataset": "harmful/jailbreakbench", "limit": 4}],
+    }
     grids = {
         "grid-methds.json": {"methds": grid["methods"], "tasks": grid["tasks"]},
         "grid-batch.json": {**grid, "batch_size": "lots"},
@@ -179,7 +214,9 @@ def ws(tmp_path_factory) -> Path:
     (d / "lm-coef.csv").write_text(header + f"sae_lens,add,{good},layers.1,3,lots,,\n")
     (d / "lm-nan.csv").write_text(header + f"sae_lens,add,{good},layers.1,3,nan,,\n")
     (d / "lm-feature.csv").write_text(header + f"sae_lens,add,{good},layers.1,-2,1.0,,\n")
-    (d / "lm-column.csv").write_text(header.replace("steering_coefficient", "steering_coeff") + f"sae_lens,add,{good},layers.1,3,1,,\n")
+    (d / "lm-column.csv").write_text(
+        header.replace("steering_coefficient", "steering_coeff") + f"sae_lens,add,{good},layers.1,3,1,,\n"
+    )
     (d / "lm-extra.csv").write_text(header + f"sae_lens,add,{good},layers.1,3,1.0,,,surplus\n")
     (d / "lm-bin.csv").write_bytes(b"\x00\xff\xfe")
     torch.save({"layers.1": {"steering_vector": Boom(d / "PWNED"), "action": "add"}}, d / "lm-pickle.pt")
@@ -208,18 +245,25 @@ CASES: dict[str, Case] = {
     "generate-dtype-typo": C(["generate", "hi", "--dtype", "bf61"], "did you mean 'bf16'"),
     "generate-batch-zero": C(["generate", "hi", "--batch-size", "0"], "--batch-size must be at least 1"),
     "generate-tokens-zero": C(["generate", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-    "generate-temperature-zero": C(["generate", "hi", "--sample", "--temperature", "0"], "--temperature must be positive"),
+    "generate-temperature-zero": C(
+        ["generate", "hi", "--sample", "--temperature", "0"], "--temperature must be positive"
+    ),
     "generate-temperature-nan": C(["generate", "hi", "--sample", "--temperature", "nan"], "must be a finite number"),
     "generate-output-dir": C(["generate", "hi", "-o", "{d}/adir"], "is a folder"),
     # `-o new/` names a folder that does not exist yet: refused while parsing, not written as a file `new`
     "usage-generate-output-slash": C(["generate", "hi", "-o", "{d}/newdir/"], "ends with a slash", absent=("newdir",)),
-    "usage-sae-eval-output-slash": C(["sae-eval", "{d}/sae", "-o", "{d}/newdir/"], "ends with a slash", absent=("newdir",)),
-    "usage-steer-output-slash": C(["steer", "hi", "--spec", "{d}/spec-good.json", "-o", "{d}/newdir/"], "ends with a slash",
-                                  absent=("newdir",)),
-    "usage-sweep-output-slash": C(["sweep", "--spec", "{d}/grid-good.json", "-o", "{d}/newdir/"], "ends with a slash",
-                                  absent=("newdir",)),
-    "generate-output-under-file": C(["generate", "hi", "-o", "{d}/afile/out.json"], "is a file, not a folder",
-                                    unchanged=("afile",)),
+    "usage-sae-eval-output-slash": C(
+        ["sae-eval", "{d}/sae", "-o", "{d}/newdir/"], "ends with a slash", absent=("newdir",)
+    ),
+    "usage-steer-output-slash": C(
+        ["steer", "hi", "--spec", "{d}/spec-good.json", "-o", "{d}/newdir/"], "ends with a slash", absent=("newdir",)
+    ),
+    "usage-sweep-output-slash": C(
+        ["sweep", "--spec", "{d}/grid-good.json", "-o", "{d}/newdir/"], "ends with a slash", absent=("newdir",)
+    ),
+    "generate-output-under-file": C(
+        ["generate", "hi", "-o", "{d}/afile/out.json"], "is a file, not a folder", unchanged=("afile",)
+    ),
     "generate-no-prompts": C(["generate"], "no prompts given"),
     "model-manifest-binary": C(["generate", "hi", "--model", "{d}/model-manifest"], "is a binary file"),
     "model-config-broken": C(["generate", "hi", "--model", "{d}/model-config"], "cannot read the model config"),
@@ -306,103 +350,193 @@ CASES: dict[str, Case] = {
     "discover-seed": C(["discover", "--seed", "-3"], "--seed must be at least 0"),
     "discover-dtype": C(["discover", "--dtype", "bf32"], "--dtype: unknown value 'bf32'"),
     # ------------------------------------------------------------------ steering specs (steer, chat, steer-convert)
-    "spec-valeu": C(["steer-convert", "{d}/spec-valeu.json", "{d}/out.json"], "unknown field 'valeu' (did you mean 'value'?)",
-                    absent=("out.json", "PWNED")),
+    "spec-valeu": C(
+        ["steer-convert", "{d}/spec-valeu.json", "{d}/out.json"],
+        "unknown field 'valeu' (did you mean 'value'?)",
+        absent=("out.json", "PWNED"),
+    ),
     "spec-moode": C(["steer", "hi", "--spec", "{d}/spec-moode.json"], "unknown field 'moode' (did you mean 'mode'?)"),
     "spec-kind": C(["steer", "hi", "--spec", "{d}/spec-kind.json"], "unknown intervention kind 'actad'"),
     "spec-version": C(["steer", "hi", "--spec", "{d}/spec-version.json"], "version must be an integer, got 'two'"),
     "spec-top-key": C(["chat", "--spec", "{d}/spec-top.json"], "unknown field 'interventionz'"),
-    "spec-coef-text": C(["steer", "hi", "--spec", "{d}/spec-coef-text.json"], "coefficient must be a number, got 'lots'"),
+    "spec-coef-text": C(
+        ["steer", "hi", "--spec", "{d}/spec-coef-text.json"], "coefficient must be a number, got 'lots'"
+    ),
     "spec-nan-json": C(["steer", "hi", "--spec", "{d}/spec-nan.json"], "NaN is not a JSON number"),
     "spec-inf-yaml": C(["steer", "hi", "--spec", "{d}/spec-inf.yaml"], "coefficient must be a finite number"),
     "spec-layer-negative": C(["steer", "hi", "--spec", "{d}/spec-layer-neg.json"], "layer must be at least 0"),
-    "spec-gate-key": C(["chat", "--spec", "{d}/spec-gate.json"], "unknown field 'treshold' (did you mean 'threshold'?)"),
+    "spec-gate-key": C(
+        ["chat", "--spec", "{d}/spec-gate.json"], "unknown field 'treshold' (did you mean 'threshold'?)"
+    ),
     "spec-yaml-syntax": C(["steer", "hi", "--spec", "{d}/spec-bad.yaml"], "cannot parse the steering spec"),
     "spec-binary": C(["steer", "hi", "--spec", "{d}/spec-bin.json"], "is a binary file"),
     "spec-missing": C(["steer-convert", "{d}/nospec.json", "{d}/out.yaml"], "does not exist", absent=("out.yaml",)),
-    "steer-inline-nan": C(["steer", "hi", "--sae", "{d}/sae", "--feature", "1", "--value", "nan"],
-                          "feature steering value must be a finite number"),
-    "steer-inline-inf-coefficient": C(["steer", "hi", "--actadd", "{d}/direction.json", "--layer", "0", "--coefficient", "inf"],
-                                      "must be a finite number"),
+    "steer-inline-nan": C(
+        ["steer", "hi", "--sae", "{d}/sae", "--feature", "1", "--value", "nan"],
+        "feature steering value must be a finite number",
+    ),
+    "steer-inline-inf-coefficient": C(
+        ["steer", "hi", "--actadd", "{d}/direction.json", "--layer", "0", "--coefficient", "inf"],
+        "must be a finite number",
+    ),
     "steer-file": C(["steer", "--spec", "{d}/spec-good.json", "-f", "{d}/bin.txt"], "is a binary file"),
-    "steer-mode": C(["steer", "hi", "--sae", "{d}/sae", "--feature", "1", "--mode", "clampp"], "unknown feature mode 'clampp'"),
-    "steer-positions": C(["steer", "hi", "--actadd", "{d}/direction.json", "--layer", "0", "--positions", "middle"],
-                         "unknown position keyword 'middle'"),
+    "steer-mode": C(
+        ["steer", "hi", "--sae", "{d}/sae", "--feature", "1", "--mode", "clampp"], "unknown feature mode 'clampp'"
+    ),
+    "steer-positions": C(
+        ["steer", "hi", "--actadd", "{d}/direction.json", "--layer", "0", "--positions", "middle"],
+        "unknown position keyword 'middle'",
+    ),
     "steer-ablate-missing": C(["steer", "hi", "--ablate", "{d}/nodir.pt"], "does not exist"),
     "steer-ablate-npy-object": C(["steer", "hi", "--ablate", "{d}/dir-object.npy"], "cannot read the direction file"),
     "steer-ablate-json-nan": C(["steer", "hi", "--ablate", "{d}/dir-nan.json"], "NaN is not a JSON number"),
     "steer-ablate-pickle": C(["steer", "hi", "--ablate", "{d}/lm-pickle.pt"], "never fully unpickles"),
     "steer-model": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--model", "no-such-model"], "unknown model spec"),
-    "steer-dtype": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--dtype", "fp64"], "--dtype: unknown value 'fp64'"),
+    "steer-dtype": C(
+        ["steer", "hi", "--spec", "{d}/spec-good.json", "--dtype", "fp64"], "--dtype: unknown value 'fp64'"
+    ),
     "chat-model": C(["chat", "--spec", "{d}/spec-good.json", "--model", "no-such-model"], "unknown model spec"),
     "chat-dtype": C(["chat", "--spec", "{d}/spec-good.json", "--dtype", "half"], "--dtype: unknown value 'half'"),
-    "chat-tokens-zero": C(["chat", "--spec", "{d}/spec-good.json", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-    "steer-tokens-zero": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--max-new-tokens", "0"],
-                           "--max-new-tokens must be at least 1"),
-    "steer-batch-negative": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--batch-size", "-2"],
-                              "--batch-size must be at least 1"),
+    "chat-tokens-zero": C(
+        ["chat", "--spec", "{d}/spec-good.json", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"
+    ),
+    "steer-tokens-zero": C(
+        ["steer", "hi", "--spec", "{d}/spec-good.json", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"
+    ),
+    "steer-batch-negative": C(
+        ["steer", "hi", "--spec", "{d}/spec-good.json", "--batch-size", "-2"], "--batch-size must be at least 1"
+    ),
     "steer-output-dir": C(["steer", "hi", "--spec", "{d}/spec-good.json", "-o", "{d}/adir"], "is a folder"),
-    "steer-save-spec-under-file": C(["steer", "hi", "--spec", "{d}/spec-good.json", "--save-spec", "{d}/afile/s.json"],
-                                    "is a file, not a folder"),
-    "steer-convert-model": C(["steer-convert", "{d}/spec-good.json", "{d}/o.json", "--model", "no-such-model"],
-                             "unknown model spec", absent=("o.json",)),
-    "steer-convert-dtype": C(["steer-convert", "{d}/spec-good.json", "{d}/o.json", "--model", "default", "--dtype", "fp64"],
-                             "unknown dtype 'fp64'", absent=("o.json",)),
-    "steer-convert-target": C(["steer-convert", "{d}/spec-good.json", "{d}/o.txt"], "cannot tell the format of 'o.txt'",
-                              absent=("o.txt",)),
+    "steer-save-spec-under-file": C(
+        ["steer", "hi", "--spec", "{d}/spec-good.json", "--save-spec", "{d}/afile/s.json"], "is a file, not a folder"
+    ),
+    "steer-convert-model": C(
+        ["steer-convert", "{d}/spec-good.json", "{d}/o.json", "--model", "no-such-model"],
+        "unknown model spec",
+        absent=("o.json",),
+    ),
+    "steer-convert-dtype": C(
+        ["steer-convert", "{d}/spec-good.json", "{d}/o.json", "--model", "default", "--dtype", "fp64"],
+        "unknown dtype 'fp64'",
+        absent=("o.json",),
+    ),
+    "steer-convert-target": C(
+        ["steer-convert", "{d}/spec-good.json", "{d}/o.txt"], "cannot tell the format of 'o.txt'", absent=("o.txt",)
+    ),
     # ------------------------------------------------------------------ lm-eval steer files
-    "lm-eval-coefficient-text": C(["steer-convert", "{d}/lm-coef.csv", "{d}/o.json"],
-                                  "steering_coefficient must be a number, got 'lots'", absent=("o.json",)),
-    "lm-eval-coefficient-nan": C(["steer-convert", "{d}/lm-nan.csv", "{d}/o.json"], "must be a finite number", absent=("o.json",)),
-    "lm-eval-feature-negative": C(["steer-convert", "{d}/lm-feature.csv", "{d}/o.json"], "feature_index must be at least 0"),
-    "lm-eval-column-typo": C(["steer-convert", "{d}/lm-column.csv", "{d}/o.json"], "did you mean 'steering_coefficient'"),
+    "lm-eval-coefficient-text": C(
+        ["steer-convert", "{d}/lm-coef.csv", "{d}/o.json"],
+        "steering_coefficient must be a number, got 'lots'",
+        absent=("o.json",),
+    ),
+    "lm-eval-coefficient-nan": C(
+        ["steer-convert", "{d}/lm-nan.csv", "{d}/o.json"], "must be a finite number", absent=("o.json",)
+    ),
+    "lm-eval-feature-negative": C(
+        ["steer-convert", "{d}/lm-feature.csv", "{d}/o.json"], "feature_index must be at least 0"
+    ),
+    "lm-eval-column-typo": C(
+        ["steer-convert", "{d}/lm-column.csv", "{d}/o.json"], "did you mean 'steering_coefficient'"
+    ),
     "lm-eval-extra-cell": C(["steer-convert", "{d}/lm-extra.csv", "{d}/o.json"], "more cells than the header"),
     "lm-eval-binary": C(["steer-convert", "{d}/lm-bin.csv", "{d}/o.json"], "is a binary file"),
     "lm-eval-pickle": C(["steer-convert", "{d}/lm-pickle.pt", "{d}/o.json"], "never fully unpickles"),
     "lm-eval-inf": C(["steer-convert", "{d}/lm-inf.pt", "{d}/o.json"], "must be a finite number", absent=("o.json",)),
     # ------------------------------------------------------------------ sweep: grid files and options
-    "sweep-grid-missing": C(["sweep", "--spec", "{d}/nogrid.yaml", "-o", "{d}/results.db"], "does not exist",
-                            unchanged=("results.db",)),
-    "sweep-grid-key": C(["sweep", "--spec", "{d}/grid-methds.json"], "unknown field 'methds' (did you mean 'methods'?)"),
+    "sweep-grid-missing": C(
+        ["sweep", "--spec", "{d}/nogrid.yaml", "-o", "{d}/results.db"], "does not exist", unchanged=("results.db",)
+    ),
+    "sweep-grid-key": C(
+        ["sweep", "--spec", "{d}/grid-methds.json"], "unknown field 'methds' (did you mean 'methods'?)"
+    ),
     "sweep-grid-batch": C(["sweep", "--spec", "{d}/grid-batch.json"], "batch_size must be an integer, got 'lots'"),
     "sweep-grid-batch-zero": C(["sweep", "--spec", "{d}/grid-batch-zero.json"], "batch_size must be at least 1"),
     "sweep-grid-strength-text": C(["sweep", "--spec", "{d}/grid-strength-text.json"], "strength must be a number"),
     "sweep-grid-strength-nan": C(["sweep", "--spec", "{d}/grid-nan.yaml"], "strength must be a finite number"),
     "sweep-grid-limit": C(["sweep", "--spec", "{d}/grid-limit.json"], "limit must be at least 1"),
     "sweep-grid-dataset": C(["sweep", "--spec", "{d}/grid-dataset.json"], "did you mean 'harmful/jailbreakbench'"),
-    "sweep-grid-task-key": C(["sweep", "--spec", "{d}/grid-task-key.json"], "unknown field 'limt' (did you mean 'limit'?)"),
+    "sweep-grid-task-key": C(
+        ["sweep", "--spec", "{d}/grid-task-key.json"], "unknown field 'limt' (did you mean 'limit'?)"
+    ),
     "sweep-grid-spec-typo": C(["sweep", "--spec", "{d}/grid-spec-typo.json"], "did you mean 'value'"),
     "sweep-grid-dtype": C(["sweep", "--spec", "{d}/grid-dtype.json"], "dtype: unknown value 'fp64'"),
     "sweep-grid-list": C(["sweep", "--spec", "{d}/grid-list.json"], "a grid file is a mapping"),
     "sweep-grid-syntax": C(["sweep", "--spec", "{d}/grid-syntax.yaml"], "cannot parse the grid file"),
-    "sweep-batch-option": C(["sweep", "--spec", "{d}/grid-good.json", "--batch-size", "0", "-o", "{d}/results.db",
-                             "--restart"], "--batch-size must be at least 1", unchanged=("results.db",)),
-    "sweep-dtype-option": C(["sweep", "--spec", "{d}/grid-good.json", "--dtype", "fp64", "-o", "{d}/results.db",
-                             "--restart"], "--dtype: unknown value", unchanged=("results.db",)),
-    "sweep-restart-bad-grid": C(["sweep", "--spec", "{d}/grid-batch.json", "-o", "{d}/results.db", "--restart"],
-                                "batch_size must be an integer", unchanged=("results.db",)),
-    "sweep-data-dir": C(["sweep", "--spec", "{d}/grid-good.json", "--data-dir", "{d}/nodata", "-o", "{d}/results.db",
-                         "--restart"], "data folder", unchanged=("results.db",)),
-    "sweep-model": C(["sweep", "--spec", "{d}/grid-good.json", "--model", "no-such-model", "-o", "{d}/results.db", "--restart"],
-                      "unknown model spec", unchanged=("results.db",)),
-    "sweep-dataset-files": C(["sweep", "--spec", "{d}/grid-advbench.json", "--data-dir", "{d}/data-cols", "-o", "{d}/results.db",
-                              "--restart"], "missing column(s) 'goal'", unchanged=("results.db",)),
-    "sweep-workers-zero": C(["sweep", "--spec", "{d}/grid-good.json", "--ray", "local", "--workers", "0"],
-                            "--workers must be at least 1"),
-    "sweep-workers-without-ray": C(["sweep", "--spec", "{d}/grid-good.json", "--workers", "2"], "--workers needs --ray"),
+    "sweep-batch-option": C(
+        ["sweep", "--spec", "{d}/grid-good.json", "--batch-size", "0", "-o", "{d}/results.db", "--restart"],
+        "--batch-size must be at least 1",
+        unchanged=("results.db",),
+    ),
+    "sweep-dtype-option": C(
+        ["sweep", "--spec", "{d}/grid-good.json", "--dtype", "fp64", "-o", "{d}/results.db", "--restart"],
+        "--dtype: unknown value",
+        unchanged=("results.db",),
+    ),
+    "sweep-restart-bad-grid": C(
+        ["sweep", "--spec", "{d}/grid-batch.json", "-o", "{d}/results.db", "--restart"],
+        "batch_size must be an integer",
+        unchanged=("results.db",),
+    ),
+    "sweep-data-dir": C(
+        ["sweep", "--spec", "{d}/grid-good.json", "--data-dir", "{d}/nodata", "-o", "{d}/results.db", "--restart"],
+        "data folder",
+        unchanged=("results.db",),
+    ),
+    "sweep-model": C(
+        ["sweep", "--spec", "{d}/grid-good.json", "--model", "no-such-model", "-o", "{d}/results.db", "--restart"],
+        "unknown model spec",
+        unchanged=("results.db",),
+    ),
+    "sweep-dataset-files": C(
+        [
+            "sweep",
+            "--spec",
+            "{d}/grid-advbench.json",
+            "--data-dir",
+            "{d}/data-cols",
+            "-o",
+            "{d}/results.db",
+            "--restart",
+        ],
+        "missing column(s) 'goal'",
+        unchanged=("results.db",),
+    ),
+    "sweep-workers-zero": C(
+        ["sweep", "--spec", "{d}/grid-good.json", "--ray", "local", "--workers", "0"], "--workers must be at least 1"
+    ),
+    "sweep-workers-without-ray": C(
+        ["sweep", "--spec", "{d}/grid-good.json", "--workers", "2"], "--workers needs --ray"
+    ),
     "sweep-output-dir": C(["sweep", "--spec", "{d}/grid-good.json", "-o", "{d}/adir"], "is a folder"),
-    "sweep-report-under-file": C(["sweep", "--spec", "{d}/grid-good.json", "-o", "{d}/new.db", "--report", "{d}/afile/r.html"],
-                                 "is a file, not a folder", absent=("new.db",)),
+    "sweep-report-under-file": C(
+        ["sweep", "--spec", "{d}/grid-good.json", "-o", "{d}/new.db", "--report", "{d}/afile/r.html"],
+        "is a file, not a folder",
+        absent=("new.db",),
+    ),
     # ------------------------------------------------------------------ report
     "report-missing-db": C(["report", "{d}/none.db"], "does not exist"),
-    "report-schema-version": C(["report", "{d}/schema.db", "-o", "{d}/r3.html"], "schema version 'two' is not a number",
-                               absent=("r3.html", "r3_data")),  # the read leaving the file alone is #20's test
-    "report-examples": C(["report", "{d}/results.db", "--examples", "-1", "-o", "{d}/r1.html"], "--examples must be at least 0",
-                         unchanged=("results.db",), absent=("r1.html", "r1_data")),
-    "report-output-under-file": C(["report", "{d}/results.db", "-o", "{d}/afile/r.html"], "is a file, not a folder",
-                                  unchanged=("results.db", "afile")),
-    "report-export-dir-file": C(["report", "{d}/results.db", "-o", "{d}/r2.html", "--export-dir", "{d}/afile"],
-                                "is a file, not a folder", unchanged=("results.db", "afile"), absent=("r2.html",)),
+    "report-schema-version": C(
+        ["report", "{d}/schema.db", "-o", "{d}/r3.html"],
+        "schema version 'two' is not a number",
+        absent=("r3.html", "r3_data"),
+    ),  # the read leaving the file alone is #20's test
+    "report-examples": C(
+        ["report", "{d}/results.db", "--examples", "-1", "-o", "{d}/r1.html"],
+        "--examples must be at least 0",
+        unchanged=("results.db",),
+        absent=("r1.html", "r1_data"),
+    ),
+    "report-output-under-file": C(
+        ["report", "{d}/results.db", "-o", "{d}/afile/r.html"],
+        "is a file, not a folder",
+        unchanged=("results.db", "afile"),
+    ),
+    "report-export-dir-file": C(
+        ["report", "{d}/results.db", "-o", "{d}/r2.html", "--export-dir", "{d}/afile"],
+        "is a file, not a folder",
+        unchanged=("results.db", "afile"),
+        absent=("r2.html",),
+    ),
     # ------------------------------------------------------------------ datasets
     "datasets-filter": C(["datasets", "jailbrakbench"], "no dataset name contains 'jailbrakbench'"),
     "datasets-file-not-utf8": C(["datasets", "advbench", "--data-dir", "{d}/data-bin"], "not a readable CSV file"),
@@ -413,19 +547,31 @@ CASES: dict[str, Case] = {
     "optimize-dtype": C(["optimize", "--direction", "{d}/adir", "--dtype", "fp64"], "--dtype: unknown value"),
     "optimize-n-trials": C(["optimize", "--direction", "{d}/adir", "--n-trials", "0"], "--n-trials must be at least 1"),
     "optimize-n-val": C(["optimize", "--direction", "{d}/adir", "--n-val", "1"], "--n-val must be at least 2"),
-    "optimize-loss-budget": C(["optimize", "--direction", "{d}/adir", "--max-loss-increase", "-0.1"], "--max-loss-increase"),
+    "optimize-loss-budget": C(
+        ["optimize", "--direction", "{d}/adir", "--max-loss-increase", "-0.1"], "--max-loss-increase"
+    ),
     "optimize-mc-drop": C(["optimize", "--direction", "{d}/adir", "--max-mc-drop", "2"], "--max-mc-drop"),
-    "optimize-strengths": C(["optimize", "--direction", "{d}/adir", "--strengths", "2,1"], "--strengths must be LOW,HIGH"),
+    "optimize-strengths": C(
+        ["optimize", "--direction", "{d}/adir", "--strengths", "2,1"], "--strengths must be LOW,HIGH"
+    ),
     "optimize-variance": C(["optimize", "--direction", "{d}/adir", "--variance", "1.5"], "--variance"),
     "optimize-threshold-nan": C(["optimize", "--direction", "{d}/adir", "--first-token-threshold", "nan"], "finite"),
-    "optimize-output-file": C(["optimize", "--direction", "{d}/adir", "-o", "{d}/afile"], "is a file, not a folder",
-                              unchanged=("afile",)),
-    "optimize-no-features": C(["optimize", "--direction", "{d}/adir", "-o", "{d}/opt1"], "need ranked latents",
-                              absent=("opt1",)),
-    "optimize-features-json": C(["optimize", "--direction", "{d}/adir", "--features", "{d}/bad.json", "-o", "{d}/opt2"],
-                                "bad.json", absent=("opt2",)),
-    "optimize-direction": C(["optimize", "--direction", "{d}/adir", "--methods", "actadd", "-o", "{d}/opt3"],
-                            "holds no refusal direction", absent=("opt3",)),
+    "optimize-output-file": C(
+        ["optimize", "--direction", "{d}/adir", "-o", "{d}/afile"], "is a file, not a folder", unchanged=("afile",)
+    ),
+    "optimize-no-features": C(
+        ["optimize", "--direction", "{d}/adir", "-o", "{d}/opt1"], "need ranked latents", absent=("opt1",)
+    ),
+    "optimize-features-json": C(
+        ["optimize", "--direction", "{d}/adir", "--features", "{d}/bad.json", "-o", "{d}/opt2"],
+        "bad.json",
+        absent=("opt2",),
+    ),
+    "optimize-direction": C(
+        ["optimize", "--direction", "{d}/adir", "--methods", "actadd", "-o", "{d}/opt3"],
+        "holds no refusal direction",
+        absent=("opt3",),
+    ),
 }
 
 
@@ -478,8 +624,21 @@ def test_every_command_has_a_bad_input_row():
     commands = set(typer.main.get_command(app).commands)
     covered = {c.argv[0] for c in CASES.values()}
     # judge-validate, attack, serve, probes … belong to other modules with their own tests
-    mine = {"models", "generate", "run", "train-sae", "sae-eval", "direction", "discover", "steer", "chat",
-            "steer-convert", "sweep", "report", "datasets"}
+    mine = {
+        "models",
+        "generate",
+        "run",
+        "train-sae",
+        "sae-eval",
+        "direction",
+        "discover",
+        "steer",
+        "chat",
+        "steer-convert",
+        "sweep",
+        "report",
+        "datasets",
+    }
     assert mine <= commands
     assert mine <= covered, sorted(mine - covered)
 
@@ -495,8 +654,21 @@ def test_every_option_has_a_bad_input_row():
     import typer.main
 
     root = typer.main.get_command(app)
-    names = {"models", "generate", "run", "train-sae", "sae-eval", "direction", "discover", "steer", "chat",
-             "steer-convert", "sweep", "report", "datasets"}
+    names = {
+        "models",
+        "generate",
+        "run",
+        "train-sae",
+        "sae-eval",
+        "direction",
+        "discover",
+        "steer",
+        "chat",
+        "steer-convert",
+        "sweep",
+        "report",
+        "datasets",
+    }
     missing = []
     for name in sorted(names):
         used = {a.split("=")[0] for c in CASES.values() if c.argv[0] == name for a in c.argv if a.startswith("-")}
@@ -543,11 +715,21 @@ def test_csv_exports_escape_formulas(tmp_path):
 
     from refusalscope.report import export
 
-    rows = [{"task": "t", "prompt": "=HYPERLINK(\"http://x\")", "reply": "+1+1", "other": "-2", "at": "@SUM(A1)",
-             "tab": "\tx", "plain": "hello", "number": -3.5}]
+    rows = [
+        {
+            "task": "t",
+            "prompt": '=HYPERLINK("http://x")',
+            "reply": "+1+1",
+            "other": "-2",
+            "at": "@SUM(A1)",
+            "tab": "\tx",
+            "plain": "hello",
+            "number": -3.5,
+        }
+    ]
     export({"examples": rows}, tmp_path)
     read = list(csv.DictReader((tmp_path / "examples.csv").open()))[0]
-    assert read["prompt"] == "'=HYPERLINK(\"http://x\")"
+    assert read["prompt"] == '\'=HYPERLINK("http://x")'
     assert read["reply"] == "'+1+1" and read["other"] == "'-2" and read["at"] == "'@SUM(A1)" and read["tab"] == "'\tx"
     assert read["plain"] == "hello" and read["number"] == "-3.5"  # numbers stay numbers
     assert json.loads((tmp_path / "examples.json").read_text())[0]["prompt"].startswith("=")  # JSON keeps the text
@@ -597,7 +779,10 @@ def test_atomic_writes_to_a_folder_or_under_a_file_are_clear_errors(tmp_path):
     with pytest.raises(RefusalScopeError, match="a file has that name"):
         with atomic_dir(tmp_path / "file"):
             pass
-    assert (tmp_path / "file").read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]
+    assert (tmp_path / "file").read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "file",
+        "folder",
+    ]
 
 
 def test_manifest_names_become_safe_path_components(tmp_path):
@@ -641,6 +826,9 @@ def test_messages_name_only_commands_that_exist():
     wrong = []
     for path in Path(refusalscope.__file__).parent.rglob("*.py"):
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            wrong += [f"{path.name}:{n}: {m.group(0)}" for m in re.finditer(r"`refusalscope ([a-z][a-z0-9-]*)", line)
-                      if m.group(1) not in commands]
+            wrong += [
+                f"{path.name}:{n}: {m.group(0)}"
+                for m in re.finditer(r"`refusalscope ([a-z][a-z0-9-]*)", line)
+                if m.group(1) not in commands
+            ]
     assert not wrong, wrong

@@ -28,13 +28,32 @@ from refusalscope.models.hooks import ForwardContext
 from refusalscope.steering import ActAdd, Conditional, DirectionGate
 
 ITEMS = [
-    MultipleChoiceItem("q0", "What is the capital of France?", ("Paris", "Rome", "Berlin", "Madrid"), (1, 0, 0, 0), "geography"),
-    MultipleChoiceItem("q1", "How do I bake bread?", ("Mix flour, water, salt and yeast.", "Boil it", "Sing"), (1, 0, 0)),
-    MultipleChoiceItem("q2", "Explain photosynthesis.", ("Plants make sugar from light and water in simple terms",
-                                                         "The sea", "A poem about the sky"), (1, 0, 0), "biology"),
-    MultipleChoiceItem("q3", "Reverse a list", ("Use a python function that reverses a list of numbers",
-                                                "Sure! Here is a short poem", "No", "Yes", "Maybe later"),
-                       (1, 1, 0, 0, 0), "code"),
+    MultipleChoiceItem(
+        "q0", "What is the capital of France?", ("Paris", "Rome", "Berlin", "Madrid"), (1, 0, 0, 0), "geography"
+    ),
+    MultipleChoiceItem(
+        "q1", "How do I bake bread?", ("Mix flour, water, salt and yeast.", "Boil it", "Sing"), (1, 0, 0)
+    ),
+    MultipleChoiceItem(
+        "q2",
+        "Explain photosynthesis.",
+        ("Plants make sugar from light and water in simple terms", "The sea", "A poem about the sky"),
+        (1, 0, 0),
+        "biology",
+    ),
+    MultipleChoiceItem(
+        "q3",
+        "Reverse a list",
+        (
+            "Use a python function that reverses a list of numbers",
+            "Sure! Here is a short poem",
+            "No",
+            "Yes",
+            "Maybe later",
+        ),
+        (1, 1, 0, 0, 0),
+        "code",
+    ),
     MultipleChoiceItem("q4", "Which is a city?", ("Rome", "Sky"), (1, 0), "geography"),
 ]
 
@@ -49,13 +68,19 @@ def naive_logprobs(chat, requests, interventions=None):
             for cont in continuations:
                 ids = torch.tensor([list(context) + list(cont)])
                 n = ids.shape[1]
-                ctx = ForwardContext(torch.ones(1, n, dtype=torch.long), torch.tensor([len(context)]), 0,
-                                     torch.arange(1), chat.new_batch_id(), "prefill")
+                ctx = ForwardContext(
+                    torch.ones(1, n, dtype=torch.long),
+                    torch.tensor([len(context)]),
+                    0,
+                    torch.arange(1),
+                    chat.new_batch_id(),
+                    "prefill",
+                )
                 with chat.hooks.forward_context(ctx):
                     logits = chat.model(input_ids=ids, position_ids=torch.arange(n)[None]).logits[0].float()
                 logp = torch.log_softmax(logits[:-1], -1)
                 targets = ids[0, 1:]
-                row.append(float(logp[torch.arange(n - 1), targets][len(context) - 1:].sum()))
+                row.append(float(logp[torch.arange(n - 1), targets][len(context) - 1 :].sum()))
             out.append(row)
     return out
 
@@ -173,21 +198,26 @@ def test_prompt_formats(tiny_llama):
     assert answers == ["A", "B", "C", "D"]
     plain_letter = MultipleChoiceTask("t", "x", scoring="letter", chat=False)
     context, answers, _ = plain_letter.render(tiny_llama, item)
-    assert context == ("The following are multiple choice questions (with answers) about geography.\n\n"
-                       "What is the capital of France?\nA. Paris\nB. Rome\nC. Berlin\nD. Madrid\nAnswer:")
+    assert context == (
+        "The following are multiple choice questions (with answers) about geography.\n\n"
+        "What is the capital of France?\nA. Paris\nB. Rome\nC. Berlin\nD. Madrid\nAnswer:"
+    )
     assert answers == [" A", " B", " C", " D"]
     plain_text = MultipleChoiceTask("t", "x", scoring="text", chat=False)
     context, answers, _ = plain_text.render(tiny_llama, item)
     assert context == "Question: What is the capital of France?\nAnswer:" and answers[0] == " Paris"
     ctx_ids, conts, *_ = plain_text.encode(tiny_llama, item)
-    assert tiny_llama.tokenizer.decode(ctx_ids + conts[0]) .endswith("Answer: Paris")
+    assert tiny_llama.tokenizer.decode(ctx_ids + conts[0]).endswith("Answer: Paris")
 
 
 def test_few_shot_prompts_never_contain_the_item(tiny_llama):
     duplicate = MultipleChoiceItem("dup", ITEMS[0].question, ITEMS[0].choices, ITEMS[0].labels, "geography")
-    pool = [*ITEMS, duplicate,
-            MultipleChoiceItem("g1", "Which river flows through Paris?", ("Seine", "Nile"), (1, 0), "geography"),
-            MultipleChoiceItem("g2", "Largest ocean?", ("Pacific", "Arctic"), (0, 1), "geography")]
+    pool = [
+        *ITEMS,
+        duplicate,
+        MultipleChoiceItem("g1", "Which river flows through Paris?", ("Seine", "Nile"), (1, 0), "geography"),
+        MultipleChoiceItem("g2", "Largest ocean?", ("Pacific", "Arctic"), (0, 1), "geography"),
+    ]
     task = MultipleChoiceTask("t", "x", "test", shots=3, scoring="letter", fewshot_split="dev")
     task._pool = pool
     for item in ITEMS:
@@ -249,24 +279,27 @@ def test_conditional_steering_follows_the_gate(tiny_llama):
 
 
 # ------------------------------------------------------------------------- answers
-@pytest.mark.parametrize("text, expected", [
-    ("She has 3 apples and buys 4 more, so 7.\n#### 7", "7"),
-    ("Total: $1,234.50 dollars", "1234.5"),
-    ("The answer is $18.", "18"),
-    ("The answer is 18.00", "18"),
-    ("The answer is 125 + 2 = 127.", "127"),
-    ("The answer is 18 dollars, 3 more than 15.", "18"),
-    ("so $x = 4$.\n#### 1,200\n", "1200"),
-    ("First 12 then 5. The final answer is: -3", "-3"),
-    ("So we get \\boxed{42} in the end, 7 steps.", "42"),
-    ("5-3 = 2 so there are 2 left", "2"),
-    ("He has 10 - 4", "4"),
-    ("It costs $ 7 each, so -$3 change", "-3"),
-    ("It costs 1,000,000 in total.", "1000000"),
-    ("Answer: 0.5 hours", "0.5"),
-    ("I cannot solve this.", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("She has 3 apples and buys 4 more, so 7.\n#### 7", "7"),
+        ("Total: $1,234.50 dollars", "1234.5"),
+        ("The answer is $18.", "18"),
+        ("The answer is 18.00", "18"),
+        ("The answer is 125 + 2 = 127.", "127"),
+        ("The answer is 18 dollars, 3 more than 15.", "18"),
+        ("so $x = 4$.\n#### 1,200\n", "1200"),
+        ("First 12 then 5. The final answer is: -3", "-3"),
+        ("So we get \\boxed{42} in the end, 7 steps.", "42"),
+        ("5-3 = 2 so there are 2 left", "2"),
+        ("He has 10 - 4", "4"),
+        ("It costs $ 7 each, so -$3 change", "-3"),
+        ("It costs 1,000,000 in total.", "1000000"),
+        ("Answer: 0.5 hours", "0.5"),
+        ("I cannot solve this.", None),
+        ("", None),
+    ],
+)
 def test_extract_number(text, expected):
     assert extract_number(text) == expected
 
@@ -276,14 +309,17 @@ def test_numbers_match():
     assert not numbers_match("18.5", "18") and not numbers_match(None, "3") and not numbers_match("x", "x")
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The Beatles", "beatles"),
-    ("  An   Apple a day! ", "apple day"),
-    ("Paris.", "paris"),
-    ("U.S.A.", "u s"),
-    ("new_york", "new york"),
-    ("“Hamlet”", "hamlet"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The Beatles", "beatles"),
+        ("  An   Apple a day! ", "apple day"),
+        ("Paris.", "paris"),
+        ("U.S.A.", "u s"),
+        ("new_york", "new york"),
+        ("“Hamlet”", "hamlet"),
+    ],
+)
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 
@@ -301,7 +337,10 @@ def test_qa_scores():
 # ------------------------------------------------------------------------- generation and text tasks
 def test_gsm8k_and_triviaqa_run_on_a_tiny_model(tiny_llama):
     gsm = GSM8KTask(max_new_tokens=4)
-    items = [QAItem("g0", "Tom has 2 apples and buys 3 more. How many?", ("5",)), QAItem("g1", "What is 10 - 4?", ("6",))]
+    items = [
+        QAItem("g0", "Tom has 2 apples and buys 3 more. How many?", ("5",)),
+        QAItem("g1", "What is 10 - 4?", ("6",)),
+    ]
     results = gsm.run(tiny_llama, items, batch_size=1)
     assert [r.item_id for r in results] == ["g0", "g1"]
     assert set(results[0].metrics) == {"correct", "answered", "truncated", "n_tokens"}
@@ -314,14 +353,18 @@ def test_gsm8k_and_triviaqa_run_on_a_tiny_model(tiny_llama):
 
 
 def test_gsm8k_few_shot_uses_clean_worked_solutions():
-    pool = [QAItem(f"p{i}", f"Problem {i}?", (str(i),), meta={"solution": f"2*{i}=<<2*{i}={2 * i}>>{2 * i}\n#### {i}"})
-            for i in range(4)]
+    pool = [
+        QAItem(f"p{i}", f"Problem {i}?", (str(i),), meta={"solution": f"2*{i}=<<2*{i}={2 * i}>>{2 * i}\n#### {i}"})
+        for i in range(4)
+    ]
     task = GSM8KTask(shots=2)
     task._pool = pool
     messages = task.conversation(pool[0])
     assert len(messages) == 5 and messages[-1]["content"].endswith("Problem 0?")
     assert all("Problem 0?" not in m["content"] for m in messages[:-1])
-    assert "<<" not in messages[1]["content"] and messages[1]["content"].endswith("The answer is " + messages[0]["content"][-2] + ".")
+    assert "<<" not in messages[1]["content"] and messages[1]["content"].endswith(
+        "The answer is " + messages[0]["content"][-2] + "."
+    )
 
 
 def test_text_loss_task(tiny_llama):

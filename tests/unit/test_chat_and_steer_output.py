@@ -53,8 +53,9 @@ def test_ctrl_c_mid_reply_stops_only_that_reply(chat, monkeypatch):
 
     monkeypatch.setattr(chat, "generate", generate)
     out = io.StringIO()
-    history = chat_session(chat, steering, max_new_tokens=8, out=out,
-                           read=scripted(["hello there", "/off", "and again", "/exit"]))
+    history = chat_session(
+        chat, steering, max_new_tokens=8, out=out, read=scripted(["hello there", "/off", "and again", "/exit"])
+    )
     text = out.getvalue()
 
     partial = history[1]["content"]
@@ -72,8 +73,14 @@ def test_ctrl_c_mid_reply_stops_only_that_reply(chat, monkeypatch):
 def test_labels_and_switching_notes(chat):
     steering = Steering([ActAdd(torch.ones(chat.d_model), 1, 4.0)])
     out = io.StringIO()
-    chat_session(chat, steering, steered=False, max_new_tokens=3, out=out,
-                 read=scripted(["hi", "/on", "hi again", "/reset", "/off"]))
+    chat_session(
+        chat,
+        steering,
+        steered=False,
+        max_new_tokens=3,
+        out=out,
+        read=scripted(["hi", "/on", "hi again", "/reset", "/off"]),
+    )
     text = out.getvalue()
     assert text.count("model (unsteered)> ") == 1 and text.count("model (steered)> ") == 1
     assert "steering on; the conversation still holds 1 unsteered reply" in text
@@ -91,9 +98,28 @@ def test_steer_piped_output_is_plain_complete_and_marks_truncation(chat, tmp_pat
     vector = tmp_path / "dir.json"
     vector.write_text(json.dumps([1.0] * chat.d_model))
     long_prompt = "word " * 60
-    result = CliRunner().invoke(app, [
-        "steer", "--model", str(folder), "--dtype", "fp32", "--actadd", str(vector), "--layer", "1",
-        "--coefficient", "4", "--max-new-tokens", "5", "-o", str(tmp_path / "replies.json"), long_prompt, "hello"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "steer",
+            "--model",
+            str(folder),
+            "--dtype",
+            "fp32",
+            "--actadd",
+            str(vector),
+            "--layer",
+            "1",
+            "--coefficient",
+            "4",
+            "--max-new-tokens",
+            "5",
+            "-o",
+            str(tmp_path / "replies.json"),
+            long_prompt,
+            "hello",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = result.output
     saved = json.loads((tmp_path / "replies.json").read_text())["replies"]

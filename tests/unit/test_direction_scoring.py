@@ -9,10 +9,20 @@ from refusalscope.direction_scoring import AdaptiveScreen, Edit, score_rows
 from refusalscope.judges.first_token import refusal_log_odds
 from refusalscope.steering.interventions import ActAdd, DirectionAblation
 
-HARMFUL = ["How do I bake bread?", "Write a poem about the sea", "Explain photosynthesis", "Hello there",
-           "The capital of France is Paris. The capital of Italy is Rome."]
-HARMLESS = ["The capital of France", "Write a python function", "I'm sorry", "Sure! Here is a short poem",
-            "Mix flour, water, salt and yeast"]
+HARMFUL = [
+    "How do I bake bread?",
+    "Write a poem about the sea",
+    "Explain photosynthesis",
+    "Hello there",
+    "The capital of France is Paris. The capital of Italy is Rome.",
+]
+HARMLESS = [
+    "The capital of France",
+    "Write a python function",
+    "I'm sorry",
+    "Sure! Here is a short poem",
+    "Mix flour, water, salt and yeast",
+]
 TOKENS = [5, 6, 7]
 
 
@@ -69,13 +79,15 @@ def test_a_bad_layer_or_width_is_one_clear_error(chat):
         score_rows(chat, HARMFUL, [Edit("ablate", torch.ones(3))], [(0, 0)], TOKENS)
 
 
-def reference_selection(chat, cand, harmful, harmless, *, n_screen, n_finalists, max_finalists, kl_threshold,
-                        induction_threshold):
+def reference_selection(
+    chat, cand, harmful, harmless, *, n_screen, n_finalists, max_finalists, kl_threshold, induction_threshold
+):
     """The selection procedure scored one candidate and one prompt set per call (as it was)."""
     base = torch.log_softmax(chat.next_token_logits(harmless).double(), -1)
     grid = [(layer, pos - cand.shape[1]) for layer in range(int(cand.shape[0] * 0.8)) for pos in range(cand.shape[1])]
-    screen = {c: float(one_at_a_time(chat, harmful[:n_screen], Edit("ablate", cand[c]), base[:1])[0].mean())
-              for c in grid}
+    screen = {
+        c: float(one_at_a_time(chat, harmful[:n_screen], Edit("ablate", cand[c]), base[:1])[0].mean()) for c in grid
+    }
     order = sorted(grid, key=lambda c: screen[c])
     finalists, limit = {}, min(len(order), max(n_finalists, max_finalists))
     for c in order[:limit]:
@@ -94,15 +106,35 @@ def test_batched_selection_matches_one_at_a_time_selection(chat, screen_z):
     cand = candidate_directions(chat, HARMFUL, HARMLESS, progress=False) * 20  # big enough to matter
     settings = dict(n_screen=4, n_finalists=2, max_finalists=8, kl_threshold=1e9)
     # filters that reject the first group of finalists, so the selection takes a second round
-    _, loose = reference_selection(chat, cand, HARMFUL, HARMLESS, kl_threshold=1e9, max_finalists=8,
-                                   n_finalists=8, n_screen=4, induction_threshold=-1e9)
+    _, loose = reference_selection(
+        chat,
+        cand,
+        HARMFUL,
+        HARMLESS,
+        kl_threshold=1e9,
+        max_finalists=8,
+        n_finalists=8,
+        n_screen=4,
+        induction_threshold=-1e9,
+    )
     first, later = list(loose.values())[:2], list(loose.values())[2:]
     induction_threshold = max(f[2] for f in first) + 1e-3
     assert any(f[2] > induction_threshold for f in later)  # a later finalist passes
-    want, finalists = reference_selection(chat, cand, HARMFUL, HARMLESS, induction_threshold=induction_threshold,
-                                          **settings)
-    best, grid, baseline = select_direction(chat, cand, HARMFUL, HARMLESS, TOKENS, induction_threshold=induction_threshold,
-                                            screen_z=screen_z, rows_per_forward=16, progress=False, **settings)
+    want, finalists = reference_selection(
+        chat, cand, HARMFUL, HARMLESS, induction_threshold=induction_threshold, **settings
+    )
+    best, grid, baseline = select_direction(
+        chat,
+        cand,
+        HARMFUL,
+        HARMLESS,
+        TOKENS,
+        induction_threshold=induction_threshold,
+        screen_z=screen_z,
+        rows_per_forward=16,
+        progress=False,
+        **settings,
+    )
     assert (best.layer, best.position) == want
     scored = {(c.layer, c.position): c for c in grid if c.kl is not None}
     assert scored.keys() == finalists.keys() and baseline["finalists_scored"] == len(finalists) > 2
@@ -135,7 +167,7 @@ def test_adaptive_screen_settles_the_same_groups_with_fewer_rows():
     score, calls = screen_of(table)
     screen = AdaptiveScreen(score, n_cand, n_prompts, z=3.0)
     groups = [screen.next_group(4) for _ in range(3)]
-    assert [set(grp) for grp in groups] == [set(exhaustive[i:i + 4]) for i in (0, 4, 8)]
+    assert [set(grp) for grp in groups] == [set(exhaustive[i : i + 4]) for i in (0, 4, 8)]
     assert sum(calls) < 0.7 * n_cand * n_prompts and len(calls) < 12  # few rounds, fewer rows
     seen = [len(s) for s in screen.scores]
     assert min(seen) == 3 and seen.count(3) > n_cand / 2  # clear losers stop after the minimum

@@ -36,23 +36,54 @@ def test_candidates_are_differences_of_post_instruction_means(chat):
 def test_direction_selection_respects_its_filters(chat):
     cand = candidate_directions(chat, HARMFUL, HARMLESS, progress=False)
     tokens = [5, 6, 7]
-    best, grid, baseline = select_direction(chat, cand, HARMFUL, HARMLESS, tokens, kl_threshold=10.0,
-                                            induction_threshold=-1e9, n_screen=2, n_finalists=3, progress=False)
+    best, grid, baseline = select_direction(
+        chat,
+        cand,
+        HARMFUL,
+        HARMLESS,
+        tokens,
+        kl_threshold=10.0,
+        induction_threshold=-1e9,
+        n_screen=2,
+        n_finalists=3,
+        progress=False,
+    )
     assert best.layer < int(chat.n_layers * 0.8)
     assert len(grid) == int(chat.n_layers * 0.8) * len(chat.eoi_ids)
     finalists = [c for c in grid if c.kl is not None]
     assert len(finalists) == 3 and best.ablation_score == min(c.ablation_score for c in finalists)
     assert baseline["filters_passed"] and baseline["finalists_scored"] == 3
     with pytest.raises(RefusalScopeError, match="no candidate direction passed"):
-        select_direction(chat, cand, HARMFUL, HARMLESS, tokens, kl_threshold=-1.0, n_screen=2, n_finalists=2,
-                         max_finalists=4, fallback=False, progress=False)
+        select_direction(
+            chat,
+            cand,
+            HARMFUL,
+            HARMLESS,
+            tokens,
+            kl_threshold=-1.0,
+            n_screen=2,
+            n_finalists=2,
+            max_finalists=4,
+            fallback=False,
+            progress=False,
+        )
 
 
 def test_direction_selection_scores_more_finalists_then_falls_back_with_a_warning(chat):
     cand = candidate_directions(chat, HARMFUL, HARMLESS, progress=False)
     with pytest.warns(UserWarning, match="no candidate direction passed"):
-        best, grid, baseline = select_direction(chat, cand, HARMFUL, HARMLESS, [5, 6, 7], kl_threshold=-1.0,
-                                                n_screen=2, n_finalists=2, max_finalists=5, progress=False)
+        best, grid, baseline = select_direction(
+            chat,
+            cand,
+            HARMFUL,
+            HARMLESS,
+            [5, 6, 7],
+            kl_threshold=-1.0,
+            n_screen=2,
+            n_finalists=2,
+            max_finalists=5,
+            progress=False,
+        )
     scored = [c for c in grid if c.kl is not None]
     assert len(scored) == 5 == baseline["finalists_scored"]  # every round up to max_finalists was tried
     assert best in scored and best.admissible is False and not baseline["filters_passed"]
@@ -73,8 +104,8 @@ def test_integrated_gradients_are_complete(chat):
         batch = chat.pad([chat.encode(chat.format(prompt))])
         x_patch = _capture(chat, batch, [layer], patch)[layer]
         with chat.hooks.attached([(layer, lambda h, c, x=x_patch: x.to(h.dtype))]):
-            m1 = _metric(chat.forward(batch, logits_to_keep=1).logits, t_jail[i:i + 1], t_refuse[i:i + 1])
-        m0 = _metric(chat.forward(batch, logits_to_keep=1).logits, t_jail[i:i + 1], t_refuse[i:i + 1])
+            m1 = _metric(chat.forward(batch, logits_to_keep=1).logits, t_jail[i : i + 1], t_refuse[i : i + 1])
+        m0 = _metric(chat.forward(batch, logits_to_keep=1).logits, t_jail[i : i + 1], t_refuse[i : i + 1])
         n_real = batch.attention_mask.sum()
         total = (attr.per_prompt[layer][i].sum() + attr.error[layer][i]) * n_real
         assert float(total) == pytest.approx(float(m1 - m0), rel=0.03, abs=1e-3)
@@ -158,8 +189,14 @@ def test_feature_set_round_trip(tmp_path):
 def fake_direction(chat, layer=1):
     g = torch.Generator().manual_seed(7)
     cand = torch.randn(chat.n_layers, len(chat.eoi_ids), chat.d_model, generator=g)
-    return RefusalDirection(layer=layer, position=-1, raw=cand[layer, -1].clone(), candidates=cand,
-                            refusal_token_ids=list(range(5, 150)), model=chat.info.to_dict())
+    return RefusalDirection(
+        layer=layer,
+        position=-1,
+        raw=cand[layer, -1].clone(),
+        candidates=cand,
+        refusal_token_ids=list(range(5, 150)),
+        model=chat.info.to_dict(),
+    )
 
 
 def test_discover_writes_feature_sets_and_reuses_cached_scores(chat, tmp_path, monkeypatch):
@@ -175,9 +212,15 @@ def test_discover_writes_feature_sets_and_reuses_cached_scores(chat, tmp_path, m
 
     import refusalscope.discovery.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "attribution_scores", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
-    again = discover(chat, saes, direction, HARMFUL, HARMLESS, DiscoveryConfig(**{**cfg.__dict__, "k": 3}), tmp_path, progress=False)
-    assert again.cached and [f.feature for f in again.sets["cossim+ig"].features] == [f.feature for f in main.features[:3]]
+    monkeypatch.setattr(
+        pipeline, "attribution_scores", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed"))
+    )
+    again = discover(
+        chat, saes, direction, HARMFUL, HARMLESS, DiscoveryConfig(**{**cfg.__dict__, "k": 3}), tmp_path, progress=False
+    )
+    assert again.cached and [f.feature for f in again.sets["cossim+ig"].features] == [
+        f.feature for f in main.features[:3]
+    ]
 
 
 def test_validation_reports_every_method_experiment_and_loss(chat, tmp_path):
@@ -189,8 +232,20 @@ def test_validation_reports_every_method_experiment_and_loss(chat, tmp_path):
     sets = {"cossim+ig": [(1, 3), (1, 4)], "random": [(1, 9)]}
     docs = [Document(chat.encode(chat.format(p)), "chat", skip=1) for p in HARMLESS]
     cfg = ValidationConfig(suppress_factors=(-2.0,), induce_multipliers=(8.0,), max_new_tokens=4, batch_size=4)
-    report = validate(chat, saes, sets, direction, {"set-a": HARMFUL[:2]}, HARMLESS[:2], peaks, cfg,
-                      judge=SubstringJudge(), text_docs=docs, answer_docs=docs, progress=False)
+    report = validate(
+        chat,
+        saes,
+        sets,
+        direction,
+        {"set-a": HARMFUL[:2]},
+        HARMLESS[:2],
+        peaks,
+        cfg,
+        judge=SubstringJudge(),
+        text_docs=docs,
+        answer_docs=docs,
+        progress=False,
+    )
     methods = {r.method for r in report.rows}
     assert methods == {"none", "cossim+ig", "random", "dense direction"}
     assert report.config["judge"] == "substring"  # the judge is recorded with the results
@@ -220,13 +275,25 @@ def test_induction_can_use_only_the_top_latents(chat, monkeypatch):
     saes = {1: relu_sae(chat, 1)}
     peaks = {1: torch.arange(96.0)}
     sets = {"cossim+ig": [(1, 7), (1, 3), (1, 4)], "random": [(1, 9), (1, 2)]}
-    cfg = ValidationConfig(suppress_factors=(-1.0,), induce_multipliers=(2.0,), max_new_tokens=2, batch_size=4, induce_top=2)
-    validate(chat, saes, sets, None, {"set-a": HARMFUL[:1]}, HARMLESS[:1], peaks, cfg, judge=SubstringJudge(),
-             progress=False)
+    cfg = ValidationConfig(
+        suppress_factors=(-1.0,), induce_multipliers=(2.0,), max_new_tokens=2, batch_size=4, induce_top=2
+    )
+    validate(
+        chat, saes, sets, None, {"set-a": HARMFUL[:1]}, HARMLESS[:1], peaks, cfg, judge=SubstringJudge(), progress=False
+    )
     assert clamped == [([(1, 7), (1, 3)], {(1, 7): 14.0, (1, 3): 6.0}), ([(1, 9), (1, 2)], {(1, 9): 18.0, (1, 2): 4.0})]
     with pytest.raises(RefusalScopeError, match="induce_top"):
-        validate(chat, saes, sets, None, {"set-a": HARMFUL[:1]}, HARMLESS[:1], peaks,
-                 ValidationConfig(induce_top=0), progress=False)
+        validate(
+            chat,
+            saes,
+            sets,
+            None,
+            {"set-a": HARMFUL[:1]},
+            HARMLESS[:1],
+            peaks,
+            ValidationConfig(induce_top=0),
+            progress=False,
+        )
 
 
 def test_ablation_of_the_direction_removes_its_projection(chat):
@@ -247,8 +314,16 @@ def test_feature_cards_find_contexts_and_escape_html(chat, tmp_path):
 
     sae = relu_sae(chat, 1)
     feats = [(1, 3), (1, 8)]
-    cards = build_cards(chat, {1: sae}, feats, {"harmful": HARMFUL, "text": ["<script>alert(1)</script> plain text here"]},
-                        HARMFUL, HARMLESS, top_contexts=3, progress=False)
+    cards = build_cards(
+        chat,
+        {1: sae},
+        feats,
+        {"harmful": HARMFUL, "text": ["<script>alert(1)</script> plain text here"]},
+        HARMFUL,
+        HARMLESS,
+        top_contexts=3,
+        progress=False,
+    )
     assert [(c.layer, c.feature) for c in cards] == feats
     for card in cards:
         assert len(card.max_harmful) == len(HARMFUL) and len(card.max_harmless) == len(HARMLESS)
@@ -274,8 +349,17 @@ def test_feature_cards_read_only_the_head_of_long_documents(chat):
 
     sae = relu_sae(chat, 1)
     words = [f"w{i}" for i in range(3000)]  # thousands of tokens: unbounded, attention would need GiBs
-    cards = build_cards(chat, {1: sae}, [(1, 3)], {"text": [" ".join(words)]}, HARMFUL[:1], HARMLESS[:1],
-                        max_tokens=12, window=50, progress=False)
+    cards = build_cards(
+        chat,
+        {1: sae},
+        [(1, 3)],
+        {"text": [" ".join(words)]},
+        HARMFUL[:1],
+        HARMLESS[:1],
+        max_tokens=12,
+        window=50,
+        progress=False,
+    )
     head = chat.tokenizer.decode(chat.encode_prompts([" ".join(words)], chat=False)[0][:12])
     for ctx in cards[0].contexts:
         assert "".join(ctx.tokens) in head

@@ -174,7 +174,9 @@ def test_worker_without_ray_computes_what_the_driver_computes(grid_file):
     assert worker.ready()["dtype"] == "float32" and cfg.config_id in worker.ready()["configs"]
     remote = worker.run(Shard(cfg.config_id, spec.name, tuple(ids), tuple(items)), 2, True)
     local = compute_chunk(chat, Chunk(cfg, spec, ids, items), batch_size=2)
-    assert [(r.item_id, r.metrics, r.output) for r in remote.results] == [(r.item_id, r.metrics, r.output) for r in local.results]
+    assert [(r.item_id, r.metrics, r.output) for r in remote.results] == [
+        (r.item_id, r.metrics, r.output) for r in local.results
+    ]
     assert remote.gate == local.gate and remote.extra == local.extra and remote.extra
     broken = SweepWorker(GridFileSetup(str(grid_file.parent / "missing.yaml")))
     for call in (broken.ready, lambda: broken.run(Shard(cfg.config_id, spec.name, tuple(ids), tuple(items)), 2, True)):

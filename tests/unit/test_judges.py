@@ -154,11 +154,15 @@ class FakeChat:
 
 def test_find_refusal_tokens_keeps_tokens_specific_to_refusals():
     replies = {
-        "h1": ("I'm sorry, but I can't.", [7, 1]), "h2": ("I'm sorry, but no.", [7, 2]),
-        "h3": ("I cannot do that.", [9, 3]), "h4": ("I cannot help.", [9, 4]),
+        "h1": ("I'm sorry, but I can't.", [7, 1]),
+        "h2": ("I'm sorry, but no.", [7, 2]),
+        "h3": ("I cannot do that.", [9, 3]),
+        "h4": ("I cannot help.", [9, 4]),
         "h5": ("Sure, here is how.", [8, 5]),
-        "b1": ("Sure, here is a poem.", [8, 6]), "b2": ("I love bread.", [9, 7]),
-        "b3": ("I think so.", [9, 8]), "b4": ("As an AI, I cannot say; sorry.", [11, 1]),
+        "b1": ("Sure, here is a poem.", [8, 6]),
+        "b2": ("I love bread.", [9, 7]),
+        "b3": ("I think so.", [9, 8]),
+        "b4": ("As an AI, I cannot say; sorry.", [11, 1]),
     }
     chat = FakeChat(replies)
     found = find_refusal_tokens(chat, ["h1", "h2", "h3", "h4", "h5"], ["b1", "b2", "b3", "b4"], max_new_tokens=5)
@@ -200,7 +204,9 @@ def save_sequence_classifier(folder, id2label, seed=0):
     import transformers
 
     tokenizer = tiny_tokenizer()
-    config = tiny_config("llama", len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, n_layers=2, d_model=32)
+    config = tiny_config(
+        "llama", len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, n_layers=2, d_model=32
+    )
     config.num_labels = len(id2label)
     config.id2label = id2label
     config.label2id = {v: k for k, v in id2label.items()}
@@ -218,8 +224,12 @@ def classifier_folder(tmp_path_factory):
     return folder, model, tokenizer
 
 
-REPLIES = ["I'm sorry, but I can't help with that.", "Sure! Here is a short poem.", "The capital of France is Paris.",
-           "How do I bake bread? Mix flour, water and salt, then bake it for a while."]
+REPLIES = [
+    "I'm sorry, but I can't help with that.",
+    "Sure! Here is a short poem.",
+    "The capital of France is Paris.",
+    "How do I bake bread? Mix flour, water and salt, then bake it for a while.",
+]
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -367,20 +377,26 @@ def write_completions(root, model, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "type", "prompt", "completion", "annotation_1", "annotation_2", "agreement", "final_label"])
+        writer.writerow(
+            ["id", "type", "prompt", "completion", "annotation_1", "annotation_2", "agreement", "final_label"]
+        )
         for i, (completion, label) in enumerate(rows):
             writer.writerow([f"v2-{i}", "homonyms", f"prompt {i}", completion, label, label, "TRUE", label])
 
 
 @pytest.fixture()
 def xstest_dir(tmp_path):
-    write_completions(tmp_path, "gpt4", [
-        ("I'm sorry, but I can't help.", "2_full_refusal"),          # TP
-        ("Sure, here is how.", "1_full_compliance"),                  # TN
-        ("It would be best to avoid that topic.", "2_full_refusal"),  # FN (no phrase)
-        ("I cannot stress enough how fun it is!", "1_full_compliance"),  # FP
-        ("I can't give exact numbers, but roughly 5.", "3_partial_refusal"),  # partial, judged refused
-    ])
+    write_completions(
+        tmp_path,
+        "gpt4",
+        [
+            ("I'm sorry, but I can't help.", "2_full_refusal"),  # TP
+            ("Sure, here is how.", "1_full_compliance"),  # TN
+            ("It would be best to avoid that topic.", "2_full_refusal"),  # FN (no phrase)
+            ("I cannot stress enough how fun it is!", "1_full_compliance"),  # FP
+            ("I can't give exact numbers, but roughly 5.", "3_partial_refusal"),  # partial, judged refused
+        ],
+    )
     write_completions(tmp_path, "llama2new", [("I won't do that.", "2_full_refusal")])
     return tmp_path
 
@@ -412,8 +428,20 @@ def test_judge_validate_command(xstest_dir, classifier_folder, monkeypatch):
     out = xstest_dir / "report.json"
     folder, _, _ = classifier_folder
     result = CliRunner().invoke(
-        app, ["judge-validate", "--data-dir", str(xstest_dir), "--judge", "substring", "--classifier", str(folder),
-              "--n-boot", "50", "-o", str(out)]
+        app,
+        [
+            "judge-validate",
+            "--data-dir",
+            str(xstest_dir),
+            "--judge",
+            "substring",
+            "--classifier",
+            str(folder),
+            "--n-boot",
+            "50",
+            "-o",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -426,4 +454,7 @@ def test_judge_validate_command(xstest_dir, classifier_folder, monkeypatch):
     assert [j["name"] for j in report["judges"]] == ["substring", folder.name]
     pooled = next(r for r in report["results"] if r["judge"] == "substring" and r["set"] == "xstest/all")
     assert pooled["agreement"]["n"] == 12
-    assert pooled["agreement"]["tn"] + pooled["agreement"]["fp"] + pooled["agreement"]["fn"] + pooled["agreement"]["tp"] == 12
+    assert (
+        pooled["agreement"]["tn"] + pooled["agreement"]["fp"] + pooled["agreement"]["fn"] + pooled["agreement"]["tp"]
+        == 12
+    )

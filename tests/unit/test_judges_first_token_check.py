@@ -35,8 +35,16 @@ def test_sampling_is_stable_and_near_the_rate():
 @pytest.mark.parametrize("threshold, agreement, flagged", [(-1e9, 1.0, False), (1e9, 0.0, True)])
 def test_sweep_records_agreement_per_configuration_and_flags_low_cells(chat, tmp_path, threshold, agreement, flagged):
     token = chat.tokenizer("I", add_special_tokens=False)["input_ids"][0]
-    task = RefusalTask("jbb", "builtin/minimal-pairs", "harmful", max_new_tokens=4, judge=EverythingRefused(),
-                       refusal_token_ids=[token], threshold=threshold, check_every=1)
+    task = RefusalTask(
+        "jbb",
+        "builtin/minimal-pairs",
+        "harmful",
+        max_new_tokens=4,
+        judge=EverythingRefused(),
+        refusal_token_ids=[token],
+        threshold=threshold,
+        check_every=1,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_sweep(chat, Grid([]), [TaskSpec(task, limit=6)], tmp_path / "r.db", batch_size=3, progress=False)

@@ -76,7 +76,9 @@ def test_exact_input_formats():
     guard = HubJudge(chat.model, chat.tokenizer, "llama-guard-3").inputs([REQUEST], [REPLY])[0]
     assert guard == LLAMA_GUARD_3_PROMPT.replace("{prompt}", REQUEST).replace("{reply}", REPLY)
     assert f"User: {REQUEST}\n\nAgent: {REPLY}\n\n<END CONVERSATION>" in guard
-    assert "S14: Code Interpreter Abuse." in guard and guard.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert "S14: Code Interpreter Abuse." in guard and guard.endswith(
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
     wild = HubJudge(chat.model, chat.tokenizer, "wildguard").inputs([REQUEST], [REPLY])[0]
     assert wild == WILDGUARD_PROMPT.format(prompt=REQUEST, response=REPLY)
     assert wild.endswith("Answers: [/INST]\n<|assistant|>\n")
@@ -88,8 +90,9 @@ def test_exact_input_formats():
 def test_llama_guard_uses_the_hub_tokenizers_own_template():
     chat = tiny_chat_model("llama")
     tok = chat.tokenizer
-    tok.chat_template = ("<BEGIN UNSAFE CONTENT CATEGORIES>{% for m in messages %}[{{ m['role'] }}: {{ m['content'] }}]"
-                         "{% endfor %}")
+    tok.chat_template = (
+        "<BEGIN UNSAFE CONTENT CATEGORIES>{% for m in messages %}[{{ m['role'] }}: {{ m['content'] }}]{% endfor %}"
+    )
     text = HubJudge(chat.model, tok, "llama-guard-3").inputs([REQUEST], [REPLY])[0]
     assert text == f"<BEGIN UNSAFE CONTENT CATEGORIES>[user: {REQUEST}][assistant: {REPLY}]"
 
@@ -150,8 +153,21 @@ def test_hub_judge_by_name_in_judge_validate(tmp_path):
     with open(labels, "w", newline="") as handle:
         csv.writer(handle).writerows([["prompt", "reply", "label"], [REQUEST, REPLY, "refusal"]])
     out = tmp_path / "r.json"
-    result = CliRunner().invoke(app, ["judge-validate", "--no-xstest", "--labels", str(labels), "--judge",
-                                      f"harmbench={folder}", "--n-boot", "20", "-o", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "judge-validate",
+            "--no-xstest",
+            "--labels",
+            str(labels),
+            "--judge",
+            f"harmbench={folder}",
+            "--n-boot",
+            "20",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     row = json.loads(out.read_text())["results"][0]
     assert row["judge"] == "harmbench" and row["agreement"]["tp"] == 1

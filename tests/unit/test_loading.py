@@ -121,7 +121,9 @@ def test_dtype_resolution(monkeypatch):
     assert resolve_dtype("fp32") is torch.float32
     assert resolve_dtype("bf16") is torch.bfloat16
     assert resolve_dtype("auto", "cuda") is torch.bfloat16
-    assert resolve_dtype("auto") is torch.float32  # on every CPU: prefill is 1.8-4x faster than bf16 (see resolve_dtype)
+    assert (
+        resolve_dtype("auto") is torch.float32
+    )  # on every CPU: prefill is 1.8-4x faster than bf16 (see resolve_dtype)
     with pytest.raises(RefusalScopeError, match="unknown dtype"):
         resolve_dtype("int3")
 

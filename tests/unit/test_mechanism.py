@@ -28,10 +28,22 @@ from refusalscope.sae.model import SAE, SAEConfig
 from refusalscope.testing import tiny_chat_model
 
 LAYER, LATENT = 2, 3
-BASES = ["Explain how to bake bread", "Write a poem about the sea", "Tell me the capital of France",
-         "Write a python function for lists", "Explain photosynthesis simply", "How do I mix flour and water"]
-WITH_TOKEN = ["Tell me that the sea is blue", "Explain that bread needs flour", "Write a function that reverses lists",
-              "Paris is the capital that France has", "Mix water that is warm with yeast", "Explain photosynthesis that plants do"]
+BASES = [
+    "Explain how to bake bread",
+    "Write a poem about the sea",
+    "Tell me the capital of France",
+    "Write a python function for lists",
+    "Explain photosynthesis simply",
+    "How do I mix flour and water",
+]
+WITH_TOKEN = [
+    "Tell me that the sea is blue",
+    "Explain that bread needs flour",
+    "Write a function that reverses lists",
+    "Paris is the capital that France has",
+    "Mix water that is warm with yeast",
+    "Explain photosynthesis that plants do",
+]
 
 
 @pytest.fixture(scope="module")

@@ -183,8 +183,13 @@ def test_select_cache_copies_rows_and_leaves_the_original(tiny_llama):
     batch = next(chat.batches(chat.encode_prompts(PROMPTS), 3))
     cache = DynamicCache(config=chat.model.config)
     with torch.no_grad():
-        chat.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                   past_key_values=cache, use_cache=True)
+        chat.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
     keys = [layer.keys.clone() for layer in cache.layers]
     sub = select_cache(cache, torch.tensor([2, 0, 2]))
     for layer, original, before in zip(sub.layers, cache.layers, keys):

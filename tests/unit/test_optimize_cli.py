@@ -42,8 +42,17 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_optimize_input(name, ws, data_dir):
     extra, fragment = CASES[name]
-    args = ["optimize", "--methods", "actadd", "--direction", str(ws / "direction"), "--data-dir", str(data_dir),
-            "-o", str(ws / "out")] + [a.replace("{d}", str(ws)) for a in extra]
+    args = [
+        "optimize",
+        "--methods",
+        "actadd",
+        "--direction",
+        str(ws / "direction"),
+        "--data-dir",
+        str(data_dir),
+        "-o",
+        str(ws / "out"),
+    ] + [a.replace("{d}", str(ws)) for a in extra]
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert fragment in result.output and "error:" in result.output and "fix:" in result.output, result.output

@@ -19,13 +19,23 @@ from refusalscope.evaluation.pareto import (
 
 
 def est(value, low=None, high=None, n=32):
-    return {"value": value, "low": value - 0.05 if low is None else low, "high": value + 0.05 if high is None else high,
-            "n": n, "method": "bootstrap"}
+    return {
+        "value": value,
+        "low": value - 0.05 if low is None else low,
+        "high": value + 0.05 if high is None else high,
+        "n": n,
+        "method": "bootstrap",
+    }
 
 
 def m(harmful, benign, loss, mc=None):
-    return {"harmful_refusal": est(harmful), "benign_refusal": est(benign), "delta_s": est(harmful - benign),
-            "text_loss": est(loss, loss - 0.01, loss + 0.01, 8), "mc_accuracy": None if mc is None else est(mc, n=100)}
+    return {
+        "harmful_refusal": est(harmful),
+        "benign_refusal": est(benign),
+        "delta_s": est(harmful - benign),
+        "text_loss": est(loss, loss - 0.01, loss + 0.01, 8),
+        "mc_accuracy": None if mc is None else est(mc, n=100),
+    }
 
 
 BASE = m(0.30, 0.10, 3.00, mc=0.40)
@@ -33,24 +43,45 @@ BASE = m(0.30, 0.10, 3.00, mc=0.40)
 
 def comparison():
     def trial(number, harmful, benign, loss, feasible):
-        return {"number": number, "params": {"strength": 0.1 * (number + 1)}, "value": harmful - benign,
-                "feasible": feasible, "validation": m(harmful, benign, loss)}
+        return {
+            "number": number,
+            "params": {"strength": 0.1 * (number + 1)},
+            "value": harmful - benign,
+            "feasible": feasible,
+            "validation": m(harmful, benign, loss),
+        }
 
     return {
-        "format": "refusalscope-optimize", "version": 1, "storage": "x.db",
+        "format": "refusalscope-optimize",
+        "version": 1,
+        "storage": "x.db",
         "budget": {"max_loss_increase": 0.02, "max_mc_drop": 0.05},
-        "baseline_validation": m(0.30, 0.10, 3.00), "baseline_test": BASE,
+        "baseline_validation": m(0.30, 0.10, 3.00),
+        "baseline_test": BASE,
         "families": {
             # selective: +0.4 harmful, +0.02 benign, +1% loss, MC within CI
-            "gated": {"n_trials": 2, "n_feasible": 2, "chosen": {"strength": 0.2, "threshold": 1.5},
-                      "chosen_test": m(0.70, 0.12, 3.03, mc=0.38),
-                      "trials": [trial(0, 0.7, 0.12, 3.03, True), trial(1, 0.5, 0.1, 3.01, True)]},
+            "gated": {
+                "n_trials": 2,
+                "n_feasible": 2,
+                "chosen": {"strength": 0.2, "threshold": 1.5},
+                "chosen_test": m(0.70, 0.12, 3.03, mc=0.38),
+                "trials": [trial(0, 0.7, 0.12, 3.03, True), trial(1, 0.5, 0.1, 3.01, True)],
+            },
             # raises harmful refusal but benign too: not selective
-            "features": {"n_trials": 2, "n_feasible": 1, "chosen": {"strength": 0.5, "k": 3},
-                         "chosen_test": m(0.90, 0.60, 3.05, mc=0.40),
-                         "trials": [trial(0, 0.9, 0.6, 3.05, True), trial(1, 1.0, 1.0, 6.0, False)]},
-            "learned": {"n_trials": 1, "n_feasible": 0, "chosen": None, "chosen_test": None,
-                        "trials": [trial(0, 0.3, 0.1, 4.0, False)]},
+            "features": {
+                "n_trials": 2,
+                "n_feasible": 1,
+                "chosen": {"strength": 0.5, "k": 3},
+                "chosen_test": m(0.90, 0.60, 3.05, mc=0.40),
+                "trials": [trial(0, 0.9, 0.6, 3.05, True), trial(1, 1.0, 1.0, 6.0, False)],
+            },
+            "learned": {
+                "n_trials": 1,
+                "n_feasible": 0,
+                "chosen": None,
+                "chosen_test": None,
+                "trials": [trial(0, 0.3, 0.1, 4.0, False)],
+            },
         },
     }
 
@@ -66,7 +97,9 @@ def test_the_target_needs_every_condition():
     assert not meets_target(m(0.59, 0.10, 3.00, mc=0.40), BASE)  # harmful +0.29 < 0.3
     assert not meets_target(m(0.70, 0.16, 3.00, mc=0.40), BASE)  # over-refusal +0.06 > 0.05
     assert not meets_target(m(0.70, 0.10, 3.07, mc=0.40), BASE)  # loss +2.3% > 2%
-    assert not meets_target(m(0.70, 0.10, 3.00, mc=0.20), BASE)  # MC intervals [0.15, 0.25] and [0.35, 0.45] do not overlap
+    assert not meets_target(
+        m(0.70, 0.10, 3.00, mc=0.20), BASE
+    )  # MC intervals [0.15, 0.25] and [0.35, 0.45] do not overlap
 
 
 def test_headline_rows_report_test_numbers_and_missing_choices():
@@ -111,5 +144,17 @@ def test_load_comparison_refuses_other_files(tmp_path):
         load_comparison(tmp_path / "x.json")
     with pytest.raises(RefusalScopeError, match="does not exist"):
         load_comparison(tmp_path / "none.json")
-    assert math.isnan(trial_points({"baseline_validation": BASE, "families": {
-        "f": {"trials": [{"number": 0, "params": {}, "feasible": True, "validation": {**BASE, "text_loss": None}}]}}})[0]["loss_increase"])
+    assert math.isnan(
+        trial_points(
+            {
+                "baseline_validation": BASE,
+                "families": {
+                    "f": {
+                        "trials": [
+                            {"number": 0, "params": {}, "feasible": True, "validation": {**BASE, "text_loss": None}}
+                        ]
+                    }
+                },
+            }
+        )[0]["loss_increase"]
+    )

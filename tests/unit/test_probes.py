@@ -19,7 +19,20 @@ from refusalscope.steering.interventions import ActAdd
 from refusalscope.testing import tiny_chat_model
 
 LAYER = 2
-TOPICS = ["bread", "the sea", "France", "lists", "flour", "water", "yeast", "Paris", "poems", "plants", "rivers", "salt"]
+TOPICS = [
+    "bread",
+    "the sea",
+    "France",
+    "lists",
+    "flour",
+    "water",
+    "yeast",
+    "Paris",
+    "poems",
+    "plants",
+    "rivers",
+    "salt",
+]
 
 
 def _split(harmful, harmless):
@@ -86,11 +99,24 @@ def test_best_threshold_maximises_balanced_accuracy():
 def test_compare_probes_rows_and_gate(setup, tmp_path):
     chat, data, sae = setup
     direction = (LAYER, np.random.default_rng(0).normal(size=64))
-    comp = compare_probes(chat, data, [(sae, [1, 2, 3])], harm_parts=[(sae, [4, 5])], direction=direction,
-                          dense_layers=[1, 2, 3], n_random=5, seed=0)
+    comp = compare_probes(
+        chat,
+        data,
+        [(sae, [1, 2, 3])],
+        harm_parts=[(sae, [4, 5])],
+        direction=direction,
+        dense_layers=[1, 2, 3],
+        n_random=5,
+        seed=0,
+    )
     names = [r.name for r in comp.rows]
-    assert names == ["3 selected refusal latents", "3 random live latents", comp.rows[2].name,
-                     "refusal-direction projection", "2 harm latents alone"]
+    assert names == [
+        "3 selected refusal latents",
+        "3 random live latents",
+        comp.rows[2].name,
+        "refusal-direction projection",
+        "2 harm latents alone",
+    ]
     random_row = comp.rows[1]
     assert len(random_row.draws) == 5
     values = [d.ood_auroc.value for d in random_row.draws]
@@ -135,8 +161,11 @@ def test_gate_reads_what_the_probe_was_scored_on(setup, tmp_path, kind):
 def test_gate_table_and_wrong_sae(setup, tmp_path):
     chat, data, sae = setup
     bank = ResidualBank(chat, data.all_prompts(), [LAYER])
-    probe = fit_probe(FeatureSpec("latents", LAYER, [1, 2], "somewhere", sae.content_hash()),
-                      bank.latents(sae, [1, 2], data.train.prompts), data.train.labels)
+    probe = fit_probe(
+        FeatureSpec("latents", LAYER, [1, 2], "somewhere", sae.content_hash()),
+        bank.latents(sae, [1, 2], data.train.prompts),
+        data.train.labels,
+    )
     cond = probe_conditional(probe, ActAdd(torch.zeros(64), LAYER, 0.0), sae=sae)
     rows = gate_table(chat, {"probe": cond}, data, ["What is two plus two?", "Name a colour"])
     row = rows[0]

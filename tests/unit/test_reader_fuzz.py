@@ -25,7 +25,10 @@ from refusalscope.errors import RefusalScopeError
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 40), st.floats(allow_nan=True, allow_infinity=True),
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 40),
+    st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0, 1, 2, -1, 8, 0.5, "all", "prompt", "set", "scale", "add", "max", "embed", "s", "x", ""]),
     st.text(max_size=8),
 )
@@ -53,9 +56,33 @@ def sae():
     return SAE.random(SAEConfig(d_in=2, d_sae=6, architecture="topk", k=2, layer=1))
 
 
-SPEC_FIELDS = ["kind", "sae", "layer", "features", "mode", "value", "positions", "keep_error", "direction", "layers",
-               "coefficient", "normalize", "feature", "bias", "gate", "interventions", "threshold", "reduce",
-               "skip_first", "weights", "source", "values", "file", "key", "sha256"]
+SPEC_FIELDS = [
+    "kind",
+    "sae",
+    "layer",
+    "features",
+    "mode",
+    "value",
+    "positions",
+    "keep_error",
+    "direction",
+    "layers",
+    "coefficient",
+    "normalize",
+    "feature",
+    "bias",
+    "gate",
+    "interventions",
+    "threshold",
+    "reduce",
+    "skip_first",
+    "weights",
+    "source",
+    "values",
+    "file",
+    "key",
+    "sha256",
+]
 KINDS = st.sampled_from(["feature", "ablation", "actadd", "clamp", "conditional", "direction", "probe", "teleport"])
 
 
@@ -64,11 +91,22 @@ def interventions():
     direction = st.one_of(st.fixed_dictionaries({"values": st.lists(SCALARS, max_size=3)}), field)
     item = st.fixed_dictionaries(
         {"kind": KINDS},
-        optional={"sae": st.one_of(st.just({"source": "s"}), field), "layer": field, "features": field, "mode": field,
-                  "value": field, "positions": field, "direction": direction, "coefficient": field, "feature": field,
-                  "gate": st.fixed_dictionaries({"kind": KINDS}, optional={"threshold": field, "direction": direction,
-                                                                             "layer": field, "sae": field}),
-                  "interventions": st.lists(field, max_size=2), "bias": field},
+        optional={
+            "sae": st.one_of(st.just({"source": "s"}), field),
+            "layer": field,
+            "features": field,
+            "mode": field,
+            "value": field,
+            "positions": field,
+            "direction": direction,
+            "coefficient": field,
+            "feature": field,
+            "gate": st.fixed_dictionaries(
+                {"kind": KINDS}, optional={"threshold": field, "direction": direction, "layer": field, "sae": field}
+            ),
+            "interventions": st.lists(field, max_size=2),
+            "bias": field,
+        },
     )
     return st.lists(item, max_size=3)
 
@@ -111,16 +149,45 @@ def _numbers(obj):
             yield from _numbers(v)
 
 
-GRID_FIELDS = ["model", "dtype", "data_dir", "batch_size", "chunk_size", "max_new_tokens", "judge", "unsteered",
-               "methods", "tasks", "pairs", "note", "name", "method", "spec", "strengths", "conditional", "dataset",
-               "capability", "split", "expect", "limit", "seed", "requests", "role", "options", "harmful", "benign"]
+GRID_FIELDS = [
+    "model",
+    "dtype",
+    "data_dir",
+    "batch_size",
+    "chunk_size",
+    "max_new_tokens",
+    "judge",
+    "unsteered",
+    "methods",
+    "tasks",
+    "pairs",
+    "note",
+    "name",
+    "method",
+    "spec",
+    "strengths",
+    "conditional",
+    "dataset",
+    "capability",
+    "split",
+    "expect",
+    "limit",
+    "seed",
+    "requests",
+    "role",
+    "options",
+    "harmful",
+    "benign",
+]
 
 
 @pytest.fixture(scope="module")
 def grid_dir():
     with tempfile.TemporaryDirectory() as d:
-        spec = {"format": "refusalscope-steering", "interventions": [
-            {"kind": "actadd", "layer": 0, "direction": {"values": [1.0, 0.0]}, "coefficient": 1.0}]}
+        spec = {
+            "format": "refusalscope-steering",
+            "interventions": [{"kind": "actadd", "layer": 0, "direction": {"values": [1.0, 0.0]}, "coefficient": 1.0}],
+        }
         (Path(d) / "spec.json").write_text(json.dumps(spec))
         yield Path(d)
 
@@ -128,12 +195,27 @@ def grid_dir():
 @FUZZ
 @given(
     grid=values(GRID_FIELDS),
-    methods=st.lists(st.one_of(st.fixed_dictionaries({"spec": st.just("spec.json")}, optional={
-        "strengths": values([]), "conditional": values([]), "name": SCALARS}), values(GRID_FIELDS)), max_size=2),
-    tasks=st.lists(st.one_of(st.sampled_from(["harmful/jailbreakbench", "mmlu", "nope"]), values(GRID_FIELDS),
-                             st.fixed_dictionaries({"dataset": st.sampled_from(["harmful/advbench", "xstest/safe"])},
-                                                   optional={"limit": SCALARS, "seed": SCALARS, "max_new_tokens": SCALARS})),
-                   max_size=2),
+    methods=st.lists(
+        st.one_of(
+            st.fixed_dictionaries(
+                {"spec": st.just("spec.json")},
+                optional={"strengths": values([]), "conditional": values([]), "name": SCALARS},
+            ),
+            values(GRID_FIELDS),
+        ),
+        max_size=2,
+    ),
+    tasks=st.lists(
+        st.one_of(
+            st.sampled_from(["harmful/jailbreakbench", "mmlu", "nope"]),
+            values(GRID_FIELDS),
+            st.fixed_dictionaries(
+                {"dataset": st.sampled_from(["harmful/advbench", "xstest/safe"])},
+                optional={"limit": SCALARS, "seed": SCALARS, "max_new_tokens": SCALARS},
+            ),
+        ),
+        max_size=2,
+    ),
 )
 def test_grid_reader(grid, methods, tasks, grid_dir):
     from refusalscope.evaluation.grid_file import load_grid_file
@@ -155,10 +237,14 @@ def test_grid_reader(grid, methods, tasks, grid_dir):
 
 
 @FUZZ
-@given(content=st.one_of(st.binary(max_size=60), values(["prompt"]).map(lambda v: json.dumps(v).encode()),
-                         st.lists(values(["prompt"]), max_size=4).map(
-                             lambda items: "\n".join(json.dumps(i) for i in items).encode())),
-       suffix=st.sampled_from([".txt", ".json", ".jsonl"]))
+@given(
+    content=st.one_of(
+        st.binary(max_size=60),
+        values(["prompt"]).map(lambda v: json.dumps(v).encode()),
+        st.lists(values(["prompt"]), max_size=4).map(lambda items: "\n".join(json.dumps(i) for i in items).encode()),
+    ),
+    suffix=st.sampled_from([".txt", ".json", ".jsonl"]),
+)
 def test_prompt_file_reader(content, suffix):
     from refusalscope.commands._app import read_prompts
 
@@ -174,17 +260,44 @@ def test_prompt_file_reader(content, suffix):
     assert prompts and all(isinstance(p, str) and p.strip() for p in prompts)
 
 
-SAE_FIELDS = ["d_in", "d_sae", "architecture", "k", "hook_name", "hook_layer", "dtype", "model_name", "metadata",
-              "activation_fn", "activation_fn_kwargs", "normalize_activations", "norm_scaling_factor",
-              "apply_b_dec_to_input", "rescale_acts_by_decoder_norm", "sae_lens_version", "refusalscope", "layer",
-              "reshape_activations", "hook_head_index"]
+SAE_FIELDS = [
+    "d_in",
+    "d_sae",
+    "architecture",
+    "k",
+    "hook_name",
+    "hook_layer",
+    "dtype",
+    "model_name",
+    "metadata",
+    "activation_fn",
+    "activation_fn_kwargs",
+    "normalize_activations",
+    "norm_scaling_factor",
+    "apply_b_dec_to_input",
+    "rescale_acts_by_decoder_norm",
+    "sae_lens_version",
+    "refusalscope",
+    "layer",
+    "reshape_activations",
+    "hook_head_index",
+]
 
 
 @FUZZ
-@given(cfg=values(SAE_FIELDS), base=st.fixed_dictionaries({}, optional={
-    "d_in": mostly(st.sampled_from([8, 16, 8.0]), SCALARS), "d_sae": mostly(st.sampled_from([16, 32]), SCALARS),
-    "k": mostly(st.sampled_from([1, 4]), SCALARS), "architecture": st.sampled_from(["topk", "jumprelu", "standard", "x"]),
-    "hook_name": st.sampled_from(["blocks.3.hook_resid_post", "blocks.0.hook_resid_pre", "hook_embed", "x"])}))
+@given(
+    cfg=values(SAE_FIELDS),
+    base=st.fixed_dictionaries(
+        {},
+        optional={
+            "d_in": mostly(st.sampled_from([8, 16, 8.0]), SCALARS),
+            "d_sae": mostly(st.sampled_from([16, 32]), SCALARS),
+            "k": mostly(st.sampled_from([1, 4]), SCALARS),
+            "architecture": st.sampled_from(["topk", "jumprelu", "standard", "x"]),
+            "hook_name": st.sampled_from(["blocks.3.hook_resid_post", "blocks.0.hook_resid_pre", "hook_embed", "x"]),
+        },
+    ),
+)
 def test_saelens_cfg_reader(cfg, base):
     from refusalscope.sae.saelens import cfg_from_saelens
 
@@ -198,22 +311,55 @@ def test_saelens_cfg_reader(cfg, base):
     assert parsed.d_in >= 1 and parsed.d_sae >= 1 and math.isfinite(parsed.input_scale)
 
 
-CSV_CELLS = st.one_of(st.sampled_from(["", "m", "sae_lens", "sparsify", "add", "clamp", "layers.1", "1", "0", "-1",
-                                       "nan", "inf", "2.5", "x", "blocks.1.hook_resid_post"]), st.text(max_size=5))
+CSV_CELLS = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            "m",
+            "sae_lens",
+            "sparsify",
+            "add",
+            "clamp",
+            "layers.1",
+            "1",
+            "0",
+            "-1",
+            "nan",
+            "inf",
+            "2.5",
+            "x",
+            "blocks.1.hook_resid_post",
+        ]
+    ),
+    st.text(max_size=5),
+)
 
 
-COLUMNS = ["loader", "action", "sparse_model", "hookpoint", "feature_index", "steering_coefficient", "sae_id",
-           "description", "extra"]
+COLUMNS = [
+    "loader",
+    "action",
+    "sparse_model",
+    "hookpoint",
+    "feature_index",
+    "steering_coefficient",
+    "sae_id",
+    "description",
+    "extra",
+]
 
 
 CELL_BY_COLUMN = {  # each column mostly valid, so whole rows get past the early checks
     "loader": mostly(st.sampled_from(["sae_lens", "sparsify", ""]), st.sampled_from(["x", "SAE"])),
     "action": mostly(st.sampled_from(["add", "clamp", ""]), st.sampled_from(["x", "ablate"])),
     "sparse_model": mostly(st.just("m"), st.sampled_from(["", "q"])),
-    "hookpoint": mostly(st.sampled_from(["layers.1", "", "blocks.1.hook_resid_post"]), st.sampled_from(["embed_tokens", "x"])),
+    "hookpoint": mostly(
+        st.sampled_from(["layers.1", "", "blocks.1.hook_resid_post"]), st.sampled_from(["embed_tokens", "x"])
+    ),
     "feature_index": mostly(st.sampled_from(["0", "1", "5", "2.0"]), st.sampled_from(["6", "-1", "1.5", "nan", "x"])),
-    "steering_coefficient": mostly(st.sampled_from(["1", "-2.5", "0", "1e3"]),
-                                   st.one_of(st.sampled_from(["nan", "inf", "-inf", "x", ""]), st.floats().map(repr))),
+    "steering_coefficient": mostly(
+        st.sampled_from(["1", "-2.5", "0", "1e3"]),
+        st.one_of(st.sampled_from(["nan", "inf", "-inf", "x", ""]), st.floats().map(repr)),
+    ),
 }
 
 

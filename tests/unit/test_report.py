@@ -28,10 +28,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 def results(chat, tmp_path_factory):
     d = torch.randn(chat.d_model, generator=torch.Generator().manual_seed(0))
     gate = GateSpec(DirectionGate(torch.randn(chat.d_model, generator=torch.Generator().manual_seed(1)), 1), 0.0)
-    grid = Grid([
-        Method("features", lambda s: ActAdd(-d, 2, s), [1.0, 2.0, 3.0], method="features:cossim+ig", conditional=(False, True)),
-        Method.actadd(d, 2, [1.0, 3.0], conditional=(False, True)),
-    ], gate=gate)
+    grid = Grid(
+        [
+            Method(
+                "features",
+                lambda s: ActAdd(-d, 2, s),
+                [1.0, 2.0, 3.0],
+                method="features:cossim+ig",
+                conditional=(False, True),
+            ),
+            Method.actadd(d, 2, [1.0, 3.0], conditional=(False, True)),
+        ],
+        gate=gate,
+    )
     tasks = [
         TaskSpec(FakeTask("jbb-harmful", "harmful/jailbreakbench", "refused", "refuse", n=10, base=0.4, slope=0.15)),
         TaskSpec(FakeTask("jbb-benign", "harmless/jailbreakbench", "refused", "answer", n=10, base=0.05, slope=0.1)),
@@ -97,9 +106,21 @@ def read_csv(path):
 def test_exports_hold_every_figures_data(results):
     folder = results[0] / "export"
     expected = {
-        "tradeoff": {"pair", "label", "method", "strength", "conditional", "refusal_harmful", "refusal_harmful_low",
-                     "refusal_harmful_high", "n_harmful", "refusal_benign", "refusal_benign_low", "refusal_benign_high",
-                     "n_benign"},
+        "tradeoff": {
+            "pair",
+            "label",
+            "method",
+            "strength",
+            "conditional",
+            "refusal_harmful",
+            "refusal_harmful_low",
+            "refusal_harmful_high",
+            "n_harmful",
+            "refusal_benign",
+            "refusal_benign_low",
+            "refusal_benign_high",
+            "n_benign",
+        },
         "selective_refusal": {"pair", "label", "strength", "value", "low", "high", "n", "n_harmful", "n_benign"},
         "jailbreak": {"task", "label", "strength", "value", "low", "high", "n"},
         "capability": {"task", "metric", "label", "strength", "value", "low", "high", "n"},

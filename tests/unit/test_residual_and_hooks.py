@@ -103,6 +103,7 @@ def test_hooks_are_removed_when_generation_raises(tiny_llama):
             def fn(hidden, ctx):
                 if ctx.phase == "decode":
                     raise RuntimeError("boom")
+
             return [(2, fn)]
 
     with pytest.raises(RuntimeError, match="boom"):
@@ -118,6 +119,7 @@ def test_forward_context_marks_prompt_and_generated_tokens(tiny_llama):
         def hooks(self, model):
             def fn(hidden, ctx):
                 seen.append((ctx.phase, ctx.is_prompt().clone(), ctx.is_generated().clone(), ctx.token_index().clone()))
+
             return [(0, fn)]
 
     chat.generate(PROMPTS, max_new_tokens=3, batch_size=3, interventions=Recorder(), progress=False)

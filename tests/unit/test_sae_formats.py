@@ -123,9 +123,7 @@ def sparsify_forward(t, x, k):
 
 def test_sparsify_hookpoint_folder(tmp_path):
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.json").write_text(
-        json.dumps({"model": "HuggingFaceTB/SmolLM2-135M-Instruct"})
-    )
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": "HuggingFaceTB/SmolLM2-135M-Instruct"}))
     tensors = write_sparsify(tmp_path / "run" / "layers.12")
     write_sparsify(tmp_path / "run" / "layers.3")
     sae = load_sae(tmp_path / "run" / "layers.12")
@@ -139,9 +137,7 @@ def test_sparsify_hookpoint_folder(tmp_path):
     acts, recon = sparsify_forward(tensors, X, 4)
     torch.testing.assert_close(sae.encode(X), acts)
     torch.testing.assert_close(sae(X)[0], recon)
-    with pytest.raises(
-        RefusalScopeError, match=r"holds several SAEs \(layers.12, layers.3\)"
-    ) as err:
+    with pytest.raises(RefusalScopeError, match=r"holds several SAEs \(layers.12, layers.3\)") as err:
         load_sae(tmp_path / "run")
     assert "layers.12" in err.value.fix
 
@@ -204,9 +200,7 @@ def test_dictionary_learning_autoencoder(tmp_path):
 
 @pytest.mark.parametrize("dict_class", ["AutoEncoderTopK", "BatchTopKSAE"])
 def test_dictionary_learning_topk_and_batchtopk(tmp_path, dict_class):
-    state = linear_state(
-        b_dec=rnd(D_IN, scale=0.5), k=torch.tensor(5, dtype=torch.int), threshold=torch.tensor(0.8)
-    )
+    state = linear_state(b_dec=rnd(D_IN, scale=0.5), k=torch.tensor(5, dtype=torch.int), threshold=torch.tensor(0.8))
     sae = load_sae(write_dictionary_learning(tmp_path / "ae", dict_class, state))
     post = torch.relu((X - state["b_dec"]) @ state["encoder.weight"].T + state["encoder.bias"])
     # AutoEncoderTopK.encode keeps the top k; BatchTopKSAE.encode (use_threshold=True) the ones above threshold
@@ -247,9 +241,7 @@ class _Exploit:
 
 def test_dictionary_learning_pt_is_never_fully_unpickled(tmp_path):
     marker = tmp_path / "pwned"
-    folder = write_dictionary_learning(
-        tmp_path / "ae", "AutoEncoder", {"encoder.weight": _Exploit(marker)}
-    )
+    folder = write_dictionary_learning(tmp_path / "ae", "AutoEncoder", {"encoder.weight": _Exploit(marker)})
     with pytest.raises(RefusalScopeError, match=r"weights_only=True") as err:
         load_sae(folder)
     assert not marker.exists()
@@ -298,11 +290,7 @@ def lm_saes_forward(hp, t, x):
     s_in = math.sqrt(hp["d_model"]) / hp["dataset_average_activation_norm"]["in"]
     s_out = math.sqrt(hp["d_model"]) / hp["dataset_average_activation_norm"]["out"]
     pre = (x * s_in) @ t["encoder.weight"].T + t["encoder.bias"]
-    norms = (
-        t["decoder.weight"].norm(dim=0)
-        if hp["sparsity_include_decoder_norm"]
-        else torch.ones(D_SAE)
-    )
+    norms = t["decoder.weight"].norm(dim=0) if hp["sparsity_include_decoder_norm"] else torch.ones(D_SAE)
     served = pre * norms / s_out
     on = served > hp["jump_relu_threshold"]
     return served * on, ((pre * on) @ t["decoder.weight"].T + t["decoder.bias"]) / s_out
@@ -310,9 +298,7 @@ def lm_saes_forward(hp, t, x):
 
 @pytest.mark.parametrize("include_norm", [True, False])
 def test_llama_scope_folder_matches_lm_saes(tmp_path, include_norm):
-    hp, tensors = write_llama_scope(
-        tmp_path / "Llama3_1-8B-Base-L15R-8x", sparsity_include_decoder_norm=include_norm
-    )
+    hp, tensors = write_llama_scope(tmp_path / "Llama3_1-8B-Base-L15R-8x", sparsity_include_decoder_norm=include_norm)
     sae = load_sae(tmp_path / "Llama3_1-8B-Base-L15R-8x")
     assert (sae.cfg.architecture, sae.cfg.layer, sae.cfg.site, sae.cfg.apply_b_dec_to_input) == (
         "jumprelu",

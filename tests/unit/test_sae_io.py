@@ -100,9 +100,7 @@ V3_STANDARD = {
 }
 
 
-def random_tensors(
-    arch: str, seed: int = 0, d_in: int = D_IN, d_sae: int = D_SAE
-) -> dict[str, torch.Tensor]:
+def random_tensors(arch: str, seed: int = 0, d_in: int = D_IN, d_sae: int = D_SAE) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     tensors = {
         "W_enc": torch.randn(d_in, d_sae, generator=gen),
@@ -136,9 +134,7 @@ def saelens_forward(arch, t, x, *, apply_b_dec=True, k=None, rescale=False):
 def write_saelens(folder, cfg, tensors):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "cfg.json").write_text(json.dumps(cfg))
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()}, str(folder / "sae_weights.safetensors")
-    )
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "sae_weights.safetensors"))
     return folder
 
 
@@ -204,9 +200,7 @@ def test_written_files_follow_the_saelens_v6_layout(tmp_path):
 
     save_sae(random_sae("topk", layer=3, model_name="gpt2"), tmp_path / "topk")
     cfg = json.loads((tmp_path / "topk" / "cfg.json").read_text())
-    assert {k: cfg[k] for k in V6_TOPK if k != "metadata"} == {
-        k: v for k, v in V6_TOPK.items() if k != "metadata"
-    }
+    assert {k: cfg[k] for k in V6_TOPK if k != "metadata"} == {k: v for k, v in V6_TOPK.items() if k != "metadata"}
     assert cfg["metadata"]["sae_lens_version"] == "6.0.0"
     assert (cfg["metadata"]["model_name"], cfg["metadata"]["hook_name"]) == (
         "gpt2",
@@ -218,9 +212,7 @@ def test_written_files_follow_the_saelens_v6_layout(tmp_path):
 
     save_sae(random_sae("batchtopk"), tmp_path / "btk")
     cfg = json.loads((tmp_path / "btk" / "cfg.json").read_text())
-    assert (
-        cfg["architecture"] == "jumprelu" and "k" not in cfg
-    )  # SAELens serves BatchTopK as JumpReLU
+    assert cfg["architecture"] == "jumprelu" and "k" not in cfg  # SAELens serves BatchTopK as JumpReLU
     assert cfg["metadata"]["refusalscope"]["architecture"] == "batchtopk"
     with safe_open(str(tmp_path / "btk" / "sae_weights.safetensors"), "pt") as f:
         assert sorted(f.keys()) == ["W_dec", "W_enc", "b_dec", "b_enc", "threshold"]
@@ -269,9 +261,7 @@ def test_save_is_atomic_and_never_wipes_a_foreign_folder(tmp_path, monkeypatch):
         ),  # resid_pre of block 8 = resid_post of 7
     ],
 )
-def test_saelens_folders_of_every_generation_load_with_saelens_maths(
-    tmp_path, cfg, arch, k, apply_b_dec, layer, model
-):
+def test_saelens_folders_of_every_generation_load_with_saelens_maths(tmp_path, cfg, arch, k, apply_b_dec, layer, model):
     tensors = random_tensors(arch, seed=5)
     sae = load_sae(write_saelens(tmp_path / "sae", cfg, tensors))
     assert (sae.cfg.architecture, sae.cfg.k, sae.cfg.apply_b_dec_to_input) == (arch, k, apply_b_dec)
@@ -285,9 +275,7 @@ def test_saelens_folders_of_every_generation_load_with_saelens_maths(
 
 def test_topk_rescaled_by_decoder_norm_gives_saelens_reconstructions(tmp_path):
     tensors = random_tensors("topk", seed=6)
-    tensors["W_dec"] = (
-        tensors["W_dec"] * torch.linspace(0.2, 3.0, D_SAE)[:, None]
-    )  # far from unit norm
+    tensors["W_dec"] = tensors["W_dec"] * torch.linspace(0.2, 3.0, D_SAE)[:, None]  # far from unit norm
     cfg = {**V6_TOPK, "rescale_acts_by_decoder_norm": True}
     sae = load_sae(write_saelens(tmp_path / "sae", cfg, tensors))
     acts, decoded = saelens_forward("topk", tensors, X, k=3, rescale=True)
@@ -331,9 +319,7 @@ def test_expected_average_norm_scaling(tmp_path):
 
 def test_a_file_path_inside_the_folder_is_accepted(tmp_path):
     folder = write_saelens(tmp_path / "sae", V6_STANDARD, random_tensors("standard"))
-    assert torch.equal(
-        load_sae(folder / "sae_weights.safetensors").W_enc, load_sae(str(folder / "cfg.json")).W_enc
-    )
+    assert torch.equal(load_sae(folder / "sae_weights.safetensors").W_enc, load_sae(str(folder / "cfg.json")).W_enc)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -345,9 +331,7 @@ def good(tmp_path):
 def test_error_when_d_in_does_not_match_the_model(good, tiny_llama):
     with pytest.raises(RefusalScopeError) as err:
         load_sae(good, model=tiny_llama)
-    assert (
-        f"SAE d_in=4 does not match the model's d_model={tiny_llama.d_model}" in err.value.problem
-    )
+    assert f"SAE d_in=4 does not match the model's d_model={tiny_llama.d_model}" in err.value.problem
     fits = SAE(SAEConfig(d_in=tiny_llama.d_model, d_sae=8, architecture="standard", layer=1))
     save_sae(fits, good.parent / "fits")
     assert load_sae(good.parent / "fits", model=tiny_llama).d_in == tiny_llama.d_model
@@ -376,9 +360,7 @@ def test_error_for_an_unknown_architecture(tmp_path):
                 random_tensors("standard"),
             )
         )
-    assert (
-        "unknown SAE architecture 'gated'" in err.value.problem and "cfg.json" in err.value.problem
-    )
+    assert "unknown SAE architecture 'gated'" in err.value.problem and "cfg.json" in err.value.problem
     assert "jumprelu" in err.value.fix
 
 
@@ -386,15 +368,10 @@ def test_error_for_an_unknown_architecture(tmp_path):
 def test_error_for_a_corrupt_safetensors_file(good, damage):
     weights = good / "sae_weights.safetensors"
     data = weights.read_bytes()
-    weights.write_bytes(
-        {"truncate": data[: len(data) - 17], "garbage": b"\x00" * 64, "empty": b""}[damage]
-    )
+    weights.write_bytes({"truncate": data[: len(data) - 17], "garbage": b"\x00" * 64, "empty": b""}[damage])
     with pytest.raises(RefusalScopeError) as err:
         load_sae(good)
-    assert (
-        "is not a complete safetensors file" in err.value.problem
-        and "sae_weights.safetensors" in err.value.problem
-    )
+    assert "is not a complete safetensors file" in err.value.problem and "sae_weights.safetensors" in err.value.problem
 
 
 def test_error_for_cfg_json_missing_required_keys_or_broken(good):
@@ -410,15 +387,8 @@ def test_error_for_cfg_json_missing_required_keys_or_broken(good):
 
 def test_error_for_shapes_inconsistent_with_cfg(tmp_path):
     with pytest.raises(RefusalScopeError) as err:
-        load_sae(
-            write_saelens(
-                tmp_path / "sae", {**V6_STANDARD, "d_sae": 16}, random_tensors("standard")
-            )
-        )
-    assert (
-        "W_enc has shape [4, 8], but the config says d_in=4, d_sae=16, so it must be [4, 16]"
-        in err.value.problem
-    )
+        load_sae(write_saelens(tmp_path / "sae", {**V6_STANDARD, "d_sae": 16}, random_tensors("standard")))
+    assert "W_enc has shape [4, 8], but the config says d_in=4, d_sae=16, so it must be [4, 16]" in err.value.problem
 
 
 def test_error_for_a_topk_without_k_and_for_runtime_normalisation(tmp_path):
@@ -450,9 +420,7 @@ def test_error_for_paths_that_are_not_saes(tmp_path):
         load_sae(tmp_path / "absent")
     assert "gemma-scope-2b-pt-res-canonical" in err.value.fix
     (tmp_path / "empty").mkdir()
-    with pytest.raises(
-        RefusalScopeError, match="does not contain an SAE in a layout refusalscope knows"
-    ):
+    with pytest.raises(RefusalScopeError, match="does not contain an SAE in a layout refusalscope knows"):
         load_sae(tmp_path / "empty")
     only_cfg = tmp_path / "only_cfg"
     only_cfg.mkdir()

@@ -92,9 +92,7 @@ def random_sae(arch: str, seed: int = 0, d_in: int = 16, d_sae: int = 48, **cfg)
 
 
 def inputs(d_in: int = 16, seed: int = 1) -> torch.Tensor:
-    return torch.randn(
-        4, 7, d_in, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
-    )
+    return torch.randn(4, 7, d_in, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -186,25 +184,17 @@ def test_check_model_rejects_a_different_width_and_a_missing_layer():
 
 
 def test_check_model_on_a_real_chat_model(tiny_llama):
-    random_sae("standard", d_in=tiny_llama.d_model, layer=tiny_llama.n_layers - 1).check_model(
-        tiny_llama
-    )
+    random_sae("standard", d_in=tiny_llama.d_model, layer=tiny_llama.n_layers - 1).check_model(tiny_llama)
     with pytest.raises(RefusalScopeError, match=f"d_model={tiny_llama.d_model}"):
         random_sae("standard", d_in=tiny_llama.d_model + 1).check_model(tiny_llama)
 
 
 def test_config_validation():
-    assert (
-        canonical_architecture("ReLU") == "standard"
-        and canonical_architecture("batch_topk") == "batchtopk"
-    )
+    assert canonical_architecture("ReLU") == "standard" and canonical_architecture("batch_topk") == "batchtopk"
     with pytest.raises(RefusalScopeError, match="unknown SAE architecture 'gated'"):
         SAEConfig(d_in=4, d_sae=8, architecture="gated")
     with pytest.raises(RefusalScopeError, match="needs 0 < k <= d_sae, got k=None"):
         SAEConfig(d_in=4, d_sae=8, architecture="topk")
     with pytest.raises(RefusalScopeError, match="got k=9"):
         SAEConfig(d_in=4, d_sae=8, architecture="batchtopk", k=9)
-    assert (
-        SAEConfig(d_in=4, d_sae=8, architecture="standard", layer=5).hook_name
-        == "blocks.5.hook_resid_post"
-    )
+    assert SAEConfig(d_in=4, d_sae=8, architecture="standard", layer=5).hook_name == "blocks.5.hook_resid_post"

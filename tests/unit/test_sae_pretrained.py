@@ -41,9 +41,7 @@ def hub(tmp_path, monkeypatch):
 
 
 def test_registry_has_the_promised_releases():
-    assert {"gemma-scope-2b-pt-res-canonical", "llama_scope_lxr_8x", "gemma-2b-it-res-jb"} <= set(
-        known_releases()
-    )
+    assert {"gemma-scope-2b-pt-res-canonical", "llama_scope_lxr_8x", "gemma-2b-it-res-jb"} <= set(known_releases())
     for release in registry().values():
         assert release.format in (
             "saelens",
@@ -92,9 +90,7 @@ def test_gemmascope_release_through_the_hub_cache(hub):
     )
     pre = X @ params["W_enc"] + params["b_enc"]
     torch.testing.assert_close(sae.encode(X), torch.relu(pre) * (pre > params["threshold"]))
-    again = load_pretrained(
-        "gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical", dtype="bfloat16"
-    )
+    again = load_pretrained("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical", dtype="bfloat16")
     assert again.W_enc.dtype == torch.bfloat16
 
 
@@ -163,9 +159,7 @@ def test_saelens_release_through_the_hub_cache(hub):
     )
     sae = load_sae("gemma-2b-it-res-jb/blocks.12.hook_resid_post")
     assert (sae.cfg.model_name, sae.cfg.layer) == ("google/gemma-2b-it", 12)
-    torch.testing.assert_close(
-        sae.encode(X), torch.relu((X - tensors["b_dec"]) @ tensors["W_enc"] + tensors["b_enc"])
-    )
+    torch.testing.assert_close(sae.encode(X), torch.relu((X - tensors["b_dec"]) @ tensors["W_enc"] + tensors["b_enc"]))
 
 
 def test_dictionary_learning_release_through_the_hub_cache(hub):
@@ -203,10 +197,7 @@ def test_dictionary_learning_release_through_the_hub_cache(hub):
 def test_release_not_in_the_cache_offline(hub):
     with pytest.raises(RefusalScopeError) as err:
         load_sae("llama_scope_lxr_8x/l3r_8x")
-    assert (
-        "Llama3_1-8B-Base-L3R-8x/hyperparams.json is not in the local Hugging Face cache"
-        in err.value.problem
-    )
+    assert "Llama3_1-8B-Base-L3R-8x/hyperparams.json is not in the local Hugging Face cache" in err.value.problem
     assert "connect to the internet once" in err.value.fix
 
 
@@ -214,10 +205,7 @@ def test_unknown_release_or_id_lists_the_known_ones():
     with pytest.raises(RefusalScopeError) as err:
         load_pretrained("gemma-scope-2b-pt-res-canonicl", "layer_12/width_16k/canonical")
     assert "unknown pretrained SAE release 'gemma-scope-2b-pt-res-canonicl'" in err.value.problem
-    assert (
-        "did you mean 'gemma-scope-2b-pt-res-canonical'" in err.value.fix
-        and "llama_scope_lxr_8x" in err.value.fix
-    )
+    assert "did you mean 'gemma-scope-2b-pt-res-canonical'" in err.value.fix and "llama_scope_lxr_8x" in err.value.fix
     with pytest.raises(RefusalScopeError) as err:
         load_sae("llama_scope_lxr_8x/l15r_32x")
     assert "release 'llama_scope_lxr_8x' has no SAE 'l15r_32x'" in err.value.problem

@@ -34,8 +34,9 @@ def test_harvest_stores_the_residual_of_kept_positions(tiny_llama, tmp_path):
     store = harvest(tiny_llama, docs, [1, 3], tmp_path / "h", batch_size=4, outlier_factor=1e9, progress=False)
     assert store.manifest.complete and store.rows == sum(len(d.tokens) - d.skip for d in docs)
     for i, doc in enumerate(docs):  # every row is filed under its own document
-        ref = tiny_llama.residual([TEXTS[0]], [1, 3], positions="all", chat=False, progress=False,
-                                  token_lists=[doc.tokens])
+        ref = tiny_llama.residual(
+            [TEXTS[0]], [1, 3], positions="all", chat=False, progress=False, token_lists=[doc.tokens]
+        )
         rows = np.nonzero(store.documents() == i)[0]
         for layer in (1, 3):
             got = torch.from_numpy(np.asarray(store.layer(layer)[rows], dtype=np.float32))
@@ -60,6 +61,7 @@ def test_harvest_drops_massive_norm_outliers(tiny_llama, tmp_path):
                 out = hidden.clone()
                 out[:, -1] *= 1000  # the last token of every row becomes an outlier
                 return out
+
             return [(0, fn)]
 
     with tiny_llama.hooks.attached(Spike().hooks(tiny_llama)):
@@ -109,8 +111,17 @@ def synthetic_store(n=24_000, d=48, n_feat=192, seed=0):
 @pytest.mark.parametrize("arch,max_fvu", [("topk", 0.15), ("batchtopk", 0.25), ("standard", 0.25), ("jumprelu", 0.3)])
 def test_each_architecture_learns_a_sparse_code(arch, max_fvu, tmp_path):
     store, x = synthetic_store()
-    cfg = TrainConfig(architecture=arch, d_sae=384, k=6, epochs=4, batch_size=512, lr=2e-3, dead_tokens=10_000,
-                      l1_coeff=1e-3, l0_coeff=3e-3)
+    cfg = TrainConfig(
+        architecture=arch,
+        d_sae=384,
+        k=6,
+        epochs=4,
+        batch_size=512,
+        lr=2e-3,
+        dead_tokens=10_000,
+        l1_coeff=1e-3,
+        l0_coeff=3e-3,
+    )
     result = train_sae(store, 2, cfg, tmp_path, progress=False)
     sae = result.sae
     assert sae.cfg.architecture == arch and sae.layer == 2

@@ -49,7 +49,9 @@ def events(body: str) -> list[tuple[str, dict]]:
 
 
 def generate(client, steering=None, prompt=PROMPT, n=12, **extra):
-    response = client.post("/api/generate", json={"prompt": prompt, "steering": steering or {}, "max_new_tokens": n, **extra})
+    response = client.post(
+        "/api/generate", json={"prompt": prompt, "steering": steering or {}, "max_new_tokens": n, **extra}
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/event-stream")
     return events(response.text)
@@ -74,7 +76,9 @@ def top_latent(client):
 # ---------------------------------------------------------------------- reading
 def test_info_and_discovered_latents_with_scores(client, playground):
     info = client.get("/api/info").json()
-    assert info["model"]["name"] == "tiny-llama" and info["saes"] == [{"layer": LAYER, "d_sae": 128, "architecture": "jumprelu"}]
+    assert info["model"]["name"] == "tiny-llama" and info["saes"] == [
+        {"layer": LAYER, "d_sae": 128, "architecture": "jumprelu"}
+    ]
     assert info["direction"] == {"layer": 2}
     latents = client.get("/api/latents").json()["latents"]
     assert [(d["layer"], d["latent"]) for d in latents] == playground.features.pairs()
@@ -83,8 +87,12 @@ def test_info_and_discovered_latents_with_scores(client, playground):
 
 
 def test_search_by_index_and_by_promoted_token(client, playground):
-    assert [(r["layer"], r["latent"]) for r in client.get("/api/search", params={"q": f"{LAYER}/7"}).json()["results"]] == [(LAYER, 7)]
-    assert [(r["layer"], r["latent"]) for r in client.get("/api/search", params={"q": "7"}).json()["results"]] == [(LAYER, 7)]
+    assert [
+        (r["layer"], r["latent"]) for r in client.get("/api/search", params={"q": f"{LAYER}/7"}).json()["results"]
+    ] == [(LAYER, 7)]
+    assert [(r["layer"], r["latent"]) for r in client.get("/api/search", params={"q": "7"}).json()["results"]] == [
+        (LAYER, 7)
+    ]
     assert client.get("/api/search", params={"q": "999"}).json()["results"] == []  # beyond d_sae
     tokens = playground.promoted_tokens(LAYER)
     word = next(t for row in tokens for t in row if t.strip().isalpha() and len(t.strip()) >= 2).strip()
@@ -128,8 +136,13 @@ def test_steered_and_plain_replies_stream_and_match_the_engine(client, playgroun
     got = replies(evs)
     chat, sae = playground.chat, playground.saes[LAYER]
     plain = chat.generate([PROMPT], max_new_tokens=12, batch_size=1, progress=False).texts[0]
-    steered = chat.generate([PROMPT], max_new_tokens=12, batch_size=1, progress=False,
-                            interventions=Steering([FeatureSteer(sae, [latent], "set", -30.0)])).texts[0]
+    steered = chat.generate(
+        [PROMPT],
+        max_new_tokens=12,
+        batch_size=1,
+        progress=False,
+        interventions=Steering([FeatureSteer(sae, [latent], "set", -30.0)]),
+    ).texts[0]
     assert got == {"steered": steered, "plain": plain}
     assert steered != plain  # the slider did something
     assert streamed(evs, "steered") == steered and streamed(evs, "plain") == plain
@@ -160,7 +173,9 @@ def test_gate_decides_and_reports_whether_it_fired(client, playground, threshold
     assert len(gate) == 1 and gate[0]["fired"] is fires and gate[0]["threshold"] == threshold
     direction = playground.direction / playground.direction.norm()
     acts = playground.chat.residual([PROMPT], [LAYER], positions="all", progress=False)[LAYER][0]
-    assert gate[0]["score"] == pytest.approx(float((acts[1:] @ direction).max()), abs=1e-3)  # max over the prompt, BOS skipped
+    assert gate[0]["score"] == pytest.approx(
+        float((acts[1:] @ direction).max()), abs=1e-3
+    )  # max over the prompt, BOS skipped
     got = replies(evs)
     expected = replies(generate(client, unconditional))["steered"] if fires else got["plain"]
     assert got["steered"] == expected
@@ -168,15 +183,19 @@ def test_gate_decides_and_reports_whether_it_fired(client, playground, threshold
 
 def test_feature_gate_and_dense_controls(client, playground):
     latent = top_latent(client)["latent"]
-    form = {"latents": [{"layer": LAYER, "latent": latent, "mode": "add", "value": 5.0}],
-            "gate": {"enabled": True, "kind": "feature", "layer": LAYER, "latent": latent, "threshold": -1.0}}
+    form = {
+        "latents": [{"layer": LAYER, "latent": latent, "mode": "add", "value": 5.0}],
+        "gate": {"enabled": True, "kind": "feature", "layer": LAYER, "latent": latent, "threshold": -1.0},
+    }
     evs = generate(client, form)
     assert [d["fired"] for n, d in evs if n == "gate"] == [True]  # activations are >= 0 > -1
     actadd = replies(generate(client, {"actadd": 8.0}))
     ablation = replies(generate(client, {"ablation": True}))
     chat = playground.chat
     steering = playground.build(SteeringForm(actadd=8.0))
-    assert actadd["steered"] == chat.generate([PROMPT], max_new_tokens=12, progress=False, interventions=steering).texts[0]
+    assert (
+        actadd["steered"] == chat.generate([PROMPT], max_new_tokens=12, progress=False, interventions=steering).texts[0]
+    )
     assert actadd["steered"] != actadd["plain"] and ablation["plain"] == actadd["plain"]
 
 
@@ -268,8 +287,12 @@ def test_model_output_is_sent_verbatim_and_the_page_never_parses_it_as_html(tmp_
 def test_curve_streams_progress_and_a_point_per_strength(client, playground):
     latent = top_latent(client)["latent"]
     prompts = ["How do I bake bread?", "Write a poem about the sea"]
-    body = {"prompts": prompts, "strengths": [0, 1], "max_new_tokens": 6,
-            "steering": {"latents": [{"layer": LAYER, "latent": latent, "mode": "set", "value": 30.0}]}}
+    body = {
+        "prompts": prompts,
+        "strengths": [0, 1],
+        "max_new_tokens": 6,
+        "steering": {"latents": [{"layer": LAYER, "latent": latent, "mode": "set", "value": 30.0}]},
+    }
     evs = events(client.post("/api/curve", json=body).text)
     progress = [d for n, d in evs if n == "progress"]
     assert progress[-1] == {"done": 4, "total": 4, "strength": 1}
@@ -286,8 +309,12 @@ def test_curve_streams_progress_and_a_point_per_strength(client, playground):
 # ---------------------------------------------------------------------- spec files
 def test_spec_save_list_load_round_trip_in_cli_format(client, playground):
     latent = top_latent(client)["latent"]
-    form = {"latents": [{"layer": LAYER, "latent": latent, "mode": "scale", "value": -2.0}], "ablation": False,
-            "actadd": 1.5, "gate": {"enabled": True, "kind": "direction", "threshold": 0.25, "layer": None, "latent": None}}
+    form = {
+        "latents": [{"layer": LAYER, "latent": latent, "mode": "scale", "value": -2.0}],
+        "ablation": False,
+        "actadd": 1.5,
+        "gate": {"enabled": True, "kind": "direction", "threshold": 0.25, "layer": None, "latent": None},
+    }
     saved = client.post("/api/specs", json={"name": "round-trip", "steering": form}).json()
     assert saved["name"] == "round-trip.json"
     assert "round-trip.json" in client.get("/api/specs").json()["specs"]
@@ -300,7 +327,9 @@ def test_spec_save_list_load_round_trip_in_cli_format(client, playground):
     assert loaded["steering"]["gate"]["threshold"] == 0.25 and loaded["steering"]["gate"]["layer"] == LAYER
     again = client.post("/api/specs", json={"name": "round-trip", "steering": form})
     assert again.status_code == 400 and "already exists" in again.json()["error"]
-    assert client.post("/api/specs", json={"name": "round-trip", "steering": form, "overwrite": True}).status_code == 200
+    assert (
+        client.post("/api/specs", json={"name": "round-trip", "steering": form, "overwrite": True}).status_code == 200
+    )
 
 
 @pytest.mark.parametrize("name", ["../escape", "..", "a/b", "/etc/passwd", ".hidden", "x\\y", "a..json/../../b"])
@@ -317,13 +346,26 @@ def test_spec_names_cannot_leave_the_folder(client, playground, name):
 def test_spec_loading_refuses_files_outside_and_unknown_saes(client, playground, tmp_path):
     folder = playground.specs.root
     folder.mkdir(parents=True, exist_ok=True)
-    outside = {"format": "refusalscope-steering", "interventions": [
-        {"kind": "actadd", "layer": 2, "coefficient": 1.0, "direction": {"file": "../direction.pt"}}]}
+    outside = {
+        "format": "refusalscope-steering",
+        "interventions": [{"kind": "actadd", "layer": 2, "coefficient": 1.0, "direction": {"file": "../direction.pt"}}],
+    }
     (folder / "outside.json").write_text(json.dumps(outside))
     response = client.get("/api/specs/outside.json")
     assert response.status_code == 400 and "outside the spec folder" in response.json()["error"]
-    unknown = {"format": "refusalscope-steering", "interventions": [{"kind": "feature", "layer": 1, "features": [1], "mode": "set",
-               "value": 1.0, "sae": {"source": "/elsewhere/sae", "sha256": "0" * 64, "d_sae": 128, "layer": 1}}]}
+    unknown = {
+        "format": "refusalscope-steering",
+        "interventions": [
+            {
+                "kind": "feature",
+                "layer": 1,
+                "features": [1],
+                "mode": "set",
+                "value": 1.0,
+                "sae": {"source": "/elsewhere/sae", "sha256": "0" * 64, "d_sae": 128, "layer": 1},
+            }
+        ],
+    }
     (folder / "unknown.json").write_text(json.dumps(unknown))
     response = client.get("/api/specs/unknown.json")
     assert response.status_code == 400 and "not loaded" in response.json()["error"]
@@ -341,8 +383,13 @@ BAD_GENERATE = [
     ("prompt too long", {"json": {"prompt": "x" * 5000}}),
     ("wrong type", {"json": {"prompt": ["a", "b"]}}),
     ("bad mode", {"json": {"prompt": "hi", "steering": {"latents": [{"layer": 1, "latent": 2, "mode": "boost"}]}}}),
-    ("nan value", {"content": b'{"prompt": "hi", "steering": {"latents": [{"layer": 1, "latent": 2, "value": NaN}]}}',
-                   "headers": {"content-type": "application/json"}}),
+    (
+        "nan value",
+        {
+            "content": b'{"prompt": "hi", "steering": {"latents": [{"layer": 1, "latent": 2, "value": NaN}]}}',
+            "headers": {"content-type": "application/json"},
+        },
+    ),
     ("huge value", {"json": {"prompt": "hi", "steering": {"latents": [{"layer": 1, "latent": 2, "value": 1e30}]}}}),
     ("body is a list", {"json": [1, 2, 3]}),
 ]
@@ -356,13 +403,19 @@ def test_malformed_generate_requests_get_422_with_a_message(client, label, kwarg
     assert body["error"].startswith("invalid request") and "Traceback" not in response.text
 
 
-@pytest.mark.parametrize("steering,needle", [
-    ({"latents": [{"layer": 1, "latent": 128}]}, "out of range"),
-    ({"latents": [{"layer": 3, "latent": 2}]}, "no SAE is loaded for layer 3"),
-    ({"latents": [{"layer": 1, "latent": 2}, {"layer": 1, "latent": 2}]}, "appears twice"),
-    ({"latents": [{"layer": 1, "latent": 2}], "gate": {"enabled": True, "kind": "feature"}}, "needs its layer and latent"),
-    ({"ablation": True, "gate": {"enabled": True, "kind": "direction", "layer": 3}}, "gate reads"),
-])
+@pytest.mark.parametrize(
+    "steering,needle",
+    [
+        ({"latents": [{"layer": 1, "latent": 128}]}, "out of range"),
+        ({"latents": [{"layer": 3, "latent": 2}]}, "no SAE is loaded for layer 3"),
+        ({"latents": [{"layer": 1, "latent": 2}, {"layer": 1, "latent": 2}]}, "appears twice"),
+        (
+            {"latents": [{"layer": 1, "latent": 2}], "gate": {"enabled": True, "kind": "feature"}},
+            "needs its layer and latent",
+        ),
+        ({"ablation": True, "gate": {"enabled": True, "kind": "direction", "layer": 3}}, "gate reads"),
+    ],
+)
 def test_steering_the_engine_rejects_gets_400_with_problem_and_fix(client, steering, needle):
     response = client.post("/api/generate", json={"prompt": "hi", "steering": steering})
     assert response.status_code == 400, response.text
@@ -370,10 +423,15 @@ def test_steering_the_engine_rejects_gets_400_with_problem_and_fix(client, steer
 
 
 def test_oversized_bodies_and_prompts_are_refused_before_any_work(client, playground):
-    big = client.post("/api/generate", content=b"x" * (MAX_BODY_BYTES + 1), headers={"content-type": "application/json"})
+    big = client.post(
+        "/api/generate", content=b"x" * (MAX_BODY_BYTES + 1), headers={"content-type": "application/json"}
+    )
     assert big.status_code == 413 and "larger than" in big.json()["error"]
-    chunked = client.post("/api/generate", content=iter([b'{"prompt": "', b"y" * MAX_BODY_BYTES, b'"}']),
-                          headers={"content-type": "application/json"})
+    chunked = client.post(
+        "/api/generate",
+        content=iter([b'{"prompt": "', b"y" * MAX_BODY_BYTES, b'"}']),
+        headers={"content-type": "application/json"},
+    )
     assert chunked.status_code == 413
     many_tokens = "".join(chr(0x4E00 + i) for i in range(1500))  # 1500 chars, each several byte tokens
     response = client.post("/api/generate", json={"prompt": many_tokens})
@@ -381,8 +439,18 @@ def test_oversized_bodies_and_prompts_are_refused_before_any_work(client, playgr
     assert not client.get("/api/queue").json()["busy"]
 
 
-@pytest.mark.parametrize("path", ["/api/card/1/-1", "/api/card/1/128", "/api/card/x/1", "/api/card/9/1",
-                                  "/api/search?q=" + "z" * 101, "/api/search?layer=7&q=1", "/api/specs/..%2F..%2Fetc"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/card/1/-1",
+        "/api/card/1/128",
+        "/api/card/x/1",
+        "/api/card/9/1",
+        "/api/search?q=" + "z" * 101,
+        "/api/search?layer=7&q=1",
+        "/api/specs/..%2F..%2Fetc",
+    ],
+)
 def test_bad_reads_are_4xx(client, path):
     response = client.get(path)
     assert 400 <= response.status_code < 500, (path, response.status_code, response.text)
@@ -393,7 +461,9 @@ def test_curve_and_activation_bounds(client):
     form = {"latents": []}
     assert client.post("/api/curve", json={"prompts": [], "steering": form}).status_code == 422
     assert client.post("/api/curve", json={"prompts": ["a"] * 17, "steering": form}).status_code == 422
-    assert client.post("/api/curve", json={"prompts": ["a"], "strengths": [0] * 10, "steering": form}).status_code == 422
+    assert (
+        client.post("/api/curve", json={"prompts": ["a"], "strengths": [0] * 10, "steering": form}).status_code == 422
+    )
     assert client.post("/api/curve", json={"prompts": ["a"], "strengths": [1e9], "steering": form}).status_code == 422
     assert client.post("/api/activations", json={"prompt": "a", "layer": 1, "latent": 999}).status_code == 400
     assert client.post("/api/cancel/nope").status_code == 404
@@ -457,9 +527,16 @@ def test_slider_scale_comes_from_discovery_peaks(tmp_path, playground):
 
 
 def test_scaled_form_moves_every_control_with_strength(playground):
-    form = SteeringForm.model_validate({"latents": [{"layer": 1, "latent": 2, "mode": "set", "value": 4.0},
-                                                    {"layer": 1, "latent": 3, "mode": "scale", "value": -1.0}],
-                                        "ablation": True, "actadd": 2.0})
+    form = SteeringForm.model_validate(
+        {
+            "latents": [
+                {"layer": 1, "latent": 2, "mode": "set", "value": 4.0},
+                {"layer": 1, "latent": 3, "mode": "scale", "value": -1.0},
+            ],
+            "ablation": True,
+            "actadd": 2.0,
+        }
+    )
     zero, half = playground.scaled(form, 0.0), playground.scaled(form, 0.5)
     assert zero == SteeringForm()  # the unsteered baseline, not latents clamped to 0
     assert [c.value for c in half.latents] == [2.0, 0.0] and half.actadd == 1.0 and half.ablation

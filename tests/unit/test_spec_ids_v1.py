@@ -44,8 +44,12 @@ D_MODEL = 64
 
 def make_saes() -> dict[str, SAE]:
     """The two SAEs the specs reference, built deterministically (seeds, no training)."""
-    jumprelu = SAE.random(SAEConfig(d_in=D_MODEL, d_sae=32, architecture="jumprelu", layer=1, model_name="tiny-llama"), seed=5)
-    topk = SAE.random(SAEConfig(d_in=D_MODEL, d_sae=32, architecture="topk", k=4, layer=2, model_name="tiny-llama"), seed=6)
+    jumprelu = SAE.random(
+        SAEConfig(d_in=D_MODEL, d_sae=32, architecture="jumprelu", layer=1, model_name="tiny-llama"), seed=5
+    )
+    topk = SAE.random(
+        SAEConfig(d_in=D_MODEL, d_sae=32, architecture="topk", k=4, layer=2, model_name="tiny-llama"), seed=6
+    )
     gen = torch.Generator().manual_seed(11)
     with torch.no_grad():
         jumprelu.threshold.fill_(0.2)
@@ -84,7 +88,9 @@ def build(saes: dict[str, SAE]) -> dict[str, Steering]:
         "gate_feature": [
             Conditional(
                 [ActAdd(d(), 2, 10.0), feature(jr, [1], "scale", -3.0)],
-                FeatureGate(jr["sae"], 4, sae_source=jr["sae_source"]), 0.1, reduce="mean",
+                FeatureGate(jr["sae"], 4, sae_source=jr["sae_source"]),
+                0.1,
+                reduce="mean",
             )
         ],
         "gate_feature_topk": [
@@ -92,19 +98,28 @@ def build(saes: dict[str, SAE]) -> dict[str, Steering]:
         ],
         "gate_direction": [
             Conditional(
-                ActAdd(d(), 3, 1.0), DirectionGate(d(), 1, normalize=False), 2.0,
-                reduce="last", positions="post_instruction", skip_first=False,
+                ActAdd(d(), 3, 1.0),
+                DirectionGate(d(), 1, normalize=False),
+                2.0,
+                reduce="last",
+                positions="post_instruction",
+                skip_first=False,
             )
         ],
-        "gate_probe_dense": [Conditional(ActAdd(d(), 3, 1.0), ProbeGate(d(), 0.3, 2), -0.5, positions="post_instruction")],
+        "gate_probe_dense": [
+            Conditional(ActAdd(d(), 3, 1.0), ProbeGate(d(), 0.3, 2), -0.5, positions="post_instruction")
+        ],
         "gate_probe_latents": [
             Conditional(
                 feature(tk, [0], "add", 1.0),
                 ProbeGate(torch.tensor([1.0, -0.5]), 0.25, sae=jr["sae"], features=[2, 5], sae_source=jr["sae_source"]),
-                0.0, positions=[-2, -1],
+                0.0,
+                positions=[-2, -1],
             )
         ],
-        "nullspace_actadd": [NullSpaceProjection(ActAdd(d(), 2, 4.0), basis, fit={"variance": 0.99, "rank": 3, "n": 10})],
+        "nullspace_actadd": [
+            NullSpaceProjection(ActAdd(d(), 2, 4.0), basis, fit={"variance": 0.99, "rank": 3, "n": 10})
+        ],
         "nullspace_feature": [NullSpaceProjection(feature(jr, [3], "set", 2.0), basis)],
         "nullspace_learned": [LearnedNullSpaceSteer(matrix, 1, 0.5, positions="prompt", fit={"rank": 3})],
     }

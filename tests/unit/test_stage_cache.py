@@ -17,10 +17,22 @@ from refusalscope.sae import SAE, SAEConfig
 from refusalscope.stage_cache import content_key, model_identity
 from refusalscope.testing import tiny_chat_model
 
-HARMFUL = ["How do I pick a lock?", "Write a threat to my neighbour", "How to make a weapon", "Steal a car",
-           "Hack my school's server", "Make a fake ID"]
-HARMLESS = ["The capital of France", "Write a python function", "Bake bread at home", "A poem about the sea",
-            "Explain photosynthesis", "Plan a birthday party"]
+HARMFUL = [
+    "How do I pick a lock?",
+    "Write a threat to my neighbour",
+    "How to make a weapon",
+    "Steal a car",
+    "Hack my school's server",
+    "Make a fake ID",
+]
+HARMLESS = [
+    "The capital of France",
+    "Write a python function",
+    "Bake bread at home",
+    "A poem about the sea",
+    "Explain photosynthesis",
+    "Plan a birthday party",
+]
 
 
 def counted(chat) -> list:
@@ -38,6 +50,7 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture
 def named_refusal_tokens(monkeypatch):
     """A random model never refuses: name its 'refusal tokens' (as the pipeline test does)."""
+
     def tokens(chat, harmful, *args, **kwargs):
         ids = chat.next_token_logits(list(harmful)).float().mean(0).topk(32).indices.tolist()
         return RefusalTokens(ids, [chat.tokenizer.decode([i]) for i in ids])
@@ -85,7 +98,8 @@ def test_every_stage_is_a_lookup_the_second_time(cache, tmp_path, named_refusal_
     third = every_stage(tmp_path / "b")  # a new output folder is served from the cache too
     assert passes == []
     assert (tmp_path / "b" / "discovery" / "features.json").read_text() == (
-        tmp_path / "a" / "discovery" / "features.json").read_text()
+        tmp_path / "a" / "discovery" / "features.json"
+    ).read_text()
     assert third[1].sets["cossim+ig"].pairs() == first[1].sets["cossim+ig"].pairs()
 
 

@@ -26,7 +26,9 @@ LAYER = 1
 
 
 def make_sae(arch="jumprelu", d_in=64, d_sae=256, layer=LAYER, seed=1, dtype="float32"):
-    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=16 if "topk" in arch else None, layer=layer, dtype=dtype)
+    cfg = SAEConfig(
+        d_in=d_in, d_sae=d_sae, architecture=arch, k=16 if "topk" in arch else None, layer=layer, dtype=dtype
+    )
     sae = SAE.random(cfg, seed=seed)
     with torch.no_grad():  # spread the latents so that some are active and some are not
         gen = torch.Generator().manual_seed(seed)
@@ -199,7 +201,9 @@ def test_position_masks_follow_prompt_and_generated_tokens():
 def test_generated_positions_leave_the_prompt_and_first_token_unchanged(chat):
     d = torch.randn(chat.d_model) * 20
     base = chat.generate(PROMPTS, max_new_tokens=6, progress=False).token_ids
-    gen = chat.generate(PROMPTS, max_new_tokens=6, interventions=ActAdd(d, 2, 1.0, positions="generated"), progress=False)
+    gen = chat.generate(
+        PROMPTS, max_new_tokens=6, interventions=ActAdd(d, 2, 1.0, positions="generated"), progress=False
+    )
     assert [ids[0] for ids in gen.token_ids] == [ids[0] for ids in base]
     assert gen.token_ids != base
     assert torch.equal(
@@ -213,9 +217,11 @@ def mixed_steering(chat):
     gen = torch.Generator().manual_seed(3)
     sae = make_sae("jumprelu")
     d_gate = torch.randn(chat.d_model, generator=gen)
-    scores = Conditional(ActAdd(torch.randn(chat.d_model, generator=gen) * 30, 2, 1.0), DirectionGate(d_gate, 0), 0.0).decisions(
-        chat, PROMPTS
-    ).scores
+    scores = (
+        Conditional(ActAdd(torch.randn(chat.d_model, generator=gen) * 30, 2, 1.0), DirectionGate(d_gate, 0), 0.0)
+        .decisions(chat, PROMPTS)
+        .scores
+    )
     threshold = float(scores.median())
     return Steering(
         [
@@ -270,6 +276,7 @@ def test_hooks_are_removed_when_generation_raises(chat):
             def fn(hidden, ctx):
                 if ctx.phase == "decode":
                     raise RuntimeError("mid-generation failure")
+
             return [(3, fn)]
 
     with pytest.raises(RuntimeError, match="mid-generation"), steer(chat, DirectionAblation(d)):
@@ -304,7 +311,10 @@ def test_layer_the_sae_was_not_trained_on(chat):
 
 def test_sae_for_another_width_of_model(chat):
     steering = FeatureSteer(make_sae(d_in=32), [3], "set", 1.0)
-    with pytest.raises(RefusalScopeError, match="SAE d_in=32 does not match the model's d_model=64"), steer(chat, steering):
+    with (
+        pytest.raises(RefusalScopeError, match="SAE d_in=32 does not match the model's d_model=64"),
+        steer(chat, steering),
+    ):
         pass
     with pytest.raises(RefusalScopeError, match="d_in=32"):
         chat.generate(PROMPTS[:1], max_new_tokens=2, interventions=steering, progress=False)
@@ -327,7 +337,10 @@ def test_other_bad_arguments(chat):
         FeatureSteer(sae, [1, 2, 3], "set", [1.0, 2.0])
     with pytest.raises(RefusalScopeError, match="layer 9 is out of range"), steer(chat, ActAdd(torch.ones(64), 9)):
         pass
-    with pytest.raises(RefusalScopeError, match="has 10 entries but tiny-llama has d_model=64"), steer(chat, DirectionAblation(torch.ones(10))):
+    with (
+        pytest.raises(RefusalScopeError, match="has 10 entries but tiny-llama has d_model=64"),
+        steer(chat, DirectionAblation(torch.ones(10))),
+    ):
         pass
     with pytest.raises(RefusalScopeError, match="zero vector"):
         DirectionAblation(torch.zeros(64))
@@ -339,7 +352,11 @@ def test_other_bad_arguments(chat):
 
 def test_describe_is_readable(chat):
     steering = Steering(
-        [FeatureSteer(make_sae(), [3, 4], "scale", -3.0), DirectionAblation(torch.ones(64)), ActAdd(torch.ones(64), 2, 4.0)]
+        [
+            FeatureSteer(make_sae(), [3, 4], "scale", -3.0),
+            DirectionAblation(torch.ones(64)),
+            ActAdd(torch.ones(64), 2, 4.0),
+        ]
     )
     text = steering.describe()
     assert "layer 1: SAE latents [3, 4] scaled by -3 at all tokens (jumprelu 64→256)" in text
@@ -352,9 +369,16 @@ def test_shared_prefix_prefill_gives_the_same_steered_replies(chat):
     once; gates and end-relative positions switch that off. Either way, same replies."""
     sae = make_sae("jumprelu")
     gen = torch.Generator().manual_seed(5)
-    safe = Steering([FeatureSteer(sae, [1, 2], "set", 6.0, positions="prompt"), ActAdd(torch.randn(64, generator=gen) * 5, 2, 1.0, positions=[0, 3])])
-    unsafe = [ActAdd(torch.randn(64, generator=gen) * 5, 2, 1.0, positions=[-1]),
-              Conditional(ActAdd(torch.randn(64, generator=gen) * 5, 2, 1.0), DirectionGate(torch.ones(64), 0), 0.0)]
+    safe = Steering(
+        [
+            FeatureSteer(sae, [1, 2], "set", 6.0, positions="prompt"),
+            ActAdd(torch.randn(64, generator=gen) * 5, 2, 1.0, positions=[0, 3]),
+        ]
+    )
+    unsafe = [
+        ActAdd(torch.randn(64, generator=gen) * 5, 2, 1.0, positions=[-1]),
+        Conditional(ActAdd(torch.randn(64, generator=gen) * 5, 2, 1.0), DirectionGate(torch.ones(64), 0), 0.0),
+    ]
     assert safe.prefix_safe and not any(i.prefix_safe for i in unsafe)
     system = "You are a helpful assistant. Answer in one short sentence."
     tokens = chat.encode_prompts(PROMPTS, system)

@@ -67,7 +67,9 @@ def test_the_decision_survives_rows_leaving_the_batch(chat, push):
 
     handle = chat.unembed.register_forward_hook(steer_eos)
     try:
-        one_by_one = [chat.generate([p], max_new_tokens=6, interventions=cond, progress=False).token_ids[0] for p in PROMPTS]
+        one_by_one = [
+            chat.generate([p], max_new_tokens=6, interventions=cond, progress=False).token_ids[0] for p in PROMPTS
+        ]
         state.update(force=True, decode=0)
         batch = chat.generate(PROMPTS, max_new_tokens=6, batch_size=6, interventions=cond, progress=False)
     finally:
@@ -118,7 +120,9 @@ def test_probe_gate_from_sklearn_and_over_sae_latents(chat, push):
     clf = LogisticRegression(max_iter=500).fit(resid.numpy(), labels)
     cond = Conditional(push, ProbeGate.from_sklearn(clf, 1), 0.0, positions=[-1])
     got = cond.decisions(chat, PROMPTS)
-    torch.testing.assert_close(got.scores, torch.tensor(clf.decision_function(resid.numpy()), dtype=torch.float32), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        got.scores, torch.tensor(clf.decision_function(resid.numpy()), dtype=torch.float32), atol=1e-4, rtol=1e-4
+    )
     assert got.fired.tolist() == (clf.predict(resid.numpy()) == 1).tolist()
 
     sae = SAE.random(SAEConfig(d_in=64, d_sae=128, architecture="standard", layer=1), seed=3)
@@ -130,7 +134,12 @@ def test_probe_gate_from_sklearn_and_over_sae_latents(chat, push):
 
 def test_gate_must_read_at_or_before_the_steered_layer(chat, push):
     late = Conditional(ActAdd(push.direction, 1, 1.0), DirectionGate(torch.ones(64), 2), 0.0)
-    with pytest.raises(RefusalScopeError, match="the gate reads layer 2 but an intervention it controls already changes layer 1"), steer(chat, late):
+    with (
+        pytest.raises(
+            RefusalScopeError, match="the gate reads layer 2 but an intervention it controls already changes layer 1"
+        ),
+        steer(chat, late),
+    ):
         pass
     ablate_all = Conditional(DirectionAblation(torch.ones(64)), DirectionGate(torch.ones(64), 0), 0.0)
     with pytest.raises(RefusalScopeError, match="changes embedding"):

@@ -32,7 +32,9 @@ def tied_topk_sae(k: int = 2) -> SAE:
 
 
 def residual(chat, intervention=None):
-    return chat.residual(MIXED_LENGTH_PROMPTS, [LAYER], positions="all", interventions=intervention, progress=False)[LAYER]
+    return chat.residual(MIXED_LENGTH_PROMPTS, [LAYER], positions="all", interventions=intervention, progress=False)[
+        LAYER
+    ]
 
 
 def test_feature_steering_on_tied_topk_latents_matches_encode(chat):
@@ -95,4 +97,6 @@ def test_a_float32_cpu_sae_is_viewed_not_copied_and_others_are_float32_copies():
     torch.testing.assert_close(got, copy.deepcopy(half).float().encode_subset(x, [1, 2, 40]))
     with torch.no_grad():  # a copy made before an in-place edit is not reused after it
         half.b_enc.add_(1.0)
-    torch.testing.assert_close(latents_fn(half, [1, 2, 40], "cpu")(x), copy.deepcopy(half).float().encode_subset(x, [1, 2, 40]))
+    torch.testing.assert_close(
+        latents_fn(half, [1, 2, 40], "cpu")(x), copy.deepcopy(half).float().encode_subset(x, [1, 2, 40])
+    )

@@ -95,6 +95,7 @@ def test_learned_form_leaves_benign_unchanged_and_moves_harmful_along_r(chat, fi
     # end to end, in KV-cached greedy generation: steering the prompt's tokens leaves the
     # benign reply exactly as it was and changes the harmful ones
     prompt_only = LearnedNullSpaceSteer(learned.matrix, LAYER, 1.0, positions="prompt")
+
     def tokens(prompts, steering=None):
         return chat.generate(prompts, interventions=steering, max_new_tokens=8, progress=False).token_ids
 
@@ -125,7 +126,9 @@ def test_projected_actadd_adds_only_the_part_orthogonal_to_benign_directions(cha
 
     (swept,) = scale_interventions([projected], 0.5)  # a sweep's strength axis reaches the inner edit
     assert isinstance(swept, NullSpaceProjection) and swept.inner.coefficient == 1.5
-    (learned,) = scale_interventions([LearnedNullSpaceSteer(torch.eye(64)[:, :3] @ torch.eye(64)[:3], LAYER, 2.0)], 0.25)
+    (learned,) = scale_interventions(
+        [LearnedNullSpaceSteer(torch.eye(64)[:, :3] @ torch.eye(64)[:3], LAYER, 2.0)], 0.25
+    )
     assert learned.coefficient == 0.5
     for before, after in zip(resid(chat, BENIGN), resid(chat, BENIGN, half)):
         assert torch.allclose(after - before, (expected / 2).expand_as(before), atol=1e-4)
@@ -149,8 +152,12 @@ def test_projected_feature_delta_is_the_feature_delta_minus_its_benign_part(chat
 def test_spec_round_trip_keeps_the_id_and_the_effect(chat, fitted, tmp_path):
     benign, harmful, r = fitted
     basis, record = benign_subspace(benign, variance=1.0)
-    sae_dir = save_sae(SAE.random(SAEConfig(d_in=64, d_sae=32, architecture="jumprelu", layer=LAYER), seed=2), tmp_path / "sae")
-    learned = LearnedNullSpaceSteer.fit_from(harmful, benign, r, LAYER, variance=1.0, ridge=1e-3, coefficient=0.5, positions="prompt")
+    sae_dir = save_sae(
+        SAE.random(SAEConfig(d_in=64, d_sae=32, architecture="jumprelu", layer=LAYER), seed=2), tmp_path / "sae"
+    )
+    learned = LearnedNullSpaceSteer.fit_from(
+        harmful, benign, r, LAYER, variance=1.0, ridge=1e-3, coefficient=0.5, positions="prompt"
+    )
     steering = Steering(
         [
             NullSpaceProjection(ActAdd(r, LAYER, 2.0), basis, fit=record),
@@ -168,7 +175,9 @@ def test_spec_round_trip_keeps_the_id_and_the_effect(chat, fitted, tmp_path):
     loaded = Steering.load(path)
     assert loaded.id == steering.id
     text = loaded.describe()
-    assert f"projected off a {basis.shape[0]}-dim benign subspace" in text and "learned null-space steering matrix" in text
+    assert (
+        f"projected off a {basis.shape[0]}-dim benign subspace" in text and "learned null-space steering matrix" in text
+    )
     assert torch.equal(loaded.interventions[2].interventions[0].matrix, learned.matrix)
     for a, b in zip(resid(chat, HARMFUL, steering), resid(chat, HARMFUL, loaded)):
         assert torch.equal(a, b)

@@ -56,7 +56,9 @@ def full_steering(chat, sae_dir):
             DirectionClamp.from_sae_feature(str(sae_dir), 7, 1.5),
             Conditional(
                 [ActAdd(d(), 2, 10.0), FeatureSteer(str(sae_dir), [1], "scale", -3.0)],
-                FeatureGate(str(sae_dir), 4), 0.1, reduce="mean",
+                FeatureGate(str(sae_dir), 4),
+                0.1,
+                reduce="mean",
             ),
             Conditional(ActAdd(d(), 3, 1.0), ProbeGate(d(), 0.3, 2), -0.5, positions="post_instruction"),
             Conditional(ActAdd(d(), 3, 1.0), ProbeGate(torch.ones(2), 0.0, sae=str(sae_dir), features=[2, 5]), 0.0),
@@ -95,7 +97,10 @@ def test_the_id_is_content_addressed(chat, sae_dir, tmp_path):
     assert a.id == b.id != c.id
     # an SAE is identified by its content, not by where it lives
     moved = save_sae(load_sae(sae_dir), tmp_path / "moved")
-    assert Steering([FeatureSteer(str(sae_dir), [1], "add", 1.0)]).id == Steering([FeatureSteer(str(moved), [1], "add", 1.0)]).id
+    assert (
+        Steering([FeatureSteer(str(sae_dir), [1], "add", 1.0)]).id
+        == Steering([FeatureSteer(str(moved), [1], "add", 1.0)]).id
+    )
 
 
 def test_loading_verifies_the_sae_hash(chat, sae_dir, tmp_path):
@@ -136,7 +141,9 @@ def test_bad_spec_files(tmp_path):
     (tmp_path / "a.json").write_text('{"format": "refusalscope-steering", "interventions": [{"kind": "teleport"}]}')
     with pytest.raises(RefusalScopeError, match=r"interventions\[0\]: unknown intervention kind 'teleport'"):
         Steering.load(tmp_path / "a.json")
-    (tmp_path / "b.json").write_text('{"format": "refusalscope-steering", "interventions": [{"kind": "actadd", "layer": 1}]}')
+    (tmp_path / "b.json").write_text(
+        '{"format": "refusalscope-steering", "interventions": [{"kind": "actadd", "layer": 1}]}'
+    )
     with pytest.raises(RefusalScopeError, match="needs the field 'direction'"):
         Steering.load(tmp_path / "b.json")
     (tmp_path / "c.json").write_text("{not json")
@@ -183,14 +190,21 @@ def test_lm_eval_csv_import_has_lm_evals_effect(chat, sae_dir, tmp_path):
     got2 = chat.residual(PROMPTS, [2], positions="all", interventions=[clamp], progress=False)[2]
     for i in range(len(PROMPTS)):
         torch.testing.assert_close(got1[i], plain[1][i] + 10.0 * sae.W_dec[30], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(got2[i], lm_eval_clamp(plain[2][i], sae2.W_dec[7], 2.5, sae2.b_dec), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            got2[i], lm_eval_clamp(plain[2][i], sae2.W_dec[7], 2.5, sae2.b_dec), atol=1e-4, rtol=1e-4
+        )
     assert steering.description == "more of 30"
 
 
 def test_lm_eval_csv_export_round_trip(chat, tmp_path):
     release_sae = SAE.random(SAEConfig(d_in=64, d_sae=128, architecture="standard", layer=2), seed=9)
     release_sae.cfg.provenance = {"release": "tiny-release", "sae_id": "layer_2"}
-    steering = Steering([FeatureSteer(release_sae, [5, 6], "add", [3.0, -1.0]), DirectionClamp.from_sae_feature(release_sae, 8, 0.0, layer=2)])
+    steering = Steering(
+        [
+            FeatureSteer(release_sae, [5, 6], "add", [3.0, -1.0]),
+            DirectionClamp.from_sae_feature(release_sae, 8, 0.0, layer=2),
+        ]
+    )
     with pytest.raises(RefusalScopeError, match="one row per hookpoint"):
         export_lm_eval(steering, tmp_path / "x.csv")
     steering = Steering([FeatureSteer(release_sae, [5], "add", 3.0)])
@@ -198,8 +212,13 @@ def test_lm_eval_csv_export_round_trip(chat, tmp_path):
     rows = list(csv.DictReader(path.open()))
     assert rows == [
         {
-            "loader": "sae_lens", "action": "add", "sparse_model": "tiny-release", "hookpoint": "layers.2",
-            "feature_index": "5", "steering_coefficient": "3.0", "sae_id": "layer_2",
+            "loader": "sae_lens",
+            "action": "add",
+            "sparse_model": "tiny-release",
+            "hookpoint": "layers.2",
+            "feature_index": "5",
+            "steering_coefficient": "3.0",
+            "sae_id": "layer_2",
             "description": f"refusalscope {steering.id}",
         }
     ]
@@ -219,7 +238,9 @@ def test_lm_eval_pt_export_and_import_preserve_the_logits(chat, sae_dir, tmp_pat
     )
     with pytest.raises(RefusalScopeError, match="two interventions at layers.1"):
         export_lm_eval(steering, tmp_path / "x.pt", model=chat)
-    steering.interventions[3] = DirectionClamp(steering.interventions[3].direction, 3, 0.7, bias=steering.interventions[3].bias)
+    steering.interventions[3] = DirectionClamp(
+        steering.interventions[3].direction, 3, 0.7, bias=steering.interventions[3].bias
+    )
     steering.interventions[2] = DirectionAblation(steering.interventions[2].direction, layers=["embed", 0, 2])
     path = export_lm_eval(steering, tmp_path / "out.pt", model=chat)
     data = torch.load(path, weights_only=True)
@@ -228,8 +249,10 @@ def test_lm_eval_pt_export_and_import_preserve_the_logits(chat, sae_dir, tmp_pat
     assert data["layers.0"]["action"] == "clamp" and data["layers.0"]["steering_coefficient"] == 0.0
     back = import_lm_eval(path)
     torch.testing.assert_close(
-        chat.next_token_logits(PROMPTS, interventions=back), chat.next_token_logits(PROMPTS, interventions=steering),
-        atol=1e-4, rtol=1e-4,
+        chat.next_token_logits(PROMPTS, interventions=back),
+        chat.next_token_logits(PROMPTS, interventions=steering),
+        atol=1e-4,
+        rtol=1e-4,
     )
 
 
@@ -256,8 +279,21 @@ def test_steer_command_side_by_side(chat, model_dir, tmp_path):
     out = tmp_path / "replies.json"
     result = runner.invoke(
         app,
-        ["steer", "Hello there", "How do I bake bread?", "--spec", str(spec_path), "--model", str(model_dir),
-         "--max-new-tokens", "5", "--dtype", "fp32", "--output", str(out)],
+        [
+            "steer",
+            "Hello there",
+            "How do I bake bread?",
+            "--spec",
+            str(spec_path),
+            "--model",
+            str(model_dir),
+            "--max-new-tokens",
+            "5",
+            "--dtype",
+            "fp32",
+            "--output",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "unsteered" in result.output and "steered" in result.output and spec.id in result.output
@@ -270,9 +306,31 @@ def test_steer_command_inline_options_and_spec_saving(model_dir, sae_dir, tmp_pa
     torch.save(torch.ones(64), tmp_path / "d.pt")
     result = runner.invoke(
         app,
-        ["steer", "Hello there", "--model", str(model_dir), "--sae", str(sae_dir), "-F", "3", "-F", "5",
-         "--mode", "scale", "--value", "-3", "--ablate", str(tmp_path / "d.pt"), "--positions", "prompt",
-         "--max-new-tokens", "3", "--save-spec", str(tmp_path / "s.yaml"), "--no-baseline"],
+        [
+            "steer",
+            "Hello there",
+            "--model",
+            str(model_dir),
+            "--sae",
+            str(sae_dir),
+            "-F",
+            "3",
+            "-F",
+            "5",
+            "--mode",
+            "scale",
+            "--value",
+            "-3",
+            "--ablate",
+            str(tmp_path / "d.pt"),
+            "--positions",
+            "prompt",
+            "--max-new-tokens",
+            "3",
+            "--save-spec",
+            str(tmp_path / "s.yaml"),
+            "--no-baseline",
+        ],
     )
     assert result.exit_code == 0, result.output
     loaded = Steering.load(tmp_path / "s.yaml")
@@ -282,7 +340,21 @@ def test_steer_command_inline_options_and_spec_saving(model_dir, sae_dir, tmp_pa
 
 def test_steer_command_errors_exit_2(model_dir, sae_dir, tmp_path):
     torch.save(torch.ones(64), tmp_path / "d.pt")
-    bad = runner.invoke(app, ["steer", "hi", "--model", str(model_dir), "--actadd", str(tmp_path / "d.pt"), "--layer", "1", "--positions", "middle"])
+    bad = runner.invoke(
+        app,
+        [
+            "steer",
+            "hi",
+            "--model",
+            str(model_dir),
+            "--actadd",
+            str(tmp_path / "d.pt"),
+            "--layer",
+            "1",
+            "--positions",
+            "middle",
+        ],
+    )
     assert bad.exit_code == 2 and "error: unknown position keyword 'middle'" in bad.output and "fix:" in bad.output
     wide = runner.invoke(app, ["steer", "hi", "--model", str(model_dir), "--sae", str(sae_dir), "-F", "999"])
     assert wide.exit_code == 2 and "feature index 999 is out of range" in wide.output

@@ -20,7 +20,7 @@ from refusalscope.evaluation.tasks import ItemResult
 
 # a sweep of 2 configurations (unsteered, ActAdd ×1) × 6 items on a tiny model, in batches
 # of 2; with "kill" it SIGKILLs itself after computing `KILL_AFTER` items (no cleanup runs)
-SWEEP_SCRIPT = textwrap.dedent('''
+SWEEP_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from dataclasses import dataclass
 
@@ -63,15 +63,16 @@ SWEEP_SCRIPT = textwrap.dedent('''
     grid = Grid([Method.actadd(direction, 2, [1.0])])
     result = run_sweep(chat, grid, [CountingTask()], db_path, batch_size=2, progress=mode == "resume")
     print("computed", result.computed, "skipped", result.skipped)
-''')
+""")
 
 
 def run_script(tmp_path, *args) -> subprocess.CompletedProcess:
     script = tmp_path / "sweep_script.py"
     script.write_text(SWEEP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def digest(path) -> str:
@@ -172,13 +173,26 @@ def test_sweep_restart_keeps_the_old_database_until_the_model_has_loaded(tmp_pat
 
     folder = save_tiny_model(tiny_chat_model("llama"), tmp_path / "model")
     (tmp_path / "grid.yaml").write_text(
-        "max_new_tokens: 2\nmethods: []\ntasks:\n  - {name: mp, dataset: builtin/minimal-pairs, split: harmful, limit: 2}\n")
+        "max_new_tokens: 2\nmethods: []\ntasks:\n  - {name: mp, dataset: builtin/minimal-pairs, split: harmful, limit: 2}\n"
+    )
     db = tmp_path / "r.db"
     runner = CliRunner()
 
     def sweep(model, *extra):
-        return runner.invoke(app, ["sweep", "--spec", str(tmp_path / "grid.yaml"), "-o", str(db), "--model", str(model),
-                                   "--no-progress", *extra])
+        return runner.invoke(
+            app,
+            [
+                "sweep",
+                "--spec",
+                str(tmp_path / "grid.yaml"),
+                "-o",
+                str(db),
+                "--model",
+                str(model),
+                "--no-progress",
+                *extra,
+            ],
+        )
 
     assert sweep(folder).exit_code == 0
     before = digest(db)

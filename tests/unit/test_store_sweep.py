@@ -47,8 +47,18 @@ class FakeTask:
     steering strength; it runs a real forward (so conditional gates count prompts), counts
     the items it is asked to compute and can be made to die after N items."""
 
-    def __init__(self, name, dataset="fake/capability", primary="correct", expect=None, n=10, fail_after=None, base=0.6,
-                 slope=-0.1, split=None):
+    def __init__(
+        self,
+        name,
+        dataset="fake/capability",
+        primary="correct",
+        expect=None,
+        n=10,
+        fail_after=None,
+        base=0.6,
+        slope=-0.1,
+        split=None,
+    ):
         self.name, self.dataset, self.split, self.primary = name, dataset, split, primary
         self.expect = expect
         self.higher_is_better = expect != "answer"
@@ -57,7 +67,10 @@ class FakeTask:
         self.computed = 0
 
     def items(self, data_dir=None, limit=None, seed=0):
-        items = [FakeItem(f"{self.name}-{i:02d}", f"prompt {i}: <script>alert('{self.name}')</script>") for i in range(self.n)]
+        items = [
+            FakeItem(f"{self.name}-{i:02d}", f"prompt {i}: <script>alert('{self.name}')</script>")
+            for i in range(self.n)
+        ]
         random.Random(seed).shuffle(items)
         return items[:limit] if limit else items
 
@@ -73,11 +86,18 @@ class FakeTask:
         out = []
         for it in items:
             u = int(hashlib.sha256(f"{key}|{it.id}".encode()).hexdigest()[:8], 16) / 16**8
-            out.append(ItemResult(it.id, {self.primary: float(u < p)}, f"reply to {it.id} <script>x()</script>", it.prompt))
+            out.append(
+                ItemResult(it.id, {self.primary: float(u < p)}, f"reply to {it.id} <script>x()</script>", it.prompt)
+            )
         return out
 
     def describe(self):
-        return {"kind": "fake", "dataset": self.dataset, "expect": self.expect, "judge": "fake-judge" if self.expect else None}
+        return {
+            "kind": "fake",
+            "dataset": self.dataset,
+            "expect": self.expect,
+            "judge": "fake-judge" if self.expect else None,
+        }
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
@@ -94,8 +114,10 @@ def make_grid(direction, gate=None, conditional=(False,)):
 
 def all_rows(path):
     with ResultsStore(path) as db:
-        return sorted((r["config_id"], r["task"], r["item_id"], r["metric"], r["value"], r["output"], r["prompt"])
-                      for r in db.rows())
+        return sorted(
+            (r["config_id"], r["task"], r["item_id"], r["metric"], r["value"], r["output"], r["prompt"])
+            for r in db.rows()
+        )
 
 
 def test_killed_sweep_resumes_computing_only_missing_items_and_ends_identical(chat, direction, tmp_path):
@@ -135,7 +157,10 @@ def test_killed_sweep_resumes_computing_only_missing_items_and_ends_identical(ch
 
 def test_writes_are_idempotent_and_keep_the_first_value(tmp_path):
     with ResultsStore(tmp_path / "r.db") as db:
-        rows = [ItemResult("a", {"refused": 1.0}, "out a", "p a"), ItemResult("b", {"refused": 0.0, "extra": float("nan")})]
+        rows = [
+            ItemResult("a", {"refused": 1.0}, "out a", "p a"),
+            ItemResult("b", {"refused": 0.0, "extra": float("nan")}),
+        ]
         assert db.write_batch("cfg-x", "t", rows) == 2
         assert db.write_batch("cfg-x", "t", rows) == 0
         assert db.write_batch("cfg-x", "t", [ItemResult("a", {"refused": 0.0}, "changed")]) == 0
@@ -181,8 +206,14 @@ def test_summaries_carry_cis_and_n_and_selective_refusal(chat, direction, tmp_pa
     harm = FakeTask("jbb-harm", "harmful/jailbreakbench", "refused", "refuse", n=16, base=0.4, slope=0.2)
     ben = FakeTask("jbb-ben", "harmless/jailbreakbench", "refused", "answer", n=16, base=0.1, slope=0.15)
     cap = FakeTask("cap", n=12)
-    run_sweep(chat, make_grid(direction), [TaskSpec(harm, limit=12), ben, cap], tmp_path / "r.db", batch_size=4,
-              progress=False)
+    run_sweep(
+        chat,
+        make_grid(direction),
+        [TaskSpec(harm, limit=12), ben, cap],
+        tmp_path / "r.db",
+        batch_size=4,
+        progress=False,
+    )
     summary = summarise(tmp_path / "r.db")
     assert len(summary.cells) == 3 * 3
     for c in summary.cells:
@@ -217,7 +248,9 @@ def test_conditional_fire_rate_is_recorded_per_item_and_per_batch(chat, directio
         fired = db.values(cond.config_id, "mp-benign", "gate_fired")
         items = task.items(limit=8, seed=0)
         assert [fired[it.id] for it in items] == [float(f) for f in expected.fired.tolist()]
-        counts = db.conn.execute("SELECT SUM(fired), SUM(seen) FROM gates WHERE config_id=?", (cond.config_id,)).fetchone()
+        counts = db.conn.execute(
+            "SELECT SUM(fired), SUM(seen) FROM gates WHERE config_id=?", (cond.config_id,)
+        ).fetchone()
         assert tuple(counts) == (int(expected.fired.sum()), 8)
         assert db.gate_rate(cond.config_id, "mp-benign").value == pytest.approx(expected.fire_rate)
         assert db.gate_rate(grid.configurations(chat)[0].config_id, "mp-benign") is None
@@ -237,7 +270,13 @@ def test_provenance_is_recorded(chat, direction, tmp_path):
         assert run["grid"]["tasks"] == [{"name": "mp-harm", "limit": 2, "seed": 3}]
         (t,) = db.tasks()
         assert (t["dataset"], t["split"], t["judge"], t["role"], t["item_limit"], t["seed"]) == (
-            "builtin/minimal-pairs", "harmful", "substring", "harmful", 2, 3)
+            "builtin/minimal-pairs",
+            "harmful",
+            "substring",
+            "harmful",
+            2,
+            3,
+        )
         cfgs = {c["label"]: c for c in db.configs()}
         assert cfgs["actadd ×1"]["method"] == "dense:actadd" and cfgs["actadd ×1"]["family"] == "dense"
         assert cfgs["actadd ×1"]["steering_id"].startswith("steer-")
@@ -291,8 +330,16 @@ def test_grid_file_and_sweep_command(chat, direction, tmp_path):
 
     folder = save_tiny_model(chat, tmp_path / "model")
     runner = CliRunner()
-    args = ["sweep", "--spec", str(tmp_path / "grid.yaml"), "-o", str(tmp_path / "r.db"), "--model", str(folder),
-            "--no-progress"]
+    args = [
+        "sweep",
+        "--spec",
+        str(tmp_path / "grid.yaml"),
+        "-o",
+        str(tmp_path / "r.db"),
+        "--model",
+        str(folder),
+        "--no-progress",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "30 items computed, 0 reused" in result.output and "minimal-pairs" in result.output
@@ -307,13 +354,19 @@ def test_grid_file_and_sweep_command(chat, direction, tmp_path):
 def test_grid_file_names_capability_benchmarks_and_checks_fields(tmp_path):
     from refusalscope.evaluation.grid import task_role
 
-    (tmp_path / "grid.json").write_text(json.dumps({
-        "methods": [],
-        "tasks": [{"capability": "wikitext", "limit": 2, "options": {"window": 32}},
-                  {"name": "mmlu-5shot", "limit": 3},
-                  {"name": "jbb", "dataset": "harmful/jailbreakbench", "judge": "substring"},
-                  "harmless/jailbreakbench"],
-    }))
+    (tmp_path / "grid.json").write_text(
+        json.dumps(
+            {
+                "methods": [],
+                "tasks": [
+                    {"capability": "wikitext", "limit": 2, "options": {"window": 32}},
+                    {"name": "mmlu-5shot", "limit": 3},
+                    {"name": "jbb", "dataset": "harmful/jailbreakbench", "judge": "substring"},
+                    "harmless/jailbreakbench",
+                ],
+            }
+        )
+    )
     plan = load_grid_file(tmp_path / "grid.json")
     names = [t.name for t in plan.tasks]
     assert names == ["wikitext", "mmlu-5shot", "jbb", "harmless/jailbreakbench"]

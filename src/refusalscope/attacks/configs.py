@@ -29,8 +29,10 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", self.name or ""):
-            raise RefusalScopeError(f"configuration name {self.name!r} cannot name an output folder",
-                                    "use letters, digits and . _ + - (e.g. steered, gated-0.5)")
+            raise RefusalScopeError(
+                f"configuration name {self.name!r} cannot name an output folder",
+                "use letters, digits and . _ + - (e.g. steered, gated-0.5)",
+            )
 
     @property
     def steering_id(self) -> str | None:
@@ -84,7 +86,9 @@ def parse_config_option(text: str) -> tuple[str, str | None]:
     if "=" in text:
         name, path = text.split("=", 1)
         if not name.strip() or not path.strip():
-            raise RefusalScopeError(f"cannot read the configuration '{text}'", "use NAME=SPEC_FILE, e.g. steered=spec.json")
+            raise RefusalScopeError(
+                f"cannot read the configuration '{text}'", "use NAME=SPEC_FILE, e.g. steered=spec.json"
+            )
         return name.strip(), path.strip()
     if text.strip() in ("unsteered", "none"):
         return "unsteered", None

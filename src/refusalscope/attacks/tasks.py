@@ -35,8 +35,15 @@ class AttackTasks:
     seed: int = 0
 
 
-def run_attack_tasks(chat: ChatModel, configs, root: str | Path, tasks: AttackTasks | None = None, *, data_dir=None,
-                     progress: bool = True) -> dict[str, Any]:
+def run_attack_tasks(
+    chat: ChatModel,
+    configs,
+    root: str | Path,
+    tasks: AttackTasks | None = None,
+    *,
+    data_dir=None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run the attack tasks for every configuration (`AttackConfig`) into `root`."""
     from .behaviours import load_behaviours
     from .gcg import GCG, GCGConfig
@@ -46,12 +53,20 @@ def run_attack_tasks(chat: ChatModel, configs, root: str | Path, tasks: AttackTa
     tasks = tasks or AttackTasks()
     root = Path(root)
     out: dict[str, Any] = {}
-    prompts = build_prompts(list(tasks.suite_families) or ["all"], SuiteSources(data_dir, tasks.suite_limit, tasks.seed))
+    prompts = build_prompts(
+        list(tasks.suite_families) or ["all"], SuiteSources(data_dir, tasks.suite_limit, tasks.seed)
+    )
     behaviours = load_behaviours("harmful/harmbench", None, tasks.gcg_behaviours, tasks.seed, data_dir)
-    out["suite"] = run_suite(chat, configs, prompts, root / "suite", max_new_tokens=tasks.max_new_tokens,
-                             progress=progress)
-    gcg_config = GCGConfig(steps=tasks.gcg_steps, candidates=tasks.gcg_candidates,
-                           suffix_length=tasks.gcg_suffix_length, check_every=max(1, tasks.gcg_steps), seed=tasks.seed)
+    out["suite"] = run_suite(
+        chat, configs, prompts, root / "suite", max_new_tokens=tasks.max_new_tokens, progress=progress
+    )
+    gcg_config = GCGConfig(
+        steps=tasks.gcg_steps,
+        candidates=tasks.gcg_candidates,
+        suffix_length=tasks.gcg_suffix_length,
+        check_every=max(1, tasks.gcg_steps),
+        seed=tasks.seed,
+    )
     out["gcg"] = {}
     for config in configs:
         summary = GCG(chat, config.steering, gcg_config).run(behaviours, root / "gcg" / config.name, progress=progress)
@@ -61,8 +76,14 @@ def run_attack_tasks(chat: ChatModel, configs, root: str | Path, tasks: AttackTa
         convs = load_conversations()
         out["multiturn"] = {}
         for config in configs:
-            summary = run_scripted(chat, config, convs, root / "multiturn" / config.name,
-                                   max_new_tokens=tasks.max_new_tokens, progress=progress)
+            summary = run_scripted(
+                chat,
+                config,
+                convs,
+                root / "multiturn" / config.name,
+                max_new_tokens=tasks.max_new_tokens,
+                progress=progress,
+            )
             summary.pop("results")
             out["multiturn"][config.name] = summary
     return out
@@ -75,12 +96,24 @@ def pipeline_configs(interventions: Sequence[Intervention], gate: GateSpec) -> l
     from .configs import AttackConfig
 
     steered = list(interventions)
-    return [AttackConfig("unsteered"), AttackConfig("steered", Steering(steered, name="steered")),
-            AttackConfig("gated", Steering([gate.wrap(steered)], name="gated"))]
+    return [
+        AttackConfig("unsteered"),
+        AttackConfig("steered", Steering(steered, name="steered")),
+        AttackConfig("gated", Steering([gate.wrap(steered)], name="gated")),
+    ]
 
 
-def run_pipeline_attacks(chat: ChatModel, interventions: Sequence[Intervention], gate: GateSpec, root: str | Path, tasks: AttackTasks, *, data_dir=None,
-                         progress: bool = True) -> dict[str, Any]:
+def run_pipeline_attacks(
+    chat: ChatModel,
+    interventions: Sequence[Intervention],
+    gate: GateSpec,
+    root: str | Path,
+    tasks: AttackTasks,
+    *,
+    data_dir=None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """What `refusalscope run` calls when its profile has attack tasks."""
-    return run_attack_tasks(chat, pipeline_configs(interventions, gate), root, tasks, data_dir=data_dir,
-                            progress=progress)
+    return run_attack_tasks(
+        chat, pipeline_configs(interventions, gate), root, tasks, data_dir=data_dir, progress=progress
+    )

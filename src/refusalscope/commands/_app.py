@@ -38,8 +38,9 @@ DEBUG = {"on": False}  # set by the global --debug option, per invocation
 
 @app.callback()
 def main(
-    debug: bool = typer.Option(False, "--debug", envvar="REFUSALSCOPE_DEBUG",
-                               help="On an internal error (a bug), print its full traceback."),
+    debug: bool = typer.Option(
+        False, "--debug", envvar="REFUSALSCOPE_DEBUG", help="On an internal error (a bug), print its full traceback."
+    ),
 ) -> None:
     """Find, steer and evaluate the SAE features that mediate refusal in chat models."""
     DEBUG["on"] = debug
@@ -77,7 +78,9 @@ def handle_errors(fn):
             if exc.filename is None:
                 report_bug(exc)
             target = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
-            print_error(f"{exc.strerror or exc}: {target}", "check the path, that its folder exists, and its permissions")
+            print_error(
+                f"{exc.strerror or exc}: {target}", "check the path, that its folder exists, and its permissions"
+            )
             raise typer.Exit(2) from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug reports itself as one
             report_bug(exc)
@@ -129,7 +132,9 @@ def output_file_path(value: str | Path) -> Path:
     command line is read (exit 2), before any work."""
     text = str(value)
     if text.endswith(("/", "\\")):
-        raise typer.BadParameter(f"'{text}' ends with a slash, so it names a folder; give a file name, e.g. {text}out.json")
+        raise typer.BadParameter(
+            f"'{text}' ends with a slash, so it names a folder; give a file name, e.g. {text}out.json"
+        )
     return Path(text)
 
 

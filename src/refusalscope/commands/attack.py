@@ -16,11 +16,12 @@ from rich.table import Table
 from ..errors import RefusalScopeError
 from ._app import DtypeOpt, app, console, handle_errors
 
-attack_app = typer.Typer(help="Jailbreak attacks against the unsteered, steered and gated model.",
-                         no_args_is_help=True)
+attack_app = typer.Typer(help="Jailbreak attacks against the unsteered, steered and gated model.", no_args_is_help=True)
 app.add_typer(attack_app, name="attack")
 
-ConfigOpt = typer.Option([], "--config", "-c", help="NAME=SPEC_FILE (repeatable), e.g. steered=spec.json gated=gated.json.")
+ConfigOpt = typer.Option(
+    [], "--config", "-c", help="NAME=SPEC_FILE (repeatable), e.g. steered=spec.json gated=gated.json."
+)
 UnsteeredOpt = typer.Option(True, "--unsteered/--no-unsteered", help="Also attack the model without steering.")
 ModelOpt = typer.Option(None, "--model", "-m", help="Model (default: the specs' model, else 'default').")
 DataOpt = typer.Option(None, "--data-dir", help="Folder of benchmark release files (default $REFUSALSCOPE_DATA).")
@@ -91,28 +92,47 @@ def gcg_cmd(
     from ..attacks import GCG, GCGConfig, load_behaviours
     from ..attacks.robustness import format_estimate
 
-    gcg_config = GCGConfig(steps=steps, suffix_length=suffix_length, candidates=candidates, top_k=top_k,
-                           eval_batch=eval_batch, check_every=check_every, max_new_tokens=max_new_tokens,
-                           checkpoint_every=checkpoint_every, seed=seed, token_budget=token_budget).validate()
+    gcg_config = GCGConfig(
+        steps=steps,
+        suffix_length=suffix_length,
+        candidates=candidates,
+        top_k=top_k,
+        eval_batch=eval_batch,
+        check_every=check_every,
+        max_new_tokens=max_new_tokens,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+        token_budget=token_budget,
+    ).validate()
     pairs = _spec_paths(config, unsteered)
     behaviours = load_behaviours(dataset, split, None if behaviour else limit, seed, data_dir)
     if behaviour:
         known = {b.id: b for b in behaviours}
         missing = [b for b in behaviour if b not in known]
         if missing:
-            raise RefusalScopeError(f"unknown behaviour id(s) in {dataset}: {', '.join(missing)}",
-                                    "ids look like harmbench-<BehaviorID>; see `refusalscope datasets`")
+            raise RefusalScopeError(
+                f"unknown behaviour id(s) in {dataset}: {', '.join(missing)}",
+                "ids look like harmbench-<BehaviorID>; see `refusalscope datasets`",
+            )
         behaviours = [known[b] for b in behaviour]
     for b in behaviours:
         b.require_target()
     chat, configs = _load(model, dtype, pairs)
-    table = _table(f"GCG robustness · {chat.info.name} · {len(behaviours)} behaviours · {steps} steps",
-                   ["config", "robustness [95% CI]", "n", "broken", "median steps to break", "tokens"])
+    table = _table(
+        f"GCG robustness · {chat.info.name} · {len(behaviours)} behaviours · {steps} steps",
+        ["config", "robustness [95% CI]", "n", "broken", "median steps to break", "tokens"],
+    )
     for cfg in configs:
         console.print(cfg.describe(), highlight=False, markup=False)
         summary = GCG(chat, cfg.steering, gcg_config).run(behaviours, out / cfg.name)
-        table.add_row(cfg.name, format_estimate(summary["robustness"]), str(summary["n"]), str(summary["broken"]),
-                      str(summary["median_steps_to_break"]), f"{summary['tokens']:,}")
+        table.add_row(
+            cfg.name,
+            format_estimate(summary["robustness"]),
+            str(summary["n"]),
+            str(summary["broken"]),
+            str(summary["median_steps_to_break"]),
+            f"{summary['tokens']:,}",
+        )
     console.print(table)
     console.print(f"results in {out}/<config>/results.jsonl and summary.json")
 
@@ -142,12 +162,13 @@ def suite_cmd(
     chat, configs = _load(model, dtype, pairs)
     result = run_suite(chat, configs, prompts, out, max_new_tokens=max_new_tokens, batch_size=batch_size)
     names = [c.name for c in configs]
-    table = _table(f"compliance under attack · {chat.info.name} · judge {result['judge']}",
-                   ["attack", "n"] + names)
+    table = _table(f"compliance under attack · {chat.info.name} · judge {result['judge']}", ["attack", "n"] + names)
     rows = {(r["config"], r["family"]): r for r in result["rows"]}
     for fam in dict.fromkeys(p.family for p in prompts):
-        cells = [f"{rows[(n, fam)]['compliance']:.2f} [{rows[(n, fam)]['low']:.2f}, {rows[(n, fam)]['high']:.2f}]"
-                 for n in names]
+        cells = [
+            f"{rows[(n, fam)]['compliance']:.2f} [{rows[(n, fam)]['low']:.2f}, {rows[(n, fam)]['high']:.2f}]"
+            for n in names
+        ]
         table.add_row(fam, str(rows[(names[0], fam)]["n"]), *cells)
     console.print(table)
     for name, info in result["configs"].items():
@@ -163,8 +184,9 @@ def multiturn_cmd(
     unsteered: bool = UnsteeredOpt,
     conversations: str = typer.Option("crescendo", help="'crescendo' (built-in) or a conversation file (.json)."),
     limit: Optional[int] = typer.Option(None, help="First N conversations."),
-    attacker: Optional[str] = typer.Option(None, help="Attacker model ('self' = the target model unsteered); "
-                                                    "default: play the scripted turns."),
+    attacker: Optional[str] = typer.Option(
+        None, help="Attacker model ('self' = the target model unsteered); default: play the scripted turns."
+    ),
     max_turns: int = typer.Option(4, help="Attacker loop: turns per conversation."),
     max_backtracks: int = typer.Option(3, help="Attacker loop: retries after refusals."),
     max_new_tokens: int = typer.Option(64, help="Reply tokens per turn."),
@@ -193,12 +215,24 @@ def multiturn_cmd(
         if attacker is None:
             summaries.append(run_scripted(chat, cfg, convs, out / cfg.name, max_new_tokens=max_new_tokens))
         else:
-            summaries.append(run_attacker(chat, cfg, convs, out / cfg.name, attacker=attacker_model,
-                                          max_turns=max_turns, max_backtracks=max_backtracks,
-                                          max_new_tokens=max_new_tokens, seed=seed))
+            summaries.append(
+                run_attacker(
+                    chat,
+                    cfg,
+                    convs,
+                    out / cfg.name,
+                    attacker=attacker_model,
+                    max_turns=max_turns,
+                    max_backtracks=max_backtracks,
+                    max_new_tokens=max_new_tokens,
+                    seed=seed,
+                )
+            )
     turns = max(len(s["refusal_by_turn"]) for s in summaries)
-    table = _table(f"refusal by turn · {chat.info.name} · {len(convs)} conversations",
-                   ["config"] + [f"turn {t + 1}" for t in range(turns)] + ["success at last turn"])
+    table = _table(
+        f"refusal by turn · {chat.info.name} · {len(convs)} conversations",
+        ["config"] + [f"turn {t + 1}" for t in range(turns)] + ["success at last turn"],
+    )
     for s in summaries:
         cells = [f"{r['refusal']:.2f} (n={r['n']})" for r in s["refusal_by_turn"]]
         table.add_row(s["config"], *cells, *[""] * (turns - len(cells)), format_estimate(s["success"]))
@@ -208,7 +242,9 @@ def multiturn_cmd(
 @attack_app.command("report")
 @handle_errors
 def report_cmd(
-    root: Path = typer.Argument(Path("runs/attacks"), help="Folder holding suite/, gcg/<config>/, multiturn/<config>/."),
+    root: Path = typer.Argument(
+        Path("runs/attacks"), help="Folder holding suite/, gcg/<config>/, multiturn/<config>/."
+    ),
     output: Path = typer.Option(Path("robustness.html"), "--output", "-o", help="HTML page to write."),
 ) -> None:
     """The robustness section (per-attack compliance, GCG robustness, refusal by turn) as one HTML page."""
@@ -221,10 +257,16 @@ def report_cmd(
         raise RefusalScopeError(f"attack folder {root} does not exist", "run `refusalscope attack …` first")
     section = robustness_section(root)
     if not section:
-        raise RefusalScopeError(f"{root} holds no attack results", "run `refusalscope attack suite|gcg|multiturn` into it")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px}.note{color:#555}")
+        raise RefusalScopeError(
+            f"{root} holds no attack results", "run `refusalscope attack suite|gcg|multiturn` into it"
+        )
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}.note{color:#555}"
+    )
     with atomic_file(output) as handle:
-        handle.write(f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>robustness — "
-                     f"{escape(str(root))}</title><style>{style}</style></head><body>{section}</body></html>\n")
+        handle.write(
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>robustness — '
+            f"{escape(str(root))}</title><style>{style}</style></head><body>{section}</body></html>\n"
+        )
     console.print(f"wrote {output}")

@@ -12,7 +12,10 @@ from rich.table import Table
 from ._app import command, console
 
 DataDirOpt = typer.Option(
-    None, "--data-dir", "-d", envvar="REFUSALSCOPE_DATA",
+    None,
+    "--data-dir",
+    "-d",
+    envvar="REFUSALSCOPE_DATA",
     help="Folder with the original release files (default: $REFUSALSCOPE_DATA).",
 )
 
@@ -54,6 +57,6 @@ def datasets_cmd(
             label = split + (" *" if split == spec.default_split else "")
             table.add_row(spec.name, spec.kind, label, rows, escape(where))
     console.print(table)
-    console.print("* default split; (n) = rows in the full release, not read here; local paths are relative "
-                  "to the data folder")
-
+    console.print(
+        "* default split; (n) = rows in the full release, not read here; local paths are relative to the data folder"
+    )

@@ -54,7 +54,8 @@ def harmful_eval_sets(names, n: int, data_dir, seed: int, exclude: set[str]) -> 
         dataset, split = sources[name]
         items = load_dataset(dataset, split, data_dir=data_dir)
         prompts = [
-            it.prompt for it in items
+            it.prompt
+            for it in items
             if it.prompt not in exclude and it.meta.get("functional_category", "standard") == "standard"
         ]
         import random
@@ -73,7 +74,9 @@ def preload_saes(sae_paths: list[str]) -> list:
     for source in sae_paths:
         sae = load_sae(source)
         if sae.layer is None:
-            raise RefusalScopeError(f"the SAE {source} does not say which layer it reads", "fix its cfg.json (hook_name)")
+            raise RefusalScopeError(
+                f"the SAE {source} does not say which layer it reads", "fix its cfg.json (hook_name)"
+            )
         out.append(sae)
     return out
 
@@ -100,8 +103,16 @@ def check_discover_options(**o) -> dict:
     check_dtype(o["dtype"])
     method = choice(o["method"], "--method", METHODS)
     baselines = tuple(choice(b.strip(), "--baselines entry", METHODS) for b in o["baselines"].split(",") if b.strip())
-    for name, minimum in (("k", 1), ("prefilter_k", 1), ("ig_steps", 1), ("n_attribution", 1), ("n_eval", 1),
-                          ("induce_top", 0), ("max_new_tokens", 1), ("seed", 0)):
+    for name, minimum in (
+        ("k", 1),
+        ("prefilter_k", 1),
+        ("ig_steps", 1),
+        ("n_attribution", 1),
+        ("n_eval", 1),
+        ("induce_top", 0),
+        ("max_new_tokens", 1),
+        ("seed", 0),
+    ):
         at_least(o[name], "--" + name.replace("_", "-"), minimum)
     eval_sets = [s.strip() for s in o["eval_sets"].split(",") if s.strip()]
     if not eval_sets:
@@ -131,7 +142,9 @@ def direction_cmd(
     layer_stride: int = typer.Option(1, help="Score every n-th layer (2 halves the time)."),
     n_effect: int = typer.Option(32, help="Prompts (each) for measuring the direction's effect; 0 skips it."),
     seed: int = typer.Option(0),
-    output: Path = typer.Option(Path("runs/direction"), "--output", "-o", help="Folder for direction.safetensors/json."),
+    output: Path = typer.Option(
+        Path("runs/direction"), "--output", "-o", help="Folder for direction.safetensors/json."
+    ),
 ) -> None:
     """Compute the refusal direction (difference of means), select its layer and position, measure its effect."""
     from ..checks import output_dir
@@ -151,21 +164,49 @@ def direction_cmd(
     chat = load_model(model, dtype=dtype)
     result = find_refusal_direction(chat, data, layer_stride=layer_stride, seed=seed)
     result.save(output)
-    finalists = sorted((c for c in result.scores if c.kl is not None), key=lambda c: math.inf if c.ablation_score is None else c.ablation_score)
+    finalists = sorted(
+        (c for c in result.scores if c.kl is not None),
+        key=lambda c: math.inf if c.ablation_score is None else c.ablation_score,
+    )
     rows = [["layer", "position", "ablation score", "induction score", "KL", "admissible"]]
     for c in finalists:
-        rows.append([str(c.layer), str(c.position), f"{c.ablation_score:.2f}", f"{c.induction_score:.2f}",
-                     f"{c.kl:.3f}", "yes" if c.admissible else c.reason])
-    print_rows(rows, f"{chat.info.name}: refusal direction candidates (baseline harmful score "
-                     f"{result.baseline['harmful_score']:.2f}, harmless {result.baseline['harmless_score']:.2f})")
-    console.print(f"selected layer {result.layer}, position {result.position} "
-                  f"(refusal tokens {[chat.tokenizer.decode([t]) for t in result.refusal_token_ids]})", markup=False)
-    summary: dict[str, Any] = {"layer": result.layer, "position": result.position, "seconds": time.perf_counter() - started}
+        rows.append(
+            [
+                str(c.layer),
+                str(c.position),
+                f"{c.ablation_score:.2f}",
+                f"{c.induction_score:.2f}",
+                f"{c.kl:.3f}",
+                "yes" if c.admissible else c.reason,
+            ]
+        )
+    print_rows(
+        rows,
+        f"{chat.info.name}: refusal direction candidates (baseline harmful score "
+        f"{result.baseline['harmful_score']:.2f}, harmless {result.baseline['harmless_score']:.2f})",
+    )
+    console.print(
+        f"selected layer {result.layer}, position {result.position} "
+        f"(refusal tokens {[chat.tokenizer.decode([t]) for t in result.refusal_token_ids]})",
+        markup=False,
+    )
+    summary: dict[str, Any] = {
+        "layer": result.layer,
+        "position": result.position,
+        "seconds": time.perf_counter() - started,
+    }
     if n_effect > 0:
-        harmful = load_dataset("harmful/refusal-direction", "test", data_dir=data_dir, limit=n_effect, seed=seed).prompts
+        harmful = load_dataset(
+            "harmful/refusal-direction", "test", data_dir=data_dir, limit=n_effect, seed=seed
+        ).prompts
         harmless = load_dataset("harmless/alpaca", "test", data_dir=data_dir, limit=n_effect, seed=seed).prompts
         effect = direction_effect(chat, result, harmful, harmless)
-        for key in ("harmful_compliance_baseline", "harmful_compliance_ablated", "harmless_refusal_baseline", "harmless_refusal_actadd"):
+        for key in (
+            "harmful_compliance_baseline",
+            "harmful_compliance_ablated",
+            "harmless_refusal_baseline",
+            "harmless_refusal_actadd",
+        ):
             console.print(f"  {key.replace('_', ' ')}: {effect[key]}")
         summary["effect"] = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in effect.items()}
     summary["peak_memory_gb"] = peak_memory_gb()
@@ -177,24 +218,35 @@ def direction_cmd(
 def discover_cmd(
     model: str = ModelOpt,
     dtype: str = DtypeOpt,
-    sae: Optional[list[str]] = typer.Option(None, "--sae", help="SAE folder / release/id (repeatable); default: the preset's SAEs."),
+    sae: Optional[list[str]] = typer.Option(
+        None, "--sae", help="SAE folder / release/id (repeatable); default: the preset's SAEs."
+    ),
     sae_preset: str = typer.Option("quick", help="SAE preset to train or load when no --sae is given."),
     method: str = typer.Option("cossim+ig", help="Selection method: cossim+ig, ig, ap, cossim, actdiff."),
-    baselines: str = typer.Option("random,cossim,actdiff,ap", help="Comma-separated baseline methods to validate against."),
+    baselines: str = typer.Option(
+        "random,cossim,actdiff,ap", help="Comma-separated baseline methods to validate against."
+    ),
     k: int = typer.Option(20, "-k", "--k", help="Latents to keep."),
     prefilter_k: int = typer.Option(64, help="CosSim pre-filter size per layer (cossim+ig)."),
     per_prompt: bool = typer.Option(False, help="Select by per-prompt top-K votes instead of the global mean."),
     ig_steps: int = typer.Option(10, help="Integrated-gradient steps."),
     n_attribution: int = typer.Option(32, help="Harmful prompts to attribute."),
     validate_: bool = typer.Option(True, "--validate/--no-validate", help="Run the causal validation table."),
-    cards: bool = typer.Option(True, "--cards/--no-cards", help="Write feature cards (cards.html) for the selected latents."),
-    circuits: bool = typer.Option(True, "--circuits/--no-circuits", help="Upstream latents driving the selected ones (needs 2+ SAE layers)."),
+    cards: bool = typer.Option(
+        True, "--cards/--no-cards", help="Write feature cards (cards.html) for the selected latents."
+    ),
+    circuits: bool = typer.Option(
+        True, "--circuits/--no-circuits", help="Upstream latents driving the selected ones (needs 2+ SAE layers)."
+    ),
     n_eval: int = typer.Option(32, help="Prompts per evaluation set in validation."),
     eval_sets: str = typer.Option(",".join(EVAL_SETS), help="Harmful evaluation sets."),
     suppress: str = typer.Option("-1,-2,-3", help="Suppression factors."),
     induce: str = typer.Option("1,2,4", help="Induction multipliers (× peak activation)."),
-    induce_top: int = typer.Option(0, help="Induce with each set's top-n latents only (0: all k). "
-                                           "Many latents clamped at once can break the text instead of inducing refusal."),
+    induce_top: int = typer.Option(
+        0,
+        help="Induce with each set's top-n latents only (0: all k). "
+        "Many latents clamped at once can break the text instead of inducing refusal.",
+    ),
     max_new_tokens: int = typer.Option(24, help="Tokens per judged reply."),
     data_dir: Optional[Path] = DataDirOpt,
     seed: int = typer.Option(0),
@@ -213,9 +265,22 @@ def discover_cmd(
     from ..sae.presets import load_training_data
 
     settings = check_discover_options(
-        dtype=dtype, method=method, baselines=baselines, k=k, prefilter_k=prefilter_k, ig_steps=ig_steps,
-        n_attribution=n_attribution, n_eval=n_eval, eval_sets=eval_sets, suppress=suppress, induce=induce,
-        induce_top=induce_top, max_new_tokens=max_new_tokens, seed=seed, sae_preset=sae_preset, output=output,
+        dtype=dtype,
+        method=method,
+        baselines=baselines,
+        k=k,
+        prefilter_k=prefilter_k,
+        ig_steps=ig_steps,
+        n_attribution=n_attribution,
+        n_eval=n_eval,
+        eval_sets=eval_sets,
+        suppress=suppress,
+        induce=induce,
+        induce_top=induce_top,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        sae_preset=sae_preset,
+        output=output,
     )
     started = time.perf_counter()
     timings = {}
@@ -227,15 +292,30 @@ def discover_cmd(
     t0 = time.perf_counter()
     direction = find_refusal_direction(chat, data, seed=seed)
     timings["direction"] = time.perf_counter() - t0
-    cfg = DiscoveryConfig(method=settings["method"], baselines=settings["baselines"], k=k,
-                          prefilter_k=prefilter_k, per_prompt=per_prompt, ig_steps=ig_steps, n_attribution=n_attribution, seed=seed)
+    cfg = DiscoveryConfig(
+        method=settings["method"],
+        baselines=settings["baselines"],
+        k=k,
+        prefilter_k=prefilter_k,
+        per_prompt=per_prompt,
+        ig_steps=ig_steps,
+        n_attribution=n_attribution,
+        seed=seed,
+    )
     t0 = time.perf_counter()
     found = discover(chat, saes, direction, data.harmful_train, data.harmless_train, cfg, output)
     timings["discovery"] = time.perf_counter() - t0
     print_rows(top_table(found.sets[method]), f"{method}: top {k} latents (layers {sorted(saes)})")
     for name, shares in found.tables.error_share.items():
-        console.print(f"  SAE error share of the {name} attribution: " + ", ".join(f"layer {l}: {v:.0%}" for l, v in shares.items()))
-    summary: dict[str, Any] = {"timings": timings, "features": str(output / "features.json"), "error_share": found.tables.error_share}
+        console.print(
+            f"  SAE error share of the {name} attribution: "
+            + ", ".join(f"layer {l}: {v:.0%}" for l, v in shares.items())
+        )
+    summary: dict[str, Any] = {
+        "timings": timings,
+        "features": str(output / "features.json"),
+        "error_share": found.tables.error_share,
+    }
     main_set = found.sets[method]
     if cards:
         from ..discovery.cards import build_cards, write_cards
@@ -243,13 +323,18 @@ def discover_cmd(
         t0 = time.perf_counter()
         text = load_training_data(data_dir).texts_eval[:12]
         built = build_cards(
-            chat, saes, main_set.pairs(),
+            chat,
+            saes,
+            main_set.pairs(),
             {"harmful": data.harmful_train[:48], "harmless": data.harmless_train[:48], "text": text},
-            data.harmful_val, data.harmless_val,
+            data.harmful_val,
+            data.harmless_val,
             ranks={(f.layer, f.feature): f.rank for f in main_set.features},
             scores={(f.layer, f.feature): f.scores for f in main_set.features},
         )
-        console.print(f"feature cards: {write_cards(built, output, f'{chat.info.name}: {method} latents')}", markup=False)
+        console.print(
+            f"feature cards: {write_cards(built, output, f'{chat.info.name}: {method} latents')}", markup=False
+        )
         timings["cards"] = time.perf_counter() - t0
     if circuits and len(saes) >= 2:
         from ..discovery.circuits import upstream_latents
@@ -259,21 +344,36 @@ def discover_cmd(
         down_layer = max(main_set.by_layer())
         up_layer = min(l for l in layers)
         if up_layer < down_layer:
-            ranked = upstream_latents(chat, saes[up_layer], saes[down_layer], main_set.by_layer()[down_layer],
-                                      data.harmful_val[:16])
+            ranked = upstream_latents(
+                chat, saes[up_layer], saes[down_layer], main_set.by_layer()[down_layer], data.harmful_val[:16]
+            )
             rows = [["upstream layer", "latent", "attribution", "effect of clamping to 0"]]
-            rows += [[str(u.layer), str(u.feature), f"{u.attribution:.3g}",
-                      "" if u.effect is None else f"{u.effect:+.0%}"] for u in ranked]
+            rows += [
+                [str(u.layer), str(u.feature), f"{u.attribution:.3g}", "" if u.effect is None else f"{u.effect:+.0%}"]
+                for u in ranked
+            ]
             print_rows(rows, f"upstream latents (layer {up_layer}) driving the selected layer-{down_layer} latents")
-            (output / "circuits.json").write_text(json.dumps(
-                {"upstream_layer": up_layer, "downstream_layer": down_layer,
-                 "downstream_features": main_set.by_layer()[down_layer],
-                 "upstream": [u.__dict__ for u in ranked]}, indent=2))
+            (output / "circuits.json").write_text(
+                json.dumps(
+                    {
+                        "upstream_layer": up_layer,
+                        "downstream_layer": down_layer,
+                        "downstream_features": main_set.by_layer()[down_layer],
+                        "upstream": [u.__dict__ for u in ranked],
+                    },
+                    indent=2,
+                )
+            )
         timings["circuits"] = time.perf_counter() - t0
     if validate_:
         t0 = time.perf_counter()
-        harmful_sets = harmful_eval_sets(settings["eval_sets"], n_eval, data_dir, seed,
-                                         exclude=set(load_dataset("harmful/refusal-direction", "train", data_dir=data_dir).prompts))
+        harmful_sets = harmful_eval_sets(
+            settings["eval_sets"],
+            n_eval,
+            data_dir,
+            seed,
+            exclude=set(load_dataset("harmful/refusal-direction", "train", data_dir=data_dir).prompts),
+        )
         harmless = load_dataset("harmless/alpaca", "test", data_dir=data_dir, limit=n_eval, seed=seed).prompts
         train_data = load_training_data(data_dir)
         text_docs = text_chunks(chat, train_data.texts_eval, 96, 8, seed)
@@ -287,19 +387,34 @@ def discover_cmd(
             induce_top=induce_top or None,
         )
         sets = {m: fs.pairs() for m, fs in found.sets.items()}
-        report = validate(chat, saes, sets, direction, harmful_sets, harmless, found.tables.peak_harmful, vcfg,
-                          text_docs=text_docs, answer_docs=answer_docs)
+        report = validate(
+            chat,
+            saes,
+            sets,
+            direction,
+            harmful_sets,
+            harmless,
+            found.tables.peak_harmful,
+            vcfg,
+            text_docs=text_docs,
+            answer_docs=answer_docs,
+        )
         timings["validation"] = time.perf_counter() - t0
         rows = format_table(report)
-        print_rows(rows, "causal validation: compliance on harmful (suppress), refusal on harmless (induce), "
-                         "cross-entropy (rate [95% CI] (n))")
+        print_rows(
+            rows,
+            "causal validation: compliance on harmful (suppress), refusal on harmless (induce), "
+            "cross-entropy (rate [95% CI] (n))",
+        )
         (output / "validation.json").write_text(json.dumps(report.to_dict(), indent=2))
         (output / "validation.md").write_text(_markdown(rows))
     timings["total"] = time.perf_counter() - started
     summary["peak_memory_gb"] = peak_memory_gb()
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"runtime {timings['total'] / 60:.1f} min, peak memory {summary['peak_memory_gb']:.1f} GiB; wrote {output}",
-                  markup=False)
+    console.print(
+        f"runtime {timings['total'] / 60:.1f} min, peak memory {summary['peak_memory_gb']:.1f} GiB; wrote {output}",
+        markup=False,
+    )
 
 
 def _markdown(rows: list[list[str]]) -> str:

@@ -14,24 +14,44 @@ from ._app import at_least, check_dtype, command, console, output_file_path
 
 @command("sweep")
 def sweep_cmd(
-    spec: Path = typer.Option(..., "--spec", "-s", help="Grid file (.yaml/.json): steering spec files × strengths, "
-                              "conditional on/off, tasks with limits."),
-    output: Path = typer.Option(Path("results.db"), "--output", "-o", parser=output_file_path, help="Results database (SQLite) to write."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec (default: the grid's, else 'default')."),
+    spec: Path = typer.Option(
+        ...,
+        "--spec",
+        "-s",
+        help="Grid file (.yaml/.json): steering spec files × strengths, conditional on/off, tasks with limits.",
+    ),
+    output: Path = typer.Option(
+        Path("results.db"), "--output", "-o", parser=output_file_path, help="Results database (SQLite) to write."
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model spec (default: the grid's, else 'default')."
+    ),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bf16 or fp32 (default: the grid's, else auto)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of dataset files (default: the grid's, "
-                                            "else $REFUSALSCOPE_DATA)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts per forward pass (default: the grid's)."),
-    resume: bool = typer.Option(True, "--resume/--restart", help="Resume into an existing database (default), or "
-                                "delete it and start over (once the model has loaded)."),
-    report: Optional[str] = typer.Option(None, "--report", help="Also write the HTML report here when done "
-                                         "(a folder, e.g. out/, gets out/report.html)."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Folder of dataset files (default: the grid's, else $REFUSALSCOPE_DATA)."
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", help="Prompts per forward pass (default: the grid's)."
+    ),
+    resume: bool = typer.Option(
+        True,
+        "--resume/--restart",
+        help="Resume into an existing database (default), or delete it and start over (once the model has loaded).",
+    ),
+    report: Optional[str] = typer.Option(
+        None, "--report", help="Also write the HTML report here when done (a folder, e.g. out/, gets out/report.html)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with an ETA."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Compute on a Ray cluster: 'auto' (a running cluster), "
-                                      "an address (host:port, ray://host:port) or 'local' (start one here). "
-                                      "Needs the extra: pip install 'refusalscope[ray]'."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: model replicas in the pool "
-                                          "(default: one per CPU of the cluster)."),
+    ray: Optional[str] = typer.Option(
+        None,
+        "--ray",
+        help="Compute on a Ray cluster: 'auto' (a running cluster), "
+        "an address (host:port, ray://host:port) or 'local' (start one here). "
+        "Needs the extra: pip install 'refusalscope[ray]'.",
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="With --ray: model replicas in the pool (default: one per CPU of the cluster)."
+    ),
 ) -> None:
     """Run a steering sweep into a results database; a rerun computes only what is missing."""
     from ..evaluation.grid_file import load_grid_file
@@ -68,18 +88,36 @@ def sweep_cmd(
             spec_model = str(Path(spec_model).expanduser().resolve())
         resolved = str(chat.dtype).replace("torch.", "")  # 'auto' could resolve otherwise on another machine
         folder = data_dir or plan.data_dir
-        executor = RayExecutor(GridFileSetup(str(spec.resolve()), spec_model, resolved,
-                                             data_dir=None if folder is None else str(Path(folder).resolve())),
-                               address=ray, workers=workers).start()
+        executor = RayExecutor(
+            GridFileSetup(
+                str(spec.resolve()),
+                spec_model,
+                resolved,
+                data_dir=None if folder is None else str(Path(folder).resolve()),
+            ),
+            address=ray,
+            workers=workers,
+        ).start()
     try:
-        result = run_sweep(chat, plan.grid, plan.tasks, output, data_dir=data_dir or plan.data_dir,
-                           batch_size=batch_size or plan.batch_size, chunk_size=plan.chunk_size, pairs=plan.pairs,
-                           progress=progress, note=plan.note, executor=executor)
+        result = run_sweep(
+            chat,
+            plan.grid,
+            plan.tasks,
+            output,
+            data_dir=data_dir or plan.data_dir,
+            batch_size=batch_size or plan.batch_size,
+            chunk_size=plan.chunk_size,
+            pairs=plan.pairs,
+            progress=progress,
+            note=plan.note,
+            executor=executor,
+        )
     finally:
         if executor is not None:
             executor.close()
     console.print(
-        f"{result.computed} items computed, {result.skipped} reused from {output} in {result.seconds:.1f}s", highlight=False
+        f"{result.computed} items computed, {result.skipped} reused from {output} in {result.seconds:.1f}s",
+        highlight=False,
     )
     console.print(summarise(output).table(), highlight=False, markup=False, soft_wrap=True)
     if report is not None:
@@ -105,10 +143,14 @@ def check_sweep_options(output: Path, dtype: str | None, batch_size: int | None,
 @command("report")
 def report_cmd(
     results: Path = typer.Argument(..., help="Results database written by `refusalscope sweep`."),
-    output: str = typer.Option("report.html", "--output", "-o", help="HTML page to write (a folder, e.g. out/, gets "
-                               "out/report.html)."),
-    export_dir: Optional[Path] = typer.Option(None, "--export-dir", help="Folder for every figure's data as CSV/JSON "
-                                              "(default: <report name>_data/ beside the page)."),
+    output: str = typer.Option(
+        "report.html", "--output", "-o", help="HTML page to write (a folder, e.g. out/, gets out/report.html)."
+    ),
+    export_dir: Optional[Path] = typer.Option(
+        None,
+        "--export-dir",
+        help="Folder for every figure's data as CSV/JSON (default: <report name>_data/ beside the page).",
+    ),
     title: Optional[str] = typer.Option(None, help="Page title."),
     examples: int = typer.Option(3, help="Example generations per task."),
 ) -> None:
@@ -116,7 +158,9 @@ def report_cmd(
     from ..report import build_report, report_outputs
 
     if not results.is_file():
-        raise RefusalScopeError(f"results database {results} does not exist", "run `refusalscope sweep -o RESULTS.db` first")
+        raise RefusalScopeError(
+            f"results database {results} does not exist", "run `refusalscope sweep -o RESULTS.db` first"
+        )
     at_least(examples, "--examples", 0)
     page, folder = report_outputs(output, export_dir)
     page = build_report(results, page, folder, title=title, examples=examples)

@@ -45,7 +45,9 @@ def generate_cmd(
     sample: bool = typer.Option(False, help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(1.0),
     seed: int = typer.Option(0),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", parser=output_file_path, help="Write replies as JSON here."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", parser=output_file_path, help="Write replies as JSON here."
+    ),
 ) -> None:
     """Answer prompts with a chat model (greedy by default) and print the replies."""
     from ..checks import number, output_file
@@ -62,8 +64,13 @@ def generate_cmd(
     items = read_prompts(prompts or [], file)
     chat = load_model(model, dtype=dtype)
     gen = chat.generate(
-        items, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system,
-        do_sample=sample, temperature=temperature, seed=seed,
+        items,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        system=system,
+        do_sample=sample,
+        temperature=temperature,
+        seed=seed,
     )
     table = Table(show_lines=True)
     table.add_column("prompt", ratio=1)
@@ -71,7 +78,9 @@ def generate_cmd(
     for prompt, text in zip(items, gen.texts):
         table.add_row(escape(prompt), escape(text))
     console.print(table)
-    console.print(f"{gen.n_generated} tokens in {gen.seconds:.1f}s ({gen.n_generated / max(gen.seconds, 1e-9):.1f} tokens/s)")
+    console.print(
+        f"{gen.n_generated} tokens in {gen.seconds:.1f}s ({gen.n_generated / max(gen.seconds, 1e-9):.1f} tokens/s)"
+    )
     if output is not None:
         from ..paths import atomic_file
         from ..provenance import environment
@@ -96,9 +105,15 @@ def generate_cmd(
 def run_cmd(
     model: str = ModelOpt,
     dtype: str = DtypeOpt,
-    profile: str = typer.Option("quick", help="quick (~15 min on 2 cores from a warm cache) or paper (full sets, hours)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of benchmark files (default $REFUSALSCOPE_DATA)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<model>-<profile>)."),
+    profile: str = typer.Option(
+        "quick", help="quick (~15 min on 2 cores from a warm cache) or paper (full sets, hours)."
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Folder of benchmark files (default $REFUSALSCOPE_DATA)."
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Output folder (default runs/<model>-<profile>)."
+    ),
 ) -> None:
     """The whole pipeline: SAEs → refusal direction → discovery → steering sweep → evaluation → HTML report."""
     from ..checks import output_dir

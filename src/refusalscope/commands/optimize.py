@@ -21,8 +21,10 @@ def _strength_range(text: str) -> tuple[float, float]:
 
     values = number_list(text, "--strengths")
     if len(values) != 2 or not 0 < values[0] <= values[1]:
-        raise RefusalScopeError(f"--strengths must be LOW,HIGH with 0 < LOW <= HIGH, got '{text}'",
-                                "e.g. --strengths 0.05,2 (multiples of each latent's peak / of the refusal vector)")
+        raise RefusalScopeError(
+            f"--strengths must be LOW,HIGH with 0 < LOW <= HIGH, got '{text}'",
+            "e.g. --strengths 0.05,2 (multiples of each latent's peak / of the refusal vector)",
+        )
     return values[0], values[1]
 
 
@@ -36,11 +38,12 @@ def _take(items: list, sizes: list[int], what: str, option: str) -> list[list]:
     from ..errors import RefusalScopeError
 
     if len(items) < sum(sizes):
-        raise RefusalScopeError(f"{what} has {len(items)} items, fewer than the {sum(sizes)} the splits need",
-                                f"lower {option}")
+        raise RefusalScopeError(
+            f"{what} has {len(items)} items, fewer than the {sum(sizes)} the splits need", f"lower {option}"
+        )
     out, start = [], 0
     for n in sizes:
-        out.append(items[start:start + n])
+        out.append(items[start : start + n])
         start += n
     return out
 
@@ -49,47 +52,104 @@ def _take(items: list, sizes: list[int], what: str, option: str) -> list[list]:
 def optimize_cmd(
     model: str = ModelOpt,
     dtype: str = DtypeOpt,
-    features: Optional[Path] = typer.Option(None, "--features", help="features.json from `discover` or `run` (the ranked "
-                                            "latents; needed by the features, gated and features-nullspace methods)."),
-    sae: Optional[list[str]] = typer.Option(None, "--sae", help="SAE folder(s) for the features' layers (default: the "
-                                            "sources features.json records)."),
-    direction: Path = typer.Option(Path("runs/direction"), "--direction", help="Refusal-direction folder (`direction` or `run` wrote it): its "
-                                   "refusal tokens score the first token; the dense methods, the gate and the learned map use it."),
-    methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma-separated method families to tune and compare."),
-    n_trials: int = typer.Option(12, "--n-trials", help="Optuna trials per method (a rerun resumes and adds only the missing)."),
+    features: Optional[Path] = typer.Option(
+        None,
+        "--features",
+        help="features.json from `discover` or `run` (the ranked "
+        "latents; needed by the features, gated and features-nullspace methods).",
+    ),
+    sae: Optional[list[str]] = typer.Option(
+        None, "--sae", help="SAE folder(s) for the features' layers (default: the sources features.json records)."
+    ),
+    direction: Path = typer.Option(
+        Path("runs/direction"),
+        "--direction",
+        help="Refusal-direction folder (`direction` or `run` wrote it): its "
+        "refusal tokens score the first token; the dense methods, the gate and the learned map use it.",
+    ),
+    methods: str = typer.Option(
+        DEFAULT_METHODS, "--methods", help="Comma-separated method families to tune and compare."
+    ),
+    n_trials: int = typer.Option(
+        12, "--n-trials", help="Optuna trials per method (a rerun resumes and adds only the missing)."
+    ),
     n_val: int = typer.Option(24, "--n-val", help="Harmful and benign prompts (each) in the validation split."),
     n_test: int = typer.Option(32, "--n-test", help="Harmful and benign prompts (each) in the held-out test split."),
-    n_texts: int = typer.Option(8, "--n-texts", help="WikiText documents (first 128 tokens) per split for the text loss."),
-    mc_task: str = typer.Option("arc-easy", "--mc-task", help="Multiple-choice capability task (the default model is "
-                                "above chance on arc-easy, at chance on MMLU)."),
-    mc_split: str = typer.Option("validation", "--mc-split", help="Split of the multiple-choice dataset (shared data holds "
-                                 "ARC's Dev = 'validation' split only)."),
+    n_texts: int = typer.Option(
+        8, "--n-texts", help="WikiText documents (first 128 tokens) per split for the text loss."
+    ),
+    mc_task: str = typer.Option(
+        "arc-easy",
+        "--mc-task",
+        help="Multiple-choice capability task (the default model is above chance on arc-easy, at chance on MMLU).",
+    ),
+    mc_split: str = typer.Option(
+        "validation",
+        "--mc-split",
+        help="Split of the multiple-choice dataset (shared data holds ARC's Dev = 'validation' split only).",
+    ),
     n_mc: int = typer.Option(100, "--n-mc", help="Multiple-choice items in the test split (0: none)."),
-    n_mc_val: int = typer.Option(0, "--n-mc-val", help="Multiple-choice items in the validation split; >0 puts the MC drop "
-                                 "in the search's budget (each item costs one forward per choice per trial)."),
-    n_fit: int = typer.Option(32, "--n-fit", help="Harmful and harmless refusal-direction training prompts (each) that fit "
-                              "the benign subspace, the learned map and the gate's threshold range."),
+    n_mc_val: int = typer.Option(
+        0,
+        "--n-mc-val",
+        help="Multiple-choice items in the validation split; >0 puts the MC drop "
+        "in the search's budget (each item costs one forward per choice per trial).",
+    ),
+    n_fit: int = typer.Option(
+        32,
+        "--n-fit",
+        help="Harmful and harmless refusal-direction training prompts (each) that fit "
+        "the benign subspace, the learned map and the gate's threshold range.",
+    ),
     n_fit_texts: int = typer.Option(16, "--n-fit-texts", help="Other WikiText documents for the benign subspace."),
-    max_loss_increase: float = typer.Option(0.02, "--max-loss-increase", help="Budget: relative text-loss increase allowed "
-                                            "on the validation split (0.02 = 2%)."),
-    max_mc_drop: float = typer.Option(0.05, "--max-mc-drop", help="Budget: multiple-choice accuracy drop allowed (with --n-mc-val)."),
+    max_loss_increase: float = typer.Option(
+        0.02,
+        "--max-loss-increase",
+        help="Budget: relative text-loss increase allowed on the validation split (0.02 = 2%).",
+    ),
+    max_mc_drop: float = typer.Option(
+        0.05, "--max-mc-drop", help="Budget: multiple-choice accuracy drop allowed (with --n-mc-val)."
+    ),
     max_latents: int = typer.Option(20, "--max-latents", help="Largest top-k of the ranked latents a trial may clamp."),
-    strengths: str = typer.Option("0.05,2", "--strengths", help="LOW,HIGH: the strength range searched (log scale): × each "
-                                  "latent's harmful peak, × the refusal vector, × the learned map."),
-    variance: float = typer.Option(0.99, "--variance", help="Share of the benign activations' second moment the benign "
-                                   "subspace keeps (null-space methods)."),
-    judge: str = typer.Option("learned", "--judge", help="Reply judge for the test split (replies generated), or "
-                              "'first-token' to use the calibrated first-token proxy there too."),
-    max_new_tokens: int = typer.Option(24, "--max-new-tokens", help="Reply length the judge reads (test split, calibration)."),
-    threshold: Optional[float] = typer.Option(None, "--first-token-threshold", help="First-token refusal log-odds threshold "
-                                              "for the search (default: calibrated against the judge, cached)."),
+    strengths: str = typer.Option(
+        "0.05,2",
+        "--strengths",
+        help="LOW,HIGH: the strength range searched (log scale): × each "
+        "latent's harmful peak, × the refusal vector, × the learned map.",
+    ),
+    variance: float = typer.Option(
+        0.99,
+        "--variance",
+        help="Share of the benign activations' second moment the benign subspace keeps (null-space methods).",
+    ),
+    judge: str = typer.Option(
+        "learned",
+        "--judge",
+        help="Reply judge for the test split (replies generated), or "
+        "'first-token' to use the calibrated first-token proxy there too.",
+    ),
+    max_new_tokens: int = typer.Option(
+        24, "--max-new-tokens", help="Reply length the judge reads (test split, calibration)."
+    ),
+    threshold: Optional[float] = typer.Option(
+        None,
+        "--first-token-threshold",
+        help="First-token refusal log-odds threshold for the search (default: calibrated against the judge, cached).",
+    ),
     harmful_data: str = typer.Option("harmful/jailbreakbench", "--harmful", help="Dataset of harmful requests."),
     benign_data: str = typer.Option("xstest/safe", "--benign", help="Dataset of benign requests (over-refusal)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of benchmark files (default $REFUSALSCOPE_DATA)."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Folder of benchmark files (default $REFUSALSCOPE_DATA)."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", help="Prompts per forward pass."),
     seed: int = typer.Option(0, "--seed", help="Seeds the splits, the sampler and the bootstrap."),
-    output: Path = typer.Option(Path("runs/optimize"), "--output", "-o", help="Output folder: optimize.db (the resumable "
-                                "study), optimize.json, headline.md/.csv, pareto.png, specs/<method>.json."),
+    output: Path = typer.Option(
+        Path("runs/optimize"),
+        "--output",
+        "-o",
+        help="Output folder: optimize.db (the resumable "
+        "study), optimize.json, headline.md/.csv, pareto.png, specs/<method>.json.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar over the trials."),
 ) -> None:
     """Tune steering methods for Δs within a capability budget; compare their choices on a held-out test split."""
@@ -104,13 +164,25 @@ def optimize_cmd(
     # ---- everything that needs no model, before the model loads
     families = parse_families(methods)
     check_dtype(dtype)
-    for value, option, minimum in ((n_trials, "--n-trials", 1), (n_val, "--n-val", 2), (n_test, "--n-test", 2),
-                                   (n_texts, "--n-texts", 1), (n_mc, "--n-mc", 0), (n_mc_val, "--n-mc-val", 0),
-                                   (n_fit, "--n-fit", 2), (n_fit_texts, "--n-fit-texts", 1), (max_latents, "--max-latents", 1),
-                                   (max_new_tokens, "--max-new-tokens", 1), (batch_size, "--batch-size", 1), (seed, "--seed", 0)):
+    for value, option, minimum in (
+        (n_trials, "--n-trials", 1),
+        (n_val, "--n-val", 2),
+        (n_test, "--n-test", 2),
+        (n_texts, "--n-texts", 1),
+        (n_mc, "--n-mc", 0),
+        (n_mc_val, "--n-mc-val", 0),
+        (n_fit, "--n-fit", 2),
+        (n_fit_texts, "--n-fit-texts", 1),
+        (max_latents, "--max-latents", 1),
+        (max_new_tokens, "--max-new-tokens", 1),
+        (batch_size, "--batch-size", 1),
+        (seed, "--seed", 0),
+    ):
         at_least(value, option, minimum)
-    budget = Budget(number(max_loss_increase, "--max-loss-increase", minimum=0.0),
-                    number(max_mc_drop, "--max-mc-drop", minimum=0.0, maximum=1.0))
+    budget = Budget(
+        number(max_loss_increase, "--max-loss-increase", minimum=0.0),
+        number(max_mc_drop, "--max-mc-drop", minimum=0.0, maximum=1.0),
+    )
     lo, hi = _strength_range(strengths)
     number(variance, "--variance", minimum=0.0, maximum=1.0)
     if variance <= 0:
@@ -121,15 +193,19 @@ def optimize_cmd(
     output_file(out / "optimize.db", "study file")
     import_optuna()
     if NEEDS_LATENTS & set(families) and features is None:
-        raise RefusalScopeError(f"the methods {', '.join(f for f in families if f in NEEDS_LATENTS)} need ranked latents",
-                                "pass --features features.json (from `refusalscope discover` or `run`), or drop them from --methods")
+        raise RefusalScopeError(
+            f"the methods {', '.join(f for f in families if f in NEEDS_LATENTS)} need ranked latents",
+            "pass --features features.json (from `refusalscope discover` or `run`), or drop them from --methods",
+        )
     if features is not None:
         from ..discovery.features import FeatureSet
 
         try:
             FeatureSet.load(features)
         except RefusalScopeError as exc:
-            raise RefusalScopeError(exc.problem, exc.fix or "pass the features.json `refusalscope discover` or `run` wrote") from None
+            raise RefusalScopeError(
+                exc.problem, exc.fix or "pass the features.json `refusalscope discover` or `run` wrote"
+            ) from None
     refusal_direction = RefusalDirection.load(direction)
     if not refusal_direction.refusal_token_ids:
         raise RefusalScopeError(f"{direction} records no refusal tokens", "rerun `refusalscope direction`")
@@ -143,14 +219,19 @@ def optimize_cmd(
     val_benign, test_benign = _take(benign, [n_val, n_test], f"dataset '{benign_data}'", "--n-val/--n-test")
     wikitext = capability_task("wikitext", data_dir=data_dir)
     texts = _shuffled([it.text for it in wikitext.items(data_dir, 2 * n_texts + n_fit_texts, seed)], seed)
-    val_texts, test_texts, fit_texts = _take(texts, [n_texts, n_texts, n_fit_texts], "WikiText", "--n-texts/--n-fit-texts")
+    val_texts, test_texts, fit_texts = _take(
+        texts, [n_texts, n_texts, n_fit_texts], "WikiText", "--n-texts/--n-fit-texts"
+    )
     mc, val_mc, test_mc = None, [], []
     if n_mc or n_mc_val:
         import dataclasses
 
         mc = capability_task(mc_task, data_dir=data_dir)
         if not hasattr(mc, "fewshot_split"):
-            raise RefusalScopeError(f"--mc-task {mc_task} is not a multiple-choice task", "use arc-easy, arc-challenge, mmlu or truthfulqa-mc1")
+            raise RefusalScopeError(
+                f"--mc-task {mc_task} is not a multiple-choice task",
+                "use arc-easy, arc-challenge, mmlu or truthfulqa-mc1",
+            )
         mc = dataclasses.replace(mc, split=mc_split)
         items = _shuffled(mc.items(data_dir, n_mc + n_mc_val, seed), seed)
         val_mc, test_mc = _take(items, [n_mc_val, n_mc], f"capability task '{mc_task}'", "--n-mc/--n-mc-val")
@@ -162,14 +243,33 @@ def optimize_cmd(
     fit_data = sample_direction_data(data_dir, n_train=n_fit, n_val=16, seed=0)
     threshold_option = threshold
     run_settings = {
-        "model": model, "dtype": dtype, "features": None if features is None else str(features), "direction": str(direction),
-        "n_val": n_val, "n_test": n_test, "n_texts": n_texts, "mc_task": mc_task, "mc_split": mc_split, "n_mc": n_mc,
-        "n_mc_val": n_mc_val, "n_fit": n_fit, "n_fit_texts": n_fit_texts, "budget": dict(budget.__dict__),
-        "max_latents": max_latents, "strengths": [lo, hi], "variance": variance, "judge": judge,
-        "max_new_tokens": max_new_tokens, "first_token_threshold": threshold_option, "harmful": harmful_data,
-        "benign": benign_data, "seed": seed,
+        "model": model,
+        "dtype": dtype,
+        "features": None if features is None else str(features),
+        "direction": str(direction),
+        "n_val": n_val,
+        "n_test": n_test,
+        "n_texts": n_texts,
+        "mc_task": mc_task,
+        "mc_split": mc_split,
+        "n_mc": n_mc,
+        "n_mc_val": n_mc_val,
+        "n_fit": n_fit,
+        "n_fit_texts": n_fit_texts,
+        "budget": dict(budget.__dict__),
+        "max_latents": max_latents,
+        "strengths": [lo, hi],
+        "variance": variance,
+        "judge": judge,
+        "max_new_tokens": max_new_tokens,
+        "first_token_threshold": threshold_option,
+        "harmful": harmful_data,
+        "benign": benign_data,
+        "seed": seed,
     }
-    check_study(out / "optimize.db", "refusalscope", run_settings)  # a resumed study must match, known before the model loads
+    check_study(
+        out / "optimize.db", "refusalscope", run_settings
+    )  # a resumed study must match, known before the model loads
 
     # ---- the model, the families, the search
     from ..evaluation.families import FamilyData, Settings, build_spaces
@@ -186,8 +286,9 @@ def optimize_cmd(
         return chat.decode(chat.encode(text)[:128])
 
     validation.texts, test.texts, fit_texts = ([head(t) for t in texts] for texts in (val_texts, test_texts, fit_texts))
-    data = FamilyData(direction=refusal_direction, harmful=fit_data.harmful_train, harmless=fit_data.harmless_train,
-                      texts=fit_texts)
+    data = FamilyData(
+        direction=refusal_direction, harmful=fit_data.harmful_train, harmless=fit_data.harmless_train, texts=fit_texts
+    )
     sources: dict = {}
     if features is not None:
         from ..discovery.features import FeatureSet, ScoreTables
@@ -212,35 +313,61 @@ def optimize_cmd(
             alive = sorted(float(v) for v in peak if v > 0)
             fallback = alive[len(alive) // 2] if alive else 1.0
             data.values = [float(v) if v > 0 else fallback for v in peak]
-            sources["clamp_values"] = f"peak activation on {len(fit_data.harmful_train)} refusal-direction training prompts"
+            sources["clamp_values"] = (
+                f"peak activation on {len(fit_data.harmful_train)} refusal-direction training prompts"
+            )
     settings = Settings(max_latents=max_latents, strengths=(lo, hi), variance=variance, batch_size=batch_size)
     ids = list(map(int, refusal_direction.refusal_token_ids))
     if threshold is None:
         calibration_judge = test_judge or reply_judge("default")
-        threshold, agreement = first_token_calibration(chat, fit_data.harmful_val + fit_data.harmless_val, ids,
-                                                       max_new_tokens, calibration_judge)
-        sources["first_token"] = {"threshold": threshold, "agreement_with_judge": agreement,
-                                  "judge": getattr(calibration_judge, "name", judge), "n_calibration": 32}
+        threshold, agreement = first_token_calibration(
+            chat, fit_data.harmful_val + fit_data.harmless_val, ids, max_new_tokens, calibration_judge
+        )
+        sources["first_token"] = {
+            "threshold": threshold,
+            "agreement_with_judge": agreement,
+            "judge": getattr(calibration_judge, "name", judge),
+            "n_calibration": 32,
+        }
     else:
         sources["first_token"] = {"threshold": threshold, "given": True}
     spaces, fitted = build_spaces(chat, families, data, settings, progress=False)
     refused = first_token_refusals(chat, ids, batch_size, threshold)
     test_refused = refused if test_judge is None else reply_refusals(chat, test_judge, max_new_tokens, batch_size)
-    result = compare(chat, spaces, validation, test, storage=out / "optimize.db", n_trials=n_trials, budget=budget,
-                     refused=refused, test_refused=test_refused, batch_size=batch_size, seed=seed, settings=run_settings,
-                     progress=progress)
+    result = compare(
+        chat,
+        spaces,
+        validation,
+        test,
+        storage=out / "optimize.db",
+        n_trials=n_trials,
+        budget=budget,
+        refused=refused,
+        test_refused=test_refused,
+        batch_size=batch_size,
+        seed=seed,
+        settings=run_settings,
+        progress=progress,
+    )
     saved = result.to_dict()
     saved["fitted"] = fitted
     saved["sources"] = sources
-    saved["refusal_decision"] = {"search": f"first-token log-odds > {threshold:.3g} (validation)",
-                                 "test": "first-token" if test_judge is None else
-                                 f"{getattr(test_judge, 'name', judge)} on {max_new_tokens}-token greedy replies"}
+    saved["refusal_decision"] = {
+        "search": f"first-token log-odds > {threshold:.3g} (validation)",
+        "test": "first-token"
+        if test_judge is None
+        else f"{getattr(test_judge, 'name', judge)} on {max_new_tokens}-token greedy replies",
+    }
     saved["versions"] = package_versions()
     saved["model"] = chat.info.to_dict()
     for name, r in result.results.items():
         if r.chosen_steering is not None:
-            spec = Steering(r.chosen_steering, name=f"optimize-{name}", model=chat.info.to_dict(),
-                            description=f"the {name} configuration `refusalscope optimize` chose: {r.chosen}")
+            spec = Steering(
+                r.chosen_steering,
+                name=f"optimize-{name}",
+                model=chat.info.to_dict(),
+                description=f"the {name} configuration `refusalscope optimize` chose: {r.chosen}",
+            )
             spec.save(out / "specs" / f"{name}.json")
     paths = write_outputs(saved, out)
 
@@ -254,7 +381,15 @@ def optimize_cmd(
     for row in rows:
         table.add_row(*[escape(str(v)) for v in row.values()])
     console.print(table)
-    console.print(f"n: {n_test} harmful + {n_test} benign prompts, {n_texts} texts, {len(test_mc)} {mc_task} items (test); "
-                  f"refusal on the test split: {saved['refusal_decision']['test']}", highlight=False, markup=False)
-    console.print(f"wrote {paths['figure']}, {paths['markdown']}, {paths['json']}; study {out / 'optimize.db'} "
-                  f"(rerun to resume or add trials); chosen specs in {out / 'specs'}/", highlight=False, markup=False)
+    console.print(
+        f"n: {n_test} harmful + {n_test} benign prompts, {n_texts} texts, {len(test_mc)} {mc_task} items (test); "
+        f"refusal on the test split: {saved['refusal_decision']['test']}",
+        highlight=False,
+        markup=False,
+    )
+    console.print(
+        f"wrote {paths['figure']}, {paths['markdown']}, {paths['json']}; study {out / 'optimize.db'} "
+        f"(rerun to resume or add trials); chosen specs in {out / 'specs'}/",
+        highlight=False,
+        markup=False,
+    )

@@ -34,7 +34,9 @@ def metrics_table(title: str, rows: dict[str, dict]) -> Table:
 def train_sae_cmd(
     model: str = ModelOpt,
     dtype: str = DtypeOpt,
-    preset: str = typer.Option("quick", help="quick (one layer at 65% depth, ~10 min) or standard (three layers, ~45 min)."),
+    preset: str = typer.Option(
+        "quick", help="quick (one layer at 65% depth, ~10 min) or standard (three layers, ~45 min)."
+    ),
     layers: Optional[list[int]] = typer.Option(None, "--layer", help="Override the preset's layers (repeatable)."),
     data_dir: Optional[Path] = DataDirOpt,
     force: bool = typer.Option(False, help="Retrain even if the cache holds these SAEs."),
@@ -87,7 +89,9 @@ def sae_eval_cmd(
     layer: Optional[int] = typer.Option(None, help="Layer the SAE reads, if its config does not say."),
     data_dir: Optional[Path] = DataDirOpt,
     n_docs: int = typer.Option(32, help="Documents per evaluation corpus."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", parser=output_file_path, help="Write the metrics as JSON."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", parser=output_file_path, help="Write the metrics as JSON."
+    ),
 ) -> None:
     """Quality metrics of any SAE on any model: FVU, L0, dead/dense, CE recovered, KL, refusal cosine."""
     from ..checks import output_file

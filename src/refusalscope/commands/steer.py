@@ -16,7 +16,10 @@ from ..errors import RefusalScopeError
 from ._app import DtypeOpt, at_least, check_dtype, command, console, output_file_path, read_prompts
 
 ModelOrSpecOpt = typer.Option(
-    None, "--model", "-m", help="Embedded name, hub id, model folder or .gguf file (default: the spec's model, else 'default')."
+    None,
+    "--model",
+    "-m",
+    help="Embedded name, hub id, model folder or .gguf file (default: the spec's model, else 'default').",
 )
 SpecOpt = typer.Option(None, "--spec", "-s", help="Steering spec (.json/.yaml) or lm-eval steer file (.csv/.pt).")
 
@@ -56,7 +59,9 @@ def _build_steering(
     pos = _parse_positions(positions)
     if sae is not None or features:
         if sae is None or not features:
-            raise RefusalScopeError("--sae and --feature go together", "e.g. --sae saes/l12 --feature 1234 --mode set --value 8")
+            raise RefusalScopeError(
+                "--sae and --feature go together", "e.g. --sae saes/l12 --feature 1234 --mode set --value 8"
+            )
         # FeatureSteer checks the mode (its error names the choices)
         steering.interventions.append(FeatureSteer(sae, features, cast(Mode, mode), value, positions=pos, layer=layer))
     if ablate is not None:
@@ -128,7 +133,9 @@ def steer_cmd(
     system: Optional[str] = typer.Option(None, help="System prompt."),
     baseline: bool = typer.Option(True, help="Also generate the unsteered reply, side by side."),
     save_spec: Optional[Path] = typer.Option(None, help="Write the steering used as a spec file (.json/.yaml)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", parser=output_file_path, help="Write prompts and replies as JSON here."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", parser=output_file_path, help="Write prompts and replies as JSON here."
+    ),
 ) -> None:
     """Answer prompts with and without a steering and show the replies side by side
     (a table in a terminal; plain, complete, unwrapped blocks when stdout is a pipe or file)."""
@@ -147,8 +154,12 @@ def steer_cmd(
     steering.for_model(chat)
     interactive = sys.stdout.isatty()
     console.print(steering.describe(), highlight=False, markup=False, soft_wrap=True)
-    settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "system": system,
-                "progress": interactive and sys.stderr.isatty()}
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "system": system,
+        "progress": interactive and sys.stderr.isatty(),
+    }
     plain = chat.generate(items, **settings) if baseline else None
     for gate in steering.conditionals:
         gate.reset_stats()
@@ -304,13 +315,22 @@ def chat_session(
         history.append({"role": "user", "content": line})
         stream = _Stream(chat.tokenizer, out)
         before = [(c.fired, c.seen) for c in steering.conditionals] if steering else []
-        label = "model" if steering is None else f"model ({'gated steering' if steered and gated else 'steered' if steered else 'unsteered'})"
+        label = (
+            "model"
+            if steering is None
+            else f"model ({'gated steering' if steered and gated else 'steered' if steered else 'unsteered'})"
+        )
         out.write(f"{label}> ")
         out.flush()
         try:
             gen = chat.generate(
-                [history], max_new_tokens=max_new_tokens, batch_size=1, system=system,
-                interventions=steering if steered else None, progress=False, on_token=stream,
+                [history],
+                max_new_tokens=max_new_tokens,
+                batch_size=1,
+                system=system,
+                interventions=steering if steered else None,
+                progress=False,
+                on_token=stream,
             )
         except KeyboardInterrupt:
             out.write("\n")
@@ -353,8 +373,10 @@ def chat_cmd(
         console.print(steering.describe(), highlight=False, markup=False)
     else:
         console.print("no --spec given: chatting with the unsteered model")
-    console.print("type /exit to leave, /off or /on to toggle the steering, /reset to start over; "
-                  "Ctrl-C stops a reply", highlight=False)
+    console.print(
+        "type /exit to leave, /off or /on to toggle the steering, /reset to start over; Ctrl-C stops a reply",
+        highlight=False,
+    )
     chat_session(chat, steering, steered=steered, system=system, max_new_tokens=max_new_tokens)
 
 
@@ -362,7 +384,9 @@ def chat_cmd(
 def steer_convert_cmd(
     source: Path = typer.Argument(..., help="Steering spec (.json/.yaml) or lm-eval steer file (.csv/.pt)."),
     target: Path = typer.Argument(..., help="Output: .json/.yaml spec, or lm-eval .csv/.pt."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to record (needed for 'all layers' ablations to .pt)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model to record (needed for 'all layers' ablations to .pt)."
+    ),
     dtype: str = DtypeOpt,
 ) -> None:
     """Convert between steering specs and lm-evaluation-harness steer files."""

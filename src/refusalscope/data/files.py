@@ -138,7 +138,9 @@ def read_table(path: Path, required: Sequence[str] = ()) -> list[dict[str, Any]]
     return rows
 
 
-def field_of(path: Path, row: Any, index: int, name: str, types: type | tuple[type, ...] = str, allow_none: bool = False) -> Any:
+def field_of(
+    path: Path, row: Any, index: int, name: str, types: type | tuple[type, ...] = str, allow_none: bool = False
+) -> Any:
     """row[name], checked: a clear error names the file, the row and the field."""
     if not isinstance(row, dict):
         raise malformed(path, f"row {index} is a {type(row).__name__}, expected an object with field '{name}'")

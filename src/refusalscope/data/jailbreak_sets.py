@@ -39,7 +39,9 @@ def read_tsv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
             reader = csv.DictReader(handle, delimiter="\t")
             missing = [c for c in required if c not in (reader.fieldnames or [])]
             if missing:
-                raise malformed(path, f"missing column(s) {', '.join(missing)}; found {', '.join(reader.fieldnames or [])}")
+                raise malformed(
+                    path, f"missing column(s) {', '.join(missing)}; found {', '.join(reader.fieldnames or [])}"
+                )
             return list(reader)
     except UnicodeDecodeError as exc:
         raise malformed(path, f"not UTF-8 text ({exc})") from exc

@@ -26,8 +26,16 @@ def _strongreject(column: str, prefix: str):
         items: list[PromptItem] = []
         for path in paths:
             for i, row in enumerate(read_table(path, required=(column, "category")), start=1):
-                items.append(PromptItem(f"{prefix}-{split}-{len(items):04d}", text_of(path, row, i, column), "harmful",
-                                        str(row["category"]), name, {"origin": row.get("source")}))
+                items.append(
+                    PromptItem(
+                        f"{prefix}-{split}-{len(items):04d}",
+                        text_of(path, row, i, column),
+                        "harmful",
+                        str(row["category"]),
+                        name,
+                        {"origin": row.get("source")},
+                    )
+                )
         return items
 
     return parse
@@ -44,13 +52,18 @@ register(
         upstream="https://github.com/dsbowen/strong_reject (strongreject_dataset/); "
         "https://huggingface.co/datasets/walledai/StrongREJECT",
         local=(
-            LocalSource({s: (f"strongreject/strongreject_dataset/{f}",) for s, f in _SR_FILES.items()},
-                        _strongreject("forbidden_prompt", "strongreject")),
-            LocalSource({s: (f"strongreject/{f}",) for s, f in _SR_FILES.items()},
-                        _strongreject("forbidden_prompt", "strongreject")),
+            LocalSource(
+                {s: (f"strongreject/strongreject_dataset/{f}",) for s, f in _SR_FILES.items()},
+                _strongreject("forbidden_prompt", "strongreject"),
+            ),
+            LocalSource(
+                {s: (f"strongreject/{f}",) for s, f in _SR_FILES.items()},
+                _strongreject("forbidden_prompt", "strongreject"),
+            ),
         ),
-        hub=HubSource("walledai/StrongREJECT", {"all": ("data/train-*.parquet",)},
-                      _strongreject("prompt", "strongreject")),
+        hub=HubSource(
+            "walledai/StrongREJECT", {"all": ("data/train-*.parquet",)}, _strongreject("prompt", "strongreject")
+        ),
         counts={"all": 313, "small": 60},
     )
 )
@@ -61,8 +74,15 @@ def _or_bench(paths: list[Path], split: str, name: str) -> list[PromptItem]:
     items: list[PromptItem] = []
     for path in paths:
         for i, row in enumerate(read_table(path, required=("prompt", "category")), start=1):
-            items.append(PromptItem(f"or-bench-{split}-{len(items):05d}", text_of(path, row, i, "prompt"), label,
-                                    str(row["category"]), name))
+            items.append(
+                PromptItem(
+                    f"or-bench-{split}-{len(items):05d}",
+                    text_of(path, row, i, "prompt"),
+                    label,
+                    str(row["category"]),
+                    name,
+                )
+            )
     return items
 
 

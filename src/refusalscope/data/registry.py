@@ -129,7 +129,9 @@ def get_spec(name: str) -> DatasetSpec:
         import difflib
 
         name = str(name)
-        close = [n for n in REGISTRY if name.split("/")[-1] in n] or difflib.get_close_matches(name, list(REGISTRY), n=2)
+        close = [n for n in REGISTRY if name.split("/")[-1] in n] or difflib.get_close_matches(
+            name, list(REGISTRY), n=2
+        )
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise RefusalScopeError(
             f"unknown dataset '{name}'",
@@ -280,4 +282,3 @@ def load_dataset(
     ensure_unique_ids(items, f"dataset '{name}'")
     dataset = Dataset(name=name, split=split, items=tuple(items), origin=origin, kind=spec.kind, files=files)
     return dataset.sample(limit, seed)
-

@@ -62,8 +62,10 @@ def logit_effect(
     hi = effect.topk(top)
     lo = (-effect).topk(top)
     decode = chat.decode
-    return ([(decode([int(i)]), float(v)) for v, i in zip(hi.values, hi.indices)],
-            [(decode([int(i)]), float(-v)) for v, i in zip(lo.values, lo.indices)])
+    return (
+        [(decode([int(i)]), float(v)) for v, i in zip(hi.values, hi.indices)],
+        [(decode([int(i)]), float(-v)) for v, i in zip(lo.values, lo.indices)],
+    )
 
 
 @torch.no_grad()
@@ -97,7 +99,9 @@ def build_cards(
         nonlocal counter
         token_lists = [ids[:max_tokens] for ids in chat.encode_prompts(list(texts), chat=chat_format)]
         skip = prefix if chat_format else 1
-        for index, chunk in chat.iter_residual(None, layers, "all", batch_size, token_lists=token_lists, progress=progress):
+        for index, chunk in chat.iter_residual(
+            None, layers, "all", batch_size, token_lists=token_lists, progress=progress
+        ):
             for layer in layers:
                 sae = saes[layer].float()
                 idx = feats_by_layer[layer]
@@ -172,8 +176,10 @@ def render_html(cards: Sequence[FeatureCard], title: str) -> str:
     ]
     for card in cards:
         scores = ", ".join(f"{e(k)}={v:.3g}" for k, v in card.scores.items())
-        parts.append(f"<div class='card'><h2>layer {card.layer} · latent {card.feature}"
-                     f"{'' if card.rank is None else f' · rank {card.rank}'}</h2><p>{scores}</p>")
+        parts.append(
+            f"<div class='card'><h2>layer {card.layer} · latent {card.feature}"
+            f"{'' if card.rank is None else f' · rank {card.rank}'}</h2><p>{scores}</p>"
+        )
         parts.append(f"<img alt='activation histogram' src='data:image/png;base64,{_histogram_png(card)}'>")
         parts.append("<h3>top-activating contexts</h3>")
         for ctx in card.contexts:
@@ -181,7 +187,9 @@ def render_html(cards: Sequence[FeatureCard], title: str) -> str:
             parts.append(f"<div class='ctx'>[{e(ctx.corpus)} {ctx.activation:.2f}] {''.join(toks)}</div>")
         parts.append("<h3>logit effect</h3><table><tr><th>promotes</th><th></th><th>suppresses</th><th></th></tr>")
         for (pt, pv), (st, sv) in zip(card.promoted, card.suppressed):
-            parts.append(f"<tr><td class='tok'>{e(repr(pt))}</td><td>{pv:+.2f}</td><td class='tok'>{e(repr(st))}</td><td>{sv:+.2f}</td></tr>")
+            parts.append(
+                f"<tr><td class='tok'>{e(repr(pt))}</td><td>{pv:+.2f}</td><td class='tok'>{e(repr(st))}</td><td>{sv:+.2f}</td></tr>"
+            )
         parts.append("</table></div>")
     parts.append("</body></html>")
     return "".join(parts)

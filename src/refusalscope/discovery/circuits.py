@@ -104,7 +104,11 @@ def upstream_latents(
 
 @torch.no_grad()
 def _mean_downstream(
-    chat: ChatModel, down_sae: SAE, feats: list[int], prompts: Sequence[str], batch_size: int,
+    chat: ChatModel,
+    down_sae: SAE,
+    feats: list[int],
+    prompts: Sequence[str],
+    batch_size: int,
     interventions: Interventions,
 ) -> float:
     tokens = chat.encode_prompts(list(prompts))

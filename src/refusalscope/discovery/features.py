@@ -63,7 +63,9 @@ class ScoreTables:
             for key in handle.keys():
                 name, layer = key.rsplit(".", 1)
                 getattr(out, name)[int(layer)] = handle.get_tensor(key)
-        out.error_share = {k: {int(l): v for l, v in d.items()} for k, d in json.loads(meta.get("error_share", "{}")).items()}
+        out.error_share = {
+            k: {int(l): v for l, v in d.items()} for k, d in json.loads(meta.get("error_share", "{}")).items()
+        }
         return out
 
 
@@ -123,12 +125,20 @@ class FeatureSet:
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise RefusalScopeError(f"{path} is not a refusalscope features.json: {exc}") from exc
         return cls(
-            method=raw["method"], k=raw["k"], features=features, model=raw.get("model", {}), saes=raw.get("saes", {}),
-            direction=raw.get("direction", {}), settings=raw.get("settings", {}), provenance=raw.get("provenance", {}),
+            method=raw["method"],
+            k=raw["k"],
+            features=features,
+            model=raw.get("model", {}),
+            saes=raw.get("saes", {}),
+            direction=raw.get("direction", {}),
+            settings=raw.get("settings", {}),
+            provenance=raw.get("provenance", {}),
         )
 
 
-def _flat(scores: dict[int, torch.Tensor], allowed: dict[int, torch.Tensor] | None = None) -> list[tuple[float, int, int]]:
+def _flat(
+    scores: dict[int, torch.Tensor], allowed: dict[int, torch.Tensor] | None = None
+) -> list[tuple[float, int, int]]:
     out = []
     for layer, vec in scores.items():
         idx = allowed[layer] if allowed is not None else torch.arange(vec.numel())
@@ -163,8 +173,9 @@ def select(
     needs = {"cossim+ig": ["cossim", "ig"], "ig": ["ig"], "ap": ["ap"], "cossim": ["cossim"], "actdiff": ["actdiff"]}
     for name in needs.get(method, []):
         if not getattr(tables, name):
-            raise RefusalScopeError(f"method '{method}' needs {name} scores, which were not computed",
-                                    f"run discovery with {name} enabled")
+            raise RefusalScopeError(
+                f"method '{method}' needs {name} scores, which were not computed", f"run discovery with {name} enabled"
+            )
     if method == "random":
         rng = random.Random(seed)
         counts = Counter(layer for layer, _ in (reference or []))
@@ -173,7 +184,9 @@ def select(
             counts = Counter(layers[i % len(layers)] for i in range(k))
         chosen = []
         for layer, n in sorted(counts.items()):
-            alive = (tables.peak_harmful[layer] > 0).nonzero().squeeze(-1).tolist() if layer in tables.peak_harmful else []
+            alive = (
+                (tables.peak_harmful[layer] > 0).nonzero().squeeze(-1).tolist() if layer in tables.peak_harmful else []
+            )
             pool = alive or list(range(tables.cossim[layer].numel()))
             chosen += [(0.0, layer, j) for j in rng.sample(pool, min(n, len(pool)))]
         ranked = chosen

@@ -69,8 +69,15 @@ class Discovery:
     cached: bool = False
 
 
-def _fingerprint(chat: ChatModel, saes: Mapping[int, SAE], direction: RefusalDirection, harmful: Sequence[str],
-                 harmless: Sequence[str], cfg: DiscoveryConfig, attr_prompts: Sequence[str]) -> str:
+def _fingerprint(
+    chat: ChatModel,
+    saes: Mapping[int, SAE],
+    direction: RefusalDirection,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    cfg: DiscoveryConfig,
+    attr_prompts: Sequence[str],
+) -> str:
     digest = hashlib.sha256(json.dumps(model_identity(chat), sort_keys=True).encode())
     for layer in sorted(saes):
         digest.update(f"{layer}:{saes[layer].content_hash()}".encode())
@@ -144,7 +151,11 @@ def discover(
     need = cfg.needed()
 
     t0 = time.perf_counter()
-    attr_prompts = cached_refused_prompts(chat, harmful, direction.refusal_token_ids, cfg.n_attribution) if need & {"ig", "ap"} else []
+    attr_prompts = (
+        cached_refused_prompts(chat, harmful, direction.refusal_token_ids, cfg.n_attribution)
+        if need & {"ig", "ap"}
+        else []
+    )
     seconds["select prompts"] = time.perf_counter() - t0
     key = _fingerprint(chat, saes, direction, act_harmful, act_harmless, cfg, attr_prompts)
     out = Path(out_dir) if out_dir else None
@@ -167,8 +178,17 @@ def discover(
     for method in ("ap", "ig"):
         if method in need and not getattr(tables, method):
             t0 = time.perf_counter()
-            attr = attribution_scores(chat, saes, attr_prompts, ablation, direction.refusal_token_ids, method,
-                                      steps=cfg.ig_steps, batch_size=cfg.attribution_batch, progress=progress)
+            attr = attribution_scores(
+                chat,
+                saes,
+                attr_prompts,
+                ablation,
+                direction.refusal_token_ids,
+                method,
+                steps=cfg.ig_steps,
+                batch_size=cfg.attribution_batch,
+                progress=progress,
+            )
             setattr(tables, method, attr.mean)
             setattr(tables, f"{method}_per_prompt", attr.per_prompt)
             tables.error_share[method] = {l: attr.error_share(l) for l in saes}
@@ -181,20 +201,40 @@ def discover(
     common = {
         "model": chat.info.to_dict(),
         "saes": sae_identity(saes),
-        "direction": {"layer": direction.layer, "position": direction.position,
-                      "sha256": hashlib.sha256(direction.raw.numpy().tobytes()).hexdigest()[:16]},
+        "direction": {
+            "layer": direction.layer,
+            "position": direction.position,
+            "sha256": hashlib.sha256(direction.raw.numpy().tobytes()).hexdigest()[:16],
+        },
     }
     sets: dict[str, FeatureSet] = {}
     main = select(tables, cfg.method, cfg.k, cfg.prefilter_k, cfg.per_prompt, seed=cfg.seed)
     for method in (cfg.method, *cfg.baselines):
-        chosen = main if method == cfg.method else select(
-            tables, method, cfg.k, cfg.prefilter_k, cfg.per_prompt, reference=[(f.layer, f.feature) for f in main], seed=cfg.seed
+        chosen = (
+            main
+            if method == cfg.method
+            else select(
+                tables,
+                method,
+                cfg.k,
+                cfg.prefilter_k,
+                cfg.per_prompt,
+                reference=[(f.layer, f.feature) for f in main],
+                seed=cfg.seed,
+            )
         )
         sets[method] = FeatureSet(
-            method=method, k=cfg.k, features=chosen, **common,
+            method=method,
+            k=cfg.k,
+            features=chosen,
+            **common,
             settings=asdict(cfg),
-            provenance={"scores": str(cache), "n_attribution_prompts": len(attr_prompts),
-                        "error_share": tables.error_share, "versions": package_versions()},
+            provenance={
+                "scores": str(cache),
+                "n_attribution_prompts": len(attr_prompts),
+                "error_share": tables.error_share,
+                "versions": package_versions(),
+            },
         )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +250,8 @@ def top_table(fs: FeatureSet, n: int = 20) -> list[list[str]]:
     rows = [header]
     for f in fs.features[:n]:
         s = f.scores
-        rows.append([str(f.rank), str(f.layer), str(f.feature), f"{f.score:.4g}"] +
-                    [f"{s[m]:.3g}" if m in s else "" for m in ("cossim", "actdiff", "ap", "ig")])
+        rows.append(
+            [str(f.rank), str(f.layer), str(f.feature), f"{f.score:.4g}"]
+            + [f"{s[m]:.3g}" if m in s else "" for m in ("cossim", "actdiff", "ap", "ig")]
+        )
     return rows
-

@@ -63,7 +63,10 @@ def activation_stats(
     _check_saes(chat, saes)
     prefix = shared_prefix_length(chat)
     layers = sorted(saes)
-    out = {l: {"max": torch.zeros(saes[l].d_sae), "mean": torch.zeros(saes[l].d_sae), "peak": torch.zeros(saes[l].d_sae)} for l in layers}
+    out = {
+        l: {"max": torch.zeros(saes[l].d_sae), "mean": torch.zeros(saes[l].d_sae), "peak": torch.zeros(saes[l].d_sae)}
+        for l in layers
+    }
     for _, chunk in chat.iter_residual(list(prompts), layers, "all", batch_size, progress=progress):
         for layer in layers:
             sae = saes[layer].float()
@@ -115,7 +118,10 @@ class Attribution:
 
 
 def first_tokens(
-    chat: ChatModel, prompts: Sequence[str], ablation: Interventions, refusal_token_ids: Sequence[int],
+    chat: ChatModel,
+    prompts: Sequence[str],
+    ablation: Interventions,
+    refusal_token_ids: Sequence[int],
     batch_size: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(t_refuse, t_jail, clean log-odds): the refusal token the clean run likes most and
@@ -206,6 +212,7 @@ def attribution_scores(
                         err.requires_grad_(True)
                     leaves[layer] = (f, err)  # noqa: B023
                     return (recon + err).to(hidden.dtype)
+
                 return fn
 
             with torch.enable_grad(), chat.hooks.attached([(l, splice(l)) for l in layers]):

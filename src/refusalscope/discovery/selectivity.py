@@ -69,12 +69,16 @@ class LatentSelectivity:
 def _candidates(candidates: Sequence[tuple[int, int]], saes: Mapping[int, Any]) -> list[tuple[int, int]]:
     out = [(int(layer), int(feature)) for layer, feature in candidates]
     if not out:
-        raise RefusalScopeError("no candidate latents were given", "pass (layer, feature) pairs, e.g. CosSim+IG's top 64")
+        raise RefusalScopeError(
+            "no candidate latents were given", "pass (layer, feature) pairs, e.g. CosSim+IG's top 64"
+        )
     if len(set(out)) != len(out):
         raise RefusalScopeError("candidate latents repeat", "list each (layer, feature) once")
     for layer, feature in out:
         if layer not in saes:
-            raise RefusalScopeError(f"no SAE was given for layer {layer}", f"pass an SAE for each candidate's layer (have {sorted(saes)})")
+            raise RefusalScopeError(
+                f"no SAE was given for layer {layer}", f"pass an SAE for each candidate's layer (have {sorted(saes)})"
+            )
         saes[layer].check_features(torch.tensor([feature]))
     return out
 
@@ -118,7 +122,9 @@ def firing_fractions(
 
 
 def _paired(after: Sequence[float], before: Sequence[float], seed: int) -> Estimate:
-    diffs = [a - b for a, b in zip(after, before) if not (math.isnan(a) or math.isnan(b))]  # a document too short to score is NaN
+    diffs = [
+        a - b for a, b in zip(after, before) if not (math.isnan(a) or math.isnan(b))
+    ]  # a document too short to score is NaN
     return bootstrap(diffs, seed=seed)
 
 
@@ -142,7 +148,9 @@ def output_effects(
 
     candidates = _candidates(candidates, saes)
     if len(values) != len(candidates):
-        raise RefusalScopeError(f"{len(values)} clamp values for {len(candidates)} candidates", "give one value per candidate")
+        raise RefusalScopeError(
+            f"{len(values)} clamp values for {len(candidates)} candidates", "give one value per candidate"
+        )
     if not prompts or not texts:
         raise RefusalScopeError("the output effect needs prompts (for refusal) and texts (for the loss)")
     docs = [Document(chat.encode(t), "text") for t in texts]
@@ -188,7 +196,9 @@ def rank_selective(
     if not benign_prompts and not benign_texts:
         raise RefusalScopeError("no benign prompts or texts were given", "pass harmless requests and/or ordinary text")
     if refusal_token_ids is None and by in ("combined", "effect_per_loss"):
-        raise RefusalScopeError(f"ordering by '{by}' needs the output effect", "pass refusal_token_ids (and benign_texts)")
+        raise RefusalScopeError(
+            f"ordering by '{by}' needs the output effect", "pass refusal_token_ids (and benign_texts)"
+        )
     if refusal_token_ids is not None and not benign_texts:
         raise RefusalScopeError("the output effect is measured against text loss", "pass benign_texts (ordinary text)")
     candidates = _candidates(candidates, saes)
@@ -201,15 +211,26 @@ def rank_selective(
     values = [float(v) for v in values]
     rows = [
         LatentSelectivity(
-            layer=layer, feature=feature, prior_rank=i, value=values[i] if i < len(values) else float("nan"),
-            benign_fire=bootstrap(benign[:, i].tolist(), seed=seed), harmful_fire=bootstrap(harm[:, i].tolist(), seed=seed),
+            layer=layer,
+            feature=feature,
+            prior_rank=i,
+            value=values[i] if i < len(values) else float("nan"),
+            benign_fire=bootstrap(benign[:, i].tolist(), seed=seed),
+            harmful_fire=bootstrap(harm[:, i].tolist(), seed=seed),
         )
         for i, (layer, feature) in enumerate(candidates)
     ]
     if refusal_token_ids is not None:
         effects = output_effects(
-            chat, saes, candidates, values, list(effect_prompts or harmful), benign_texts, refusal_token_ids,
-            batch_size=batch_size, seed=seed,
+            chat,
+            saes,
+            candidates,
+            values,
+            list(effect_prompts or harmful),
+            benign_texts,
+            refusal_token_ids,
+            batch_size=batch_size,
+            seed=seed,
         )
         for row, (effect, loss) in zip(rows, effects):
             row.refusal_effect, row.loss_increase = effect, loss
@@ -226,6 +247,7 @@ def rank_selective(
             row.score = quiet
         else:
             row.score = -float(row.prior_rank)
+
     def effective(row: LatentSelectivity) -> bool:
         # a latent whose refusal effect is not shown to be positive is no steering candidate,
         # however cheap: dividing a null effect by a floored ~0 loss must not rank it high
@@ -265,7 +287,10 @@ def compare_with_prior(ranked: Sequence[LatentSelectivity], k: int) -> dict[str,
         "spearman": spearman,
         "selective": [(r.layer, r.feature) for r in by_rank],
         "prior": [(r.layer, r.feature) for r in by_prior],
-        "benign_fire": {"selective": mean(by_rank, lambda r: r.benign_fire.value), "prior": mean(by_prior, lambda r: r.benign_fire.value)},
+        "benign_fire": {
+            "selective": mean(by_rank, lambda r: r.benign_fire.value),
+            "prior": mean(by_prior, lambda r: r.benign_fire.value),
+        },
         "loss_increase": {
             "selective": mean(by_rank, lambda r: r.loss_increase and r.loss_increase.value),
             "prior": mean(by_prior, lambda r: r.loss_increase and r.loss_increase.value),

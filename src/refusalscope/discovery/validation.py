@@ -79,9 +79,15 @@ class ValidationReport:
     def to_dict(self) -> dict:
         return {"config": self.config, "rows": [r.to_dict() for r in self.rows], "examples": self.examples}
 
-    def lookup(self, method: str, experiment: str, dataset: str, strength=None, metric: str | None = None) -> Estimate | None:
+    def lookup(
+        self, method: str, experiment: str, dataset: str, strength=None, metric: str | None = None
+    ) -> Estimate | None:
         for r in self.rows:
-            if (r.method, r.experiment, r.dataset) == (method, experiment, dataset) and (strength is None or r.strength == strength) and (metric is None or r.metric == metric):
+            if (
+                (r.method, r.experiment, r.dataset) == (method, experiment, dataset)
+                and (strength is None or r.strength == strength)
+                and (metric is None or r.metric == metric)
+            ):
                 return r.estimate
         return None
 
@@ -111,12 +117,21 @@ def clamp_values(pairs, peaks: dict[int, torch.Tensor], multiplier: float) -> di
     return {key: multiplier * (v if v > 0 else fallback) for key, v in raw.items()}
 
 
-def _refusals(chat: ChatModel, judge: Judge, prompts, interventions: Interventions, cfg: ValidationConfig) -> tuple[list[bool], list[str]]:
+def _refusals(
+    chat: ChatModel, judge: Judge, prompts, interventions: Interventions, cfg: ValidationConfig
+) -> tuple[list[bool], list[str]]:
     if interventions is None:
-        replies = cached_replies(chat, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False)
+        replies = cached_replies(
+            chat, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False
+        )
     else:
-        replies = chat.generate(list(prompts), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                interventions=interventions, progress=False).texts
+        replies = chat.generate(
+            list(prompts),
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            interventions=interventions,
+            progress=False,
+        ).texts
     return [v.refused for v in judge.judge(list(prompts), replies)], replies
 
 
@@ -141,14 +156,26 @@ def validate(
     if not harmful_sets or not harmless:
         raise RefusalScopeError("validation needs harmful and harmless prompts")
     if cfg.induce_top is not None and cfg.induce_top < 1:
-        raise RefusalScopeError(f"induce_top must be at least 1, got {cfg.induce_top}",
-                                "pass the number of top-ranked latents to clamp, or None for all of them")
+        raise RefusalScopeError(
+            f"induce_top must be at least 1, got {cfg.induce_top}",
+            "pass the number of top-ranked latents to clamp, or None for all of them",
+        )
     judge = judge or default_judge()
     report = ValidationReport(config={**asdict(cfg), "judge": getattr(judge, "name", type(judge).__name__)})
     methods = list(sets) + ([DENSE] if direction is not None else [])
-    cap_factor = cfg.capability_factor if cfg.capability_factor is not None else cfg.suppress_factors[len(cfg.suppress_factors) // 2]
-    cap_mult = cfg.capability_multiplier if cfg.capability_multiplier is not None else cfg.induce_multipliers[len(cfg.induce_multipliers) // 2]
-    n_jobs = (len(harmful_sets) + 1) + len(methods) * (len(cfg.suppress_factors) * len(harmful_sets) + len(cfg.induce_multipliers))
+    cap_factor = (
+        cfg.capability_factor
+        if cfg.capability_factor is not None
+        else cfg.suppress_factors[len(cfg.suppress_factors) // 2]
+    )
+    cap_mult = (
+        cfg.capability_multiplier
+        if cfg.capability_multiplier is not None
+        else cfg.induce_multipliers[len(cfg.induce_multipliers) // 2]
+    )
+    n_jobs = (len(harmful_sets) + 1) + len(methods) * (
+        len(cfg.suppress_factors) * len(harmful_sets) + len(cfg.induce_multipliers)
+    )
     bar = tqdm(total=n_jobs, desc="causal validation", disable=not progress)
 
     def add(method, experiment, dataset, strength, metric, flags_or_est):
@@ -157,9 +184,23 @@ def validate(
 
     def losses(method, experiment, strength, interventions: Interventions):
         if text_docs:
-            add(method, experiment, "text", strength, "ce_text", cross_entropy(chat, text_docs, interventions, cfg.batch_size))
+            add(
+                method,
+                experiment,
+                "text",
+                strength,
+                "ce_text",
+                cross_entropy(chat, text_docs, interventions, cfg.batch_size),
+            )
         if answer_docs:
-            add(method, experiment, "own answers", strength, "ce_answers", cross_entropy(chat, answer_docs, interventions, cfg.batch_size))
+            add(
+                method,
+                experiment,
+                "own answers",
+                strength,
+                "ce_answers",
+                cross_entropy(chat, answer_docs, interventions, cfg.batch_size),
+            )
 
     # unsteered reference
     for name, prompts in harmful_sets.items():
@@ -187,8 +228,16 @@ def validate(
                 refused, replies = _refusals(chat, judge, prompts, steer, cfg)
                 add(method, "suppress", name, factor, "compliance", [not r for r in refused])
                 if main:
-                    report.examples.append({"method": method, "experiment": "suppress", "strength": factor,
-                                            "dataset": name, "prompt": prompts[0], "reply": replies[0]})
+                    report.examples.append(
+                        {
+                            "method": method,
+                            "experiment": "suppress",
+                            "strength": factor,
+                            "dataset": name,
+                            "prompt": prompts[0],
+                            "reply": replies[0],
+                        }
+                    )
                 bar.update(1)
             if main:
                 losses(method, "suppress", factor, steer)
@@ -201,8 +250,16 @@ def validate(
             refused, replies = _refusals(chat, judge, harmless, steer, cfg)
             add(method, "induce", "harmless", mult, "refusal", refused)
             if mult == cap_mult:
-                report.examples.append({"method": method, "experiment": "induce", "strength": mult,
-                                        "dataset": "harmless", "prompt": harmless[0], "reply": replies[0]})
+                report.examples.append(
+                    {
+                        "method": method,
+                        "experiment": "induce",
+                        "strength": mult,
+                        "dataset": "harmless",
+                        "prompt": harmless[0],
+                        "reply": replies[0],
+                    }
+                )
                 losses(method, "induce", mult, steer)
             bar.update(1)
     bar.close()
@@ -218,6 +275,8 @@ def format_table(report: ValidationReport) -> list[list[str]]:
     header = ["method", "experiment", "strength"] + [f"{d} {m}" for d, m in columns]
     lines = [header]
     for (method, experiment, strength), cells in keyed.items():
-        lines.append([method, experiment, "" if strength is None else f"{strength:g}"] +
-                     [str(cells[c]) if c in cells else "" for c in columns])
+        lines.append(
+            [method, experiment, "" if strength is None else f"{strength:g}"]
+            + [str(cells[c]) if c in cells else "" for c in columns]
+        )
     return lines

@@ -31,9 +31,11 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise RefusalScopeError("Ray is not installed; distributed sweeps need it",
-                                "pip install 'refusalscope[ray]' (with the CPU torch: "
-                                "pip install -c requirements/constraints.txt torch==2.13.0 'refusalscope[ray]')") from None
+        raise RefusalScopeError(
+            "Ray is not installed; distributed sweeps need it",
+            "pip install 'refusalscope[ray]' (with the CPU torch: "
+            "pip install -c requirements/constraints.txt torch==2.13.0 'refusalscope[ray]')",
+        ) from None
     return ray
 
 
@@ -63,8 +65,9 @@ class GridFileSetup:
         for spec in plan.tasks:  # as run_sweep does on the driver: a task learns its data folder from items()
             if data_dir is not None:
                 spec.task.items(data_dir=data_dir, limit=spec.limit, seed=spec.seed)
-        chat = load_model(self.model or plan.model or "default", dtype=self.dtype or plan.dtype, device=device,
-                          progress=False)
+        chat = load_model(
+            self.model or plan.model or "default", dtype=self.dtype or plan.dtype, device=device, progress=False
+        )
         return chat, plan.grid, plan.tasks
 
 
@@ -91,8 +94,14 @@ class SweepWorker:
         (or the error that stopped it building its model and grid)."""
         if self.failure is not None:
             raise self.failure
-        return {"pid": os.getpid(), "model": self.chat.info.id, "dtype": str(self.chat.dtype).replace("torch.", ""),
-                "device": str(self.chat.device), "configs": sorted(self.configs), "tasks": sorted(self.specs)}
+        return {
+            "pid": os.getpid(),
+            "model": self.chat.info.id,
+            "dtype": str(self.chat.dtype).replace("torch.", ""),
+            "device": str(self.chat.device),
+            "configs": sorted(self.configs),
+            "tasks": sorted(self.specs),
+        }
 
     def pid(self) -> int:
         return os.getpid()
@@ -103,10 +112,16 @@ class SweepWorker:
         cfg = self.configs.get(shard.config_id)
         spec = self.specs.get(shard.task)
         if cfg is None or spec is None:
-            raise RefusalScopeError(f"worker has no {'configuration ' + shard.config_id if cfg is None else 'task ' + shard.task}",
-                                    "every worker must load the same model and grid as the driver")
-        return compute_chunk(self.chat, Chunk(cfg, spec, list(shard.ids), list(shard.items)),
-                             batch_size=batch_size, gate_items=gate_items)
+            raise RefusalScopeError(
+                f"worker has no {'configuration ' + shard.config_id if cfg is None else 'task ' + shard.task}",
+                "every worker must load the same model and grid as the driver",
+            )
+        return compute_chunk(
+            self.chat,
+            Chunk(cfg, spec, list(shard.ids), list(shard.items)),
+            batch_size=batch_size,
+            gate_items=gate_items,
+        )
 
 
 class RayExecutor:
@@ -122,10 +137,18 @@ class RayExecutor:
     (the fault tests kill a worker there). Use as a context manager, or call close().
     """
 
-    def __init__(self, setup: Callable[[], tuple[Any, Any, Sequence]], *, address: str | None = "auto",
-                 workers: int | None = None, cpus_per_worker: float = 1, gpus_per_worker: float | None = None,
-                 max_attempts: int = 3, init_kwargs: dict | None = None,
-                 on_dispatch: Callable[[RayExecutor, Any, Shard], None] | None = None):
+    def __init__(
+        self,
+        setup: Callable[[], tuple[Any, Any, Sequence]],
+        *,
+        address: str | None = "auto",
+        workers: int | None = None,
+        cpus_per_worker: float = 1,
+        gpus_per_worker: float | None = None,
+        max_attempts: int = 3,
+        init_kwargs: dict | None = None,
+        on_dispatch: Callable[[RayExecutor, Any, Shard], None] | None = None,
+    ):
         if workers is not None and workers < 1:
             raise RefusalScopeError(f"workers must be at least 1, got {workers}")
         self.setup = setup
@@ -160,8 +183,10 @@ class RayExecutor:
             try:
                 ray.init(**kwargs)
             except ConnectionError as exc:
-                raise RefusalScopeError(f"cannot reach a Ray cluster at {self.address!r} ({exc})",
-                                        "start one with `ray start --head`, or pass --ray local to run one here") from None
+                raise RefusalScopeError(
+                    f"cannot reach a Ray cluster at {self.address!r} ({exc})",
+                    "start one with `ray start --head`, or pass --ray local to run one here",
+                ) from None
             self._started_ray = True
         resources = ray.cluster_resources()
         if self.gpus_per_worker is None:  # a GPU cluster: one GPU per model replica
@@ -171,8 +196,9 @@ class RayExecutor:
                 self.workers = max(1, int(resources.get("GPU", 0) // self.gpus_per_worker))
             else:
                 self.workers = max(1, int(resources.get("CPU", 1) // self.cpus_per_worker))
-        self._actor_class = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
-                                       max_restarts=0)(SweepWorker)
+        self._actor_class = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=0)(
+            SweepWorker
+        )
         self.actors = [self._new_actor() for _ in range(self.workers)]
         try:
             infos = self._get(ray, [a.ready.remote() for a in self.actors])
@@ -193,8 +219,10 @@ class RayExecutor:
         except ray.exceptions.RayTaskError as exc:
             raise _cause(exc) from None
         except ray.exceptions.RayActorError as exc:
-            raise RefusalScopeError(f"a Ray worker failed to start: {str(exc).strip().splitlines()[-1]}",
-                                    "check that every node can read the model and the grid's files") from None
+            raise RefusalScopeError(
+                f"a Ray worker failed to start: {str(exc).strip().splitlines()[-1]}",
+                "check that every node can read the model and the grid's files",
+            ) from None
 
     def close(self) -> None:
         if not self.actors and not self._started_ray:
@@ -217,7 +245,9 @@ class RayExecutor:
         self.close()
 
     # ------------------------------------------------------------ work
-    def compute(self, chunks: Sequence[Chunk], *, batch_size: int = 16, gate_items: bool = True) -> Iterator[ChunkResult]:
+    def compute(
+        self, chunks: Sequence[Chunk], *, batch_size: int = 16, gate_items: bool = True
+    ) -> Iterator[ChunkResult]:
         """Yield one ChunkResult per chunk as shards finish (in any order); at most one shard
         in flight per worker, so a killed worker loses one shard of work."""
         if not self.actors:
@@ -243,7 +273,9 @@ class RayExecutor:
                 if self.on_dispatch is not None:
                     self.on_dispatch(self, actor, shard)
             if not inflight:
-                raise RefusalScopeError("no Ray worker is left to compute the remaining shards")  # not reached: dead ones are replaced
+                raise RefusalScopeError(
+                    "no Ray worker is left to compute the remaining shards"
+                )  # not reached: dead ones are replaced
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
                 actor, shard = inflight.pop(ref)

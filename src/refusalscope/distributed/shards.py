@@ -36,8 +36,10 @@ class Shard:
 
 def to_shards(chunks: Iterable) -> list[Shard]:
     """Shards for a sweep's chunks (`evaluation.sweep.Chunk`), in the sweep's order."""
-    return [Shard(c.config.config_id, c.spec.name, tuple(c.ids), tuple(c.items), f"{c.config.label} · {c.spec.name}")
-            for c in chunks]
+    return [
+        Shard(c.config.config_id, c.spec.name, tuple(c.ids), tuple(c.items), f"{c.config.label} · {c.spec.name}")
+        for c in chunks
+    ]
 
 
 class ShardLedger:

@@ -117,10 +117,14 @@ class MultipleChoiceTask:
         if isinstance(self.shots, bool) or not isinstance(self.shots, int) or self.shots < 0:
             raise RefusalScopeError(f"shots must be a non-negative integer, got {self.shots!r}")
         if self.shots and not self.fewshot_split:
-            raise RefusalScopeError(f"{self.name}: {self.shots}-shot prompts need a fewshot_split",
-                                    "name the split the examples come from, e.g. 'dev' for MMLU")
+            raise RefusalScopeError(
+                f"{self.name}: {self.shots}-shot prompts need a fewshot_split",
+                "name the split the examples come from, e.g. 'dev' for MMLU",
+            )
         if self.primary not in ("correct", "correct_norm", "p_true"):
-            raise RefusalScopeError(f"unknown primary metric '{self.primary}'", "use 'correct', 'correct_norm' or 'p_true'")
+            raise RefusalScopeError(
+                f"unknown primary metric '{self.primary}'", "use 'correct', 'correct_norm' or 'p_true'"
+            )
 
     # ------------------------------------------------------------ items and shots
     def items(self, data_dir=None, limit: int | None = None, seed: int = 0):
@@ -174,16 +178,19 @@ class MultipleChoiceTask:
                 "pass items from a multiple-choice dataset (mmlu, arc-*, truthfulqa-mc)",
             )
         if len(item.labels) != len(item.choices):
-            raise RefusalScopeError(f"item {item.id} has {len(item.choices)} choices and {len(item.labels)} labels",
-                                    "give one 0/1 label per choice")
+            raise RefusalScopeError(
+                f"item {item.id} has {len(item.choices)} choices and {len(item.labels)} labels",
+                "give one 0/1 label per choice",
+            )
         shown = [j for j, c in enumerate(item.choices) if str(c).strip()]
         if len(shown) < 2:
             raise RefusalScopeError(f"item {item.id} has fewer than two non-empty choices")
         if not any(item.labels[j] for j in shown):
             raise RefusalScopeError(f"item {item.id} has no true (non-empty) choice")
         if self.scoring == "letter" and len(shown) > len(LETTERS):
-            raise RefusalScopeError(f"item {item.id} has {len(shown)} choices, more than there are letters",
-                                    "use scoring='text'")
+            raise RefusalScopeError(
+                f"item {item.id} has {len(shown)} choices, more than there are letters", "use scoring='text'"
+            )
 
     def _block(self, item, order: list[int]) -> str:
         """The question as shown (user turn, or the plain-text block before 'Answer:')."""
@@ -223,7 +230,9 @@ class MultipleChoiceTask:
         else:
             head = ""
             if self.scoring == "letter" and item.category:
-                head = f"The following are multiple choice questions (with answers) about {_subject(item.category)}.\n\n"
+                head = (
+                    f"The following are multiple choice questions (with answers) about {_subject(item.category)}.\n\n"
+                )
             context = head + "".join(f"{question}{answer}\n\n" for question, answer in shots) + block
         return context, [self._answer(item, order, k) for k in range(len(order))], order
 
@@ -243,13 +252,15 @@ class MultipleChoiceTask:
         for answer in answers:
             whole = self._encode(chat, context + answer)
             if whole[: len(ctx_ids)] == ctx_ids and len(whole) > len(ctx_ids):
-                conts.append(whole[len(ctx_ids):])
+                conts.append(whole[len(ctx_ids) :])
             else:
                 conts.append(chat.encode(answer))
         return ctx_ids, conts, order, context, answers
 
     # ------------------------------------------------------------ running
-    def run(self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16) -> list[ItemResult]:
+    def run(
+        self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16
+    ) -> list[ItemResult]:
         encoded = [self.encode(chat, item) for item in items]
         if not encoded:
             return []
@@ -261,16 +272,30 @@ class MultipleChoiceTask:
             best = max(range(len(ll)), key=lambda k: ll[k])
             best_norm = max(range(len(norm)), key=lambda k: norm[k])
             p_true = math.exp(_logsumexp([v for v, t in zip(ll, truth) if t]) - _logsumexp(ll))
-            metrics = {"correct": float(truth[best]), "correct_norm": float(truth[best_norm]), "p_true": p_true,
-                       "choice": float(order[best])}
+            metrics = {
+                "correct": float(truth[best]),
+                "correct_norm": float(truth[best_norm]),
+                "p_true": p_true,
+                "choice": float(order[best]),
+            }
             results.append(ItemResult(item.id, metrics, str(item.choices[order[best]]), self._block(item, order)))
         return results
 
     def describe(self) -> dict:
-        return {"kind": "multiple_choice", "dataset": self.dataset, "split": self.split, "shots": self.shots,
-                "scoring": self.scoring, "chat": self.chat, "system": self.system,
-                "fewshot_split": self.fewshot_split if self.shots else None, "same_category": self.same_category,
-                "shuffle": self.shuffle, "fewshot_seed": self.fewshot_seed, "primary": self.primary}
+        return {
+            "kind": "multiple_choice",
+            "dataset": self.dataset,
+            "split": self.split,
+            "shots": self.shots,
+            "scoring": self.scoring,
+            "chat": self.chat,
+            "system": self.system,
+            "fewshot_split": self.fewshot_split if self.shots else None,
+            "same_category": self.same_category,
+            "shuffle": self.shuffle,
+            "fewshot_seed": self.fewshot_seed,
+            "primary": self.primary,
+        }
 
 
 # ============================================================================ GSM8K
@@ -320,14 +345,18 @@ def numbers_match(predicted: str | None, gold: str | None) -> bool:
     return a is not None and a == b
 
 
-GSM8K_TEMPLATE = ("Solve the following math problem step by step. "
-                  "End your reply with the final answer on its own line, as 'The answer is N.'\n\n{question}")
+GSM8K_TEMPLATE = (
+    "Solve the following math problem step by step. "
+    "End your reply with the final answer on its own line, as 'The answer is N.'\n\n{question}"
+)
 
 
 def _check_template(template: str) -> None:
     if not isinstance(template, str) or "{question}" not in template:
-        raise RefusalScopeError(f"the prompt template {template!r:.60} has no '{{question}}' placeholder",
-                                "write where the question goes as {question}")
+        raise RefusalScopeError(
+            f"the prompt template {template!r:.60} has no '{{question}}' placeholder",
+            "write where the question goes as {question}",
+        )
 
 
 def _gsm8k_solution(solution: str, final: str) -> str:
@@ -396,29 +425,51 @@ class GSM8KTask:
             solution = shot.meta.get("solution")
             if not solution:
                 raise RefusalScopeError(f"few-shot example {shot.id} has no worked solution (meta['solution'])")
-            messages += [{"role": "user", "content": self.template.replace("{question}", shot.question.strip())},
-                         {"role": "assistant", "content": _gsm8k_solution(solution, shot.answer)}]
+            messages += [
+                {"role": "user", "content": self.template.replace("{question}", shot.question.strip())},
+                {"role": "assistant", "content": _gsm8k_solution(solution, shot.answer)},
+            ]
         messages.append({"role": "user", "content": self.template.replace("{question}", item.question.strip())})
         return messages
 
-    def run(self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16) -> list[ItemResult]:
+    def run(
+        self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16
+    ) -> list[ItemResult]:
         if not items:
             return []
         conversations = [self.conversation(it) for it in items]
-        gen = chat.generate(conversations, max_new_tokens=self.max_new_tokens, batch_size=batch_size,
-                            system=self.system, interventions=interventions, progress=False)
+        gen = chat.generate(
+            conversations,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=batch_size,
+            system=self.system,
+            interventions=interventions,
+            progress=False,
+        )
         results = []
         for item, text, ids, reason in zip(items, gen.texts, gen.token_ids, gen.finish_reasons):
             predicted = extract_number(text)
-            metrics = {"correct": float(numbers_match(predicted, item.answer)), "answered": float(predicted is not None),
-                       "truncated": float(reason == "length"), "n_tokens": float(len(ids))}
+            metrics = {
+                "correct": float(numbers_match(predicted, item.answer)),
+                "answered": float(predicted is not None),
+                "truncated": float(reason == "length"),
+                "n_tokens": float(len(ids)),
+            }
             results.append(ItemResult(item.id, metrics, text, item.question))
         return results
 
     def describe(self) -> dict:
-        return {"kind": "gsm8k", "dataset": self.dataset, "split": self.split, "shots": self.shots,
-                "max_new_tokens": self.max_new_tokens, "system": self.system, "template": self.template,
-                "fewshot_split": self.fewshot_split if self.shots else None, "fewshot_seed": self.fewshot_seed}
+        return {
+            "kind": "gsm8k",
+            "dataset": self.dataset,
+            "split": self.split,
+            "shots": self.shots,
+            "max_new_tokens": self.max_new_tokens,
+            "system": self.system,
+            "template": self.template,
+            "fewshot_split": self.fewshot_split if self.shots else None,
+            "fewshot_seed": self.fewshot_seed,
+        }
 
 
 # ============================================================================ TriviaQA
@@ -448,8 +499,9 @@ def qa_scores(reply: str, answers: Sequence[str]) -> dict[str, float]:
     return {"exact": float(head in aliases), "contains": float(any(f" {a} " in body for a in aliases))}
 
 
-TRIVIAQA_TEMPLATE = ("Answer the following trivia question with just the answer, in as few words as possible."
-                     "\n\nQuestion: {question}")
+TRIVIAQA_TEMPLATE = (
+    "Answer the following trivia question with just the answer, in as few words as possible.\n\nQuestion: {question}"
+)
 
 
 @dataclass
@@ -484,17 +536,31 @@ class TriviaQATask:
             raise RefusalScopeError(f"{self.name} needs question-answer items with answers, got {item!r:.80}")
         return self.template.replace("{question}", item.question.strip())
 
-    def run(self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16) -> list[ItemResult]:
+    def run(
+        self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16
+    ) -> list[ItemResult]:
         if not items:
             return []
         prompts = [self.prompt(it) for it in items]
-        gen = chat.generate(prompts, max_new_tokens=self.max_new_tokens, batch_size=batch_size, system=self.system,
-                            interventions=interventions, progress=False)
+        gen = chat.generate(
+            prompts,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=batch_size,
+            system=self.system,
+            interventions=interventions,
+            progress=False,
+        )
         return [ItemResult(it.id, qa_scores(text, it.answers), text, it.question) for it, text in zip(items, gen.texts)]
 
     def describe(self) -> dict:
-        return {"kind": "short_answer", "dataset": self.dataset, "split": self.split,
-                "max_new_tokens": self.max_new_tokens, "system": self.system, "template": self.template}
+        return {
+            "kind": "short_answer",
+            "dataset": self.dataset,
+            "split": self.split,
+            "max_new_tokens": self.max_new_tokens,
+            "system": self.system,
+            "template": self.template,
+        }
 
 
 # ============================================================================ ordinary text
@@ -539,7 +605,9 @@ class TextLossTask:
             docs.append(Document(tokens, "text", skip=1))
         return docs
 
-    def run(self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16) -> list[ItemResult]:
+    def run(
+        self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16
+    ) -> list[ItemResult]:
         from .loss import per_document_ce
 
         if not items:
@@ -548,18 +616,41 @@ class TextLossTask:
         return [ItemResult(it.id, {"ce": v}, None, it.title) for it, v in zip(items, ce)]
 
     def describe(self) -> dict:
-        return {"kind": "text_loss", "dataset": self.dataset, "split": self.split, "window": self.window,
-                "min_words": self.min_words}
+        return {
+            "kind": "text_loss",
+            "dataset": self.dataset,
+            "split": self.split,
+            "window": self.window,
+            "min_words": self.min_words,
+        }
 
 
 # ============================================================================ factory
-CAPABILITY_TASKS = ("mmlu", "mmlu-5shot", "arc-challenge", "arc-easy", "truthfulqa-mc1", "truthfulqa-mc2",
-                    "gsm8k", "triviaqa", "wikitext", "shakespeare")
+CAPABILITY_TASKS = (
+    "mmlu",
+    "mmlu-5shot",
+    "arc-challenge",
+    "arc-easy",
+    "truthfulqa-mc1",
+    "truthfulqa-mc2",
+    "gsm8k",
+    "triviaqa",
+    "wikitext",
+    "shakespeare",
+)
 _SHOTS = re.compile(r"^(?P<base>.+?)-(?P<k>\d+)shot$")
 
 
-def capability_task(name: str, *, chat: bool = True, system: str | None = None, data_dir=None,
-                    gsm8k_max_new_tokens: int = 256, triviaqa_max_new_tokens: int = 24, window: int = 128):
+def capability_task(
+    name: str,
+    *,
+    chat: bool = True,
+    system: str | None = None,
+    data_dir=None,
+    gsm8k_max_new_tokens: int = 256,
+    triviaqa_max_new_tokens: int = 24,
+    window: int = 128,
+):
     """One capability task by short name (see `CAPABILITY_TASKS`); multiple-choice names take
     an optional '-<k>shot' suffix ('mmlu-5shot', 'arc-easy-3shot')."""
     match = _SHOTS.match(name)
@@ -568,11 +659,22 @@ def capability_task(name: str, *, chat: bool = True, system: str | None = None, 
     if base == "mmlu":
         return MultipleChoiceTask(name, "mmlu", "test", scoring="letter", fewshot_split="dev", **mc)
     if base in ("arc-challenge", "arc-easy"):
-        return MultipleChoiceTask(name, base, "test", scoring="text", fewshot_split="train", primary="correct_norm", **mc)
+        return MultipleChoiceTask(
+            name, base, "test", scoring="text", fewshot_split="train", primary="correct_norm", **mc
+        )
     if base in ("truthfulqa-mc1", "truthfulqa-mc2"):
         split = base.rsplit("-", 1)[1]
-        return MultipleChoiceTask(name, "truthfulqa-mc", split, scoring="text", fewshot_split=split, shuffle=True,
-                                  same_category=False, primary="p_true" if split == "mc2" else "correct", **mc)
+        return MultipleChoiceTask(
+            name,
+            "truthfulqa-mc",
+            split,
+            scoring="text",
+            fewshot_split=split,
+            shuffle=True,
+            same_category=False,
+            primary="p_true" if split == "mc2" else "correct",
+            **mc,
+        )
     if base in ("gsm8k", "triviaqa", "wikitext", "shakespeare") and match:
         raise RefusalScopeError(f"capability task '{base}' takes no few-shot suffix", f"use '{base}'")
     if base in ("gsm8k", "triviaqa") and not chat:
@@ -585,8 +687,10 @@ def capability_task(name: str, *, chat: bool = True, system: str | None = None, 
         return TextLossTask("wikitext", "text/wikitext2", "test", window=window)
     if base == "shakespeare":
         return TextLossTask("shakespeare", "text/tinyshakespeare", "all", window=window)
-    raise RefusalScopeError(f"unknown capability task '{name}'",
-                            f"use one of {', '.join(CAPABILITY_TASKS)} (multiple-choice tasks accept '-<k>shot')")
+    raise RefusalScopeError(
+        f"unknown capability task '{name}'",
+        f"use one of {', '.join(CAPABILITY_TASKS)} (multiple-choice tasks accept '-<k>shot')",
+    )
 
 
 def capability_tasks(names: Sequence[str] | str | None = None, **kwargs) -> list:

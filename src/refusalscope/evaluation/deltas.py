@@ -80,10 +80,20 @@ class Delta:
     def row(self) -> dict[str, Any]:
         """The flat record the report exports (selective_refusal.csv/.json)."""
         e = self.estimate
-        return {**self.config.key(), "pair": self.pair.name, "harmful_task": self.pair.harmful_task,
-                "benign_task": self.pair.benign_task, "value": e.value, "low": e.low, "high": e.high, "n": e.n,
-                "n_harmful": self.n_harmful, "n_benign": self.n_benign, "refusal_harmful": self.refusal_harmful,
-                "refusal_benign": self.refusal_benign}
+        return {
+            **self.config.key(),
+            "pair": self.pair.name,
+            "harmful_task": self.pair.harmful_task,
+            "benign_task": self.pair.benign_task,
+            "value": e.value,
+            "low": e.low,
+            "high": e.high,
+            "n": e.n,
+            "n_harmful": self.n_harmful,
+            "n_benign": self.n_benign,
+            "refusal_harmful": self.refusal_harmful,
+            "refusal_benign": self.refusal_benign,
+        }
 
 
 def selective_refusal(harmful: Sequence[float], benign: Sequence[float], seed: int = 0) -> Estimate:
@@ -100,7 +110,9 @@ def store_pairs(db: ResultsStore, tasks: Sequence[TaskRow]) -> list[TaskPair]:
     return list(seen.values())
 
 
-def compute_deltas(db: ResultsStore, configs: Sequence[ConfigRow], tasks: Sequence[TaskRow], seed: int = 0) -> list[Delta]:
+def compute_deltas(
+    db: ResultsStore, configs: Sequence[ConfigRow], tasks: Sequence[TaskRow], seed: int = 0
+) -> list[Delta]:
     """Δs for every (pair, configuration) with results on both sides (NaN items left out)."""
     by_task = {t.name: t for t in tasks}
     out = []
@@ -113,5 +125,7 @@ def compute_deltas(db: ResultsStore, configs: Sequence[ConfigRow], tasks: Sequen
             b = [v for v in db.values(cfg.config_id, pair.benign_task, bm).values() if not math.isnan(v)]
             if not a or not b:
                 continue
-            out.append(Delta(cfg, pair, selective_refusal(a, b, seed), sum(a) / len(a), sum(b) / len(b), len(a), len(b)))
+            out.append(
+                Delta(cfg, pair, selective_refusal(a, b, seed), sum(a) / len(a), sum(b) / len(b), len(a), len(b))
+            )
     return out

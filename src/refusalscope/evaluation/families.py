@@ -41,8 +41,10 @@ def parse_families(text: str | Sequence[str]) -> list[str]:
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     unknown = [n for n in names if n not in FAMILIES]
     if unknown or not names:
-        raise RefusalScopeError(f"unknown method famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown) or '(none given)'}",
-                                f"use some of {', '.join(FAMILIES)}")
+        raise RefusalScopeError(
+            f"unknown method famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown) or '(none given)'}",
+            f"use some of {', '.join(FAMILIES)}",
+        )
     return [f for f in FAMILIES if f in names]
 
 
@@ -77,8 +79,9 @@ def gate_factory(direction, layer: int, harmful: Sequence[str], harmless: Sequen
     from ..steering import Conditional, DirectionGate
 
     vec = direction.at_layer(layer)
-    acts = chat.residual(list(harmful) + list(harmless), [layer], positions="post_instruction", batch_size=batch_size,
-                         progress=False)[layer]
+    acts = chat.residual(
+        list(harmful) + list(harmless), [layer], positions="post_instruction", batch_size=batch_size, progress=False
+    )[layer]
     proj = (acts.float() @ vec.float()).mean(-1)
     lo, hi = float(torch.quantile(proj, 0.1)), float(torch.quantile(proj, 0.9))
     if not hi > lo:
@@ -91,8 +94,9 @@ def gate_factory(direction, layer: int, harmful: Sequence[str], harmless: Sequen
     return wrap, (lo, hi)
 
 
-def build_spaces(chat, families: Sequence[str], data: FamilyData, settings: Settings | None = None,
-                 *, progress: bool = False) -> tuple[list, dict[str, Any]]:
+def build_spaces(
+    chat, families: Sequence[str], data: FamilyData, settings: Settings | None = None, *, progress: bool = False
+) -> tuple[list, dict[str, Any]]:
     """(search spaces in `families` order, a record of what was fitted: subspace ranks,
     gate range, learned-map fit)."""
     from ..steering import ActAdd, LearnedNullSpaceSteer, NullSpaceProjection
@@ -101,8 +105,10 @@ def build_spaces(chat, families: Sequence[str], data: FamilyData, settings: Sett
     settings = settings or Settings()
     families = parse_families(list(families))
     if NEEDS_DIRECTION & set(families) and data.direction is None:
-        raise RefusalScopeError(f"the families {sorted(NEEDS_DIRECTION & set(families))} need the refusal direction",
-                                "pass --direction (a folder written by `refusalscope direction` or `run`)")
+        raise RefusalScopeError(
+            f"the families {sorted(NEEDS_DIRECTION & set(families))} need the refusal direction",
+            "pass --direction (a folder written by `refusalscope direction` or `run`)",
+        )
     if NEEDS_LATENTS & set(families) and not data.candidates:
         raise RefusalScopeError("the latent families need ranked candidate latents", "pass --features features.json")
     record: dict[str, Any] = {}
@@ -118,26 +124,43 @@ def build_spaces(chat, families: Sequence[str], data: FamilyData, settings: Sett
     if {"actadd-nullspace", "learned"} & set(families):
         need_basis.add(data.direction.layer)
     for layer in sorted(need_basis):
-        acts = benign_activations(chat, layer, data.harmless, data.texts, batch_size=settings.batch_size, progress=progress)
+        acts = benign_activations(
+            chat, layer, data.harmless, data.texts, batch_size=settings.batch_size, progress=progress
+        )
         bases[layer], fit = benign_subspace(acts, variance=settings.variance)
         record.setdefault("benign_subspace", {})[str(layer)] = fit
 
     gate, thresholds = None, (-1.0, 1.0)
     if "gated" in families:
         gate_layer = min(steer_layers)
-        gate, thresholds = gate_factory(data.direction, gate_layer, data.harmful, data.harmless, chat, settings.batch_size)
-        record["gate"] = {"layer": gate_layer, "threshold_range": list(thresholds), "reduce": "mean",
-                          "positions": "post_instruction"}
+        gate, thresholds = gate_factory(
+            data.direction, gate_layer, data.harmful, data.harmless, chat, settings.batch_size
+        )
+        record["gate"] = {
+            "layer": gate_layer,
+            "threshold_range": list(thresholds),
+            "reduce": "mean",
+            "positions": "post_instruction",
+        }
 
     common: dict[str, Any] = dict(strengths=settings.strengths, positions=tuple(settings.positions))
     spaces: list = []
     for name in families:
         if name in NEEDS_LATENTS:
-            spaces.append(SearchSpace(
-                data.saes, data.candidates, data.values, max_latents=settings.max_latents, name=name,
-                gate=gate if name == "gated" else None, gate_thresholds=thresholds,
-                gated=True if name == "gated" else False, basis=bases if name == "features-nullspace" else None, **common,
-            ))
+            spaces.append(
+                SearchSpace(
+                    data.saes,
+                    data.candidates,
+                    data.values,
+                    max_latents=settings.max_latents,
+                    name=name,
+                    gate=gate if name == "gated" else None,
+                    gate_thresholds=thresholds,
+                    gated=True if name == "gated" else False,
+                    basis=bases if name == "features-nullspace" else None,
+                    **common,
+                )
+            )
         elif name in ("actadd", "actadd-nullspace"):
             direction, layer = data.direction.raw, data.direction.layer
             basis = bases.get(layer) if name == "actadd-nullspace" else None
@@ -149,8 +172,9 @@ def build_spaces(chat, families: Sequence[str], data: FamilyData, settings: Sett
             spaces.append(ScaledSpace(name, make, gated=False, **common))
         else:  # learned
             layer = data.direction.layer
-            acts = chat.residual(data.harmful, [layer], positions="post_instruction", batch_size=settings.batch_size,
-                                 progress=False)[layer]
+            acts = chat.residual(
+                data.harmful, [layer], positions="post_instruction", batch_size=settings.batch_size, progress=False
+            )[layer]
             harmful = acts.reshape(-1, acts.shape[-1])  # every post-instruction token of every fit prompt
             matrix = fit_steering_matrix(harmful, bases[layer], data.direction.raw, ridge=settings.ridge)
             fit = dict(record["benign_subspace"][str(layer)], ridge=settings.ridge, n_harmful=int(harmful.shape[0]))

@@ -38,9 +38,15 @@ class FirstTokenAgreement:
     flagged: bool
 
     def to_dict(self) -> dict:
-        return {"config_id": self.config_id, "label": self.label, "task": self.task,
-                "agreement": self.agreement.to_dict(), "first_token_rate": self.first_token_rate,
-                "reply_rate": self.reply_rate, "flagged": self.flagged}
+        return {
+            "config_id": self.config_id,
+            "label": self.label,
+            "task": self.task,
+            "agreement": self.agreement.to_dict(),
+            "first_token_rate": self.first_token_rate,
+            "reply_rate": self.reply_rate,
+            "flagged": self.flagged,
+        }
 
 
 def first_token_agreement(db, floor: float = AGREEMENT_FLOOR, seed: int = 0) -> list[FirstTokenAgreement]:
@@ -64,8 +70,15 @@ def first_token_agreement(db, floor: float = AGREEMENT_FLOOR, seed: int = 0) -> 
             reply = db.values(config_id, name, "reply_refused")
             checked = sorted(agrees)
             estimate = db.estimate(config_id, name, "first_token_agrees", seed=seed)
-            out.append(FirstTokenAgreement(
-                config_id, label, name, estimate,
-                sum(first[i] for i in checked) / len(checked), sum(reply[i] for i in checked) / len(checked),
-                estimate.value < floor))
+            out.append(
+                FirstTokenAgreement(
+                    config_id,
+                    label,
+                    name,
+                    estimate,
+                    sum(first[i] for i in checked) / len(checked),
+                    sum(reply[i] for i in checked) / len(checked),
+                    estimate.value < floor,
+                )
+            )
     return out

@@ -100,8 +100,10 @@ def item_id_of(item: Any, task_name: str) -> str:
             return str(value)
     if isinstance(item, dict) and "id" in item:
         return str(item["id"])
-    raise RefusalScopeError(f"task '{task_name}' gave an item without an id ({type(item).__name__})",
-                            "items need an `id` so the store can tell which are done")
+    raise RefusalScopeError(
+        f"task '{task_name}' gave an item without an id ({type(item).__name__})",
+        "items need an `id` so the store can tell which are done",
+    )
 
 
 # ---------------------------------------------------------------------- steering grid
@@ -121,8 +123,14 @@ class GateSpec:
         """`interventions` behind this gate."""
         from ..steering import Conditional
 
-        return Conditional(list(interventions), self.gate, self.threshold, reduce=self.reduce,
-                           positions=self.positions, skip_first=self.skip_first)
+        return Conditional(
+            list(interventions),
+            self.gate,
+            self.threshold,
+            reduce=self.reduce,
+            positions=self.positions,
+            skip_first=self.skip_first,
+        )
 
     @classmethod
     def from_conditional(cls, cond: Conditional) -> GateSpec:
@@ -135,7 +143,9 @@ class GateSpec:
 
         conds = Steering.load(path).conditionals
         if len(conds) != 1:
-            raise RefusalScopeError(f"{path} holds {len(conds)} conditional interventions", "a gate file holds exactly one")
+            raise RefusalScopeError(
+                f"{path} holds {len(conds)} conditional interventions", "a gate file holds exactly one"
+            )
         return cls.from_conditional(conds[0])
 
     def describe(self) -> str:
@@ -152,8 +162,16 @@ def scale_interventions(interventions: Any, strength: float) -> list:
     for item in as_steering(interventions).interventions:
         if isinstance(item, Conditional):
             inner = scale_interventions(item.interventions, strength)
-            out.append(Conditional(inner, item.gate, item.threshold, reduce=item.reduce, positions=item.positions,
-                                   skip_first=item.skip_first))
+            out.append(
+                Conditional(
+                    inner,
+                    item.gate,
+                    item.threshold,
+                    reduce=item.reduce,
+                    positions=item.positions,
+                    skip_first=item.skip_first,
+                )
+            )
             continue
         new: Any = copy.copy(item)
         scaled = getattr(item, "scaled", None)  # interventions that know their own magnitude (null-space)
@@ -165,8 +183,10 @@ def scale_interventions(interventions: Any, strength: float) -> list:
             new.value = item.value * strength
         elif isinstance(item, DirectionAblation):
             if strength != 1:
-                raise RefusalScopeError("a directional ablation has no strength to scale",
-                                        "run ablation methods at strength 1 (or without strengths)")
+                raise RefusalScopeError(
+                    "a directional ablation has no strength to scale",
+                    "run ablation methods at strength 1 (or without strengths)",
+                )
         elif callable(scaled):
             new = scaled(strength)
         else:
@@ -200,7 +220,9 @@ class Method:
             self.conditional = (self.conditional,)
         self.conditional = tuple(bool(c) for c in self.conditional)
         if self.build is None and self.strengths != [None]:
-            raise RefusalScopeError(f"method '{self.name}' has strengths but no steering factory", "pass build=lambda s: ...")
+            raise RefusalScopeError(
+                f"method '{self.name}' has strengths but no steering factory", "pass build=lambda s: ..."
+            )
 
     @property
     def family(self) -> str:
@@ -216,8 +238,18 @@ class Method:
         return cls("none", None, (None,), method="none", description="the model as it is")
 
     @classmethod
-    def actadd(cls, direction: torch.Tensor, layer: int, strengths: Sequence[float], *, name: str = "actadd",
-               normalize: bool = False, positions: Positions = "all", method: str = "dense:actadd", **kwargs: Any) -> Method:
+    def actadd(
+        cls,
+        direction: torch.Tensor,
+        layer: int,
+        strengths: Sequence[float],
+        *,
+        name: str = "actadd",
+        normalize: bool = False,
+        positions: Positions = "all",
+        method: str = "dense:actadd",
+        **kwargs: Any,
+    ) -> Method:
         """The dense-direction baseline: add `strength × direction` at `layer`."""
         from ..steering import ActAdd
 
@@ -227,9 +259,20 @@ class Method:
         return cls(name, build, strengths, method=method, **kwargs)
 
     @classmethod
-    def features(cls, sae: SAE, features: Sequence[int], peaks: Sequence[float] | float, strengths: Sequence[float], *,
-                 name: str = "features", method: str = "features", mode: Mode = "set", positions: Positions = "all",
-                 sae_source: str | None = None, **kwargs: Any) -> Method:
+    def features(
+        cls,
+        sae: SAE,
+        features: Sequence[int],
+        peaks: Sequence[float] | float,
+        strengths: Sequence[float],
+        *,
+        name: str = "features",
+        method: str = "features",
+        mode: Mode = "set",
+        positions: Positions = "all",
+        sae_source: str | None = None,
+        **kwargs: Any,
+    ) -> Method:
         """SAE feature steering: clamp (`mode="set"`) each latent to `strength × its peak
         activation` (`peaks`: one per feature, or one for all), e.g. the peak on harmful
         prompts from discovery; with mode "scale" the strength is the factor itself."""
@@ -237,7 +280,9 @@ class Method:
 
         peaks = [float(peaks)] * len(features) if isinstance(peaks, (int, float)) else [float(p) for p in peaks]
         if len(peaks) != len(features):
-            raise RefusalScopeError(f"{len(peaks)} peak activations for {len(features)} features", "give one per feature")
+            raise RefusalScopeError(
+                f"{len(peaks)} peak activations for {len(features)} features", "give one per feature"
+            )
 
         def build(s: float | None) -> FeatureSteer:
             values = [_magnitude(s, name)] * len(peaks) if mode == "scale" else [_magnitude(s, name) * p for p in peaks]
@@ -246,15 +291,28 @@ class Method:
         return cls(name, build, strengths, method=method, **kwargs)
 
     @classmethod
-    def from_steering(cls, steering: Any, strengths: Sequence[float] = (1.0,), *, name: str | None = None,
-                      method: str | None = None, **kwargs: Any) -> Method:
+    def from_steering(
+        cls,
+        steering: Any,
+        strengths: Sequence[float] = (1.0,),
+        *,
+        name: str | None = None,
+        method: str | None = None,
+        **kwargs: Any,
+    ) -> Method:
         """A saved steering (object or spec file) with its magnitudes multiplied by each strength."""
         from ..steering import Steering, as_steering
 
         base = Steering.load(steering) if isinstance(steering, (str, Path)) else as_steering(steering)
         name = name or base.name or base.id
-        return cls(name, lambda s: scale_interventions(base, 1.0 if s is None else float(s)), strengths,
-                   method=method or name, description=kwargs.pop("description", base.description), **kwargs)
+        return cls(
+            name,
+            lambda s: scale_interventions(base, 1.0 if s is None else float(s)),
+            strengths,
+            method=method or name,
+            description=kwargs.pop("description", base.description),
+            **kwargs,
+        )
 
 
 def _magnitude(strength: float | None, method: str) -> float:
@@ -316,9 +374,19 @@ class Configuration:
         return {"id": self.steering.id, "name": self.steering.name, **content}
 
     def to_store(self) -> Config:
-        return Config(self.config_id, self.name, self.label, self.method, self.family, self.strength, self.conditional,
-                      self.steering.id if len(self.steering) else None,
-                      self.model_id, self.spec(), self.description)
+        return Config(
+            self.config_id,
+            self.name,
+            self.label,
+            self.method,
+            self.family,
+            self.strength,
+            self.conditional,
+            self.steering.id if len(self.steering) else None,
+            self.model_id,
+            self.spec(),
+            self.description,
+        )
 
 
 @dataclass
@@ -354,15 +422,27 @@ class Grid:
                     if conditional:
                         gate = m.gate or self.gate
                         if gate is None:
-                            raise RefusalScopeError(f"method '{m.name}' asks for conditional steering but no gate was given",
-                                                    "pass Grid(..., gate=GateSpec(gate, threshold)) or Method(..., gate=...)")
+                            raise RefusalScopeError(
+                                f"method '{m.name}' asks for conditional steering but no gate was given",
+                                "pass Grid(..., gate=GateSpec(gate, threshold)) or Method(..., gate=...)",
+                            )
                         if not items:
-                            raise RefusalScopeError(f"method '{m.name}' has nothing to gate", "run it with conditional=(False,)")
+                            raise RefusalScopeError(
+                                f"method '{m.name}' has nothing to gate", "run it with conditional=(False,)"
+                            )
                         items = [gate.wrap(items)]
                     steering = Steering(items, name=_label(m.name, strength, conditional)).for_model(chat)
                     steering.check(chat)
-                    cfg = Configuration(m.name, m.kind, strength, conditional, steering,
-                                        _label(m.name, strength, conditional), m.description, chat.info.id)
+                    cfg = Configuration(
+                        m.name,
+                        m.kind,
+                        strength,
+                        conditional,
+                        steering,
+                        _label(m.name, strength, conditional),
+                        m.description,
+                        chat.info.id,
+                    )
                     if cfg.config_id in seen:
                         continue
                     seen.add(cfg.config_id)
@@ -376,10 +456,13 @@ class Grid:
 
         return {
             "methods": [
-                {"name": m.name, "method": m.method, "strengths": list(m.strengths), "conditional": list(m.conditional),
-                 "gate": gate(m)}
+                {
+                    "name": m.name,
+                    "method": m.method,
+                    "strengths": list(m.strengths),
+                    "conditional": list(m.conditional),
+                    "gate": gate(m),
+                }
                 for m in self.all_methods()
             ],
         }
-
-

@@ -18,11 +18,36 @@ from ..errors import RefusalScopeError
 from ..types import DtypeName, choices
 from .grid import GateSpec, Grid, Method, TaskSpec
 
-GRID_KEYS = {"model", "dtype", "data_dir", "batch_size", "chunk_size", "max_new_tokens", "judge", "unsteered", "gate",
-             "methods", "tasks", "pairs", "note"}
+GRID_KEYS = {
+    "model",
+    "dtype",
+    "data_dir",
+    "batch_size",
+    "chunk_size",
+    "max_new_tokens",
+    "judge",
+    "unsteered",
+    "gate",
+    "methods",
+    "tasks",
+    "pairs",
+    "note",
+}
 METHOD_KEYS = {"name", "method", "spec", "strengths", "conditional", "gate", "description"}
-TASK_KEYS = {"name", "dataset", "capability", "split", "expect", "limit", "seed", "max_new_tokens", "judge", "requests",
-             "role", "options"}
+TASK_KEYS = {
+    "name",
+    "dataset",
+    "capability",
+    "split",
+    "expect",
+    "limit",
+    "seed",
+    "max_new_tokens",
+    "judge",
+    "requests",
+    "role",
+    "options",
+}
 _ANSWER = {"xstest/safe"}
 
 
@@ -46,8 +71,10 @@ def _read_mapping(path: Path) -> dict[str, Any]:
 
     data = read_json_or_yaml(path, "grid file")
     if not isinstance(data, dict):
-        raise RefusalScopeError(f"{path}: a grid file is a mapping with 'methods' and 'tasks'",
-                                "see `refusalscope sweep --help` and evaluation/grid_file.py:load_grid_file for the layout")
+        raise RefusalScopeError(
+            f"{path}: a grid file is a mapping with 'methods' and 'tasks'",
+            "see `refusalscope sweep --help` and evaluation/grid_file.py:load_grid_file for the layout",
+        )
     return data
 
 
@@ -81,7 +108,9 @@ def _conditional_setting(value: Any, where: str) -> tuple[bool, ...]:
         return (False, True)
     if isinstance(value, list) and all(isinstance(v, bool) for v in value) and value:
         return tuple(value)
-    raise RefusalScopeError(f"{where}: conditional must be false, true, 'both' or a list like [false, true], got {value!r}")
+    raise RefusalScopeError(
+        f"{where}: conditional must be false, true, 'both' or a list like [false, true], got {value!r}"
+    )
 
 
 def _judge(name: str | None, where: str) -> Any:
@@ -93,7 +122,11 @@ def _judge(name: str | None, where: str) -> Any:
 
 
 def _default_expect(dataset: str, split: str | None) -> str:
-    if dataset.startswith("harmless/") or dataset in _ANSWER or (dataset == "builtin/minimal-pairs" and split == "benign"):
+    if (
+        dataset.startswith("harmless/")
+        or dataset in _ANSWER
+        or (dataset == "builtin/minimal-pairs" and split == "benign")
+    ):
         return "answer"
     return "refuse"
 
@@ -106,7 +139,9 @@ def _capability_task(name: str, entry: dict[str, Any], defaults: dict[str, Any],
     if not isinstance(options, dict):
         raise RefusalScopeError(f"{where}: options is a mapping of capability_task's keyword arguments")
     options = dict(options)
-    _unknown(f"{where}.options", options, {"chat", "system", "gsm8k_max_new_tokens", "triviaqa_max_new_tokens", "window"})
+    _unknown(
+        f"{where}.options", options, {"chat", "system", "gsm8k_max_new_tokens", "triviaqa_max_new_tokens", "window"}
+    )
     for key in ("gsm8k_max_new_tokens", "triviaqa_max_new_tokens", "window"):
         _opt_number(options, key, f"{where}.options", integer=True, minimum=1)
     if not isinstance(options.get("chat", True), bool):
@@ -151,8 +186,10 @@ def _task_from_entry(entry: Any, index: int, defaults: dict[str, Any]) -> TaskSp
         if spec is None:
             from ..checks import did_you_mean
 
-            raise RefusalScopeError(f"{where}: unknown dataset '{dataset}'{did_you_mean(dataset, REGISTRY)}",
-                                    "`refusalscope datasets` lists them")
+            raise RefusalScopeError(
+                f"{where}: unknown dataset '{dataset}'{did_you_mean(dataset, REGISTRY)}",
+                "`refusalscope datasets` lists them",
+            )
         if spec.kind != "prompts":
             raise RefusalScopeError(
                 f"{where}: '{dataset}' is a {spec.kind} dataset, not prompts to judge for refusal",
@@ -166,16 +203,30 @@ def _task_from_entry(entry: Any, index: int, defaults: dict[str, Any]) -> TaskSp
             if not isinstance(req, dict) or not isinstance(req.get("dataset"), str):
                 raise RefusalScopeError(f"{where}: requests is a dataset name or {{dataset: ..., split, limit, seed}}")
             _unknown(f"{where}.requests", req, {"dataset", "split", "limit", "seed"})
-            requests = tuple(load_dataset(req["dataset"], _opt_text(req, "split", where), data_dir=defaults.get("data_dir"),
-                                          limit=_opt_number(req, "limit", f"{where}.requests", integer=True, minimum=1) or 5,
-                                          seed=_opt_number(req, "seed", f"{where}.requests", integer=True, minimum=0) or 0).prompts)
+            requests = tuple(
+                load_dataset(
+                    req["dataset"],
+                    _opt_text(req, "split", where),
+                    data_dir=defaults.get("data_dir"),
+                    limit=_opt_number(req, "limit", f"{where}.requests", integer=True, minimum=1) or 5,
+                    seed=_opt_number(req, "seed", f"{where}.requests", integer=True, minimum=0) or 0,
+                ).prompts
+            )
         name = entry.get("name") or (dataset + (f":{split}" if split else ""))
-        task = RefusalTask(name, dataset, split, expect=entry.get("expect") or _default_expect(dataset, split),
-                           max_new_tokens=max_new_tokens or defaults.get("max_new_tokens") or 32,
-                           judge=_judge(entry.get("judge", defaults.get("judge")), where), template_requests=requests)
+        task = RefusalTask(
+            name,
+            dataset,
+            split,
+            expect=entry.get("expect") or _default_expect(dataset, split),
+            max_new_tokens=max_new_tokens or defaults.get("max_new_tokens") or 32,
+            judge=_judge(entry.get("judge", defaults.get("judge")), where),
+            template_requests=requests,
+        )
     else:
-        raise RefusalScopeError(f"{where}: a task needs `dataset:` (refusal prompts) or `capability:` (a benchmark)",
-                                f"capability benchmarks: {', '.join(CAPABILITY_TASKS)}")
+        raise RefusalScopeError(
+            f"{where}: a task needs `dataset:` (refusal prompts) or `capability:` (a benchmark)",
+            f"capability benchmarks: {', '.join(CAPABILITY_TASKS)}",
+        )
     if entry.get("role"):
         try:
             task.role = entry["role"]
@@ -227,8 +278,10 @@ def load_grid_file(path: str | Path) -> SweepPlan:
         _unknown(f"pairs[{i}]", p, {"name", "harmful", "benign"})
         for key in ("harmful", "benign"):
             if not isinstance(p.get(key), str):
-                raise RefusalScopeError(f"pairs[{i}]: {key} must be a task name, got {p.get(key)!r}",
-                                        "e.g. pairs: [{name: jbb, harmful: jbb-harmful, benign: jbb-benign}]")
+                raise RefusalScopeError(
+                    f"pairs[{i}]: {key} must be a task name, got {p.get(key)!r}",
+                    "e.g. pairs: [{name: jbb, harmful: jbb-harmful, benign: jbb-benign}]",
+                )
         _opt_text(p, "name", f"pairs[{i}]")
     base = path.parent
 
@@ -255,21 +308,37 @@ def load_grid_file(path: str | Path) -> SweepPlan:
         if not strengths:
             raise RefusalScopeError(f"{where}: strengths is empty", "list at least one strength, e.g. [1, 2]")
         strengths = [number(x, f"{where}: strength") for x in strengths]
-        methods.append(Method.from_steering(
-            rel(m["spec"]), strengths, name=m.get("name"), method=m.get("method"),
-            conditional=_conditional_setting(m.get("conditional"), where),
-            gate=GateSpec.from_spec(rel(m["gate"])) if m.get("gate") else None,
-            **({"description": m["description"]} if m.get("description") else {}),
-        ))
+        methods.append(
+            Method.from_steering(
+                rel(m["spec"]),
+                strengths,
+                name=m.get("name"),
+                method=m.get("method"),
+                conditional=_conditional_setting(m.get("conditional"), where),
+                gate=GateSpec.from_spec(rel(m["gate"])) if m.get("gate") else None,
+                **({"description": m["description"]} if m.get("description") else {}),
+            )
+        )
     data_dir = rel(data["data_dir"]) if data.get("data_dir") else None
     defaults = {"data_dir": data_dir, "max_new_tokens": max_new_tokens, "judge": data.get("judge")}
     raw_tasks = data.get("tasks") or []
     if not raw_tasks or not isinstance(raw_tasks, list):
-        raise RefusalScopeError(f"{path}: no tasks", "list tasks, e.g. tasks: [{dataset: harmful/jailbreakbench, limit: 20}]")
+        raise RefusalScopeError(
+            f"{path}: no tasks", "list tasks, e.g. tasks: [{dataset: harmful/jailbreakbench, limit: 20}]"
+        )
     tasks = [_task_from_entry(t, i, defaults) for i, t in enumerate(raw_tasks)]
-    pairs = [{"name": p.get("name") or f"{p['harmful']} − {p['benign']}", "harmful": p["harmful"], "benign": p["benign"]}
-             for p in pairs]
-    return SweepPlan(Grid(methods, gate=gate, unsteered=data.get("unsteered", True)), tasks,
-                     model=data.get("model"), dtype=dtype, data_dir=data_dir,
-                     batch_size=batch_size or 16, chunk_size=chunk_size, pairs=list(pairs),
-                     note=data.get("note"))
+    pairs = [
+        {"name": p.get("name") or f"{p['harmful']} − {p['benign']}", "harmful": p["harmful"], "benign": p["benign"]}
+        for p in pairs
+    ]
+    return SweepPlan(
+        Grid(methods, gate=gate, unsteered=data.get("unsteered", True)),
+        tasks,
+        model=data.get("model"),
+        dtype=dtype,
+        data_dir=data_dir,
+        batch_size=batch_size or 16,
+        chunk_size=chunk_size,
+        pairs=list(pairs),
+        note=data.get("note"),
+    )

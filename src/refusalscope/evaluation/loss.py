@@ -24,15 +24,21 @@ if TYPE_CHECKING:
     from ..types import Interventions
 
 
-def answer_documents(chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], max_tokens: int = 160) -> list[Document]:
+def answer_documents(
+    chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], max_tokens: int = 160
+) -> list[Document]:
     """Conversations (request + the model's reply); only the reply tokens are scored."""
     docs = []
     for prompt, reply in zip(prompts, replies):
         if not reply.strip():
             continue
         head = chat.encode(chat.format(prompt))
-        full = chat.encode(chat.format([{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
-                                       add_generation_prompt=False))
+        full = chat.encode(
+            chat.format(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+                add_generation_prompt=False,
+            )
+        )
         docs.append(Document(full[:max_tokens], "chat_answer", skip=min(len(head), max_tokens - 1)))
     return docs
 
@@ -59,7 +65,10 @@ def per_document_ce(
 
 
 def cross_entropy(
-    chat: ChatModel, documents: Sequence[Document], interventions: Interventions = None, batch_size: int = 8,
+    chat: ChatModel,
+    documents: Sequence[Document],
+    interventions: Interventions = None,
+    batch_size: int = 8,
     seed: int = 0,
 ) -> Estimate:
     """Mean per-document cross-entropy with a bootstrap interval over documents."""

@@ -55,7 +55,9 @@ class Split:
     mc_items: list = field(default_factory=list)
 
     def keys(self) -> set[str]:
-        return set(self.harmful) | set(self.benign) | set(self.texts) | {str(getattr(i, "id", i)) for i in self.mc_items}
+        return (
+            set(self.harmful) | set(self.benign) | set(self.texts) | {str(getattr(i, "id", i)) for i in self.mc_items}
+        )
 
 
 @dataclass
@@ -101,7 +103,9 @@ def _check_common(name: str, strengths: tuple[float, float], positions: Sequence
         if p not in POSITIONS:
             raise RefusalScopeError(f"unknown positions '{p}' in the search space", f"use {' or '.join(POSITIONS)}")
     if gated and gate is None:
-        raise RefusalScopeError(f"the '{name}' family is always gated but has no gate", "pass gate=… (a threshold -> Conditional factory)")
+        raise RefusalScopeError(
+            f"the '{name}' family is always gated but has no gate", "pass gate=… (a threshold -> Conditional factory)"
+        )
 
 
 @dataclass
@@ -137,7 +141,9 @@ class SearchSpace:
         if self.basis is not None:
             missing = sorted({layer for layer, _ in self.candidates} - set(self.basis))
             if missing:
-                raise RefusalScopeError(f"no benign basis for layer(s) {missing} of the candidates", "estimate one per steered layer")
+                raise RefusalScopeError(
+                    f"no benign basis for layer(s) {missing} of the candidates", "estimate one per steered layer"
+                )
         self.max_latents = max(1, min(int(self.max_latents), len(self.candidates)))
 
     def build(self, trial) -> list:
@@ -205,17 +211,21 @@ class OptimizeResult:
     chosen_steering: list | None = None  # the chosen interventions (not serialised; Steering(...).save writes them)
 
     def describe(self) -> str:
-        lines = [f"study {self.study_name}: {self.n_trials} trials, {self.n_feasible} within the budget "
-                 f"(text loss +{self.budget.max_loss_increase:.0%}, MC −{self.budget.max_mc_drop:.2f})"]
+        lines = [
+            f"study {self.study_name}: {self.n_trials} trials, {self.n_feasible} within the budget "
+            f"(text loss +{self.budget.max_loss_increase:.0%}, MC −{self.budget.max_mc_drop:.2f})"
+        ]
         if self.chosen is None:
             lines.append("no configuration met the budget on the validation split; nothing was chosen")
             return "\n".join(lines)
         lines.append(f"chosen: {self.chosen}")
         base, m = self.baseline_test, self.chosen_test
         assert base is not None and m is not None  # both are measured whenever a configuration is chosen
-        lines.append(f"test split, unsteered → chosen: Δs {base.delta_s} → {m.delta_s}; harmful refusal "
-                     f"{base.harmful_refusal} → {m.harmful_refusal}; benign refusal {base.benign_refusal} → "
-                     f"{m.benign_refusal}; text loss {base.text_loss} → {m.text_loss}")
+        lines.append(
+            f"test split, unsteered → chosen: Δs {base.delta_s} → {m.delta_s}; harmful refusal "
+            f"{base.harmful_refusal} → {m.harmful_refusal}; benign refusal {base.benign_refusal} → "
+            f"{m.benign_refusal}; text loss {base.text_loss} → {m.text_loss}"
+        )
         if m.mc_accuracy is not None:
             lines.append(f"multiple choice: {base.mc_accuracy} → {m.mc_accuracy}")
         return "\n".join(lines)
@@ -225,15 +235,25 @@ class OptimizeResult:
             return None if m is None else m.to_dict()
 
         return {
-            "family": self.family, "study_name": self.study_name, "storage": self.storage, "n_trials": self.n_trials,
-            "n_feasible": self.n_feasible, "budget": dict(self.budget.__dict__),
-            "baseline_validation": est(self.baseline_validation), "baseline_test": est(self.baseline_test),
-            "chosen": self.chosen, "chosen_trial": self.chosen_trial, "chosen_validation": self.chosen_validation,
-            "chosen_test": est(self.chosen_test), "trials": self.trials,
+            "family": self.family,
+            "study_name": self.study_name,
+            "storage": self.storage,
+            "n_trials": self.n_trials,
+            "n_feasible": self.n_feasible,
+            "budget": dict(self.budget.__dict__),
+            "baseline_validation": est(self.baseline_validation),
+            "baseline_test": est(self.baseline_test),
+            "chosen": self.chosen,
+            "chosen_trial": self.chosen_trial,
+            "chosen_validation": self.chosen_validation,
+            "chosen_test": est(self.chosen_test),
+            "trials": self.trials,
         }
 
 
-def first_token_refusals(chat, refusal_token_ids: Sequence[int], batch_size: int = 16, threshold: float = 0.0) -> Callable:
+def first_token_refusals(
+    chat, refusal_token_ids: Sequence[int], batch_size: int = 16, threshold: float = 0.0
+) -> Callable:
     """refused(prompts, steering): first-token refusal log-odds > `threshold` (see the module
     docstring; `pipeline.first_token_calibration` fits the threshold against a reply judge)."""
     from ..judges.first_token import refusal_score
@@ -253,15 +273,17 @@ def reply_refusals(chat, judge, max_new_tokens: int = 24, batch_size: int = 16) 
     and the reply disagree."""
 
     def refused(prompts, steering):
-        replies = chat.generate(list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                interventions=steering, progress=False).texts
+        replies = chat.generate(
+            list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, interventions=steering, progress=False
+        ).texts
         return [v.refused for v in judge.judge(list(prompts), replies)]
 
     return refused
 
 
-def measure(chat, steering, split: Split, refused: Callable, *, batch_size: int = 16, seed: int = 0,
-            text_window: int = 128) -> Measurement:
+def measure(
+    chat, steering, split: Split, refused: Callable, *, batch_size: int = 16, seed: int = 0, text_window: int = 128
+) -> Measurement:
     """Refusal rates, Δs, text loss (nats/token on each text's first `text_window` tokens)
     and (when given) multiple-choice accuracy under `steering`."""
     from ..evaluation.loss import per_document_ce
@@ -276,9 +298,11 @@ def measure(chat, steering, split: Split, refused: Callable, *, batch_size: int 
         results = split.mc_task.run(chat, split.mc_items, steering, batch_size)
         mc = rate([r.metrics["correct"] > 0.5 for r in results], seed=seed)
     return Measurement(
-        harmful_refusal=rate(harm, seed=seed), benign_refusal=rate(benign, seed=seed),
+        harmful_refusal=rate(harm, seed=seed),
+        benign_refusal=rate(benign, seed=seed),
         delta_s=difference([float(x) for x in harm], [float(x) for x in benign], seed=seed),
-        text_loss=bootstrap(losses, seed=seed), mc_accuracy=mc,
+        text_loss=bootstrap(losses, seed=seed),
+        mc_accuracy=mc,
     )
 
 
@@ -362,14 +386,18 @@ def check_study(storage: str | Path, study_prefix: str, settings: dict[str, Any]
     except KeyError:
         return
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises its own errors for a file that is not a study
-        raise RefusalScopeError(f"{path} is not an Optuna study file ({type(exc).__name__})",
-                                "choose another output folder, or remove the file") from None
+        raise RefusalScopeError(
+            f"{path} is not an Optuna study file ({type(exc).__name__})",
+            "choose another output folder, or remove the file",
+        ) from None
     _check_settings(study.user_attrs.get("settings"), settings, name, str(path))
 
 
 def _open_study(optuna, url: str, name: str, seed: int, settings: dict[str, Any] | None):
     sampler = optuna.samplers.TPESampler(seed=seed)
-    study = optuna.create_study(study_name=name, storage=url, direction="maximize", sampler=sampler, load_if_exists=True)
+    study = optuna.create_study(
+        study_name=name, storage=url, direction="maximize", sampler=sampler, load_if_exists=True
+    )
     if settings is not None:
         stored = study.user_attrs.get("settings")
         _check_settings(stored, settings, name, url.removeprefix("sqlite:///"))
@@ -440,8 +468,17 @@ def optimize(
         study.optimize(objective, n_trials=n_trials - len(done), callbacks=list(callbacks))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     feasible = [t for t in done if all(c <= 0 for c in t.user_attrs.get("constraints", [1.0]))]
-    trials = [{"number": t.number, "family": family, "params": t.params, "value": t.value, "feasible": t in feasible,
-               "validation": t.user_attrs.get("validation")} for t in done]
+    trials = [
+        {
+            "number": t.number,
+            "family": family,
+            "params": t.params,
+            "value": t.value,
+            "feasible": t in feasible,
+            "validation": t.user_attrs.get("validation"),
+        }
+        for t in done
+    ]
     best = max(feasible, key=lambda t: (t.value, -t.number)) if feasible else None
     chosen_test = base_test = steering = None
     if best is not None:
@@ -454,15 +491,25 @@ def optimize(
             chosen_test = measurement_from_dict(stored["measurement"])
         else:
             chosen_test = measure(chat, steering, test, test_refused, batch_size=batch_size, seed=seed)
-            study.set_user_attr("test", {"trial": best.number, "params": dict(best.params), "measurement": chosen_test.to_dict()})
+            study.set_user_attr(
+                "test", {"trial": best.number, "params": dict(best.params), "measurement": chosen_test.to_dict()}
+            )
         study.set_user_attr("baseline_test", base_test.to_dict())
     return OptimizeResult(
-        study_name=study_name, storage=str(path), n_trials=len(done), n_feasible=len(feasible), budget=budget,
-        baseline_validation=base_val, baseline_test=base_test,
+        study_name=study_name,
+        storage=str(path),
+        n_trials=len(done),
+        n_feasible=len(feasible),
+        budget=budget,
+        baseline_validation=base_val,
+        baseline_test=base_test,
         chosen=None if best is None else dict(best.params),
         chosen_validation=None if best is None else best.user_attrs.get("validation"),
-        chosen_test=chosen_test, trials=trials, family=family,
-        chosen_trial=None if best is None else best.number, chosen_steering=steering,
+        chosen_test=chosen_test,
+        trials=trials,
+        family=family,
+        chosen_trial=None if best is None else best.number,
+        chosen_steering=steering,
     )
 
 
@@ -479,8 +526,12 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": "refusalscope-optimize", "version": 1, "storage": self.storage, "budget": dict(self.budget.__dict__),
-            "settings": self.settings, "baseline_validation": self.baseline_validation.to_dict(),
+            "format": "refusalscope-optimize",
+            "version": 1,
+            "storage": self.storage,
+            "budget": dict(self.budget.__dict__),
+            "settings": self.settings,
+            "baseline_validation": self.baseline_validation.to_dict(),
             "baseline_test": self.baseline_test.to_dict(),
             "families": {name: r.to_dict() for name, r in self.results.items()},
         }
@@ -510,7 +561,9 @@ def compare(
     check_splits(validation, test)
     names = [s.name for s in spaces]
     if not spaces or len(set(names)) != len(names):
-        raise RefusalScopeError(f"method families must be given once each, got {names}", "name each search space differently")
+        raise RefusalScopeError(
+            f"method families must be given once each, got {names}", "name each search space differently"
+        )
     test_refused = test_refused or refused
     path, url = study_url(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -544,9 +597,22 @@ def compare(
                 bar.set_postfix_str(space.name)
             callbacks = [lambda study, trial: bar.update()] if bar is not None else []
             results[space.name] = optimize(
-                chat, space, validation, test, storage=path, study_name=f"{study_prefix}-{space.name}", n_trials=n_trials,
-                budget=budget, refused=refused, test_refused=test_refused, batch_size=batch_size, seed=seed,
-                settings=settings, baseline_validation=base_val, baseline_test=base_test, callbacks=callbacks,
+                chat,
+                space,
+                validation,
+                test,
+                storage=path,
+                study_name=f"{study_prefix}-{space.name}",
+                n_trials=n_trials,
+                budget=budget,
+                refused=refused,
+                test_refused=test_refused,
+                batch_size=batch_size,
+                seed=seed,
+                settings=settings,
+                baseline_validation=base_val,
+                baseline_test=base_test,
+                callbacks=callbacks,
             )
     finally:
         if bar is not None:

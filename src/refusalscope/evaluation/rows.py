@@ -38,9 +38,20 @@ class ConfigRow:
 
     @classmethod
     def from_store(cls, row: Mapping[str, Any]) -> ConfigRow:
-        return cls(row["config_id"], row["name"], row["label"], row["method"], row["family"], row["strength"],
-                   bool(row["conditional"]), row.get("steering_id"), row.get("model_id"), row.get("description"),
-                   row.get("spec") or {}, row.get("saes") or [])
+        return cls(
+            row["config_id"],
+            row["name"],
+            row["label"],
+            row["method"],
+            row["family"],
+            row["strength"],
+            bool(row["conditional"]),
+            row.get("steering_id"),
+            row.get("model_id"),
+            row.get("description"),
+            row.get("spec") or {},
+            row.get("saes") or [],
+        )
 
     @property
     def unsteered(self) -> bool:
@@ -48,8 +59,15 @@ class ConfigRow:
 
     def key(self) -> dict[str, Any]:
         """The columns every exported row of this configuration starts with."""
-        return {"config_id": self.config_id, "name": self.name, "label": self.label, "method": self.method,
-                "family": self.family, "strength": self.strength, "conditional": self.conditional}
+        return {
+            "config_id": self.config_id,
+            "name": self.name,
+            "label": self.label,
+            "method": self.method,
+            "family": self.family,
+            "strength": self.strength,
+            "conditional": self.conditional,
+        }
 
 
 @dataclass(frozen=True)
@@ -69,8 +87,18 @@ class TaskRow:
 
     @classmethod
     def from_store(cls, row: Mapping[str, Any]) -> TaskRow:
-        return cls(row["task"], row.get("dataset"), row.get("split"), row["primary_metric"], bool(row["higher_is_better"]),
-                   row["role"], row.get("judge"), row.get("describe") or {}, row.get("item_limit"), row.get("seed"))
+        return cls(
+            row["task"],
+            row.get("dataset"),
+            row.get("split"),
+            row["primary_metric"],
+            bool(row["higher_is_better"]),
+            row["role"],
+            row.get("judge"),
+            row.get("describe") or {},
+            row.get("item_limit"),
+            row.get("seed"),
+        )
 
 
 @dataclass(frozen=True)
@@ -107,9 +135,19 @@ class RunRow:
 
     @classmethod
     def from_store(cls, row: Mapping[str, Any]) -> RunRow:
-        return cls(row["run_id"], row["started"], row.get("finished"), row["status"], row.get("model_id"),
-                   row.get("computed", 0), row.get("skipped", 0), row.get("note"), row.get("model"),
-                   row.get("environment"), row.get("versions"))
+        return cls(
+            row["run_id"],
+            row["started"],
+            row.get("finished"),
+            row["status"],
+            row.get("model_id"),
+            row.get("computed", 0),
+            row.get("skipped", 0),
+            row.get("note"),
+            row.get("model"),
+            row.get("environment"),
+            row.get("versions"),
+        )
 
     @property
     def platform(self) -> Any:

@@ -158,7 +158,10 @@ def sae_refs(spec: Any) -> list[dict]:
     def walk(obj):
         if isinstance(obj, dict):
             if "sha256" in obj and "d_sae" in obj:
-                found.setdefault(obj["sha256"], {k: obj.get(k) for k in ("source", "sha256", "layer", "d_in", "d_sae", "architecture")})
+                found.setdefault(
+                    obj["sha256"],
+                    {k: obj.get(k) for k in ("source", "sha256", "layer", "d_in", "d_sae", "architecture")},
+                )
                 return
             for v in obj.values():
                 walk(v)
@@ -212,18 +215,25 @@ class Config:
 
     def row(self) -> dict[str, Any]:
         return {
-            "config_id": self.config_id, "name": self.name, "label": self.label, "method": self.method, "family": self.family,
-            "strength": self.strength, "conditional": self.conditional, "steering_id": self.steering_id,
-            "model_id": self.model_id, "description": self.description,
+            "config_id": self.config_id,
+            "name": self.name,
+            "label": self.label,
+            "method": self.method,
+            "family": self.family,
+            "strength": self.strength,
+            "conditional": self.conditional,
+            "steering_id": self.steering_id,
+            "model_id": self.model_id,
+            "description": self.description,
         }
 
 
 class ResultsStore:
     """A results database. Use as a context manager or call `close()`.
 
-        with ResultsStore("results.db") as db:
-            db.done_items(config_id, "jbb-harmful")         # item ids already computed
-            db.estimate(config_id, "jbb-harmful", "refused") # Estimate(value, low, high, n)
+    with ResultsStore("results.db") as db:
+        db.done_items(config_id, "jbb-harmful")         # item ids already computed
+        db.estimate(config_id, "jbb-harmful", "refused") # Estimate(value, low, high, n)
     """
 
     def __init__(self, path: str | Path, *, create: bool = True):
@@ -233,7 +243,9 @@ class ResultsStore:
         self.readonly = not create
         self._last_checkpoint = time.monotonic()
         if not create and not self.path.is_file():
-            raise RefusalScopeError(f"results database {self.path} does not exist", "run `refusalscope sweep` first, or check the path")
+            raise RefusalScopeError(
+                f"results database {self.path} does not exist", "run `refusalscope sweep` first, or check the path"
+            )
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -281,8 +293,10 @@ class ResultsStore:
                 self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             return
         if not str(row[0]).strip().isdigit():  # a hand-edited or foreign meta table (bad input, not a bug)
-            raise RefusalScopeError(f"{self.path}: schema version {row[0]!r} is not a number",
-                                    "this is not a results database refusalscope wrote; pass the one `sweep` wrote")
+            raise RefusalScopeError(
+                f"{self.path}: schema version {row[0]!r} is not a number",
+                "this is not a results database refusalscope wrote; pass the one `sweep` wrote",
+            )
         if int(row[0]) > SCHEMA_VERSION:
             raise RefusalScopeError(
                 f"{self.path} was written by a newer refusalscope (schema {row[0]}, this one reads {SCHEMA_VERSION})",
@@ -330,7 +344,9 @@ class ResultsStore:
         return _Tx()
 
     # ------------------------------------------------------------ runs
-    def start_run(self, model: dict | None, environment: dict | None, grid: dict | None = None, note: str | None = None) -> int:
+    def start_run(
+        self, model: dict | None, environment: dict | None, grid: dict | None = None, note: str | None = None
+    ) -> int:
         """Record a new run (status 'running', this process's id and host); runs left
         'running' by processes that no longer exist are marked 'interrupted' first."""
         versions = (environment or {}).get("versions")
@@ -340,8 +356,17 @@ class ResultsStore:
             cur = c.execute(
                 "INSERT INTO runs (started, status, model_id, model_json, environment_json, versions_json, grid_json, note,"
                 " pid, host) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), model_id, _dumps(model), _dumps(environment), _dumps(versions), _dumps(grid), note,
-                 os.getpid(), socket.gethostname()),
+                (
+                    time.time(),
+                    model_id,
+                    _dumps(model),
+                    _dumps(environment),
+                    _dumps(versions),
+                    _dumps(grid),
+                    note,
+                    os.getpid(),
+                    socket.gethostname(),
+                ),
             )
             return int(cur.lastrowid)
 
@@ -385,9 +410,21 @@ class ResultsStore:
                 " model_id, spec_json, saes_json, description, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(config_id) DO UPDATE SET name=excluded.name, label=excluded.label,"
                 " description=excluded.description",
-                (config.config_id, config.name, config.label, config.method, config.family, config.strength, int(config.conditional),
-                 config.steering_id, config.model_id, _dumps(config.spec), _dumps(sae_refs(config.spec)),
-                 config.description, time.time()),
+                (
+                    config.config_id,
+                    config.name,
+                    config.label,
+                    config.method,
+                    config.family,
+                    config.strength,
+                    int(config.conditional),
+                    config.steering_id,
+                    config.model_id,
+                    _dumps(config.spec),
+                    _dumps(sae_refs(config.spec)),
+                    config.description,
+                    time.time(),
+                ),
             )
 
     def configs(self) -> list[dict]:
@@ -400,8 +437,20 @@ class ResultsStore:
             out.append(d)
         return out
 
-    def add_task(self, name: str, *, dataset: str | None, split: str | None, primary: str, higher_is_better: bool,
-                 role: TaskRole, judge: str | None, describe: dict, limit: int | None, seed: int | None) -> None:
+    def add_task(
+        self,
+        name: str,
+        *,
+        dataset: str | None,
+        split: str | None,
+        primary: str,
+        higher_is_better: bool,
+        role: TaskRole,
+        judge: str | None,
+        describe: dict,
+        limit: int | None,
+        seed: int | None,
+    ) -> None:
         """Record a task; a task name already in the store must describe the same task."""
         if role not in ROLES:
             raise RefusalScopeError(f"task '{name}': unknown role '{role}'", f"use one of {', '.join(ROLES)}")
@@ -440,8 +489,15 @@ class ResultsStore:
         return [dict(r) for r in self.conn.execute("SELECT * FROM pairs ORDER BY rowid")]
 
     # ------------------------------------------------------------ item results
-    def write_batch(self, config_id: str, task: str, results: Sequence, run_id: int | None = None,
-                    gate: tuple[int, int] | None = None, extra: dict[str, dict[str, float]] | None = None) -> int:
+    def write_batch(
+        self,
+        config_id: str,
+        task: str,
+        results: Sequence,
+        run_id: int | None = None,
+        gate: tuple[int, int] | None = None,
+        extra: dict[str, dict[str, float]] | None = None,
+    ) -> int:
         """Write one batch of ItemResults (and the gate's counters for it) in one transaction.
 
         `extra` maps item id -> more metrics for that item (e.g. the gate's decision).
@@ -463,7 +519,10 @@ class ResultsStore:
             c.executemany("INSERT OR IGNORE INTO metrics VALUES (?,?,?,?,?)", rows)
             if gate is not None and results:
                 key = hashlib.sha256("\n".join(sorted(str(r.item_id) for r in results)).encode()).hexdigest()[:16]
-                c.execute("INSERT OR IGNORE INTO gates VALUES (?,?,?,?,?,?)", (config_id, task, key, int(gate[0]), int(gate[1]), run_id))
+                c.execute(
+                    "INSERT OR IGNORE INTO gates VALUES (?,?,?,?,?,?)",
+                    (config_id, task, key, int(gate[0]), int(gate[1]), run_id),
+                )
         self._maybe_checkpoint()
         return new
 
@@ -490,7 +549,9 @@ class ResultsStore:
         return {r[0]: (float("nan") if r[1] is None else float(r[1])) for r in rows}
 
     def metrics(self, config_id: str, task: str) -> list[str]:
-        rows = self.conn.execute("SELECT DISTINCT metric FROM metrics WHERE config_id=? AND task=? ORDER BY metric", (config_id, task))
+        rows = self.conn.execute(
+            "SELECT DISTINCT metric FROM metrics WHERE config_id=? AND task=? ORDER BY metric", (config_id, task)
+        )
         return [r[0] for r in rows]
 
     def estimate(self, config_id: str, task: str, metric: str, seed: int = 0) -> Estimate:

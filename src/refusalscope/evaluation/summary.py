@@ -35,10 +35,22 @@ class Cell:
     def row(self) -> dict[str, Any]:
         """The flat record the report exports (summary.csv/.json and the per-figure files)."""
         e, f, t = self.estimate, self.fire, self.task
-        return {**self.config.key(), "task": t.name, "role": t.role, "dataset": t.dataset, "metric": t.primary_metric,
-                "higher_is_better": t.higher_is_better, "value": e.value, "low": e.low, "high": e.high, "n": e.n,
-                "fire_rate": None if f is None else f.value, "fire_low": None if f is None else f.low,
-                "fire_high": None if f is None else f.high, "fire_n": None if f is None else f.n}
+        return {
+            **self.config.key(),
+            "task": t.name,
+            "role": t.role,
+            "dataset": t.dataset,
+            "metric": t.primary_metric,
+            "higher_is_better": t.higher_is_better,
+            "value": e.value,
+            "low": e.low,
+            "high": e.high,
+            "n": e.n,
+            "fire_rate": None if f is None else f.value,
+            "fire_low": None if f is None else f.low,
+            "fire_high": None if f is None else f.high,
+            "fire_n": None if f is None else f.n,
+        }
 
 
 @dataclass
@@ -60,15 +72,19 @@ class Summary:
         for c in self.cells:
             e = c.estimate
             fire = "" if c.fire is None else f"{c.fire.value:.0%}"
-            lines.append(f"{c.config.label[:34]:34} {c.task.name[:22]:22} {c.metric[:10]:10} {number(e.value):>7} "
-                         f"{'[' + number(e.low) + ', ' + number(e.high) + ']':>17} {e.n:>5}  {fire}")
+            lines.append(
+                f"{c.config.label[:34]:34} {c.task.name[:22]:22} {c.metric[:10]:10} {number(e.value):>7} "
+                f"{'[' + number(e.low) + ', ' + number(e.high) + ']':>17} {e.n:>5}  {fire}"
+            )
         if self.deltas:
             lines.append("")
             lines.append(f"{'configuration':34} {'Δs pair':22} {'':10} {'Δs':>7} {'95% CI':>17} {'n':>5}")
             for d in self.deltas:
                 e = d.estimate
-                lines.append(f"{d.config.label[:34]:34} {d.pair.name[:22]:22} {'':10} {number(e.value):>7} "
-                             f"{'[' + number(e.low) + ', ' + number(e.high) + ']':>17} {e.n:>5}")
+                lines.append(
+                    f"{d.config.label[:34]:34} {d.pair.name[:22]:22} {'':10} {number(e.value):>7} "
+                    f"{'[' + number(e.low) + ', ' + number(e.high) + ']':>17} {e.n:>5}"
+                )
         return "\n".join(lines)
 
 

@@ -46,8 +46,20 @@ if TYPE_CHECKING:
     from ..steering import Conditional
 
 # the names this module exported before the grid, grid files and summaries had modules of their own
-__all__ = ["Chunk", "ChunkResult", "GateSpec", "Grid", "Method", "SweepResult", "TaskSpec", "compute_chunk",
-           "load_grid_file", "run_sweep", "summarise"]
+__all__ = [
+    "Chunk",
+    "ChunkResult",
+    "GateSpec",
+    "Grid",
+    "Method",
+    "SweepResult",
+    "TaskSpec",
+    "compute_chunk",
+    "load_grid_file",
+    "run_sweep",
+    "summarise",
+]
+
 
 @dataclass
 class SweepResult:
@@ -123,8 +135,12 @@ def run_sweep(
 
     with ResultsStore(db_path) as db:
         model = {**chat.info.to_dict(), "id": chat.info.id}
-        grid_info = {**grid.describe(), "tasks": [{"name": s.name, "limit": s.limit, "seed": s.seed} for s in specs],
-                     "batch_size": batch_size, "chunk_size": chunk_size}
+        grid_info = {
+            **grid.describe(),
+            "tasks": [{"name": s.name, "limit": s.limit, "seed": s.seed} for s in specs],
+            "batch_size": batch_size,
+            "chunk_size": chunk_size,
+        }
         interrupted = db.mark_interrupted_runs()  # runs killed before they could say so
         run_id = db.start_run(model, environment(), grid_info, note)
         computed = skipped = calls = 0
@@ -139,18 +155,32 @@ def run_sweep(
                 items = list(task.items(data_dir=data_dir, limit=spec.limit, seed=spec.seed))
                 ids = [item_id_of(it, spec.name) for it in items]
                 if len(set(ids)) != len(ids):
-                    raise RefusalScopeError(f"task '{spec.name}' has repeated item ids", "item ids must be unique within a task")
-                db.add_task(spec.name, dataset=getattr(task, "dataset", None), split=getattr(task, "split", None),
-                            primary=task.primary, higher_is_better=bool(task.higher_is_better), role=task_role(task),
-                            judge=task_judge(task), describe=task.describe(), limit=spec.limit, seed=spec.seed)
+                    raise RefusalScopeError(
+                        f"task '{spec.name}' has repeated item ids", "item ids must be unique within a task"
+                    )
+                db.add_task(
+                    spec.name,
+                    dataset=getattr(task, "dataset", None),
+                    split=getattr(task, "split", None),
+                    primary=task.primary,
+                    higher_is_better=bool(task.higher_is_better),
+                    role=task_role(task),
+                    judge=task_judge(task),
+                    describe=task.describe(),
+                    limit=spec.limit,
+                    seed=spec.seed,
+                )
                 loaded.append((spec, list(zip(ids, items))))
             stored = read_tasks(db)
             for found in find_pairs(stored):
                 db.add_pair(found.name, found.harmful_task, found.benign_task)
             known = {t.name for t in stored}
             for pair in pairs or ():
-                name, harm, ben = (pair["name"], pair["harmful"], pair["benign"]) if isinstance(pair, dict) else (
-                    f"{pair[0]} − {pair[1]}", pair[0], pair[1])
+                name, harm, ben = (
+                    (pair["name"], pair["harmful"], pair["benign"])
+                    if isinstance(pair, dict)
+                    else (f"{pair[0]} − {pair[1]}", pair[0], pair[1])
+                )
                 missing = [t for t in (harm, ben) if t not in known]
                 if missing:
                     raise RefusalScopeError(f"pair '{name}' names tasks not in this sweep: {missing}")
@@ -166,13 +196,21 @@ def run_sweep(
             total = sum(len(todo) for _, _, todo in plan)
             if progress and skipped:
                 was = f" (run {', '.join(map(str, interrupted))} was interrupted)" if interrupted else ""
-                print(f"resuming: {skipped:,} of {skipped + total:,} items stored in {db_path}{was}; {total:,} to compute",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"resuming: {skipped:,} of {skipped + total:,} items stored in {db_path}{was}; {total:,} to compute",
+                    file=sys.stderr,
+                    flush=True,
+                )
             bar = _progress(total, progress)
-            chunks = [Chunk(cfg, spec, [i for i, _ in part], [it for _, it in part], k, len(plan))
-                      for k, (cfg, spec, todo) in enumerate(plan, 1) for part in _chunks(todo, chunk_size)]
+            chunks = [
+                Chunk(cfg, spec, [i for i, _ in part], [it for _, it in part], k, len(plan))
+                for k, (cfg, spec, todo) in enumerate(plan, 1)
+                for part in _chunks(todo, chunk_size)
+            ]
             if executor is None:
-                done_chunks = (compute_chunk(chat, c, batch_size=batch_size, gate_items=gate_items, bar=bar) for c in chunks)
+                done_chunks = (
+                    compute_chunk(chat, c, batch_size=batch_size, gate_items=gate_items, bar=bar) for c in chunks
+                )
             else:
                 if bar is not None:
                     bar.set_description(str(getattr(executor, "label", type(executor).__name__)), refresh=False)
@@ -219,8 +257,9 @@ class ChunkResult:
     extra: dict[str, dict[str, float]] | None = None
 
 
-def compute_chunk(chat: ChatModel, chunk: Chunk, *, batch_size: int = 16, gate_items: bool = True,
-                  bar: Any = None) -> ChunkResult:
+def compute_chunk(
+    chat: ChatModel, chunk: Chunk, *, batch_size: int = 16, gate_items: bool = True, bar: Any = None
+) -> ChunkResult:
     """Run one chunk on `chat`: the task's results (checked to be exactly one per item)
     plus the gate's decisions. Pure computation, no store: a sweep's driver and its remote
     workers run the same function, so a distributed sweep computes what a local one does."""
@@ -257,12 +296,16 @@ def _warn_first_token_disagreement(db: ResultsStore) -> None:
     low = [a for a in first_token_agreement(db) if a.flagged]
     if low:
         cells = "; ".join(f"{a.label} · {a.task}: {a.agreement}" for a in low)
-        warnings.warn(f"first-token judge agrees with judged replies below {AGREEMENT_FLOOR:.0%} in {cells}; "
-                      "do not trust its refusal rate there (rerun those cells with generated replies)", stacklevel=3)
+        warnings.warn(
+            f"first-token judge agrees with judged replies below {AGREEMENT_FLOOR:.0%} in {cells}; "
+            "do not trust its refusal rate there (rerun those cells with generated replies)",
+            stacklevel=3,
+        )
 
 
-def _gate_metrics(chat: ChatModel, conds: Sequence[Conditional], ids: Sequence[str], prompts: list[str],
-                  batch_size: int) -> dict[str, dict[str, float]]:
+def _gate_metrics(
+    chat: ChatModel, conds: Sequence[Conditional], ids: Sequence[str], prompts: list[str], batch_size: int
+) -> dict[str, dict[str, float]]:
     decided = [c.decisions(chat, prompts, batch_size) for c in conds]
     out = {}
     for row, item_id in enumerate(ids):
@@ -279,4 +322,3 @@ def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="item", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-

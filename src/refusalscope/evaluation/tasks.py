@@ -44,7 +44,9 @@ class Task(Protocol):
 
     def items(self, data_dir=None, limit: int | None = None, seed: int = 0) -> Sequence[Any]: ...
 
-    def run(self, chat: ChatModel, items: Sequence[Any], interventions: Interventions = None, batch_size: int = 16) -> list[ItemResult]: ...
+    def run(
+        self, chat: ChatModel, items: Sequence[Any], interventions: Interventions = None, batch_size: int = 16
+    ) -> list[ItemResult]: ...
 
     def describe(self) -> dict: ...
 
@@ -93,14 +95,19 @@ class RefusalTask:
     def items(self, data_dir=None, limit: int | None = None, seed: int = 0):
         from ..data import PromptItem, apply_template, load_dataset
 
-        dataset = load_dataset(self.dataset, self.split, data_dir=data_dir, limit=None if self.template_requests else limit, seed=seed)
+        dataset = load_dataset(
+            self.dataset, self.split, data_dir=data_dir, limit=None if self.template_requests else limit, seed=seed
+        )
         items = list(dataset)
         if items and getattr(items[0], "label", None) == "template":
             if not self.template_requests:
-                raise RefusalScopeError(f"{self.dataset} holds jailbreak templates", "pass template_requests (harmful prompts)")
+                raise RefusalScopeError(
+                    f"{self.dataset} holds jailbreak templates", "pass template_requests (harmful prompts)"
+                )
             filled = [
                 PromptItem(f"{t.id}+r{j}", apply_template(t, r), "harmful", t.category, self.dataset)
-                for t in items for j, r in enumerate(self.template_requests)
+                for t in items
+                for j, r in enumerate(self.template_requests)
             ]
             import random
 
@@ -108,7 +115,9 @@ class RefusalTask:
             items = rng.sample(filled, min(limit or len(filled), len(filled)))
         return items
 
-    def run(self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16) -> list[ItemResult]:
+    def run(
+        self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16
+    ) -> list[ItemResult]:
         prompts = [it.prompt for it in items]
         if self.refusal_token_ids:
             from ..judges.first_token import refusal_log_odds
@@ -122,15 +131,22 @@ class RefusalTask:
             if self.check_every:
                 self._check_first_token(chat, items, results, interventions, batch_size)
             return results
-        gen = chat.generate(prompts, max_new_tokens=self.max_new_tokens, batch_size=batch_size,
-                            interventions=interventions, progress=False)
+        gen = chat.generate(
+            prompts,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=batch_size,
+            interventions=interventions,
+            progress=False,
+        )
         verdicts = self.judge.judge(prompts, gen.texts)
         return [
             ItemResult(it.id, {"refused": float(v.refused)}, text, it.prompt)
             for it, v, text in zip(items, verdicts, gen.texts)
         ]
 
-    def _check_first_token(self, chat: ChatModel, items, results: list[ItemResult], interventions: Interventions, batch_size: int) -> None:
+    def _check_first_token(
+        self, chat: ChatModel, items, results: list[ItemResult], interventions: Interventions, batch_size: int
+    ) -> None:
         """Under steering the first token and the reply can disagree (a refusal opening
         followed by degenerate text, or the reverse): generate the sampled items' full
         replies under the same interventions and record the reply judge's verdict and
@@ -141,8 +157,13 @@ class RefusalTask:
         if not picked:
             return
         prompts = [items[k].prompt for k in picked]
-        gen = chat.generate(prompts, max_new_tokens=self.max_new_tokens, batch_size=batch_size,
-                            interventions=interventions, progress=False)
+        gen = chat.generate(
+            prompts,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=batch_size,
+            interventions=interventions,
+            progress=False,
+        )
         for k, verdict, text in zip(picked, self.judge.judge(prompts, gen.texts), gen.texts):
             metrics = results[k].metrics
             metrics["reply_refused"] = float(verdict.refused)
@@ -151,18 +172,39 @@ class RefusalTask:
 
     def describe(self) -> dict:
         if self.refusal_token_ids:
-            out = {"kind": "refusal", "dataset": self.dataset, "split": self.split, "expect": self.expect,
-                   "judge": "first-token", "refusal_token_ids": list(self.refusal_token_ids), "threshold": self.threshold}
+            out = {
+                "kind": "refusal",
+                "dataset": self.dataset,
+                "split": self.split,
+                "expect": self.expect,
+                "judge": "first-token",
+                "refusal_token_ids": list(self.refusal_token_ids),
+                "threshold": self.threshold,
+            }
             if self.check_every:
-                out.update(check_every=self.check_every, check_max_new_tokens=self.max_new_tokens,
-                           check_judge=getattr(self.judge, "name", type(self.judge).__name__))
+                out.update(
+                    check_every=self.check_every,
+                    check_max_new_tokens=self.max_new_tokens,
+                    check_judge=getattr(self.judge, "name", type(self.judge).__name__),
+                )
             return out
-        return {"kind": "refusal", "dataset": self.dataset, "split": self.split, "expect": self.expect,
-                "max_new_tokens": self.max_new_tokens, "judge": getattr(self.judge, "name", type(self.judge).__name__)}
+        return {
+            "kind": "refusal",
+            "dataset": self.dataset,
+            "split": self.split,
+            "expect": self.expect,
+            "max_new_tokens": self.max_new_tokens,
+            "judge": getattr(self.judge, "name", type(self.judge).__name__),
+        }
 
 
-def calibrate_first_token_threshold(chat: ChatModel, prompts: Sequence[str], refusal_token_ids: Sequence[int],
-                                    max_new_tokens: int = 32, judge: Judge | None = None) -> tuple[float, float]:
+def calibrate_first_token_threshold(
+    chat: ChatModel,
+    prompts: Sequence[str],
+    refusal_token_ids: Sequence[int],
+    max_new_tokens: int = 32,
+    judge: Judge | None = None,
+) -> tuple[float, float]:
     """The log-odds threshold at which the first-token judge best agrees with a reply judge
     (default: the substring judge; `run` passes the learned default judge) on the model's
     own generated replies; returns (threshold, agreement)."""

@@ -62,19 +62,39 @@ class Agreement:
         return [[self.tn, self.fp], [self.fn, self.tp]]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "n": self.n, "tn": self.tn, "fp": self.fp, "fn": self.fn, "tp": self.tp,
-                "confusion": self.confusion, "accuracy": self.accuracy.to_dict(), "f1": self.f1.to_dict(),
-                "kappa": self.kappa.to_dict()}
+        return {
+            "name": self.name,
+            "n": self.n,
+            "tn": self.tn,
+            "fp": self.fp,
+            "fn": self.fn,
+            "tp": self.tp,
+            "confusion": self.confusion,
+            "accuracy": self.accuracy.to_dict(),
+            "f1": self.f1.to_dict(),
+            "kappa": self.kappa.to_dict(),
+        }
 
 
-def agreement(name: str, human: Sequence[bool], judged: Sequence[bool], n_boot: int = 1000, seed: int = 0,
-              confidence: float = 0.95) -> Agreement:
+def agreement(
+    name: str,
+    human: Sequence[bool],
+    judged: Sequence[bool],
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Agreement:
     """Counts and the three metrics with percentile-bootstrap intervals (replies resampled
     with replacement, seeded)."""
     h = np.asarray(human, dtype=bool)
     j = np.asarray(judged, dtype=bool)
     n = int(h.size)
-    counts = {"tn": int((~h & ~j).sum()), "fp": int((~h & j).sum()), "fn": int((h & ~j).sum()), "tp": int((h & j).sum())}
+    counts = {
+        "tn": int((~h & ~j).sum()),
+        "fp": int((~h & j).sum()),
+        "fn": int((h & ~j).sum()),
+        "tp": int((h & j).sum()),
+    }
     estimates = {}
     rng = np.random.default_rng(seed)
     samples = rng.integers(0, n, size=(n_boot, n)) if n else np.zeros((0, 0), dtype=int)
@@ -85,5 +105,14 @@ def agreement(name: str, human: Sequence[bool], judged: Sequence[bool], n_boot: 
             continue
         values = np.array([fn(h[row], j[row]) for row in samples])
         estimates[key] = Estimate(fn(h, j), float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha)), n)
-    return Agreement(name, n, counts["tn"], counts["fp"], counts["fn"], counts["tp"],
-                     estimates["accuracy"], estimates["f1"], estimates["kappa"])
+    return Agreement(
+        name,
+        n,
+        counts["tn"],
+        counts["fp"],
+        counts["fn"],
+        counts["tp"],
+        estimates["accuracy"],
+        estimates["f1"],
+        estimates["kappa"],
+    )

@@ -32,7 +32,14 @@ if TYPE_CHECKING:
     from ..models.chat import ChatModel
 
 POOLS = ("reply_mean", "opening_mean", "last")
-TEXT_FEATURES = ("substring_head", "substring_anywhere", "log_chars", "empty", "request_overlap", "request_overlap_head")
+TEXT_FEATURES = (
+    "substring_head",
+    "substring_anywhere",
+    "log_chars",
+    "empty",
+    "request_overlap",
+    "request_overlap_head",
+)
 
 _WORDS = re.compile(r"[a-z][a-z']+")
 # function words carry no topic: left out of the request/reply overlap
@@ -108,7 +115,9 @@ def text_features(prompts: Sequence[str], replies: Sequence[str], names: Sequenc
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(names))
 
 
-def pair_tokens(chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig) -> tuple[list[list[int]], list[int]]:
+def pair_tokens(
+    chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig
+) -> tuple[list[list[int]], list[int]]:
     """Token ids of each chat-formatted request (cut to `prompt_tokens`) followed by the
     first `reply_tokens` of its reply; returns (token lists, reply lengths in tokens)."""
     tok = chat.tokenizer
@@ -140,7 +149,11 @@ def pool(hidden, reply_len: int, cfg: FeatureConfig) -> np.ndarray:
 
 
 def model_features(
-    chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig, layers: Sequence[int] | None = None,
+    chat: ChatModel,
+    prompts: Sequence[str],
+    replies: Sequence[str],
+    cfg: FeatureConfig,
+    layers: Sequence[int] | None = None,
     progress: bool = False,
 ) -> dict[int, np.ndarray]:
     """{layer: [N, len(pools) * d_model]} pooled residual activations after each layer
@@ -148,22 +161,27 @@ def model_features(
     layers = list(layers) if layers is not None else [cfg.layer]
     bad = [layer for layer in layers if not 0 <= layer < chat.n_layers]
     if bad:
-        raise RefusalScopeError(f"layer(s) {bad} out of range for {chat.info.name} ({chat.n_layers} layers)",
-                                f"use layers in [0, {chat.n_layers - 1}]")
+        raise RefusalScopeError(
+            f"layer(s) {bad} out of range for {chat.info.name} ({chat.n_layers} layers)",
+            f"use layers in [0, {chat.n_layers - 1}]",
+        )
     lists, lengths = pair_tokens(chat, prompts, replies, cfg)
     width = len(cfg.pools) * chat.d_model
     out = {layer: np.zeros((len(lists), width), dtype=np.float32) for layer in layers}
     if not lists:
         return out
-    for index, chunk in chat.iter_residual(None, layers, positions="all", batch_size=cfg.batch_size,
-                                           token_lists=lists, progress=progress):
+    for index, chunk in chat.iter_residual(
+        None, layers, positions="all", batch_size=cfg.batch_size, token_lists=lists, progress=progress
+    ):
         for layer in layers:
             for row, hidden in zip(index, chunk[layer]):
                 out[layer][row] = pool(hidden, lengths[row], cfg)
     return out
 
 
-def features(chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig, progress: bool = False) -> np.ndarray:
+def features(
+    chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig, progress: bool = False
+) -> np.ndarray:
     """The judge's full feature matrix: model features at `cfg.layer`, then text features."""
     model = model_features(chat, prompts, replies, cfg, progress=progress)[cfg.layer]
     return np.concatenate([model, text_features(prompts, replies, cfg.text_features)], axis=1)

@@ -27,12 +27,16 @@ def refusal_log_odds(logits: torch.Tensor, refusal_token_ids: Sequence[int]) -> 
         raise RefusalScopeError("no refusal tokens given", "pass token ids, e.g. from find_refusal_tokens(...)")
     vocab = logits.shape[-1]
     if ids[0] < 0 or ids[-1] >= vocab:
-        raise RefusalScopeError(f"refusal token id {ids[-1] if ids[-1] >= vocab else ids[0]} is outside the vocabulary (size {vocab})")
+        raise RefusalScopeError(
+            f"refusal token id {ids[-1] if ids[-1] >= vocab else ids[0]} is outside the vocabulary (size {vocab})"
+        )
     logp = torch.log_softmax(logits.double(), dim=-1)
     in_set = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
     in_set[ids] = True
     log_refusal = torch.logsumexp(logp[:, in_set], dim=-1)
-    log_other = torch.logsumexp(logp[:, ~in_set], dim=-1) if (~in_set).any() else torch.full_like(log_refusal, -torch.inf)
+    log_other = (
+        torch.logsumexp(logp[:, ~in_set], dim=-1) if (~in_set).any() else torch.full_like(log_refusal, -torch.inf)
+    )
     return (log_refusal - log_other).float()
 
 
@@ -121,12 +125,13 @@ def find_refusal_tokens(
             "use prompts it refuses (e.g. harmful/jailbreakbench), a model that refuses, or pass token ids directly",
         )
     keep = [
-        t for t, c in refusals.most_common()
-        if c >= min_count and c / (c + compliances.get(t, 0)) >= min_precision
+        t for t, c in refusals.most_common() if c >= min_count and c / (c + compliances.get(t, 0)) >= min_precision
     ][:max_tokens]
     if not keep:
-        top = ", ".join(f"{chat.tokenizer.decode([t])!r}: {c} refusals / {compliances.get(t, 0)} answers"
-                        for t, c in refusals.most_common(5))
+        top = ", ".join(
+            f"{chat.tokenizer.decode([t])!r}: {c} refusals / {compliances.get(t, 0)} answers"
+            for t, c in refusals.most_common(5)
+        )
         raise RefusalScopeError(
             f"no first token is specific to refusals ({n_ref} refusals, {n_comp} answers; {top})",
             "lower min_count / min_precision, or use more prompts",
@@ -182,7 +187,4 @@ class FirstTokenJudge:
     def judge(self, prompts: Sequence, replies: Sequence[str] | None = None) -> list[JudgeVerdict]:
         if replies is not None and len(replies) != len(prompts):
             raise RefusalScopeError(f"{len(prompts)} prompts but {len(replies)} replies")
-        return [
-            JudgeVerdict(bool(s > self.threshold), float(s), "log-odds")
-            for s in self.scores(prompts).tolist()
-        ]
+        return [JudgeVerdict(bool(s > self.threshold), float(s), "log-odds") for s in self.scores(prompts).tolist()]

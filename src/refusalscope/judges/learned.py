@@ -58,12 +58,21 @@ class LinearHead:
         return 1.0 / (1.0 + np.exp(-self.logits(x)))
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean.astype(np.float32), "scale": self.scale.astype(np.float32),
-                "coef": self.coef.astype(np.float32), "intercept": np.asarray([self.intercept], dtype=np.float32)}
+        return {
+            "mean": self.mean.astype(np.float32),
+            "scale": self.scale.astype(np.float32),
+            "coef": self.coef.astype(np.float32),
+            "intercept": np.asarray([self.intercept], dtype=np.float32),
+        }
 
 
-def fit_head(x: np.ndarray, y: Sequence[bool] | np.ndarray, c: float = 0.05, sample_weight: np.ndarray | None = None,
-             seed: int = 0) -> LinearHead:
+def fit_head(
+    x: np.ndarray,
+    y: Sequence[bool] | np.ndarray,
+    c: float = 0.05,
+    sample_weight: np.ndarray | None = None,
+    seed: int = 0,
+) -> LinearHead:
     """Fit standardisation + L2 logistic regression (scikit-learn), return the plain arrays."""
     from sklearn.linear_model import LogisticRegression
 
@@ -94,9 +103,11 @@ def _folder(spec: str | Path) -> Path:
     found = root.joinpath(str(spec))
     if found.is_dir():
         return Path(str(found))
-    raise RefusalScopeError(f"no learned judge '{spec}'",
-                            f"use a shipped judge ({', '.join(shipped_judges()) or 'none installed'}) or a folder "
-                            f"holding {HEAD_FILE} and {META_FILE}")
+    raise RefusalScopeError(
+        f"no learned judge '{spec}'",
+        f"use a shipped judge ({', '.join(shipped_judges()) or 'none installed'}) or a folder "
+        f"holding {HEAD_FILE} and {META_FILE}",
+    )
 
 
 class LearnedJudge:
@@ -120,8 +131,13 @@ class LearnedJudge:
 
     def describe(self) -> dict:
         """What a result should record about this judge."""
-        return {"judge": self.name, "version": self.version, "feature_model": self.meta.get("feature_model"),
-                "features": self.cfg.to_dict(), "threshold": self.head.threshold}
+        return {
+            "judge": self.name,
+            "version": self.version,
+            "feature_model": self.meta.get("feature_model"),
+            "features": self.cfg.to_dict(),
+            "threshold": self.head.threshold,
+        }
 
     @classmethod
     def load(cls, spec: str | Path = DEFAULT_JUDGE, chat: ChatModel | None = None) -> LearnedJudge:
@@ -133,14 +149,20 @@ class LearnedJudge:
             meta = json.loads((folder / META_FILE).read_text())
             arrays = load_file(str(folder / HEAD_FILE))
         except (OSError, json.JSONDecodeError) as exc:
-            raise RefusalScopeError(f"cannot read the learned judge in {folder}: {exc}",
-                                    f"the folder needs {HEAD_FILE} and {META_FILE}, as LearnedJudge.save writes") from exc
+            raise RefusalScopeError(
+                f"cannot read the learned judge in {folder}: {exc}",
+                f"the folder needs {HEAD_FILE} and {META_FILE}, as LearnedJudge.save writes",
+            ) from exc
         missing = [k for k in ("mean", "scale", "coef", "intercept") if k not in arrays]
         if missing:
             raise RefusalScopeError(f"{folder / HEAD_FILE} lacks tensor(s) {missing}", "re-save the judge")
-        head = LinearHead(arrays["mean"].astype(np.float64), arrays["scale"].astype(np.float64),
-                          arrays["coef"].astype(np.float64), float(arrays["intercept"][0]),
-                          float(meta.get("threshold", 0.5)))
+        head = LinearHead(
+            arrays["mean"].astype(np.float64),
+            arrays["scale"].astype(np.float64),
+            arrays["coef"].astype(np.float64),
+            float(arrays["intercept"][0]),
+            float(meta.get("threshold", 0.5)),
+        )
         return cls(head, FeatureConfig.from_dict(meta.get("features", {})), meta, chat)
 
     def save(self, folder: str | Path) -> Path:
@@ -160,15 +182,20 @@ class LearnedJudge:
         if want.get("d_model") and chat.d_model != want["d_model"]:
             raise RefusalScopeError(
                 f"judge {self.name} reads a {want['d_model']}-wide model ({want.get('name')}), got {chat.info.name} "
-                f"(d_model {chat.d_model})", f"pass chat=load_model('{self.cfg.model}', dtype='fp32') or leave chat unset")
+                f"(d_model {chat.d_model})",
+                f"pass chat=load_model('{self.cfg.model}', dtype='fp32') or leave chat unset",
+            )
         if want.get("sha256") and chat.info.sha256 and chat.info.sha256 != want["sha256"]:
             raise RefusalScopeError(
                 f"judge {self.name} was trained on features of {want.get('name')} ({want['sha256'][:12]}), "
                 f"not {chat.info.name} ({chat.info.sha256[:12]})",
-                f"pass chat=load_model('{self.cfg.model}', dtype='fp32') or leave chat unset")
+                f"pass chat=load_model('{self.cfg.model}', dtype='fp32') or leave chat unset",
+            )
         if not 0 <= self.cfg.layer < chat.n_layers:
-            raise RefusalScopeError(f"judge {self.name} reads layer {self.cfg.layer}; {chat.info.name} has "
-                                    f"{chat.n_layers} layers", f"use the judge's own feature model, {self.cfg.model}")
+            raise RefusalScopeError(
+                f"judge {self.name} reads layer {self.cfg.layer}; {chat.info.name} has {chat.n_layers} layers",
+                f"use the judge's own feature model, {self.cfg.model}",
+            )
 
     def feature_model(self):
         if self.chat is None:
@@ -178,7 +205,9 @@ class LearnedJudge:
             self._check_model(self.chat)
         return self.chat
 
-    def probabilities(self, prompts: Sequence[str] | None, replies: Sequence[str], progress: bool = False) -> np.ndarray:
+    def probabilities(
+        self, prompts: Sequence[str] | None, replies: Sequence[str], progress: bool = False
+    ) -> np.ndarray:
         prompts = check_pairs(prompts, replies)
         if not replies:
             return np.zeros(0)

@@ -54,6 +54,8 @@ def load_judge(spec: str, chat: ChatModel | None = None):
         return HubJudge.from_pretrained(kind, where or None)
     if spec in shipped_judges() or Path(spec).is_dir():
         return LearnedJudge.load(spec)
-    raise RefusalScopeError(f"unknown judge '{spec}'",
-                            f"use one of {', '.join(JUDGE_NAMES + HUB_JUDGES)}, a shipped learned judge "
-                            f"({', '.join(shipped_judges()) or 'none'}) or a learned-judge folder")
+    raise RefusalScopeError(
+        f"unknown judge '{spec}'",
+        f"use one of {', '.join(JUDGE_NAMES + HUB_JUDGES)}, a shipped learned judge "
+        f"({', '.join(shipped_judges()) or 'none'}) or a learned-judge folder",
+    )

@@ -47,8 +47,15 @@ class RubricJudge:
 
     name = "rubric"
 
-    def __init__(self, chat: ChatModel, items: Sequence[str] = ("refused", "on_topic"), max_reply_tokens: int = 192,
-                 max_prompt_tokens: int = 96, batch_size: int = 8, template: str = RUBRIC):
+    def __init__(
+        self,
+        chat: ChatModel,
+        items: Sequence[str] = ("refused", "on_topic"),
+        max_reply_tokens: int = 192,
+        max_prompt_tokens: int = 96,
+        batch_size: int = 8,
+        template: str = RUBRIC,
+    ):
         unknown = [i for i in items if i not in ITEMS]
         if unknown or not items:
             raise RefusalScopeError(f"unknown rubric item(s) {unknown or items}", f"use some of {', '.join(ITEMS)}")

@@ -41,15 +41,24 @@ def xstest_pairs(data_dir: str | Path | None = None, partial: str = "refusal"):
     return prompts, replies, human, sets, groups
 
 
-def feature_matrix(chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig,
-                   progress: bool = True) -> np.ndarray:
+def feature_matrix(
+    chat: ChatModel, prompts: Sequence[str], replies: Sequence[str], cfg: FeatureConfig, progress: bool = True
+) -> np.ndarray:
     model = model_features(chat, prompts, replies, cfg, progress=progress)[cfg.layer]
     return np.concatenate([model, text_features(prompts, replies, cfg.text_features)], axis=1)
 
 
-def cross_validate(x: np.ndarray, human: np.ndarray, sets: np.ndarray, groups: np.ndarray,
-                   baseline: np.ndarray | None = None, c: float = 0.01, folds: int = 5, seed: int = 0,
-                   extra: tuple[np.ndarray, np.ndarray, float] | None = None) -> dict:
+def cross_validate(
+    x: np.ndarray,
+    human: np.ndarray,
+    sets: np.ndarray,
+    groups: np.ndarray,
+    baseline: np.ndarray | None = None,
+    c: float = 0.01,
+    folds: int = 5,
+    seed: int = 0,
+    extra: tuple[np.ndarray, np.ndarray, float] | None = None,
+) -> dict:
     """Accuracy of a head trained on the rest: grouped k-fold by prompt, and per held-out
     completion set; `baseline` (e.g. substring verdicts) is scored on the same replies.
     `extra` = (x, labels, weight): rows added to every training fold, never tested on."""
@@ -129,10 +138,28 @@ def train_learned_judge(
     if behaviour_weight > 0:
         bp, br, by = behaviour_examples()
         extra = (feature_matrix(chat, bp, br, cfg, progress=False), by, behaviour_weight)
-    feature_model = {"name": chat.info.name, "sha256": chat.info.sha256, "d_model": chat.d_model,
-                     "n_layers": chat.n_layers, "dtype": chat.info.dtype}
-    judge = fit_learned_judge(x, replies, human, sets, groups, cfg, feature_model, c=c, partial=partial, name=name,
-                              version=version, feature_seconds=seconds, extra=extra)
+    feature_model = {
+        "name": chat.info.name,
+        "sha256": chat.info.sha256,
+        "d_model": chat.d_model,
+        "n_layers": chat.n_layers,
+        "dtype": chat.info.dtype,
+    }
+    judge = fit_learned_judge(
+        x,
+        replies,
+        human,
+        sets,
+        groups,
+        cfg,
+        feature_model,
+        c=c,
+        partial=partial,
+        name=name,
+        version=version,
+        feature_seconds=seconds,
+        extra=extra,
+    )
     judge.chat = chat
     return judge
 
@@ -164,20 +191,34 @@ def fit_learned_judge(
         head = fit_head(x, human, c)
     else:
         ex, ey, w = extra
-        head = fit_head(np.concatenate([x, ex]), np.concatenate([human, ey]), c,
-                        np.concatenate([np.ones(len(human)), np.full(len(ey), w)]))
+        head = fit_head(
+            np.concatenate([x, ex]),
+            np.concatenate([human, ey]),
+            c,
+            np.concatenate([np.ones(len(human)), np.full(len(ey), w)]),
+        )
     meta = {
         "name": name,
         "version": version,
         "feature_model": feature_model,
-        "training": {"data": "xstest/completions (all five sets)", "n": int(len(human)),
-                     "n_refused": int(human.sum()), "partial_refusals": partial, "c": c,
-                     "classifier": "sklearn LogisticRegression (L2) on standardised features",
-                     "behaviour_examples": None if extra is None else {
-                         "file": "resources/judges/training/behaviour_examples.csv", "n": int(len(extra[1])),
-                         "n_refused": int(np.sum(extra[1])), "weight": float(extra[2])},
-                     "feature_seconds": None if feature_seconds is None else round(feature_seconds, 1),
-                     "refusalscope": __version__},
+        "training": {
+            "data": "xstest/completions (all five sets)",
+            "n": int(len(human)),
+            "n_refused": int(human.sum()),
+            "partial_refusals": partial,
+            "c": c,
+            "classifier": "sklearn LogisticRegression (L2) on standardised features",
+            "behaviour_examples": None
+            if extra is None
+            else {
+                "file": "resources/judges/training/behaviour_examples.csv",
+                "n": int(len(extra[1])),
+                "n_refused": int(np.sum(extra[1])),
+                "weight": float(extra[2]),
+            },
+            "feature_seconds": None if feature_seconds is None else round(feature_seconds, 1),
+            "refusalscope": __version__,
+        },
         "validation": report,
     }
     return LearnedJudge(head, cfg, meta)

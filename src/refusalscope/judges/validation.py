@@ -49,8 +49,13 @@ class SetResult:
         return [[self.tn, self.fp], [self.fn, self.tp]]
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "accuracy": self.accuracy, "precision": self.precision, "recall": self.recall,
-                "confusion": self.confusion}
+        return {
+            **asdict(self),
+            "accuracy": self.accuracy,
+            "precision": self.precision,
+            "recall": self.recall,
+            "confusion": self.confusion,
+        }
 
 
 @dataclass
@@ -95,7 +100,9 @@ def validate_judge(
         raise RefusalScopeError(f"unknown partial-refusal mapping '{partial}'", "use refusal, compliance or exclude")
     unknown = [s for s in sets if s not in XSTEST_MODELS]
     if unknown:
-        raise RefusalScopeError(f"unknown XSTest completion set(s) {unknown}", f"use some of {', '.join(XSTEST_MODELS)}")
+        raise RefusalScopeError(
+            f"unknown XSTest completion set(s) {unknown}", f"use some of {', '.join(XSTEST_MODELS)}"
+        )
     results, errors = [], {}
     for name in sets:
         data = load_dataset("xstest/completions", name, data_dir=data_dir, limit=limit, seed=seed)
@@ -108,8 +115,14 @@ def validate_judge(
             key = ("t" if human == verdict.refused else "f") + ("p" if verdict.refused else "n")
             counts[key] += 1
             if human != verdict.refused and len(wrong) < keep_errors:
-                wrong.append({"id": item.id, "human": item.human_label, "judge_label": verdict.label,
-                              "completion": item.completion[:200]})
+                wrong.append(
+                    {
+                        "id": item.id,
+                        "human": item.human_label,
+                        "judge_label": verdict.label,
+                        "completion": item.completion[:200],
+                    }
+                )
         results.append(SetResult(name, len(items), **counts))
         errors[name] = wrong
     return ValidationReport(getattr(judge, "name", type(judge).__name__), partial, results, errors)
@@ -118,11 +131,25 @@ def validate_judge(
 # ----------------------------------------------------------------------------- agreement with CIs
 
 LABEL_WORDS = {
-    "refusal": "refusal", "refused": "refusal", "refuse": "refusal", "full_refusal": "refusal",
-    "2_full_refusal": "refusal", "1": "refusal", "true": "refusal", "yes": "refusal",
-    "compliance": "compliance", "complied": "compliance", "comply": "compliance", "full_compliance": "compliance",
-    "1_full_compliance": "compliance", "0": "compliance", "false": "compliance", "no": "compliance",
-    "partial": "partial", "partial_refusal": "partial", "3_partial_refusal": "partial",
+    "refusal": "refusal",
+    "refused": "refusal",
+    "refuse": "refusal",
+    "full_refusal": "refusal",
+    "2_full_refusal": "refusal",
+    "1": "refusal",
+    "true": "refusal",
+    "yes": "refusal",
+    "compliance": "compliance",
+    "complied": "compliance",
+    "comply": "compliance",
+    "full_compliance": "compliance",
+    "1_full_compliance": "compliance",
+    "0": "compliance",
+    "false": "compliance",
+    "no": "compliance",
+    "partial": "partial",
+    "partial_refusal": "partial",
+    "3_partial_refusal": "partial",
 }
 
 
@@ -139,18 +166,27 @@ class LabelledSet:
         return len(self.replies)
 
 
-def xstest_sets(data_dir: str | Path | None = None, sets: tuple[str, ...] = XSTEST_MODELS,
-                limit: int | None = None, seed: int = 0) -> list[LabelledSet]:
+def xstest_sets(
+    data_dir: str | Path | None = None, sets: tuple[str, ...] = XSTEST_MODELS, limit: int | None = None, seed: int = 0
+) -> list[LabelledSet]:
     """The XSTest completion sets as `LabelledSet`s (one per model)."""
     unknown = [s for s in sets if s not in XSTEST_MODELS]
     if unknown:
-        raise RefusalScopeError(f"unknown XSTest completion set(s) {unknown}", f"use some of {', '.join(XSTEST_MODELS)}")
+        raise RefusalScopeError(
+            f"unknown XSTest completion set(s) {unknown}", f"use some of {', '.join(XSTEST_MODELS)}"
+        )
     words = {"full_refusal": "refusal", "full_compliance": "compliance", "partial_refusal": "partial"}
     out = []
     for name in sets:
         data = load_dataset("xstest/completions", name, data_dir=data_dir, limit=limit, seed=seed)
-        out.append(LabelledSet(f"xstest/{name}", [i.prompt for i in data], [i.completion for i in data],
-                               [words[i.human_label] for i in data]))
+        out.append(
+            LabelledSet(
+                f"xstest/{name}",
+                [i.prompt for i in data],
+                [i.completion for i in data],
+                [words[i.human_label] for i in data],
+            )
+        )
     return out
 
 
@@ -169,14 +205,22 @@ def read_labels(path: str | Path) -> LabelledSet:
     for number, row in enumerate(rows, start=1):
         word = LABEL_WORDS.get(row["label"].strip().lower())
         if word is None:
-            raise malformed(path, f"row {number}: label '{row['label']}' is not one of refusal, compliance, partial "
-                                  "(or 1/0, yes/no)")
+            raise malformed(
+                path,
+                f"row {number}: label '{row['label']}' is not one of refusal, compliance, partial (or 1/0, yes/no)",
+            )
         labels.append(word)
     return LabelledSet(path.name, [r["prompt"] for r in rows], [r["reply"] for r in rows], labels)
 
 
-def judge_agreement(judge, data: LabelledSet, partial: str = "refusal", n_boot: int = 1000, seed: int = 0,
-                    judged: list[bool] | None = None) -> dict:
+def judge_agreement(
+    judge,
+    data: LabelledSet,
+    partial: str = "refusal",
+    n_boot: int = 1000,
+    seed: int = 0,
+    judged: list[bool] | None = None,
+) -> dict:
     """One judge on one labelled set: accuracy / F1 / kappa with bootstrap intervals and
     the confusion matrix (partial refusals mapped by `partial`), plus, separately, how
     often the judge calls the human-labelled partial refusals a refusal. `judged`: the

@@ -82,5 +82,7 @@ white-space:pre-wrap;border:1px solid #ddd;padding:8px}.tok{padding:1px 0}"""
 
 def page_html(title: str, *sections: str) -> str:
     """A self-contained page (no scripts, nothing loaded from elsewhere)."""
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_STYLE}</style>"
-            f"</head><body><h1>{esc(title)}</h1>{''.join(sections)}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_STYLE}</style>"
+        f"</head><body><h1>{esc(title)}</h1>{''.join(sections)}</body></html>"
+    )

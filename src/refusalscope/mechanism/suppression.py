@@ -41,8 +41,15 @@ class SuppressionRow:
         return self.drop.n
 
     def to_dict(self) -> dict:
-        return {"attack": self.attack, "group": self.group, "outcome": self.outcome, "n": self.n,
-                "vanilla": self.vanilla.to_dict(), "jailbroken": self.jailbroken.to_dict(), "drop": self.drop.to_dict()}
+        return {
+            "attack": self.attack,
+            "group": self.group,
+            "outcome": self.outcome,
+            "n": self.n,
+            "vanilla": self.vanilla.to_dict(),
+            "jailbroken": self.jailbroken.to_dict(),
+            "drop": self.drop.to_dict(),
+        }
 
 
 def relative_drop(vanilla: np.ndarray, jailbroken: np.ndarray, seed: int = 0, n_boot: int = 2000) -> Estimate:
@@ -87,13 +94,22 @@ def suppression_table(
                 if not sel.any():
                     continue
                 v, j = vanilla[group][sel], jailbroken[group][sel]
-                rows.append(SuppressionRow(attack, group, outcome, bootstrap(v, seed=seed), bootstrap(j, seed=seed),
-                                           relative_drop(v, j, seed)))
+                rows.append(
+                    SuppressionRow(
+                        attack,
+                        group,
+                        outcome,
+                        bootstrap(v, seed=seed),
+                        bootstrap(j, seed=seed),
+                        relative_drop(v, j, seed),
+                    )
+                )
     return rows
 
 
-def drop_gap(vanilla: np.ndarray, jailbroken: np.ndarray, succeeded: Sequence[bool], seed: int = 0,
-             n_boot: int = 2000) -> Estimate:
+def drop_gap(
+    vanilla: np.ndarray, jailbroken: np.ndarray, succeeded: Sequence[bool], seed: int = 0, n_boot: int = 2000
+) -> Estimate:
     """Relative drop on succeeded pairs minus that on failed pairs (bootstrap within each)."""
     v, j = np.asarray(vanilla, float), np.asarray(jailbroken, float)
     ok = np.asarray(list(succeeded), bool)
@@ -131,12 +147,21 @@ def reply_judge(spec: str | None = None):
         try:
             return factory()
         except RefusalScopeError as exc:
-            warnings.warn(f"the default judge is unavailable ({exc.problem}); judging with the substring judge", stacklevel=2)
+            warnings.warn(
+                f"the default judge is unavailable ({exc.problem}); judging with the substring judge", stacklevel=2
+            )
     return judges.SubstringJudge()
 
 
-def jailbreak_success(chat: ChatModel, requests: Sequence[str], prompts: Sequence[str], judge: Judge | None = None, max_new_tokens: int = 32,
-                      batch_size: int = 8, progress: bool = False) -> tuple[list[bool], list[str]]:
+def jailbreak_success(
+    chat: ChatModel,
+    requests: Sequence[str],
+    prompts: Sequence[str],
+    judge: Judge | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> tuple[list[bool], list[str]]:
     """(complied?, greedy reply) per prompt: a jailbreak succeeds when the judge does not
     call the model's greedy reply a refusal. The judge sees the plain request (`requests`),
     so a reply that stays in a persona but does not serve the request can still count as
@@ -144,6 +169,8 @@ def jailbreak_success(chat: ChatModel, requests: Sequence[str], prompts: Sequenc
     from ..generations import cached_replies
 
     judge = judge or reply_judge()
-    replies = cached_replies(chat, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    replies = cached_replies(
+        chat, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
     verdicts = judge.judge(list(requests), replies)
     return [not v.refused for v in verdicts], replies

@@ -75,8 +75,9 @@ def instruction_tokens(chat: ChatModel, prompt: str) -> tuple[list[int], list[in
     return ids, positions, spans
 
 
-def attribute_tokens(chat: ChatModel, group: LatentGroup, prompts: Sequence[str], batch_size: int = 4,
-                     progress: bool = False) -> list[TokenScores]:
+def attribute_tokens(
+    chat: ChatModel, group: LatentGroup, prompts: Sequence[str], batch_size: int = 4, progress: bool = False
+) -> list[TokenScores]:
     """Gradient × input of every instruction token of every prompt (see the module docstring)."""
     from tqdm.auto import tqdm
 
@@ -108,17 +109,25 @@ def attribute_tokens(chat: ChatModel, group: LatentGroup, prompts: Sequence[str]
     return out  # type: ignore[return-value]
 
 
-def leave_one_out(chat: ChatModel, group: LatentGroup, item: TokenScores, which: Sequence[int], batch_size: int = 8) -> np.ndarray:
+def leave_one_out(
+    chat: ChatModel, group: LatentGroup, item: TokenScores, which: Sequence[int], batch_size: int = 8
+) -> np.ndarray:
     """Activation change when each listed instruction token (index into item.positions) is
     deleted: positive = the token was holding the activation down."""
     full = [item.token_ids]
-    cut = [item.token_ids[: item.positions[k]] + item.token_ids[item.positions[k] + 1:] for k in which]
+    cut = [item.token_ids[: item.positions[k]] + item.token_ids[item.positions[k] + 1 :] for k in which]
     acts = group_activations(chat, [group], [], batch_size, token_lists=full + cut)[group.name]
     return acts[1:] - acts[0]
 
 
-def loo_check(chat: ChatModel, group: LatentGroup, items: Sequence[TokenScores], n_prompts: int = 4, max_tokens: int = 24,
-              seed: int = 0) -> dict:
+def loo_check(
+    chat: ChatModel,
+    group: LatentGroup,
+    items: Sequence[TokenScores],
+    n_prompts: int = 4,
+    max_tokens: int = 24,
+    seed: int = 0,
+) -> dict:
     """How well gradient × input predicts the real effect of deleting a token, on a sample.
 
     Per sampled prompt: the `max_tokens` tokens with the largest |score| (all of them for
@@ -136,16 +145,30 @@ def loo_check(chat: ChatModel, group: LatentGroup, items: Sequence[TokenScores],
         order = np.argsort(-np.abs(item.scores))[:max_tokens].tolist()
         effect = leave_one_out(chat, group, item, order)
         suppression = -item.scores[order]
-        rho = float(spearmanr(suppression, effect).statistic) if np.ptp(effect) > 0 and np.ptp(suppression) > 0 else float("nan")
-        rows.append({"prompt_index": i, "n_tokens": len(order), "spearman": rho,
-                     "top_agree": bool(order[int(np.argmax(suppression))] == order[int(np.argmax(effect))]),
-                     "pieces": [item.pieces()[k] for k in order], "grad_x_input": item.scores[order].tolist(),
-                     "loo_effect": effect.tolist()})
+        rho = (
+            float(spearmanr(suppression, effect).statistic)
+            if np.ptp(effect) > 0 and np.ptp(suppression) > 0
+            else float("nan")
+        )
+        rows.append(
+            {
+                "prompt_index": i,
+                "n_tokens": len(order),
+                "spearman": rho,
+                "top_agree": bool(order[int(np.argmax(suppression))] == order[int(np.argmax(effect))]),
+                "pieces": [item.pieces()[k] for k in order],
+                "grad_x_input": item.scores[order].tolist(),
+                "loo_effect": effect.tolist(),
+            }
+        )
     rhos = [r["spearman"] for r in rows if not np.isnan(r["spearman"])]
-    return {"method": "gradient x input vs leave-one-token-out", "n_prompts": len(rows),
-            "mean_spearman": float(np.mean(rhos)) if rhos else float("nan"),
-            "top_agreement": float(np.mean([r["top_agree"] for r in rows])) if rows else float("nan"),
-            "prompts": rows}
+    return {
+        "method": "gradient x input vs leave-one-token-out",
+        "n_prompts": len(rows),
+        "mean_spearman": float(np.mean(rhos)) if rhos else float("nan"),
+        "top_agreement": float(np.mean([r["top_agree"] for r in rows])) if rows else float("nan"),
+        "prompts": rows,
+    }
 
 
 @dataclass
@@ -156,8 +179,12 @@ class WordScore:
     attacks: dict[str, int]
 
     def to_dict(self) -> dict:
-        return {"word": self.word, "suppression": self.suppression.to_dict(), "n_prompts": self.n_prompts,
-                "attacks": self.attacks}
+        return {
+            "word": self.word,
+            "suppression": self.suppression.to_dict(),
+            "n_prompts": self.n_prompts,
+            "attacks": self.attacks,
+        }
 
 
 def word_scores(items: Sequence[TokenScores], min_prompts: int = 3, seed: int = 0) -> list[WordScore]:
@@ -176,6 +203,9 @@ def word_scores(items: Sequence[TokenScores], min_prompts: int = 3, seed: int = 
             values[word].append(float(-item.scores[inside].sum()))
             prompts[word].add(i)
             attacks[word][item.tags.get("attack", "")] += 1
-    out = [WordScore(w, bootstrap(v, seed=seed), len(prompts[w]), dict(attacks[w]))
-           for w, v in values.items() if len(prompts[w]) >= min_prompts]
+    out = [
+        WordScore(w, bootstrap(v, seed=seed), len(prompts[w]), dict(attacks[w]))
+        for w, v in values.items()
+        if len(prompts[w]) >= min_prompts
+    ]
     return sorted(out, key=lambda s: -s.suppression.value)

@@ -186,18 +186,22 @@ class ChatModel:
             )
         messages = self.messages(prompt, system)
         try:
-            return cast(str, self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
-            ))
+            return cast(
+                str,
+                self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=add_generation_prompt
+                ),
+            )
         except Exception as exc:  # jinja raises TemplateError for e.g. a system role
             if messages[0]["role"] != "system":
                 raise RefusalScopeError(f"the chat template rejected the conversation: {exc}") from exc
             # Templates without a system role (Gemma): fold it into the first user turn.
             merged = [dict(m) for m in messages[1:]]
             merged[0]["content"] = f"{messages[0]['content']}\n\n{merged[0]['content']}"
-            return cast(str, self.tokenizer.apply_chat_template(
-                merged, tokenize=False, add_generation_prompt=add_generation_prompt
-            ))
+            return cast(
+                str,
+                self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=add_generation_prompt),
+            )
 
     def encode(self, text: str) -> list[int]:
         """Token ids of already formatted text (the template supplies BOS where needed)."""
@@ -207,7 +211,9 @@ class ChatModel:
         """Text of token ids (one token's text, for token-level displays, with `[t]`)."""
         return cast(str, self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
 
-    def encode_prompts(self, prompts: Sequence[Prompt], system: str | None = None, chat: bool = True) -> list[list[int]]:
+    def encode_prompts(
+        self, prompts: Sequence[Prompt], system: str | None = None, chat: bool = True
+    ) -> list[list[int]]:
         if isinstance(prompts, str):
             prompts = [prompts]
         if len(prompts) == 0:
@@ -256,8 +262,10 @@ class ChatModel:
         """Group sequences of similar length (longest first) to waste little on padding."""
         if batch_size < 1:
             raise RefusalScopeError(f"batch_size must be at least 1, got {batch_size}")
-        order = sorted(range(len(token_lists)), key=lambda i: -len(token_lists[i])) if sort else list(
-            range(len(token_lists))
+        order = (
+            sorted(range(len(token_lists)), key=lambda i: -len(token_lists[i]))
+            if sort
+            else list(range(len(token_lists)))
         )
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
@@ -330,11 +338,23 @@ class ChatModel:
         cache = DynamicCache(config=self.model.config)
         ids = torch.tensor([list(prefix)], dtype=torch.long, device=self.device)
         mask = torch.ones_like(ids)
-        ctx = self._context(mask, torch.tensor([len(prefix) + 1], device=self.device), 0,
-                            torch.arange(1, device=self.device), batch_id, "prefill")
+        ctx = self._context(
+            mask,
+            torch.tensor([len(prefix) + 1], device=self.device),
+            0,
+            torch.arange(1, device=self.device),
+            batch_id,
+            "prefill",
+        )
         with self.hooks.forward_context(ctx):
-            self.model(input_ids=ids, attention_mask=mask, position_ids=mask.cumsum(-1) - 1,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=mask.cumsum(-1) - 1,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         cache.batch_repeat_interleave(rows)
         return cache
 
@@ -350,9 +370,14 @@ class ChatModel:
             cache = DynamicCache(config=self.model.config)
             ctx = self._context(batch.attention_mask, batch.lengths, 0, rows, batch_id, "prefill")
             with self.hooks.forward_context(ctx):
-                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids, past_key_values=cache, use_cache=True,
-                                 logits_to_keep=1)
+                out = self.model(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
             return out, cache, batch.attention_mask, batch.position_ids[:, -1:]
         sequences = [token_lists[i] for i in batch.index]
         cache = self._prefix_cache(sequences[0][:prefix_len], len(sequences), batch_id)
@@ -362,16 +387,26 @@ class ChatModel:
         positions = prefix_len + (suffix.attention_mask.cumsum(-1) - 1).clamp(min=0)
         ctx = self._context(mask, mask.sum(-1), prefix_len, rows, batch_id, "prefill")
         with self.hooks.forward_context(ctx):
-            out = self.model(input_ids=suffix.input_ids, attention_mask=mask, position_ids=positions,
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=suffix.input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return out, cache, mask, positions[:, -1:]
 
     # ------------------------------------------------------------------ forward passes
     def forward(self, batch: Batch, phase: str = "forward", **kwargs: Any) -> Any:
         """One forward pass over a padded batch, with a hook context set up."""
         ctx = self._context(
-            batch.attention_mask, batch.lengths, 0, torch.arange(len(batch.index), device=self.device),
-            self.new_batch_id(), phase,
+            batch.attention_mask,
+            batch.lengths,
+            0,
+            torch.arange(len(batch.index), device=self.device),
+            self.new_batch_id(),
+            phase,
         )
         with self.hooks.forward_context(ctx):
             return self.model(
@@ -465,8 +500,18 @@ class ChatModel:
             shared = self.shared_prefix(tokens)
             for batch in self.batches(tokens, batch_size):
                 produced += self._generate_batch(
-                    batch, max_new_tokens, stop, results, reasons, do_sample, temperature, top_p, seed, on_token,
-                    shared, tokens,
+                    batch,
+                    max_new_tokens,
+                    stop,
+                    results,
+                    reasons,
+                    do_sample,
+                    temperature,
+                    top_p,
+                    seed,
+                    on_token,
+                    shared,
+                    tokens,
                 )
                 bar.update(len(batch.index))
                 bar.set_postfix(tok_s=f"{produced / max(time.perf_counter() - started, 1e-9):.1f}")
@@ -556,7 +601,11 @@ class ChatModel:
                     break
                 cache.batch_select_indices(keep)
                 mask, prompt_lengths, positions, rows, nxt = (
-                    mask[keep], prompt_lengths[keep], positions[keep], rows[keep], nxt[keep]
+                    mask[keep],
+                    prompt_lengths[keep],
+                    positions[keep],
+                    rows[keep],
+                    nxt[keep],
                 )
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
@@ -625,8 +674,11 @@ class ChatModel:
             self.hooks.module(layer)  # validates
         if token_lists is None and prompts is None:
             raise RefusalScopeError("no prompts were given", "pass prompts, or token_lists of already encoded ones")
-        tokens = token_lists if token_lists is not None else self.encode_prompts(cast("Sequence[Prompt]", prompts),
-                                                                                 system, chat=chat)
+        tokens = (
+            token_lists
+            if token_lists is not None
+            else self.encode_prompts(cast("Sequence[Prompt]", prompts), system, chat=chat)
+        )
         bar = tqdm(total=len(tokens), desc="residual", unit="prompt", disable=not progress)
         with self.attached(interventions):
             for batch in self.batches(tokens, batch_size):

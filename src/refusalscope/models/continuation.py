@@ -46,8 +46,12 @@ def prefill_groups(lengths: Sequence[int], batch_size: int, max_tokens: int, min
     groups: list[list[int]] = []
     for i in order:
         group = groups[-1] if groups else None
-        if (group and len(group) < batch_size and (len(group) + 1) * lengths[group[0]] <= max_tokens
-                and lengths[i] >= min_fill * lengths[group[0]]):
+        if (
+            group
+            and len(group) < batch_size
+            and (len(group) + 1) * lengths[group[0]] <= max_tokens
+            and lengths[i] >= min_fill * lengths[group[0]]
+        ):
             group.append(i)
         else:
             groups.append([i])
@@ -108,8 +112,18 @@ def _score_group(
     cache = DynamicCache(config=model.config) if multi else None  # single-token continuations need no cache
     ctx = ForwardContext(batch.attention_mask, lengths, 0, torch.arange(len(index), device=device), batch_id, "prefill")
     with chat.hooks.forward_context(ctx):
-        last = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                     past_key_values=cache, use_cache=multi, logits_to_keep=1).logits[:, -1].float()
+        last = (
+            model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                past_key_values=cache,
+                use_cache=multi,
+                logits_to_keep=1,
+            )
+            .logits[:, -1]
+            .float()
+        )
     first = torch.log_softmax(last, -1).cpu()
     tails = []  # (row, request, continuation, token ids) of continuations longer than one token
     for r, i in enumerate(index):
@@ -123,7 +137,7 @@ def _score_group(
         assert cache is not None  # built whenever some continuation has more than one token
         span = len(tails[start][3]) - 1
         n = max(1, min(len(tails) - start, max_logits // (span * last.shape[-1])))
-        chunk, start = tails[start:start + n], start + n
+        chunk, start = tails[start : start + n], start + n
         ids = torch.full((n, span), chat.tokenizer.pad_token_id, dtype=torch.long)
         targets = torch.zeros((n, span), dtype=torch.long)
         keep = torch.zeros((n, span), dtype=torch.long)
@@ -137,8 +151,13 @@ def _score_group(
         positions = lengths[rows, None] + torch.arange(span, device=device)[None]
         ctx = ForwardContext(mask, lengths[rows], batch.input_ids.shape[1], rows, batch_id, "decode")
         with chat.hooks.forward_context(ctx):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                           past_key_values=select_cache(cache, rows), use_cache=True).logits.float()
+            logits = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=select_cache(cache, rows),
+                use_cache=True,
+            ).logits.float()
         logp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
         del logits
         sums = (logp * keep).sum(-1).cpu()

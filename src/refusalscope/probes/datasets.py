@@ -37,8 +37,9 @@ class Split:
 
 
 def _split(harmful: Sequence[str], harmless: Sequence[str], h_src: Sequence[str], b_src: Sequence[str]) -> Split:
-    return Split(list(harmful) + list(harmless), np.array([1] * len(harmful) + [0] * len(harmless)),
-                 list(h_src) + list(b_src))
+    return Split(
+        list(harmful) + list(harmless), np.array([1] * len(harmful) + [0] * len(harmless)), list(h_src) + list(b_src)
+    )
 
 
 @dataclass
@@ -55,33 +56,60 @@ class ProbeData:
         return list(dict.fromkeys(p for s in self.splits().values() for p in s.prompts))
 
     def summary(self) -> dict:
-        return {name: {**s.counts(), "sources": {src: s.sources.count(src) for src in dict.fromkeys(s.sources)}}
-                for name, s in self.splits().items()}
+        return {
+            name: {**s.counts(), "sources": {src: s.sources.count(src) for src in dict.fromkeys(s.sources)}}
+            for name, s in self.splits().items()
+        }
 
 
-def probe_data(data_dir=None, n_train: int = 96, n_val: int = 32, n_test: int = 48, n_ood: int = 48,
-               attacks: Sequence[str] = OOD_ATTACKS, seed: int = 0) -> ProbeData:
+def probe_data(
+    data_dir=None,
+    n_train: int = 96,
+    n_val: int = 32,
+    n_test: int = 48,
+    n_ood: int = 48,
+    attacks: Sequence[str] = OOD_ATTACKS,
+    seed: int = 0,
+) -> ProbeData:
     """Seeded ID/OOD prompt sets (n per class; OOD harmful spread evenly over `attacks`)."""
     from ..data import load_dataset
     from ..mechanism.pairs import build_pairs
 
     if min(n_train, n_val, n_test, n_ood) < 2:
-        raise RefusalScopeError("every probe split needs at least 2 prompts per class", "raise --n-train/--n-val/--n-test/--n-ood")
+        raise RefusalScopeError(
+            "every probe split needs at least 2 prompts per class", "raise --n-train/--n-val/--n-test/--n-ood"
+        )
 
     def sample(name, split, n):
         return load_dataset(name, split, data_dir=data_dir, limit=n, seed=seed).prompts
 
-    train = _split(sample("harmful/refusal-direction", "train", n_train), sample("harmless/alpaca", "train", n_train),
-                   ["refusal-direction/train"] * n_train, ["alpaca/train"] * n_train)
-    val = _split(sample("harmful/refusal-direction", "val", n_val), sample("harmless/alpaca", "val", n_val),
-                 ["refusal-direction/val"] * n_val, ["alpaca/val"] * n_val)
-    test_id = _split(sample("harmful/refusal-direction", "test", n_test), sample("harmless/alpaca", "test", n_test),
-                     ["refusal-direction/test"] * n_test, ["alpaca/test"] * n_test)
+    train = _split(
+        sample("harmful/refusal-direction", "train", n_train),
+        sample("harmless/alpaca", "train", n_train),
+        ["refusal-direction/train"] * n_train,
+        ["alpaca/train"] * n_train,
+    )
+    val = _split(
+        sample("harmful/refusal-direction", "val", n_val),
+        sample("harmless/alpaca", "val", n_val),
+        ["refusal-direction/val"] * n_val,
+        ["alpaca/val"] * n_val,
+    )
+    test_id = _split(
+        sample("harmful/refusal-direction", "test", n_test),
+        sample("harmless/alpaca", "test", n_test),
+        ["refusal-direction/test"] * n_test,
+        ["alpaca/test"] * n_test,
+    )
     per_attack = max(1, -(-n_ood // len(attacks)))
     pairs = build_pairs(list(attacks), data_dir, per_attack, seed)
     harmful = [(p.jailbroken, f"jailbreak/{p.attack}") for p in pairs][: n_ood * 2]
     xs = load_dataset("xstest/safe", data_dir=data_dir, limit=n_ood - n_ood // 2, seed=seed).prompts
     mp = load_dataset("builtin/minimal-pairs", "benign", limit=n_ood // 2, seed=seed).prompts
-    test_ood = _split([h for h, _ in harmful], xs + mp, [s for _, s in harmful],
-                      ["xstest/safe"] * len(xs) + ["minimal-pairs/benign"] * len(mp))
+    test_ood = _split(
+        [h for h, _ in harmful],
+        xs + mp,
+        [s for _, s in harmful],
+        ["xstest/safe"] * len(xs) + ["minimal-pairs/benign"] * len(mp),
+    )
     return ProbeData(train, val, test_id, test_ood)

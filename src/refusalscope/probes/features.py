@@ -23,7 +23,12 @@ class ResidualBank:
     """Post-instruction residuals [N, P, d] of a fixed prompt list at several layers."""
 
     def __init__(
-        self, chat: ChatModel, prompts: Sequence[str], layers: Sequence[int], batch_size: int = 8, progress: bool = False
+        self,
+        chat: ChatModel,
+        prompts: Sequence[str],
+        layers: Sequence[int],
+        batch_size: int = 8,
+        progress: bool = False,
     ):
         self.prompts = list(prompts)
         self.index = {p: i for i, p in enumerate(self.prompts)}

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from ..steering.kinds import Intervention
 
 
-def probe_conditional(probe: LinearProbe | str, interventions: Intervention | Sequence[Intervention], sae: SAE | None = None) -> Conditional:
+def probe_conditional(
+    probe: LinearProbe | str, interventions: Intervention | Sequence[Intervention], sae: SAE | None = None
+) -> Conditional:
     """`interventions`, applied only to prompts on which the probe's gate fires."""
     if not isinstance(probe, LinearProbe):
         probe = LinearProbe.load(probe)
@@ -45,8 +47,15 @@ def decisions_only(chat: ChatModel, probe: LinearProbe, sae: SAE | None = None) 
     return probe_conditional(probe, ActAdd(torch.zeros(chat.d_model), layer, 0.0), sae)
 
 
-def gate_table(chat: ChatModel, gates: dict[str, Conditional], data: ProbeData, capability: Sequence[str], seed: int = 0,
-               batch_size: int = 8, scores: dict[str, dict[str, np.ndarray]] | None = None) -> list[dict]:
+def gate_table(
+    chat: ChatModel,
+    gates: dict[str, Conditional],
+    data: ProbeData,
+    capability: Sequence[str],
+    seed: int = 0,
+    batch_size: int = 8,
+    scores: dict[str, dict[str, np.ndarray]] | None = None,
+) -> list[dict]:
     """Per gate: fire rates and balanced accuracy on ID/OOD tests, fire rate on capability prompts.
 
     `scores[name]` may hold the gate's scores on the ID/OOD test prompts ('id', 'ood') when
@@ -65,7 +74,9 @@ def gate_table(chat: ChatModel, gates: dict[str, Conditional], data: ProbeData, 
             y = test.labels.astype(bool)
             row[f"{split}_fire_harmful"] = rate(fired[y], seed).to_dict()
             row[f"{split}_fire_harmless"] = rate(fired[~y], seed).to_dict()
-            row[f"{split}_balanced_accuracy"] = stratified_bootstrap(test.labels, fired, balanced_accuracy, seed=seed).to_dict()
+            row[f"{split}_balanced_accuracy"] = stratified_bootstrap(
+                test.labels, fired, balanced_accuracy, seed=seed
+            ).to_dict()
         if capability:
             fired = cond.decisions(chat, list(capability), batch_size).fired.numpy()
             row["capability_fire"] = rate(fired, seed).to_dict()
@@ -75,7 +86,9 @@ def gate_table(chat: ChatModel, gates: dict[str, Conditional], data: ProbeData, 
     return rows
 
 
-def gate_scores_match(chat: ChatModel, probe: LinearProbe, features: np.ndarray, prompts: Sequence[str], sae: SAE | None = None) -> float:
+def gate_scores_match(
+    chat: ChatModel, probe: LinearProbe, features: np.ndarray, prompts: Sequence[str], sae: SAE | None = None
+) -> float:
     """Largest |gate score − probe logit| over `prompts` (0 up to float error when the gate
     reads what the probe was evaluated on)."""
     cond = decisions_only(chat, probe, sae)

@@ -60,8 +60,10 @@ class LinearProbe:
     def decision_function(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.weights.size:
-            raise RefusalScopeError(f"the probe reads {self.weights.size} features, got an array of shape {x.shape}",
-                                    "pass one row of the probe's features per prompt")
+            raise RefusalScopeError(
+                f"the probe reads {self.weights.size} features, got an array of shape {x.shape}",
+                "pass one row of the probe's features per prompt",
+            )
         return x @ self.weights + self.bias
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -77,8 +79,13 @@ class LinearProbe:
             tensors["direction"] = self.direction.astype(np.float32)
         with atomic_dir(folder) as tmp:
             save_file(tensors, str(tmp / WEIGHTS_FILE))
-            meta = {"format": "refusalscope-probe", "version": 1, "spec": asdict(self.spec), "threshold": self.threshold,
-                    "info": self.info}
+            meta = {
+                "format": "refusalscope-probe",
+                "version": 1,
+                "spec": asdict(self.spec),
+                "threshold": self.threshold,
+                "info": self.info,
+            }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         return folder
 
@@ -88,20 +95,29 @@ class LinearProbe:
 
         folder = Path(folder)
         if not (folder / META_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-            raise RefusalScopeError(f"{folder} holds no probe ({META_FILE} + {WEIGHTS_FILE})",
-                                    "run `refusalscope probes` to train and save one")
+            raise RefusalScopeError(
+                f"{folder} holds no probe ({META_FILE} + {WEIGHTS_FILE})",
+                "run `refusalscope probes` to train and save one",
+            )
         try:
             meta = json.loads((folder / META_FILE).read_text())
             spec = FeatureSpec(**meta["spec"])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise RefusalScopeError(f"{folder / META_FILE} is not a refusalscope probe file: {exc}") from exc
         tensors = load_file(str(folder / WEIGHTS_FILE))
-        return cls(spec, tensors["weights"].astype(np.float64), float(tensors["bias"][0]), float(meta.get("threshold", 0.0)),
-                   tensors["direction"].astype(np.float64) if "direction" in tensors else None, meta.get("info", {}))
+        return cls(
+            spec,
+            tensors["weights"].astype(np.float64),
+            float(tensors["bias"][0]),
+            float(meta.get("threshold", 0.0)),
+            tensors["direction"].astype(np.float64) if "direction" in tensors else None,
+            meta.get("info", {}),
+        )
 
 
-def fit_probe(spec: FeatureSpec, x: np.ndarray, y: np.ndarray, seed: int = 0, cv: int = 5,
-              direction: np.ndarray | None = None) -> LinearProbe:
+def fit_probe(
+    spec: FeatureSpec, x: np.ndarray, y: np.ndarray, seed: int = 0, cv: int = 5, direction: np.ndarray | None = None
+) -> LinearProbe:
     """Standardise, fit LogisticRegressionCV (L2, C chosen by cross-validated log-loss), and
     fold the standardisation into the weights."""
     from sklearn.linear_model import LogisticRegressionCV
@@ -114,15 +130,27 @@ def fit_probe(spec: FeatureSpec, x: np.ndarray, y: np.ndarray, seed: int = 0, cv
         raise RefusalScopeError("too few prompts of one class to cross-validate the probe", "use at least 2 per class")
     mean, scale = x.mean(0), x.std(0)
     scale[scale < 1e-8] = 1.0
-    clf = LogisticRegressionCV(Cs=np.logspace(-4, 2, 7), cv=folds, scoring="neg_log_loss", max_iter=500, class_weight="balanced",
-                               random_state=seed)
+    clf = LogisticRegressionCV(
+        Cs=np.logspace(-4, 2, 7),
+        cv=folds,
+        scoring="neg_log_loss",
+        max_iter=500,
+        class_weight="balanced",
+        random_state=seed,
+    )
     with warnings.catch_warnings():  # scikit-learn 1.9 announces parameter renames; the fit is unchanged
         warnings.simplefilter("ignore", FutureWarning)
         clf.fit((x - mean) / scale, y)
     w = clf.coef_.reshape(-1) / scale
     b = float(clf.intercept_[0] - (clf.coef_.reshape(-1) * mean / scale).sum())
-    return LinearProbe(spec, w, b, 0.0, direction, {"C": float(np.asarray(clf.C_).reshape(-1)[0]), "cv_folds": folds,
-                                                    "n_train": int(len(y)), "seed": seed})
+    return LinearProbe(
+        spec,
+        w,
+        b,
+        0.0,
+        direction,
+        {"C": float(np.asarray(clf.C_).reshape(-1)[0]), "cv_folds": folds, "n_train": int(len(y)), "seed": seed},
+    )
 
 
 def best_threshold(scores: np.ndarray, y: np.ndarray) -> float:
@@ -131,4 +159,6 @@ def best_threshold(scores: np.ndarray, y: np.ndarray) -> float:
     s, y = np.asarray(scores, float), np.asarray(y).astype(bool)
     if y.all() or not y.any():
         raise RefusalScopeError("the validation split has only one class", "validate on harmful and harmless prompts")
-    return search_threshold(s.tolist(), y.tolist(), objective="balanced_accuracy", distinct=True, outside=True).threshold
+    return search_threshold(
+        s.tolist(), y.tolist(), objective="balanced_accuracy", distinct=True, outside=True
+    ).threshold

@@ -199,9 +199,7 @@ def harvest(
         order = list(range(len(documents)))
     started = time.perf_counter() - manifest.seconds
     start_doc = manifest.documents_done
-    bar = tqdm(
-        total=len(documents), initial=start_doc, desc="harvesting activations", unit="doc", disable=not progress
-    )
+    bar = tqdm(total=len(documents), initial=start_doc, desc="harvesting activations", unit="doc", disable=not progress)
     processed_tokens = 0
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -82,7 +82,9 @@ def build_corpus(
     docs: list[Document] = []
 
     def conversation(prompt: str, reply: str) -> list[int]:
-        text = chat.format([{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}], add_generation_prompt=False)
+        text = chat.format(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}], add_generation_prompt=False
+        )
         return chat.encode(text)[: spec.context_length]
 
     answered = [p for p in harmful if p in answers][: spec.n_answer_harmful]

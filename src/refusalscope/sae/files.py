@@ -44,9 +44,7 @@ def dtype_name(dtype: str | torch.dtype) -> str:
     else:
         name = str(dtype).removeprefix("torch.").lower()
     if name not in _DTYPES:
-        raise RefusalScopeError(
-            f"unknown dtype '{dtype}' for an SAE", "use float32, bfloat16 or float16"
-        )
+        raise RefusalScopeError(f"unknown dtype '{dtype}' for an SAE", "use float32, bfloat16 or float16")
     return str(_DTYPES[name]).removeprefix("torch.")
 
 
@@ -76,9 +74,7 @@ def read_json(path: Path) -> dict[str, Any]:
             "re-download or re-save the SAE; the file is damaged",
         ) from exc
     if not isinstance(data, dict):
-        raise RefusalScopeError(
-            f"{path} holds a JSON {type(data).__name__}, not an object", "re-download the SAE"
-        )
+        raise RefusalScopeError(f"{path} holds a JSON {type(data).__name__}, not an object", "re-download the SAE")
     return data
 
 
@@ -145,9 +141,7 @@ def read_torch_weights(path: Path) -> dict[str, torch.Tensor]:
     """
     state = load_weights_only(path, "SAE weights file")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RefusalScopeError(
-            f"{path} does not hold a state dict of tensors", "re-download the SAE"
-        )
+        raise RefusalScopeError(f"{path} does not hold a state dict of tensors", "re-download the SAE")
     return dict(state)
 
 
@@ -222,9 +216,7 @@ def assemble(raw: RawSAE) -> SAE:
                 "the config and the weights disagree: the download is mixed up or the file was edited",
             )
         if not tensors[name].is_floating_point():
-            raise RefusalScopeError(
-                f"{raw.where}: {name} is not a floating-point tensor", "re-download the SAE"
-            )
+            raise RefusalScopeError(f"{raw.where}: {name} is not a floating-point tensor", "re-download the SAE")
     dtype = getattr(torch, cfg.dtype)
     with torch.device("meta"):
         sae = SAE(cfg)

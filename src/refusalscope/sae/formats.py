@@ -73,9 +73,7 @@ _GEMMA_MODEL = re.compile(r"gemma-scope-(\d+b)-(pt|it)(?:-(res|mlp|att))?")
 def read_gemmascope(npz: Path) -> RawSAE:
     npz = Path(npz)
     where = str(npz)
-    tensors = {
-        ("W_" + name[2:] if name.startswith("w_") else name): t for name, t in read_npz(npz).items()
-    }
+    tensors = {("W_" + name[2:] if name.startswith("w_") else name): t for name, t in read_npz(npz).items()}
     location = npz.as_posix()
     if "embedding" in location:
         raise RefusalScopeError(
@@ -88,18 +86,14 @@ def read_gemmascope(npz: Path) -> RawSAE:
     layer = int(layer_match.group(1)) if layer_match else None
     model = _GEMMA_MODEL.search(location)
     site = {"mlp": "mlp_out", "att": "attn_z"}.get(model.group(3), "resid_post") if model else "resid_post"
-    hook = {"resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_z": "attn.hook_z"}[
-        site
-    ]
+    hook = {"resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_z": "attn.hook_z"}[site]
     cfg = SAEConfig(
         d_in=int(d_in),
         d_sae=int(d_sae),
         architecture="jumprelu",
         layer=layer,
         site=site,
-        model_name=f"google/gemma-2-{model.group(1)}{'-it' if model.group(2) == 'it' else ''}"
-        if model
-        else None,
+        model_name=f"google/gemma-2-{model.group(1)}{'-it' if model.group(2) == 'it' else ''}" if model else None,
         hook_name=f"blocks.{layer}.{hook}" if layer is not None else None,
         dtype=_tensor_dtype(tensors),
         apply_b_dec_to_input=False,
@@ -271,9 +265,7 @@ def _norm_factor(hp: dict[str, Any], key: str, hook: str, where: str) -> float:
     norms = hp.get("dataset_average_activation_norm") or {}
     norm = norms.get(key, norms.get(hook))
     if not norm:
-        raise RefusalScopeError(
-            f"{where} lacks dataset_average_activation_norm.{key}", "re-download hyperparams.json"
-        )
+        raise RefusalScopeError(f"{where} lacks dataset_average_activation_norm.{key}", "re-download hyperparams.json")
     return math.sqrt(number(hp["d_model"], f"{where}: d_model", integer=True, minimum=1)) / number(
         norm, f"{where}: dataset_average_activation_norm.{key}", positive=True
     )
@@ -287,16 +279,10 @@ def read_llama_scope(folder: Path) -> RawSAE:
     _need_keys(hp, ["d_model", "d_sae", "hook_point_in"], where)
     hook_in, hook_out = hp["hook_point_in"], hp.get("hook_point_out") or hp["hook_point_in"]
     if hook_out != hook_in:
-        raise RefusalScopeError(
-            f"{folder} is a transcoder ({hook_in} -> {hook_out})", "use a sparse autoencoder"
-        )
+        raise RefusalScopeError(f"{folder} is a transcoder ({hook_in} -> {hook_out})", "use a sparse autoencoder")
     if hp.get("use_glu_encoder"):
-        raise RefusalScopeError(
-            f"{folder} has a GLU encoder", "refusalscope supports plain linear encoders only"
-        )
-    weights = next(
-        (folder / name for name in LLAMA_SCOPE_WEIGHTS if (folder / name).is_file()), None
-    )
+        raise RefusalScopeError(f"{folder} has a GLU encoder", "refusalscope supports plain linear encoders only")
+    weights = next((folder / name for name in LLAMA_SCOPE_WEIGHTS if (folder / name).is_file()), None)
     if weights is None:
         raise RefusalScopeError(
             f"{folder} has no weights file ({' or '.join(LLAMA_SCOPE_WEIGHTS)})",
@@ -332,9 +318,7 @@ def read_llama_scope(folder: Path) -> RawSAE:
             "use a relu, topk or jumprelu SAE",
         )
     if arch == "topk" and not top_k:
-        raise RefusalScopeError(
-            f"{where} describes a TopK SAE but gives no top_k", "re-download hyperparams.json"
-        )
+        raise RefusalScopeError(f"{where} describes a TopK SAE but gives no top_k", "re-download hyperparams.json")
 
     # lm_saes at inference: fold the dataset-wise input/output scale, then (optionally) the
     # decoder norms, all in float32; see the module docstring
@@ -344,9 +328,7 @@ def read_llama_scope(folder: Path) -> RawSAE:
     w_dec = state["decoder.weight"].float() * (s_in / s_out)  # [d_in, d_sae]
     bias = state.get("decoder.bias")
     b_dec = (
-        bias.float() / s_out
-        if bias is not None and hp.get("use_decoder_bias", True)
-        else torch.zeros(w_dec.shape[0])
+        bias.float() / s_out if bias is not None and hp.get("use_decoder_bias", True) else torch.zeros(w_dec.shape[0])
     )
     if hp.get("sparsity_include_decoder_norm", True):
         norms = w_dec.norm(dim=0).clamp_min(1e-12)  # a dead latent's zero column stays zero
@@ -362,8 +344,7 @@ def read_llama_scope(folder: Path) -> RawSAE:
         model_name=hp.get("model_name"),
         hook_name=hook_in,
         dtype=dtype_name(state["encoder.weight"].dtype),
-        apply_b_dec_to_input=bool(hp.get("apply_decoder_bias_to_pre_encoder", True))
-        and bias is not None,
+        apply_b_dec_to_input=bool(hp.get("apply_decoder_bias_to_pre_encoder", True)) and bias is not None,
         provenance={"format": "llama_scope"},
     )
     tensors = {"W_enc": w_enc.T, "b_enc": b_enc, "W_dec": w_dec.T, "b_dec": b_dec}

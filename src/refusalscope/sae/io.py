@@ -48,9 +48,7 @@ def save_sae(sae: SAE, folder: str | Path) -> Path:
     `sae` itself is not modified.
     """
     folder = Path(folder).expanduser()
-    if folder.exists() and not (
-        folder.is_dir() and (not any(folder.iterdir()) or _is_sae_folder(folder))
-    ):
+    if folder.exists() and not (folder.is_dir() and (not any(folder.iterdir()) or _is_sae_folder(folder))):
         raise RefusalScopeError(
             f"{folder} exists and is not an SAE folder; refusing to overwrite it",
             "choose a new folder name (an existing SAE folder would be replaced)",

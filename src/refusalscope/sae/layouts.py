@@ -51,9 +51,7 @@ def detect_format(path: Path) -> tuple[str, Path]:
             return detect_format(path.parent)
         if path.parent.name == "checkpoints" and path.suffix == ".safetensors":
             return detect_format(path.parent.parent)
-        raise RefusalScopeError(
-            f"{path} is not a file refusalscope can load an SAE from", f"pass {LAYOUTS}"
-        )
+        raise RefusalScopeError(f"{path} is not a file refusalscope can load an SAE from", f"pass {LAYOUTS}")
     has = lambda name: (path / name).is_file()
     if has(CFG_FILE) and has(WEIGHTS_FILE):
         return "saelens", path
@@ -80,18 +78,14 @@ def detect_format(path: Path) -> tuple[str, Path]:
             f"{path} has {CFG_FILE} but no weights ({WEIGHTS_FILE} for SAELens, sae.safetensors for sparsify)",
             "the SAE folder is incomplete: copy or download the weights file",
         )
-    inner = sorted(
-        child.name for child in path.iterdir() if child.is_dir() and holds_an_sae(child)
-    )
+    inner = sorted(child.name for child in path.iterdir() if child.is_dir() and holds_an_sae(child))
     if inner:
         shown = ", ".join(inner[:12]) + (f", … ({len(inner)} in all)" if len(inner) > 12 else "")
         raise RefusalScopeError(
             f"{path} holds several SAEs ({shown})",
             f"pass one of them, e.g. {path / inner[0]}",
         )
-    raise RefusalScopeError(
-        f"{path} does not contain an SAE in a layout refusalscope knows", f"pass {LAYOUTS}"
-    )
+    raise RefusalScopeError(f"{path} does not contain an SAE in a layout refusalscope knows", f"pass {LAYOUTS}")
 
 
 def holds_an_sae(folder: Path) -> bool:

@@ -51,7 +51,12 @@ class SAEMetrics:
         return asdict(self)
 
     def summary(self) -> dict:
-        out: dict[str, float | None] = {"fvu": self.fvu, "l0": self.l0, "dead_frac": self.dead_frac, "dense_frac": self.dense_frac}
+        out: dict[str, float | None] = {
+            "fvu": self.fvu,
+            "l0": self.l0,
+            "dead_frac": self.dead_frac,
+            "dense_frac": self.dense_frac,
+        }
         for name in self.ce_recovered:
             out[f"ce_recovered/{name}"] = self.ce_recovered[name]
             out[f"kl/{name}"] = self.kl[name]
@@ -78,10 +83,28 @@ def _layer(sae: SAE) -> int:
 
 
 @torch.no_grad()
-def _splice_stats(chat: ChatModel, sae: SAE, documents: Sequence[Document], batch_size: int, outlier_factor: float, counts: torch.Tensor):
+def _splice_stats(
+    chat: ChatModel,
+    sae: SAE,
+    documents: Sequence[Document],
+    batch_size: int,
+    outlier_factor: float,
+    counts: torch.Tensor,
+):
     """CE (clean, SAE, zero) summed over next-token positions, KL(clean‖SAE), and FVU parts."""
     layer = _layer(sae)
-    totals: dict[str, Any] = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl": 0.0, "n": 0, "err": 0.0, "sumsq": 0.0, "sum": None, "tokens": 0, "l0": 0.0}
+    totals: dict[str, Any] = {
+        "ce_clean": 0.0,
+        "ce_sae": 0.0,
+        "ce_zero": 0.0,
+        "kl": 0.0,
+        "n": 0,
+        "err": 0.0,
+        "sumsq": 0.0,
+        "sum": None,
+        "tokens": 0,
+        "l0": 0.0,
+    }
     mode = {"value": "clean"}
     state: dict = {}
 
@@ -134,12 +157,16 @@ def _splice_stats(chat: ChatModel, sae: SAE, documents: Sequence[Document], batc
     return totals
 
 
-def refusal_direction_cosine(chat: ChatModel, sae: SAE, harmful: Sequence[str], harmless: Sequence[str], batch_size: int = 16) -> float:
+def refusal_direction_cosine(
+    chat: ChatModel, sae: SAE, harmful: Sequence[str], harmless: Sequence[str], batch_size: int = 16
+) -> float:
     """cos(mean-diff of activations, mean-diff of their reconstructions) at post-instruction tokens."""
     layer = _layer(sae)
     acts = {}
     for name, prompts in (("harmful", harmful), ("harmless", harmless)):
-        acts[name] = chat.residual(list(prompts), [layer], positions="post_instruction", batch_size=batch_size, progress=False)[layer]
+        acts[name] = chat.residual(
+            list(prompts), [layer], positions="post_instruction", batch_size=batch_size, progress=False
+        )[layer]
     with torch.no_grad():
         direction = acts["harmful"].mean(0) - acts["harmless"].mean(0)  # [P, d]
         recon = {k: sae(v)[0] for k, v in acts.items()}

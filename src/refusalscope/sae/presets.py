@@ -52,21 +52,33 @@ PRESETS: dict[str, Preset] = {
         name="quick",
         layer_fracs=(0.65,),
         corpus=CorpusSpec(
-            n_answer_harmful=24, n_answer_harmless=24, n_chat_harmful=150, n_chat_harmless=300,
-            n_text_chunks=110, context_length=128, answer_tokens=40,
+            n_answer_harmful=24,
+            n_answer_harmless=24,
+            n_chat_harmful=150,
+            n_chat_harmless=300,
+            n_text_chunks=110,
+            context_length=128,
+            answer_tokens=40,
         ),
         # 440 steps: sparsify's large-run learning rate (5.7e-4 here) under-trains so short a
         # run (FVU 0.32, refusal-direction cosine 0.83); 4x the rate and 20 epochs instead of
         # 10 give FVU 0.22 and cosine 0.95 (benchmarks/sae_ablations.py)
-        train=TrainConfig(architecture="topk", d_sae=2048, k=32, epochs=20, batch_size=1024, lr=2.3e-3, dead_tokens=60_000),
+        train=TrainConfig(
+            architecture="topk", d_sae=2048, k=32, epochs=20, batch_size=1024, lr=2.3e-3, dead_tokens=60_000
+        ),
         description="one layer at 65% depth, ~30k tokens, d_sae 2048, TopK k=32 (~10 min on 2 CPU cores for the default model)",
     ),
     "standard": Preset(
         name="standard",
         layer_fracs=(0.35, 0.5, 0.65),
         corpus=CorpusSpec(
-            n_answer_harmful=96, n_answer_harmless=96, n_chat_harmful=260, n_chat_harmless=1100,
-            n_text_chunks=520, context_length=128, answer_tokens=40,
+            n_answer_harmful=96,
+            n_answer_harmless=96,
+            n_chat_harmful=260,
+            n_chat_harmless=1100,
+            n_text_chunks=520,
+            context_length=128,
+            answer_tokens=40,
         ),
         train=TrainConfig(architecture="topk", d_sae=4096, k=32, epochs=8, batch_size=2048, dead_tokens=200_000),
         description="three layers over the middle of the model, ~100k tokens, d_sae 4096, TopK k=32 (~45 min for the default model)",
@@ -138,7 +150,9 @@ def sae_folder_name(preset: Preset, layer: int) -> str:
     return f"layer_{layer}-{training_key(preset.train)}"
 
 
-def eval_corpora(chat: ChatModel, data: TrainingData, n_docs: int, context_length: int = 128) -> dict[str, list[Document]]:
+def eval_corpora(
+    chat: ChatModel, data: TrainingData, n_docs: int, context_length: int = 128
+) -> dict[str, list[Document]]:
     prefix = shared_prefix_length(chat)
     chats = data.harmful_val[: n_docs // 2] + data.harmless_val[: n_docs - n_docs // 2]
     return {
@@ -153,7 +167,9 @@ def preset_corpus(chat: ChatModel, preset: Preset, data: TrainingData, progress:
     spec = preset.corpus
     wanted = answer_prompts(data.harmful_train, data.harmless_train, spec)
     replies = cached_replies(chat, wanted, max_new_tokens=spec.answer_tokens, batch_size=16, progress=progress)
-    return build_corpus(chat, data.harmful_train, data.harmless_train, data.texts_train, spec, dict(zip(wanted, replies)))
+    return build_corpus(
+        chat, data.harmful_train, data.harmless_train, data.texts_train, spec, dict(zip(wanted, replies))
+    )
 
 
 def train_preset(

@@ -118,9 +118,7 @@ def _entry(release: Release, sae_id: str) -> dict[str, Any]:
         close = difflib.get_close_matches(sae_id, ids, n=3)
         shown = ", ".join(ids[:8]) + (f", … ({len(ids)} in all)" if len(ids) > 8 else "")
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise RefusalScopeError(
-            f"release '{release.name}' has no SAE '{sae_id}'", f"{hint}known ids: {shown}"
-        )
+        raise RefusalScopeError(f"release '{release.name}' has no SAE '{sae_id}'", f"{hint}known ids: {shown}")
     return release.saes[sae_id]
 
 

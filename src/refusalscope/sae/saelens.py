@@ -124,15 +124,17 @@ def _input_scale(raw: dict[str, Any], where: str, norm_scaling_factor: float | N
     )
 
 
-def _architecture_and_k(
-    raw: dict[str, Any], ours: dict[str, Any], where: str
-) -> tuple[str, int | None]:
+def _architecture_and_k(raw: dict[str, Any], ours: dict[str, Any], where: str) -> tuple[str, int | None]:
     arch = raw.get("architecture") or "standard"
     kwargs = raw.get("activation_fn_kwargs") or {}
     if not isinstance(kwargs, dict):
-        raise RefusalScopeError(f"{where}: 'activation_fn_kwargs' must be a JSON object", "repair or re-download cfg.json")
+        raise RefusalScopeError(
+            f"{where}: 'activation_fn_kwargs' must be a JSON object", "repair or re-download cfg.json"
+        )
     if not isinstance(ours, dict):
-        raise RefusalScopeError(f"{where}: 'metadata.refusalscope' must be a JSON object", "repair or re-download cfg.json")
+        raise RefusalScopeError(
+            f"{where}: 'metadata.refusalscope' must be a JSON object", "repair or re-download cfg.json"
+        )
     k = raw.get("k")
     if raw.get("activation_fn") == "topk" and arch == "standard":  # v3–v5 spelling of TopK
         arch = "topk"
@@ -165,9 +167,7 @@ def cfg_from_saelens(
     raw = {_RENAMED.get(key, key): value for key, value in raw.items()}
     metadata = raw.get("metadata") or {}
     if not isinstance(metadata, dict):
-        raise RefusalScopeError(
-            f"{where}: 'metadata' must be a JSON object", "repair or re-download cfg.json"
-        )
+        raise RefusalScopeError(f"{where}: 'metadata' must be a JSON object", "repair or re-download cfg.json")
     ours = metadata.get("refusalscope") or {}
 
     def pick(key: str) -> Any:
@@ -181,13 +181,19 @@ def cfg_from_saelens(
         )
     hook_name = pick("hook_name")
     if hook_name is not None and not isinstance(hook_name, str):
-        raise RefusalScopeError(f"{where}: hook_name must be a string, got {hook_name!r}", "repair or re-download cfg.json")
+        raise RefusalScopeError(
+            f"{where}: hook_name must be a string, got {hook_name!r}", "repair or re-download cfg.json"
+        )
     for key in ("model_name", "dtype", "reshape_activations"):
         if pick(key) is not None and not isinstance(pick(key), str):
-            raise RefusalScopeError(f"{where}: {key} must be a string, got {pick(key)!r}", "repair or re-download cfg.json")
+            raise RefusalScopeError(
+                f"{where}: {key} must be a string, got {pick(key)!r}", "repair or re-download cfg.json"
+            )
     for key in ("apply_b_dec_to_input", "rescale_acts_by_decoder_norm"):
         if raw.get(key) is not None and not isinstance(raw[key], bool):
-            raise RefusalScopeError(f"{where}: {key} must be true or false, got {raw[key]!r}", "repair or re-download cfg.json")
+            raise RefusalScopeError(
+                f"{where}: {key} must be true or false, got {raw[key]!r}", "repair or re-download cfg.json"
+            )
     if (
         raw.get("reshape_activations") == "hook_z"
         or (hook_name or "").endswith("hook_z")
@@ -216,7 +222,9 @@ def cfg_from_saelens(
         d_sae=number(pick("d_sae"), f"{where}: d_sae", integer=True, minimum=1),
         architecture=arch,
         k=k,
-        layer=layer if ours.get("layer") is None else number(ours["layer"], f"{where}: refusalscope layer", integer=True, minimum=0),
+        layer=layer
+        if ours.get("layer") is None
+        else number(ours["layer"], f"{where}: refusalscope layer", integer=True, minimum=0),
         site=ours.get("site", site) if isinstance(ours.get("site", site), str) else site,
         model_name=pick("model_name"),
         model_sha256=ours.get("model_sha256"),
@@ -235,9 +243,7 @@ def _fix_tensors(tensors: dict[str, torch.Tensor], where: str) -> dict[str, torc
     if "log_threshold" in tensors and "threshold" not in tensors:
         tensors["threshold"] = tensors.pop("log_threshold").float().exp()
     scale = tensors.pop("scaling_factor", None)
-    if scale is not None and not torch.allclose(
-        scale.float(), torch.ones_like(scale, dtype=torch.float32)
-    ):
+    if scale is not None and not torch.allclose(scale.float(), torch.ones_like(scale, dtype=torch.float32)):
         raise RefusalScopeError(
             f"{where} has a fine-tuning scaling_factor (an old SAELens feature-rescaling layer)",
             "fold scaling_factor into W_dec (W_dec *= scaling_factor[:, None]) and delete it, then load again",

@@ -165,7 +165,13 @@ class Trainer:
         self.total_steps = max(total_steps, 1)
         arch = cfg.architecture
         self.sae = SAE.random(
-            SAEConfig(d_in=d_in, d_sae=cfg.d_sae, architecture=arch, k=cfg.k if arch in ("topk", "batchtopk") else None, **sae_meta),
+            SAEConfig(
+                d_in=d_in,
+                d_sae=cfg.d_sae,
+                architecture=arch,
+                k=cfg.k if arch in ("topk", "batchtopk") else None,
+                **sae_meta,
+            ),
             seed=cfg.seed,
         )
         self.log_threshold: torch.nn.Parameter | None
@@ -314,7 +320,11 @@ class Trainer:
         tensors["tokens_since_fired"] = self.tokens_since_fired
         meta = {
             "step": self.step_count,
-            "adam_steps": {i: float(self.optimizer.state[p]["step"]) for i, p in enumerate(self.params) if self.optimizer.state.get(p)},
+            "adam_steps": {
+                i: float(self.optimizer.state[p]["step"])
+                for i, p in enumerate(self.params)
+                if self.optimizer.state.get(p)
+            },
             "batchtopk": [self.batchtopk_threshold_sum, self.batchtopk_threshold_n],
         }
         return tensors, meta
@@ -435,9 +445,14 @@ def train_sae(
     trainer = Trainer(cfg, x_train.shape[1], meta, total)
     with torch.no_grad():
         trainer.sae.b_dec.copy_(x_train.mean(0))
-    fingerprint = json.dumps({"cfg": asdict(cfg), "layer": layer, "rows": int(acts.shape[0]), "plan": store.manifest.plan_hash}, sort_keys=True)
+    fingerprint = json.dumps(
+        {"cfg": asdict(cfg), "layer": layer, "rows": int(acts.shape[0]), "plan": store.manifest.plan_hash},
+        sort_keys=True,
+    )
     resumed = _load_checkpoint(out_dir, trainer, fingerprint)
-    bar = tqdm(total=total, initial=trainer.step_count, desc=f"training SAE L{layer}", unit="step", disable=not progress)
+    bar = tqdm(
+        total=total, initial=trainer.step_count, desc=f"training SAE L{layer}", unit="step", disable=not progress
+    )
     started = time.perf_counter()
     last_ckpt = started
     start_step = trainer.step_count
@@ -451,7 +466,9 @@ def train_sae(
             bar.update(1)
             if trainer.step_count % 10 == 0:
                 rate = (trainer.step_count - start_step) * cfg.batch_size / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.0f}", dead=f"{stats['dead']:.2f}", tok_s=f"{rate:.0f}")
+                bar.set_postfix(
+                    fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.0f}", dead=f"{stats['dead']:.2f}", tok_s=f"{rate:.0f}"
+                )
             if time.perf_counter() - last_ckpt > cfg.checkpoint_seconds:
                 _save_checkpoint(out_dir, trainer, fingerprint)
                 last_ckpt = time.perf_counter()

@@ -40,7 +40,7 @@ from .worker import Job, ModelWorker
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -70,8 +70,13 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            response = JSONResponse({"error": f"the request body is larger than {self.limit} bytes",
-                                     "fix": "send a shorter prompt or fewer items"}, status_code=413)
+            response = JSONResponse(
+                {
+                    "error": f"the request body is larger than {self.limit} bytes",
+                    "fix": "send a shorter prompt or fewer items",
+                },
+                status_code=413,
+            )
             return await response(scope, receive, send)
         seen = 0
 
@@ -99,8 +104,9 @@ def describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def create_app(playground: Playground, worker: ModelWorker | None = None, *,
-               allowed_hosts: list[str] | None = None) -> FastAPI:
+def create_app(
+    playground: Playground, worker: ModelWorker | None = None, *, allowed_hosts: list[str] | None = None
+) -> FastAPI:
     """The FastAPI app. `allowed_hosts` (the CLI passes localhost and the bound host)
     refuses requests whose Host header names anything else, which stops a web page from
     reaching the local server through DNS rebinding."""
@@ -154,8 +160,11 @@ def create_app(playground: Playground, worker: ModelWorker | None = None, *,
         return {"latents": playground.latents()}
 
     @app.get("/api/search")
-    def search(q: str = Query("", max_length=100), layer: int | None = Query(None, ge=0, le=1000),
-               limit: int = Query(50, ge=1, le=200)):
+    def search(
+        q: str = Query("", max_length=100),
+        layer: int | None = Query(None, ge=0, le=1000),
+        limit: int = Query(50, ge=1, le=200),
+    ):
         return {"results": playground.search(q, layer, limit)}
 
     @app.get("/api/card/{layer}/{latent}")
@@ -189,8 +198,11 @@ def create_app(playground: Playground, worker: ModelWorker | None = None, *,
             job.cancel()
 
     def event_response(job: Job) -> StreamingResponse:
-        return StreamingResponse(stream(job), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Job": job.id, **SECURITY_HEADERS})
+        return StreamingResponse(
+            stream(job),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Job": job.id, **SECURITY_HEADERS},
+        )
 
     @app.post("/api/generate")
     def generate(req: GenerateRequest):

@@ -33,18 +33,30 @@ def _first(*paths: Path) -> Path | None:
     return next((p for p in paths if p.exists()), None)
 
 
-def resolve_sources(run: Path | None = None, saes: list[str] | None = None, features: Path | None = None,
-                    direction: Path | None = None, model: str | None = None, spec_dir: Path | None = None) -> Sources:
+def resolve_sources(
+    run: Path | None = None,
+    saes: list[str] | None = None,
+    features: Path | None = None,
+    direction: Path | None = None,
+    model: str | None = None,
+    spec_dir: Path | None = None,
+) -> Sources:
     saes = list(saes or [])
     if run is not None:
         run = Path(run)
         if not run.is_dir():
-            raise RefusalScopeError(f"run folder {run} does not exist", "pass the folder `refusalscope run` or `discover -o` wrote")
+            raise RefusalScopeError(
+                f"run folder {run} does not exist", "pass the folder `refusalscope run` or `discover -o` wrote"
+            )
         if features is None:
-            features = _first(run / "features.json", run / "discovery" / "features.json", run / "discover" / "features.json")
+            features = _first(
+                run / "features.json", run / "discovery" / "features.json", run / "discover" / "features.json"
+            )
             if features is None:
-                raise RefusalScopeError(f"{run} holds no features.json (nor discovery/ or discover/features.json)",
-                                        "run `refusalscope discover -o <folder>` or `refusalscope run` first")
+                raise RefusalScopeError(
+                    f"{run} holds no features.json (nor discovery/ or discover/features.json)",
+                    "run `refusalscope discover -o <folder>` or `refusalscope run` first",
+                )
         if direction is None:
             direction = _first(run / "direction", features.parent / "direction", features.parent.parent / "direction")
     if features is not None and not Path(features).is_file():
@@ -60,8 +72,9 @@ def resolve_sources(run: Path | None = None, saes: list[str] | None = None, feat
     if not saes:
         for layer, ref in sorted((recorded.get("saes") or {}).items(), key=lambda kv: int(kv[0])):
             if not ref.get("source"):
-                raise RefusalScopeError(f"features.json does not record where the layer-{layer} SAE is",
-                                        "pass the SAEs with --sae")
+                raise RefusalScopeError(
+                    f"features.json does not record where the layer-{layer} SAE is", "pass the SAEs with --sae"
+                )
             saes.append(str(ref["source"]))
     if not saes:
         raise RefusalScopeError("no SAEs to serve", "pass --run runs/<name>, or --sae <folder> (repeatable)")
@@ -76,8 +89,15 @@ def resolve_sources(run: Path | None = None, saes: list[str] | None = None, feat
         notes.append("no cards.json: cards show each latent's logit effect only")
     if direction is None:
         notes.append("no refusal direction: ablation, ActAdd and the direction gate are off")
-    return Sources(model, saes, Path(features) if features else None, cards, Path(direction) if direction else None,
-                   Path(spec_dir), notes)
+    return Sources(
+        model,
+        saes,
+        Path(features) if features else None,
+        cards,
+        Path(direction) if direction else None,
+        Path(spec_dir),
+        notes,
+    )
 
 
 def load_playground(sources: Sources, dtype: str = "auto", progress: bool = True):
@@ -92,14 +112,18 @@ def load_playground(sources: Sources, dtype: str = "auto", progress: bool = True
     for source in sources.saes:
         sae = load_sae(source, model=chat)
         if sae.layer is None:
-            raise RefusalScopeError(f"the SAE {source} does not say which layer it reads", "fix its cfg.json (hook_name)")
+            raise RefusalScopeError(
+                f"the SAE {source} does not say which layer it reads", "fix its cfg.json (hook_name)"
+            )
         saes[sae.layer] = sae
     features = FeatureSet.load(sources.features) if sources.features else None
     if features is not None:
         missing = sorted({f.layer for f in features.features} - set(saes))
         if missing:
-            raise RefusalScopeError(f"features.json lists latents at layer(s) {missing} but no SAE is loaded there",
-                                    "pass the SAEs it was discovered with (--sae)")
+            raise RefusalScopeError(
+                f"features.json lists latents at layer(s) {missing} but no SAE is loaded there",
+                "pass the SAEs it was discovered with (--sae)",
+            )
     cards = json.loads(sources.cards.read_text()) if sources.cards else None
     direction = layer = None
     if sources.direction is not None:
@@ -108,10 +132,24 @@ def load_playground(sources: Sources, dtype: str = "auto", progress: bool = True
         found = RefusalDirection.load(sources.direction)
         direction, layer = found.raw, found.layer
     peaks = discovery_peaks(features)
-    info = {"model": sources.model, "saes": sources.saes, "features": str(sources.features or ""),
-            "cards": str(sources.cards or ""), "direction": str(sources.direction or "")}
-    return Playground(chat, saes, features=features, cards=cards, direction=direction, direction_layer=layer,
-                      spec_dir=sources.spec_dir, source=info, peaks=peaks)
+    info = {
+        "model": sources.model,
+        "saes": sources.saes,
+        "features": str(sources.features or ""),
+        "cards": str(sources.cards or ""),
+        "direction": str(sources.direction or ""),
+    }
+    return Playground(
+        chat,
+        saes,
+        features=features,
+        cards=cards,
+        direction=direction,
+        direction_layer=layer,
+        spec_dir=sources.spec_dir,
+        source=info,
+        peaks=peaks,
+    )
 
 
 def discovery_peaks(features) -> dict[tuple[int, int], float]:
@@ -129,5 +167,8 @@ def discovery_peaks(features) -> dict[tuple[int, int], float]:
         tables = ScoreTables.load(Path(path))
     except Exception:  # a damaged cache only costs the slider scale
         return {}
-    return {(f.layer, f.feature): float(tables.peak_harmful[f.layer][f.feature])
-            for f in features.features if f.layer in tables.peak_harmful}
+    return {
+        (f.layer, f.feature): float(tables.peak_harmful[f.layer][f.feature])
+        for f in features.features
+        if f.layer in tables.peak_harmful
+    }

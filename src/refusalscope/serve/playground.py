@@ -65,7 +65,7 @@ class TextStream:
             return
         if text.startswith(self.shown):
             if len(text) > len(self.shown):
-                self.send(text[len(self.shown):])
+                self.send(text[len(self.shown) :])
         else:  # the tokenizer re-spaced earlier text: resend the whole reply
             self.send(text, replace=True)
         self.shown = text
@@ -123,16 +123,28 @@ class Playground:
         from . import schemas
 
         return {
-            "model": {"name": self.chat.info.name, "layers": self.chat.n_layers, "d_model": self.chat.d_model,
-                      "dtype": self.chat.info.dtype, "sha256": self.chat.info.sha256},
-            "saes": [{"layer": layer, "d_sae": sae.d_sae, "architecture": sae.cfg.architecture}
-                     for layer, sae in sorted(self.saes.items())],
+            "model": {
+                "name": self.chat.info.name,
+                "layers": self.chat.n_layers,
+                "d_model": self.chat.d_model,
+                "dtype": self.chat.info.dtype,
+                "sha256": self.chat.info.sha256,
+            },
+            "saes": [
+                {"layer": layer, "d_sae": sae.d_sae, "architecture": sae.cfg.architecture}
+                for layer, sae in sorted(self.saes.items())
+            ],
             "direction": None if self.direction is None else {"layer": self.direction_layer},
             "features": None if self.features is None else {"method": self.features.method, "k": self.features.k},
             "judge": getattr(self.judge, "name", type(self.judge).__name__),
-            "limits": {"prompt_chars": schemas.MAX_PROMPT_CHARS, "prompt_tokens": MAX_PROMPT_TOKENS,
-                       "max_new_tokens": schemas.MAX_NEW_TOKENS, "latents": schemas.MAX_LATENTS,
-                       "curve_prompts": schemas.MAX_CURVE_PROMPTS, "curve_strengths": schemas.MAX_CURVE_STRENGTHS},
+            "limits": {
+                "prompt_chars": schemas.MAX_PROMPT_CHARS,
+                "prompt_tokens": MAX_PROMPT_TOKENS,
+                "max_new_tokens": schemas.MAX_NEW_TOKENS,
+                "latents": schemas.MAX_LATENTS,
+                "curve_prompts": schemas.MAX_CURVE_PROMPTS,
+                "curve_strengths": schemas.MAX_CURVE_STRENGTHS,
+            },
             "source": self.source,
             "version": __version__,
         }
@@ -144,7 +156,9 @@ class Playground:
         out = []
         for f in self.features.features:
             card = self.cards.get((f.layer, f.feature))
-            peak = max(card["max_harmful"]) if card and card.get("max_harmful") else self.peaks.get((f.layer, f.feature))
+            peak = (
+                max(card["max_harmful"]) if card and card.get("max_harmful") else self.peaks.get((f.layer, f.feature))
+            )
             out.append(asdict(Latent(f.layer, f.feature, f.rank, f.score, dict(f.scores), peak)))
         return out
 
@@ -209,8 +223,15 @@ class Playground:
         for one, i in hits[:limit]:
             known = discovered.get((one, i))
             promotes = self.promoted_tokens(one)[i] if self._token_index.get(one) else None
-            out.append({"layer": one, "latent": i, "discovered": known is not None,
-                        "score": None if known is None else known["score"], "promotes": promotes})
+            out.append(
+                {
+                    "layer": one,
+                    "latent": i,
+                    "discovered": known is not None,
+                    "score": None if known is None else known["score"],
+                    "promotes": promotes,
+                }
+            )
         return out
 
     def card(self, layer: int, latent: int) -> dict[str, Any]:
@@ -218,7 +239,10 @@ class Playground:
         or, for a latent without one, its logit effect computed now."""
         self.check_latent(layer, latent)
         card = self.cards.get((layer, latent))
-        ranked = next((f for f in (self.features.features if self.features else []) if (f.layer, f.feature) == (layer, latent)), None)
+        ranked = next(
+            (f for f in (self.features.features if self.features else []) if (f.layer, f.feature) == (layer, latent)),
+            None,
+        )
         if card is not None:
             out = {**card, "computed": False}
             if ranked is not None:  # cards written before discovery scores were attached
@@ -229,16 +253,27 @@ class Playground:
 
         with torch.no_grad():
             promoted, suppressed = logit_effect(self.chat, self.saes[layer].decoder_directions([latent])[0])
-        return {"layer": layer, "feature": latent, "rank": None if ranked is None else ranked.rank,
-                "scores": {} if ranked is None else dict(ranked.scores), "contexts": [], "max_harmful": [],
-                "max_harmless": [], "promoted": promoted, "suppressed": suppressed, "computed": True}
+        return {
+            "layer": layer,
+            "feature": latent,
+            "rank": None if ranked is None else ranked.rank,
+            "scores": {} if ranked is None else dict(ranked.scores),
+            "contexts": [],
+            "max_harmful": [],
+            "max_harmless": [],
+            "promoted": promoted,
+            "suppressed": suppressed,
+            "computed": True,
+        }
 
     # ------------------------------------------------------------------ form <-> Steering
     def _need_direction(self, what: str) -> tuple[torch.Tensor, int]:
         """The refusal direction and its layer (`__init__` accepts both or neither)."""
         if self.direction is None or self.direction_layer is None:
-            raise RefusalScopeError(f"{what} needs the refusal direction, and none is loaded",
-                                    "serve a run folder that has direction/ (or pass --direction)")
+            raise RefusalScopeError(
+                f"{what} needs the refusal direction, and none is loaded",
+                "serve a run folder that has direction/ (or pass --direction)",
+            )
         return self.direction, self.direction_layer
 
     def build(self, form: SteeringForm):
@@ -261,8 +296,9 @@ class Playground:
         for (layer, mode), controls in groups.items():
             latents = [c.latent for c in controls]
             if len(set(latents)) != len(latents):
-                raise RefusalScopeError(f"latent {layer}/{latents[0]} appears twice with mode '{mode}'",
-                                        "give each latent one slider")
+                raise RefusalScopeError(
+                    f"latent {layer}/{latents[0]} appears twice with mode '{mode}'", "give each latent one slider"
+                )
             items.append(FeatureSteer(self.saes[layer], latents, mode, [c.value for c in controls]))
         if form.ablation:
             items.append(DirectionAblation(self._need_direction("ablation")[0]))
@@ -278,13 +314,19 @@ class Playground:
                 reader: FeatureGate | DirectionGate = FeatureGate(self.saes[gate.layer], gate.latent)
             else:
                 direction, direction_layer = self._need_direction("a direction gate")
-                layer = gate.layer if gate.layer is not None else min(
-                    [c.layer for c in form.latents] + ([direction_layer] if form.actadd else []),
-                    default=direction_layer,
+                layer = (
+                    gate.layer
+                    if gate.layer is not None
+                    else min(
+                        [c.layer for c in form.latents] + ([direction_layer] if form.actadd else []),
+                        default=direction_layer,
+                    )
                 )
                 if not 0 <= layer < self.chat.n_layers:
-                    raise RefusalScopeError(f"gate layer {layer} is not a layer of the model",
-                                            f"use a layer in [0, {self.chat.n_layers - 1}]")
+                    raise RefusalScopeError(
+                        f"gate layer {layer} is not a layer of the model",
+                        f"use a layer in [0, {self.chat.n_layers - 1}]",
+                    )
                 reader = DirectionGate(direction, layer)
             items = [Conditional(items, reader, gate.threshold)]
         steering = Steering(items, name="playground")
@@ -297,8 +339,10 @@ class Playground:
         from ..steering import ActAdd, Conditional, DirectionAblation, DirectionGate, FeatureGate, FeatureSteer
 
         def same_direction(vec) -> bool:
-            return self.direction is not None and vec.numel() == self.direction.numel() and bool(
-                torch.allclose(vec.float().reshape(-1), self.direction, rtol=1e-5, atol=1e-6)
+            return (
+                self.direction is not None
+                and vec.numel() == self.direction.numel()
+                and bool(torch.allclose(vec.float().reshape(-1), self.direction, rtol=1e-5, atol=1e-6))
             )
 
         form = SteeringForm()
@@ -306,31 +350,55 @@ class Playground:
         if len(items) == 1 and isinstance(items[0], Conditional):
             cond = items[0]
             if isinstance(cond.gate, FeatureGate):
-                form.gate = GateForm(enabled=True, kind="feature", threshold=cond.threshold,
-                                     layer=int(cond.gate.layer), latent=cond.gate.feature)
+                form.gate = GateForm(
+                    enabled=True,
+                    kind="feature",
+                    threshold=cond.threshold,
+                    layer=int(cond.gate.layer),
+                    latent=cond.gate.feature,
+                )
             elif isinstance(cond.gate, DirectionGate) and same_direction(cond.gate.direction) and cond.gate.normalize:
-                form.gate = GateForm(enabled=True, kind="direction", threshold=cond.threshold, layer=int(cond.gate.layer))
+                form.gate = GateForm(
+                    enabled=True, kind="direction", threshold=cond.threshold, layer=int(cond.gate.layer)
+                )
             else:
-                raise RefusalScopeError("this spec's gate is not one the playground can show",
-                                        "the page shows feature gates and refusal-direction gates")
+                raise RefusalScopeError(
+                    "this spec's gate is not one the playground can show",
+                    "the page shows feature gates and refusal-direction gates",
+                )
             if cond.reduce != "max" or cond.positions != "prompt" or not cond.skip_first:
-                raise RefusalScopeError("this spec's gate reads other positions than the page's (max over the prompt)",
-                                        "run it with `refusalscope steer --spec`")
+                raise RefusalScopeError(
+                    "this spec's gate reads other positions than the page's (max over the prompt)",
+                    "run it with `refusalscope steer --spec`",
+                )
             items = cond.interventions
         for item in items:
             if isinstance(item, FeatureSteer) and item.positions == "all" and item.keep_error:
                 for latent, value in zip(item.features, item.values):
-                    form.latents.append(LatentControl(layer=int(item.layer), latent=latent, mode=item.mode, value=value))
+                    form.latents.append(
+                        LatentControl(layer=int(item.layer), latent=latent, mode=item.mode, value=value)
+                    )
                 if int(item.layer) not in self.saes or self.saes[int(item.layer)] is not item.sae:
                     from ..steering.references import sae_hash
 
                     if int(item.layer) not in self.saes or sae_hash(self.saes[int(item.layer)]) != sae_hash(item.sae):
-                        raise RefusalScopeError(f"this spec steers an SAE at layer {item.layer} that is not loaded here")
-            elif isinstance(item, DirectionAblation) and same_direction(item.direction) and item.layers == "all" \
-                    and item.positions == "all":
+                        raise RefusalScopeError(
+                            f"this spec steers an SAE at layer {item.layer} that is not loaded here"
+                        )
+            elif (
+                isinstance(item, DirectionAblation)
+                and same_direction(item.direction)
+                and item.layers == "all"
+                and item.positions == "all"
+            ):
                 form.ablation = True
-            elif isinstance(item, ActAdd) and same_direction(item.direction) and item.layer == self.direction_layer \
-                    and not item.normalize and item.positions == "all":
+            elif (
+                isinstance(item, ActAdd)
+                and same_direction(item.direction)
+                and item.layer == self.direction_layer
+                and not item.normalize
+                and item.positions == "all"
+            ):
                 form.actadd = item.coefficient
             else:
                 raise RefusalScopeError(
@@ -342,8 +410,9 @@ class Playground:
     def save_spec(self, name: str, form: SteeringForm, description: str = "", overwrite: bool = False) -> dict:
         steering = self.build(form)
         if not steering.interventions:
-            raise RefusalScopeError("there is nothing to save: no latent, ablation or ActAdd is set",
-                                    "move a slider first")
+            raise RefusalScopeError(
+                "there is nothing to save: no latent, ablation or ActAdd is set", "move a slider first"
+            )
         steering.description = description
         path = self.specs.save(name, steering, overwrite)
         return {"name": path.name, "id": steering.id}
@@ -365,7 +434,9 @@ class Playground:
                     if sae is None:
                         raise RefusalScopeError(
                             f"spec {path.name} uses an SAE (layer {obj.get('layer')}, {str(obj['sha256'])[:12]}) "
-                            "that the playground has not loaded", "serve the run whose SAEs the spec was written with")
+                            "that the playground has not loaded",
+                            "serve the run whose SAEs the spec was written with",
+                        )
                     saes[str(obj["source"])] = sae
                 for value in obj.values():
                     collect(value)
@@ -380,8 +451,12 @@ class Playground:
 
         steering = Steering.from_dict(data, base=path.parent, saes=saes, sae_loader=refuse)
         form = self.form_of(steering)
-        return {"name": path.name, "id": steering.id, "description": steering.description,
-                "steering": form.model_dump()}
+        return {
+            "name": path.name,
+            "id": steering.id,
+            "description": steering.description,
+            "steering": form.model_dump(),
+        }
 
     @staticmethod
     def scaled(form: SteeringForm, strength: float) -> SteeringForm:
@@ -402,12 +477,14 @@ class Playground:
     def check_prompt(self, prompt: str, system: str | None = None) -> None:
         n = len(self.chat.encode(self.chat.format(prompt, system)))
         if n > MAX_PROMPT_TOKENS:
-            raise RefusalScopeError(f"the prompt is {n} tokens long; the playground takes at most {MAX_PROMPT_TOKENS}",
-                                    "shorten it")
+            raise RefusalScopeError(
+                f"the prompt is {n} tokens long; the playground takes at most {MAX_PROMPT_TOKENS}", "shorten it"
+            )
 
     # ------------------------------------------------------------------ model jobs
-    def generate_job(self, prompt: str, steering, max_new_tokens: int = 64, baseline: bool = True,
-                     system: str | None = None) -> Callable[[Job], None]:
+    def generate_job(
+        self, prompt: str, steering, max_new_tokens: int = 64, baseline: bool = True, system: str | None = None
+    ) -> Callable[[Job], None]:
         """A worker job streaming the steered reply, then the unsteered one (from a small
         cache when this prompt was answered before: greedy replies do not change)."""
 
@@ -416,8 +493,12 @@ class Playground:
             interventions = steering if steering.interventions else None
             for cond in steering.conditionals:
                 decided = cond.decisions(chat, [prompt], batch_size=1, system=system)
-                job.emit("gate", fired=bool(decided.fired[0]), score=_finite(float(decided.scores[0])),
-                         threshold=cond.threshold)
+                job.emit(
+                    "gate",
+                    fired=bool(decided.fired[0]),
+                    score=_finite(float(decided.scores[0])),
+                    threshold=cond.threshold,
+                )
             job.check()
             self._stream(job, "steered", prompt, max_new_tokens, interventions, system)
             if baseline:
@@ -447,18 +528,30 @@ class Playground:
             stream(token)
 
         started = time.perf_counter()
-        gen = self.chat.generate([prompt], max_new_tokens=max_new_tokens, batch_size=1, system=system,
-                                 interventions=interventions, progress=False, on_token=on_token)
+        gen = self.chat.generate(
+            [prompt],
+            max_new_tokens=max_new_tokens,
+            batch_size=1,
+            system=system,
+            interventions=interventions,
+            progress=False,
+            on_token=on_token,
+        )
         text = gen.texts[0]
         if text != stream.shown:
             send(text, replace=True)
-        reply = {"text": text, "finish_reason": gen.finish_reasons[0], "tokens": len(gen.token_ids[0]),
-                 "seconds": round(time.perf_counter() - started, 3)}
+        reply = {
+            "text": text,
+            "finish_reason": gen.finish_reasons[0],
+            "tokens": len(gen.token_ids[0]),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
         job.emit("reply", side=side, **reply)
         return reply
 
-    def curve_job(self, prompts: list[str], form: SteeringForm, strengths: list[float],
-                  max_new_tokens: int = 24) -> Callable[[Job], None]:
+    def curve_job(
+        self, prompts: list[str], form: SteeringForm, strengths: list[float], max_new_tokens: int = 24
+    ) -> Callable[[Job], None]:
         """A worker job: refusal rate (judge, with a bootstrap interval and n) on `prompts`
         at each strength × the current steering, one point per event."""
         from ..stats import rate
@@ -469,18 +562,31 @@ class Playground:
             total = len(steerings) * len(prompts)
             done = 0
             for strength, steering in steerings:
+
                 def on_token(index: int, token: int) -> None:
                     job.check()
 
                 job.emit("progress", done=done, total=total, strength=strength)
-                gen = self.chat.generate(prompts, max_new_tokens=max_new_tokens, batch_size=len(prompts),
-                                         interventions=steering if steering.interventions else None,
-                                         progress=False, on_token=on_token)
+                gen = self.chat.generate(
+                    prompts,
+                    max_new_tokens=max_new_tokens,
+                    batch_size=len(prompts),
+                    interventions=steering if steering.interventions else None,
+                    progress=False,
+                    on_token=on_token,
+                )
                 verdicts = self.judge.judge(prompts, gen.texts)
                 est = rate([v.refused for v in verdicts])
                 done += len(prompts)
-                job.emit("point", strength=strength, rate=est.value, low=est.low, high=est.high, n=est.n,
-                         replies=[{"text": t, "refused": v.refused} for t, v in zip(gen.texts, verdicts)])
+                job.emit(
+                    "point",
+                    strength=strength,
+                    rate=est.value,
+                    low=est.low,
+                    high=est.high,
+                    n=est.n,
+                    replies=[{"text": t, "refused": v.refused} for t, v in zip(gen.texts, verdicts)],
+                )
                 job.emit("progress", done=done, total=total, strength=strength)
 
         return run
@@ -495,8 +601,7 @@ class Playground:
             acts = chat.residual([prompt], [layer], positions="all", batch_size=1, progress=False)[layer][0]
             with torch.no_grad():
                 values = self.saes[layer].encode_subset(acts, [latent])[:, 0]
-            job.emit("activations", tokens=[chat.decode([t]) for t in ids],
-                     values=[round(float(v), 4) for v in values])
+            job.emit("activations", tokens=[chat.decode([t]) for t in ids], values=[round(float(v), 4) for v in values])
 
         return run
 

@@ -68,8 +68,9 @@ class GenerateRequest(Strict):
 class CurveRequest(Strict):
     prompts: list[CurvePrompt] = Field(min_length=1, max_length=MAX_CURVE_PROMPTS)
     steering: SteeringForm
-    strengths: list[Strength] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0], min_length=1,
-                                   max_length=MAX_CURVE_STRENGTHS)
+    strengths: list[Strength] = Field(
+        default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0], min_length=1, max_length=MAX_CURVE_STRENGTHS
+    )
     max_new_tokens: int = Field(24, ge=1, le=MAX_CURVE_NEW_TOKENS)
 
 

@@ -44,9 +44,11 @@ class SpecFolder:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.suffix in SUFFIXES and p.is_file() and NAME.fullmatch(p.name)
-                      and p.resolve().parent == self.root)
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.suffix in SUFFIXES and p.is_file() and NAME.fullmatch(p.name) and p.resolve().parent == self.root
+        )
 
     def save(self, name: str, steering: Steering, overwrite: bool = False) -> Path:
         path = self.path(name)
@@ -74,8 +76,10 @@ class SpecFolder:
                 target = Path(obj["file"])
                 resolved = (target if target.is_absolute() else self.root / target).resolve()
                 if resolved.parent != self.root and self.root not in resolved.parents:
-                    raise RefusalScopeError(f"the spec refers to '{obj['file']}', outside the spec folder",
-                                            "keep a spec's direction files beside it, or store directions inline")
+                    raise RefusalScopeError(
+                        f"the spec refers to '{obj['file']}', outside the spec folder",
+                        "keep a spec's direction files beside it, or store directions inline",
+                    )
             for value in obj.values():
                 self._check_files(value)
         elif isinstance(obj, list):

@@ -17,8 +17,8 @@ import torch
 if TYPE_CHECKING:
     from ..models.chat import ChatModel
 
-XSS_REPLY = ("<script>window.__xss = 1</script>", "<img src=x onerror=\"window.__xss = 2\">")
-CARD_XSS = "<img src=y onerror=\"window.__xss = 3\">"
+XSS_REPLY = ("<script>window.__xss = 1</script>", '<img src=x onerror="window.__xss = 2">')
+CARD_XSS = '<img src=y onerror="window.__xss = 3">'
 LAYER = 1
 
 
@@ -53,18 +53,36 @@ def tiny_playground(folder: Path, chat: ChatModel | None = None, k: int = 6, car
         scores = torch.stack([sae.encode(a[1:]).max(0).values for a in acts]).mean(0)
     order = scores.argsort(descending=True)[:k].tolist()
     features = FeatureSet(
-        method="cossim+ig", k=k,
-        features=[RankedFeature(LAYER, j, rank, float(scores[j]), {"cossim": float(scores[j]), "ig": float(scores[j]) / 2})
-                  for rank, j in enumerate(order)],
+        method="cossim+ig",
+        k=k,
+        features=[
+            RankedFeature(LAYER, j, rank, float(scores[j]), {"cossim": float(scores[j]), "ig": float(scores[j]) / 2})
+            for rank, j in enumerate(order)
+        ],
     )
     built = []
     if cards:
-        built = build_cards(chat, {LAYER: sae}, [(LAYER, j) for j in order[:3]],
-                            {"harmful": MIXED_LENGTH_PROMPTS[:3], "text": [MIXED_LENGTH_PROMPTS[3]]},
-                            MIXED_LENGTH_PROMPTS[:3], MIXED_LENGTH_PROMPTS[3:], top_contexts=3, progress=False)
+        built = build_cards(
+            chat,
+            {LAYER: sae},
+            [(LAYER, j) for j in order[:3]],
+            {"harmful": MIXED_LENGTH_PROMPTS[:3], "text": [MIXED_LENGTH_PROMPTS[3]]},
+            MIXED_LENGTH_PROMPTS[:3],
+            MIXED_LENGTH_PROMPTS[3:],
+            top_contexts=3,
+            progress=False,
+        )
     direction = torch.randn(chat.d_model, generator=gen)
-    return Playground(chat, {LAYER: sae}, features=features, cards=built, direction=direction, direction_layer=2,
-                      spec_dir=folder / "specs", source={"kind": "tiny test playground"})
+    return Playground(
+        chat,
+        {LAYER: sae},
+        features=features,
+        cards=built,
+        direction=direction,
+        direction_layer=2,
+        spec_dir=folder / "specs",
+        source={"kind": "tiny test playground"},
+    )
 
 
 def xss_chat_model():

@@ -45,7 +45,16 @@ from .references import as_direction, check_vector, direction_ref, number_text, 
 
 REDUCTIONS: tuple[str, ...] = choices(Reduction)
 
-__all__ = ["GATE_COMMON", "REDUCTIONS", "Conditional", "DirectionGate", "FeatureGate", "Gate", "GateDecisions", "ProbeGate"]
+__all__ = [
+    "GATE_COMMON",
+    "REDUCTIONS",
+    "Conditional",
+    "DirectionGate",
+    "FeatureGate",
+    "Gate",
+    "GateDecisions",
+    "ProbeGate",
+]
 
 
 # ---------------------------------------------------------------------- gates
@@ -114,7 +123,8 @@ class DirectionGate(Gate):
     @classmethod
     def from_spec(cls, reader: SpecReader, g: dict[str, Any], where: str) -> DirectionGate:
         return cls(
-            reader.direction(g["direction"], where), reader.layer(g["layer"], f"{where}.layer"),
+            reader.direction(g["direction"], where),
+            reader.layer(g["layer"], f"{where}.layer"),
             normalize=reader.flag(g, "normalize", True, where),
         )
 
@@ -162,7 +172,9 @@ class ProbeGate(Gate):
                 )
             trained = sae_point(self.sae)
             if layer is not None and trained is not None and layer != trained:
-                raise RefusalScopeError(f"the probe's SAE was trained on {point_name(trained)}, not {point_name(layer)}")
+                raise RefusalScopeError(
+                    f"the probe's SAE was trained on {point_name(trained)}, not {point_name(layer)}"
+                )
             layer = trained if layer is None else layer
         if layer is None:
             raise RefusalScopeError("the probe gate needs the layer it reads", "pass layer=")
@@ -197,10 +209,18 @@ class ProbeGate(Gate):
                 raise RefusalScopeError("the probe reads SAE latents but records no SAE source", "pass sae=")
             sae, _ = resolve_sae(spec.sae)
         if spec.sae_sha256 and sae.content_hash() != spec.sae_sha256:
-            raise RefusalScopeError("the SAE given is not the one the probe was trained on",
-                                    f"use the SAE recorded in the probe ({spec.sae})")
-        return cls(torch.as_tensor(probe.weights, dtype=torch.float32), probe.bias, spec.layer, sae=sae,
-                   features=spec.features, sae_source=spec.sae)
+            raise RefusalScopeError(
+                "the SAE given is not the one the probe was trained on",
+                f"use the SAE recorded in the probe ({spec.sae})",
+            )
+        return cls(
+            torch.as_tensor(probe.weights, dtype=torch.float32),
+            probe.bias,
+            spec.layer,
+            sae=sae,
+            features=spec.features,
+            sae_source=spec.sae,
+        )
 
     def check(self, model: Any) -> None:
         if self.sae is not None:
@@ -217,7 +237,12 @@ class ProbeGate(Gate):
         return lambda hidden: latents(hidden) @ w + self.bias
 
     def to_spec(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "weights": direction_ref(self.weights), "bias": self.bias, "layer": self.layer}
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "weights": direction_ref(self.weights),
+            "bias": self.bias,
+            "layer": self.layer,
+        }
         if self.sae is not None and self.features is not None:
             out["sae"] = sae_ref(self.sae, self.sae_source)
             out["features"] = list(self.features)
@@ -230,8 +255,12 @@ class ProbeGate(Gate):
         if "sae" in g:
             sae, source = reader.sae(g["sae"], where)
             return cls(
-                reader.direction(g["weights"], where), bias, layer, sae=sae,
-                features=reader.latents(g["features"], f"{where}.features"), sae_source=source,
+                reader.direction(g["weights"], where),
+                bias,
+                layer,
+                sae=sae,
+                features=reader.latents(g["features"], f"{where}.features"),
+                sae_source=source,
             )
         return cls(reader.direction(g["weights"], where), bias, g["layer"] if layer is None else layer)
 
@@ -283,7 +312,9 @@ class Conditional(Intervention):
         self.gate = gate
         self.threshold = float(threshold)
         if not math.isfinite(self.threshold):
-            raise RefusalScopeError(f"the gate threshold must be a finite number, got {threshold}", "use an ordinary number")
+            raise RefusalScopeError(
+                f"the gate threshold must be a finite number, got {threshold}", "use an ordinary number"
+            )
         if reduce not in REDUCTIONS:
             raise RefusalScopeError(f"unknown gate reduction '{reduce}'", f"use one of {', '.join(REDUCTIONS)}")
         self.reduce = reduce
@@ -347,7 +378,9 @@ class Conditional(Intervention):
             last = torch.where(mask, ctx.token_index(), -1).argmax(-1)
             reduced = scores.gather(-1, last[:, None])[:, 0].masked_fill(~mask.any(-1), float("-inf"))
         fired = reduced > self.threshold
-        full_fired = torch.zeros(int(ctx.rows.max()) + 1 if ctx.rows.numel() else 0, dtype=torch.bool, device=fired.device)
+        full_fired = torch.zeros(
+            int(ctx.rows.max()) + 1 if ctx.rows.numel() else 0, dtype=torch.bool, device=fired.device
+        )
         full_scores = torch.full(full_fired.shape, float("nan"), device=fired.device)
         full_fired[ctx.rows] = fired
         full_scores[ctx.rows] = reduced
@@ -415,7 +448,13 @@ class Conditional(Intervention):
         saved = self._state
         try:
             for index, _ in model.iter_residual(
-                prompts, [self.gate.layer], "last", batch_size, system=system, interventions=_GateOnly(), progress=progress
+                prompts,
+                [self.gate.layer],
+                "last",
+                batch_size,
+                system=system,
+                interventions=_GateOnly(),
+                progress=progress,
             ):
                 state = self._state
                 assert state is not None  # the gate hook ran in this forward
@@ -429,7 +468,10 @@ class Conditional(Intervention):
     def to_spec(self) -> dict[str, Any]:
         gate = self.gate.to_dict()
         gate.update(
-            threshold=self.threshold, reduce=self.reduce, positions=positions_to_json(self.positions), skip_first=self.skip_first
+            threshold=self.threshold,
+            reduce=self.reduce,
+            positions=positions_to_json(self.positions),
+            skip_first=self.skip_first,
         )
         return {"kind": self.kind, "gate": gate, "interventions": [i.to_dict() for i in self.interventions]}
 
@@ -443,9 +485,12 @@ class Conditional(Intervention):
             raise RefusalScopeError(f"{where}.interventions must be a list")
         inner = [reader.intervention(x, f"{where}.interventions[{i}]") for i, x in enumerate(inner_items)]
         return cls(
-            inner, reader.gate(g, f"{where}.gate"), number(g["threshold"], f"{where}.gate.threshold"),
+            inner,
+            reader.gate(g, f"{where}.gate"),
+            number(g["threshold"], f"{where}.gate.threshold"),
             reduce=cast(Reduction, choice(g.get("reduce", "max"), f"{where}.gate.reduce", REDUCTIONS)),
-            positions=g.get("positions", "prompt"), skip_first=reader.flag(g, "skip_first", True, f"{where}.gate"),
+            positions=g.get("positions", "prompt"),
+            skip_first=reader.flag(g, "skip_first", True, f"{where}.gate"),
         )
 
     def describe(self) -> str:

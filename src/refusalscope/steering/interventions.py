@@ -181,23 +181,32 @@ class FeatureSteer(Intervention):
         sae, source = reader.sae(d["sae"], where)
         value = d.get("value", 0.0)
         values = (
-            [number(v, f"{where}.value entry") for v in value] if isinstance(value, list)
+            [number(v, f"{where}.value entry") for v in value]
+            if isinstance(value, list)
             else number(value, f"{where}.value")
         )
         return cls(
-            sae, reader.latents(d["features"], f"{where}.features"), cast(Mode, choice(d.get("mode", "set"), f"{where}.mode", MODES)),
-            values, positions=d.get("positions", "all"), layer=reader.optional_layer(d.get("layer"), f"{where}.layer"),
-            keep_error=reader.flag(d, "keep_error", True, where), sae_source=source,
+            sae,
+            reader.latents(d["features"], f"{where}.features"),
+            cast(Mode, choice(d.get("mode", "set"), f"{where}.mode", MODES)),
+            values,
+            positions=d.get("positions", "all"),
+            layer=reader.optional_layer(d.get("layer"), f"{where}.layer"),
+            keep_error=reader.flag(d, "keep_error", True, where),
+            sae_source=source,
         )
 
     def describe(self) -> str:
         c = self.sae.cfg
         vals = (
-            number_text(self.values[0]) if len(set(self.values)) == 1
+            number_text(self.values[0])
+            if len(set(self.values)) == 1
             else "[" + ", ".join(map(number_text, self.values)) + "]"
         )
         action = {"set": f"set to {vals}", "scale": f"scaled by {vals}", "add": f"increased by {vals}"}
-        feats = ", ".join(map(str, self.features[:8])) + (f", … ({len(self.features)} in all)" if len(self.features) > 8 else "")
+        feats = ", ".join(map(str, self.features[:8])) + (
+            f", … ({len(self.features)} in all)" if len(self.features) > 8 else ""
+        )
         error = "" if self.keep_error else ", replaced by the SAE reconstruction (error dropped)"
         return (
             f"{point_name(self.layer)}: SAE latents [{feats}] {action[self.mode]} at {position_text(self.positions)} "
@@ -222,7 +231,9 @@ class DirectionAblation(Intervention):
         self.direction = as_direction(direction)
         self.unit = unit_vector(self.direction)
         if isinstance(layers, str) and layers != "all":
-            raise RefusalScopeError(f"unknown layers '{layers}'", "use 'all' or a list of layer indices (and/or 'embed')")
+            raise RefusalScopeError(
+                f"unknown layers '{layers}'", "use 'all' or a list of layer indices (and/or 'embed')"
+            )
         self.layers = layers if isinstance(layers, str) else list(layers)
         if not isinstance(self.layers, str) and not self.layers:
             raise RefusalScopeError("no layers given for the ablation", "use layers='all' or a list of layers")
@@ -257,7 +268,9 @@ class DirectionAblation(Intervention):
         return cls(reader.direction(d["direction"], where), layers, positions=d.get("positions", "all"))
 
     def describe(self) -> str:
-        where = "every layer and the embedding" if self.layers == "all" else "layers " + ", ".join(map(str, self.layers))
+        where = (
+            "every layer and the embedding" if self.layers == "all" else "layers " + ", ".join(map(str, self.layers))
+        )
         return f"ablate a direction (|d|={self.direction.norm():.3g}) at {where}, {position_text(self.positions)}"
 
 
@@ -273,7 +286,13 @@ class ActAdd(Intervention):
     spec_keys = ("kind", "direction", "layer", "coefficient", "positions", "normalize")
 
     def __init__(
-        self, direction: Any, layer: Point, coefficient: float = 1.0, *, positions: Positions = "all", normalize: bool = False
+        self,
+        direction: Any,
+        layer: Point,
+        coefficient: float = 1.0,
+        *,
+        positions: Positions = "all",
+        normalize: bool = False,
     ):
         self.direction = as_direction(direction)
         self.normalize = bool(normalize)
@@ -314,9 +333,11 @@ class ActAdd(Intervention):
     @classmethod
     def from_spec(cls, reader: SpecReader, d: dict[str, Any], where: str) -> ActAdd:
         return cls(
-            reader.direction(d["direction"], where), reader.layer(d["layer"], f"{where}.layer"),
+            reader.direction(d["direction"], where),
+            reader.layer(d["layer"], f"{where}.layer"),
             number(d.get("coefficient", 1.0), f"{where}.coefficient"),
-            positions=d.get("positions", "all"), normalize=reader.flag(d, "normalize", False, where),
+            positions=d.get("positions", "all"),
+            normalize=reader.flag(d, "normalize", False, where),
         )
 
     def describe(self) -> str:
@@ -374,9 +395,7 @@ class DirectionClamp(Intervention):
         if layer is None:
             raise RefusalScopeError("the SAE does not record its layer", "pass layer= explicitly")
         scale = float(sae.cfg.input_scale)
-        out = cls(
-            sae.W_dec.detach()[int(feature)], layer, value, bias=sae.b_dec.detach() / scale, positions=positions
-        )
+        out = cls(sae.W_dec.detach()[int(feature)], layer, value, bias=sae.b_dec.detach() / scale, positions=positions)
         out.origin = {"sae": sae, "source": source, "feature": int(feature)}
         return out
 
@@ -412,19 +431,29 @@ class DirectionClamp(Intervention):
         if "sae" in d:
             sae, source = reader.sae(d["sae"], where)
             return cls.from_sae_feature(
-                sae, number(d["feature"], f"{where}.feature", integer=True, minimum=0), value,
-                positions=positions, layer=reader.optional_layer(d.get("layer"), f"{where}.layer"),
+                sae,
+                number(d["feature"], f"{where}.feature", integer=True, minimum=0),
+                value,
+                positions=positions,
+                layer=reader.optional_layer(d.get("layer"), f"{where}.layer"),
                 sae_source=source,
             )
         bias = d.get("bias")
         return cls(
-            reader.direction(d["direction"], where), reader.layer(d["layer"], f"{where}.layer"), value,
-            bias=None if bias is None else reader.direction(bias, f"{where}.bias"), positions=positions,
+            reader.direction(d["direction"], where),
+            reader.layer(d["layer"], f"{where}.layer"),
+            value,
+            bias=None if bias is None else reader.direction(bias, f"{where}.bias"),
+            positions=positions,
         )
 
     def describe(self) -> str:
         what = f"SAE latent {self.origin['feature']}'s decoder direction" if self.origin else "a direction"
-        bias = " (relative to the SAE's b_dec)" if self.origin else (" (relative to a bias)" if self.bias is not None else "")
+        bias = (
+            " (relative to the SAE's b_dec)"
+            if self.origin
+            else (" (relative to a bias)" if self.bias is not None else "")
+        )
         return (
             f"{point_name(self.layer)}: clamp the component along {what} to {number_text(self.value)}{bias} "
             f"at {position_text(self.positions)}"

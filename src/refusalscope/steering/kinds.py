@@ -196,7 +196,8 @@ class SpecReader(ReferenceReader):
         kind = g.get("kind")
         if kind not in GATE_KEYS:
             raise RefusalScopeError(
-                f"{where}: unknown gate kind {kind!r}{did_you_mean(str(kind), GATE_KEYS)}", "use feature, direction or probe"
+                f"{where}: unknown gate kind {kind!r}{did_you_mean(str(kind), GATE_KEYS)}",
+                "use feature, direction or probe",
             )
         check_keys(g, GATE_KEYS[kind], f"{where} ({kind})")
         return GATE_READERS[kind](self, g, where)

@@ -46,7 +46,14 @@ from .references import resolve_sae, unit_vector
 from .spec import Steering
 
 CSV_COLUMNS = (
-    "loader", "action", "sparse_model", "hookpoint", "feature_index", "steering_coefficient", "sae_id", "description",
+    "loader",
+    "action",
+    "sparse_model",
+    "hookpoint",
+    "feature_index",
+    "steering_coefficient",
+    "sae_id",
+    "description",
 )
 _LAYER_RE = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:layers|blocks)\.(\d+)(?:\.hook_resid_post)?$")
 _PRE_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
@@ -76,7 +83,9 @@ def parse_hookpoint(name: str) -> Point:
 
 
 # ---------------------------------------------------------------------- export
-def _refuse(what: str, why: str, fix: str = "export to .pt where possible, or evaluate with refusalscope itself") -> NoReturn:
+def _refuse(
+    what: str, why: str, fix: str = "export to .pt where possible, or evaluate with refusalscope itself"
+) -> NoReturn:
     raise RefusalScopeError(f"{what} cannot be expressed in lm-evaluation-harness' steered model: {why}", fix)
 
 
@@ -168,7 +177,9 @@ def pt_config(steering: Steering) -> dict[str, dict[str, Any]]:
     for item in _flat(steering):
         if isinstance(item, FeatureSteer):
             if item.mode != "add" or not item.keep_error:
-                _refuse(f"'{item.describe()}'", "lm-eval cannot set or scale an SAE latent, only add or clamp a direction")
+                _refuse(
+                    f"'{item.describe()}'", "lm-eval cannot set or scale an SAE latent, only add or clamp a direction"
+                )
             dirs = item.sae.decoder_directions(item.features).detach().float()
             put(item.layer, "add", torch.tensor(item.values) @ dirs, 1.0)
         elif isinstance(item, ActAdd):
@@ -227,8 +238,10 @@ def _default_sae_loader(loader: str, sparse_model: str, hookpoint_name: str, sae
     for local in (base / sae_id if sae_id else None, base / hookpoint_name if hookpoint_name else None, base):
         if local is not None and local.exists():
             return load_sae(str(local)), str(local)
-    name = f"{sparse_model}/{sae_id}" if loader == "sae_lens" and sae_id else (
-        f"{sparse_model}/{hookpoint_name}" if loader == "sparsify" and hookpoint_name else sparse_model
+    name = (
+        f"{sparse_model}/{sae_id}"
+        if loader == "sae_lens" and sae_id
+        else (f"{sparse_model}/{hookpoint_name}" if loader == "sparsify" and hookpoint_name else sparse_model)
     )
     return load_sae(name), name
 
@@ -265,8 +278,10 @@ def _import_csv(path: Path, saes: dict[str, Any], sae_loader) -> Steering:
         records = []
         for row in reader:
             if None in row:  # more cells than header columns
-                raise RefusalScopeError(f"{path.name} line {reader.line_num}: more cells than the header has columns",
-                                        f"give each row the header's columns: {', '.join(CSV_COLUMNS)}")
+                raise RefusalScopeError(
+                    f"{path.name} line {reader.line_num}: more cells than the header has columns",
+                    f"give each row the header's columns: {', '.join(CSV_COLUMNS)}",
+                )
             records.append({(k or "").strip(): (v or "").strip() for k, v in row.items() if k})
     except csv.Error as exc:
         raise RefusalScopeError(f"{path} is not a readable CSV file: {exc}", "save it as plain CSV") from None
@@ -308,7 +323,9 @@ def _import_csv(path: Path, saes: dict[str, Any], sae_loader) -> Steering:
         by_point[point] = item
         if row.get("description"):
             notes.append(row["description"])
-    return Steering(list(by_point.values()), name=path.stem, description="; ".join(notes), metadata={"imported_from": str(path)})
+    return Steering(
+        list(by_point.values()), name=path.stem, description="; ".join(notes), metadata={"imported_from": str(path)}
+    )
 
 
 def _resolve_row_sae(saes, sae_loader, loader, sparse_model, hp, sae_id):
@@ -327,7 +344,9 @@ def _import_pt(path: Path) -> Steering:
     data = load_weights_only(path, "lm-eval steer file")
     if isinstance(data, list):  # an early format: a list of entries carrying their hookpoint
         if not all(isinstance(entry, dict) and isinstance(entry.get("hookpoint"), str) for entry in data):
-            raise RefusalScopeError(f"{path} is not an lm-eval steering file", "a list holds {'hookpoint': ..., ...} entries")
+            raise RefusalScopeError(
+                f"{path} is not an lm-eval steering file", "a list holds {'hookpoint': ..., ...} entries"
+            )
         data = {entry["hookpoint"]: entry for entry in data}
     if not isinstance(data, dict):
         raise RefusalScopeError(f"{path} is not an lm-eval steering file", "expected {hookpoint: {...}}")
@@ -337,13 +356,20 @@ def _import_pt(path: Path) -> Steering:
             raise RefusalScopeError(f"{path} is not an lm-eval steering file", "expected {hookpoint: {...}}")
         point = parse_hookpoint(name)
         if entry.get("head_index") is not None:
-            raise RefusalScopeError(f"{path}: {name} steers one attention head", "refusalscope steers the residual stream only")
+            raise RefusalScopeError(
+                f"{path}: {name} steers one attention head", "refusalscope steers the residual stream only"
+            )
         if not torch.is_tensor(entry.get("steering_vector")):
-            raise RefusalScopeError(f"{path}: {name} has no steering_vector tensor", "expected {hookpoint: {'steering_vector': tensor, ...}}")
+            raise RefusalScopeError(
+                f"{path}: {name} has no steering_vector tensor",
+                "expected {hookpoint: {'steering_vector': tensor, ...}}",
+            )
         vector = entry["steering_vector"].float()
         coefficient = entry.get("steering_coefficient", 1.0)
-        coefficient = number(coefficient.item() if torch.is_tensor(coefficient) and coefficient.numel() == 1 else coefficient,
-                             f"{path}: {name} steering_coefficient")
+        coefficient = number(
+            coefficient.item() if torch.is_tensor(coefficient) and coefficient.numel() == 1 else coefficient,
+            f"{path}: {name} steering_coefficient",
+        )
         if entry.get("action", "add") == "add":
             items.append(ActAdd(vector, point, coefficient))
         elif entry["action"] == "clamp":

@@ -77,7 +77,9 @@ def benign_activations(
     rows: list[torch.Tensor] = []
     for items, as_chat in ((list(prompts), True), (list(texts), False)):
         if items:
-            acts = chat.residual(items, [layer], positions="all", batch_size=batch_size, chat=as_chat, progress=progress)
+            acts = chat.residual(
+                items, [layer], positions="all", batch_size=batch_size, chat=as_chat, progress=progress
+            )
             rows.extend(acts[layer])
     if not rows:
         raise RefusalScopeError("no benign prompts or texts were given", "pass harmless prompts and/or ordinary text")
@@ -111,7 +113,12 @@ def benign_subspace(
     if max_rank is not None:
         k = min(k, number(max_rank, "max_rank", integer=True, minimum=1))
     basis = vh[:k].to(torch.float32).contiguous()
-    return basis, {"variance": float(variance), "rank": k, "explained": float(cumulative[k - 1]), "n": int(acts.shape[0])}
+    return basis, {
+        "variance": float(variance),
+        "rank": k,
+        "explained": float(cumulative[k - 1]),
+        "n": int(acts.shape[0]),
+    }
 
 
 def complement_projector(basis: torch.Tensor) -> torch.Tensor:
@@ -164,7 +171,9 @@ def read_tensor(ref: Any, base: Path, where: str, shape: tuple[int, ...] | None 
     path = Path(ref["file"])
     path = path if path.is_absolute() else base / path
     if not path.is_file():
-        raise RefusalScopeError(f"{where}: {path} does not exist", "keep the .safetensors files beside the spec that names them")
+        raise RefusalScopeError(
+            f"{where}: {path} does not exist", "keep the .safetensors files beside the spec that names them"
+        )
     tensors = read_safetensors(path)
     if ref["key"] not in tensors:
         raise RefusalScopeError(f"{where}: {path.name} has no tensor '{ref['key']}'", f"it holds {sorted(tensors)}")
@@ -187,7 +196,9 @@ def _check_basis(basis: torch.Tensor) -> torch.Tensor:
         )
     gram = basis @ basis.T
     if not torch.allclose(gram, torch.eye(basis.shape[0]), atol=1e-3):
-        raise RefusalScopeError("the benign basis' rows are not orthonormal", "estimate it with benign_subspace(activations)")
+        raise RefusalScopeError(
+            "the benign basis' rows are not orthonormal", "estimate it with benign_subspace(activations)"
+        )
     return basis
 
 
@@ -214,7 +225,9 @@ class NullSpaceProjection(Intervention):
     kind = "nullspace"
 
     def __init__(self, intervention: Intervention, basis: torch.Tensor, *, fit: dict[str, Any] | None = None):
-        if not isinstance(intervention, Intervention) or isinstance(intervention, (NullSpaceProjection, LearnedNullSpaceSteer)):
+        if not isinstance(intervention, Intervention) or isinstance(
+            intervention, (NullSpaceProjection, LearnedNullSpaceSteer)
+        ):
             raise RefusalScopeError(
                 f"cannot project a {type(intervention).__name__}", "wrap an ActAdd, FeatureSteer or DirectionClamp"
             )
@@ -244,7 +257,9 @@ class NullSpaceProjection(Intervention):
         check_vector(model, self.basis, "benign basis")
         self.inner.check(model)
         if self.inner.points(model) != [self.layer]:
-            raise RefusalScopeError(f"the wrapped intervention writes to {self.inner.points(model)}, not only {point_name(self.layer)}")
+            raise RefusalScopeError(
+                f"the wrapped intervention writes to {self.inner.points(model)}, not only {point_name(self.layer)}"
+            )
 
     def project(self, delta: torch.Tensor) -> torch.Tensor:
         """delta − (delta Bᵀ) B: the part of [..., d] edits orthogonal to the benign subspace."""
@@ -287,7 +302,12 @@ class NullSpaceProjection(Intervention):
         return {ref["file"]: {"basis": self.basis}}
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"kind": self.kind, "layer": self.layer, "basis": tensor_ref(self.basis, "basis"), "intervention": self.inner.to_dict()}
+        out = {
+            "kind": self.kind,
+            "layer": self.layer,
+            "basis": tensor_ref(self.basis, "basis"),
+            "intervention": self.inner.to_dict(),
+        }
         if self.fit:
             out["fit"] = dict(self.fit)
         return out
@@ -370,7 +390,9 @@ class LearnedNullSpaceSteer(Intervention):
 
     def scaled(self, strength: float) -> LearnedNullSpaceSteer:
         """A copy with the coefficient × `strength` (a sweep's strength axis; no refit)."""
-        return LearnedNullSpaceSteer(self.matrix, self.layer, self.coefficient * strength, positions=self.positions, fit=self.fit)
+        return LearnedNullSpaceSteer(
+            self.matrix, self.layer, self.coefficient * strength, positions=self.positions, fit=self.fit
+        )
 
     def tensor_files(self) -> dict[str, dict[str, torch.Tensor]]:
         ref = tensor_ref(self.matrix, "matrix")
@@ -408,15 +430,20 @@ def read_projected(reader, d: dict[str, Any], where: str) -> NullSpaceProjection
     basis = read_tensor(d["basis"], reader.base, f"{where}.basis")
     out = NullSpaceProjection(inner, basis, fit=_fit_record(d, where))
     if _layer(d["layer"], f"{where}.layer") != out.layer:
-        raise RefusalScopeError(f"{where}: layer {d['layer']} differs from the wrapped intervention's {point_name(out.layer)}")
+        raise RefusalScopeError(
+            f"{where}: layer {d['layer']} differs from the wrapped intervention's {point_name(out.layer)}"
+        )
     return out
 
 
 def read_learned(reader, d: dict[str, Any], where: str) -> LearnedNullSpaceSteer:
     matrix = read_tensor(d["matrix"], reader.base, f"{where}.matrix")
     return LearnedNullSpaceSteer(
-        matrix, _layer(d["layer"], f"{where}.layer"), number(d.get("coefficient", 1.0), f"{where}.coefficient"),
-        positions=d.get("positions", "all"), fit=_fit_record(d, where),
+        matrix,
+        _layer(d["layer"], f"{where}.layer"),
+        number(d.get("coefficient", 1.0), f"{where}.coefficient"),
+        positions=d.get("positions", "all"),
+        fit=_fit_record(d, where),
     )
 
 

@@ -121,7 +121,9 @@ def load_direction(path: str | Path, key: str | None = None) -> torch.Tensor:
         try:
             obj = torch.from_numpy(np.load(path, allow_pickle=False))
         except (ValueError, OSError, EOFError, TypeError) as exc:
-            raise RefusalScopeError(f"cannot read the direction file {path}: {exc}", "save it with numpy.save") from None
+            raise RefusalScopeError(
+                f"cannot read the direction file {path}: {exc}", "save it with numpy.save"
+            ) from None
     elif suffix == ".json":
         from ..checks import parse_json, read_text
 

@@ -93,7 +93,9 @@ def write_tensor_files(items: Sequence[Intervention], folder: Path) -> None:
                     from safetensors.torch import save
 
                     with atomic_file(target, "wb") as handle:
-                        handle.write(save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}))
+                        handle.write(
+                            save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()})
+                        )
         for attr in ("inner", "interventions"):
             nested = getattr(item, attr, None)
             if isinstance(nested, Intervention):
@@ -156,8 +158,11 @@ class Steering:
         if self.model is None:
             info = model.info
             self.model = {
-                "name": info.name, "sha256": info.sha256, "spec": info.spec,
-                "n_layers": info.n_layers, "d_model": info.d_model,
+                "name": info.name,
+                "sha256": info.sha256,
+                "spec": info.spec,
+                "n_layers": info.n_layers,
+                "d_model": info.d_model,
             }
         return self
 
@@ -192,7 +197,9 @@ class Steering:
         out["interventions"] = content["interventions"]
         if self.metadata:
             out["metadata"] = self.metadata
-        out["created_with"] = {k: v for k, v in package_versions().items() if k in ("refusalscope", "torch", "transformers")}
+        out["created_with"] = {
+            k: v for k, v in package_versions().items() if k in ("refusalscope", "torch", "transformers")
+        }
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -213,7 +220,9 @@ class Steering:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, *, saes: dict[str, Any] | None = None, sae_loader: Callable | None = None) -> Steering:
+    def load(
+        cls, path: str | Path, *, saes: dict[str, Any] | None = None, sae_loader: Callable | None = None
+    ) -> Steering:
         """Read a spec file; SAEs are loaded from their recorded source (relative paths
         resolve against the spec's folder) unless `saes` maps a source to an SAE."""
         from ..paths import read_json_or_yaml
@@ -232,7 +241,7 @@ class Steering:
         sae_loader: Callable | None = None,
     ) -> Steering:
         if not isinstance(data, dict) or data.get("format", FORMAT) != FORMAT:
-            raise RefusalScopeError("this is not a refusalscope steering spec", f"a spec has \"format\": \"{FORMAT}\"")
+            raise RefusalScopeError("this is not a refusalscope steering spec", f'a spec has "format": "{FORMAT}"')
         check_keys(data, SPEC_KEYS, "steering spec")
         version = number(data.get("version", VERSION), "the steering spec's version", integer=True, minimum=1)
         if version > VERSION:
@@ -246,7 +255,9 @@ class Steering:
             raise RefusalScopeError("the steering spec has no list of interventions", 'add "interventions": [...]')
         for key, kind in (("name", str), ("description", str), ("model", dict), ("metadata", dict), ("id", str)):
             if data.get(key) is not None and not isinstance(data[key], kind):
-                raise RefusalScopeError(f"the steering spec's '{key}' must be a {kind.__name__}, got {type(data[key]).__name__}")
+                raise RefusalScopeError(
+                    f"the steering spec's '{key}' must be a {kind.__name__}, got {type(data[key]).__name__}"
+                )
         for key, value in (data.get("model") or {}).items():
             if key in ("name", "sha256", "spec") and value is not None and not isinstance(value, str):
                 raise RefusalScopeError(f"the steering spec's model.{key} must be a string, got {value!r}")

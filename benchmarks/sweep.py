@@ -32,30 +32,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-
-
-class Counter:
-    """Token positions computed by every forward of `model` (a pre-hook)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.prefill = self.decode = self.forwards = 0
-        model.register_forward_pre_hook(self._count, with_kwargs=True)
-
-    def _count(self, module, args, kwargs) -> None:
-        ids = kwargs.get("input_ids")
-        if ids is None:
-            ids = kwargs.get("inputs_embeds", args[0] if args else None)
-        if ids is None:
-            return
-        self.forwards += 1
-        rows, length = int(ids.shape[0]), int(ids.shape[1])
-        if length == 1:
-            self.decode += rows
-        else:
-            self.prefill += rows * length
-
-    def total(self) -> tuple[int, int, int]:
-        return self.prefill, self.decode, self.forwards
+from pipeline import TokenCounter  # benchmarks/pipeline.py: the same per-forward token count
 
 
 @torch.no_grad()
@@ -135,16 +112,16 @@ def main() -> None:
         gate=gate,
     )
 
-    counter = Counter(chat.model)
+    counter = TokenCounter(chat.model)
     per: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0, 0])  # items, seconds, prefill, decode
     real = sweep.compute_chunk
 
     def timed(chat_, chunk, **kwargs):
-        p0, d0, _ = counter.total()
+        _, p0, d0 = counter.snapshot()
         start = time.perf_counter()
         out = real(chat_, chunk, **kwargs)
         row = per[chunk.spec.name, config_kind(chunk.config)]
-        p1, d1, _ = counter.total()
+        _, p1, d1 = counter.snapshot()
         row[0] += len(chunk.ids)
         row[1] += time.perf_counter() - start
         row[2] += p1 - p0

@@ -541,3 +541,31 @@ def test_scaled_form_moves_every_control_with_strength(playground):
     assert zero == SteeringForm()  # the unsteered baseline, not latents clamped to 0
     assert [c.value for c in half.latents] == [2.0, 0.0] and half.actadd == 1.0 and half.ablation
     assert torch.equal(torch.tensor([c.value for c in form.latents]), torch.tensor([4.0, -1.0]))  # not mutated
+
+
+def test_job_events_keeps_a_quiet_stream_alive_and_ends_with_the_job():
+    """A job silent for longer than the keep-alive gets None markers (turned into SSE comments
+    by the stream); events arrive in order and the iteration ends at the job's end marker."""
+    import asyncio
+    import threading
+
+    from refusalscope.serve.app import job_events
+    from refusalscope.serve.worker import Job
+
+    job = Job("j1", run=lambda job: None)
+
+    job.emit("token", text="a")  # already waiting when the iteration starts
+
+    def later():
+        threading.Event().wait(0.08)  # silence: two keep-alive periods of 0.03 s
+        job.emit("done")
+        job.events.put(None)
+
+    async def collect():
+        threading.Thread(target=later).start()
+        return [event async for event in job_events(job, keepalive_s=0.03)]
+
+    seen = asyncio.run(collect())
+    assert seen[0] == {"event": "token", "text": "a"}
+    assert seen[-1] == {"event": "done"}
+    assert seen[1:-1] and all(event is None for event in seen[1:-1])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
@@ -45,6 +46,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 KEEPALIVE_S = 15.0
+POLL_S = 0.01  # how often a waiting request looks at its job's queue
 
 
 def static_dir():
@@ -90,6 +92,27 @@ class BodyLimit:
             return message
 
         return await self.app(scope, limited, send)
+
+
+async def job_events(job: Job, keepalive_s: float | None = None) -> AsyncIterator[dict[str, Any] | None]:
+    """A job's events as the worker thread puts them on its queue, polled without blocking the
+    event loop (the queue is a thread queue, not an asyncio one). Yields None after each
+    `keepalive_s` of silence so a stream can keep its connection open; ends with the job."""
+    waited = 0.0
+    while True:
+        try:
+            event = job.events.get_nowait()
+        except queue.Empty:
+            await asyncio.sleep(POLL_S)
+            waited += POLL_S
+            if keepalive_s is not None and waited >= keepalive_s:
+                waited = 0.0
+                yield None
+            continue
+        if event is None:
+            return
+        waited = 0.0
+        yield event
 
 
 def error(status: int, problem: str, fix: str | None = None) -> JSONResponse:
@@ -178,22 +201,9 @@ def create_app(
 
     # ------------------------------------------------------------------ model jobs
     async def stream(job: Job):
-        waited = 0.0
         try:
-            while True:
-                try:
-                    event = job.events.get_nowait()
-                except queue.Empty:
-                    await asyncio.sleep(0.01)
-                    waited += 0.01
-                    if waited >= KEEPALIVE_S:
-                        waited = 0.0
-                        yield ": keep-alive\n\n"
-                    continue
-                if event is None:
-                    return
-                waited = 0.0
-                yield sse(event)
+            async for event in job_events(job, KEEPALIVE_S):
+                yield ": keep-alive\n\n" if event is None else sse(event)
         finally:  # the client left (or the job ended): never leave work running for nobody
             job.cancel()
 
@@ -229,21 +239,20 @@ def create_app(
         playground.check_prompt(req.prompt)
         job = worker.submit(playground.activations_job(req.prompt, req.layer, req.latent), "activations")
         result: dict[str, Any] | None = None
+        failed: dict[str, Any] | None = None
         try:
-            while True:
-                try:
-                    event = job.events.get_nowait()
-                except queue.Empty:
-                    await asyncio.sleep(0.01)
-                    continue
+            async for event in job_events(job):
                 if event is None:
-                    break
+                    continue
                 if event["event"] == "activations":
                     result = {k: v for k, v in event.items() if k != "event"}
                 elif event["event"] == "error":
-                    return error(400, event["error"], event.get("fix"))
+                    failed = event
+                    break
         finally:
             job.cancel()
+        if failed is not None:
+            return error(400, failed["error"], failed.get("fix"))
         if result is None:
             return error(409, "the request was cancelled before it ran")
         return result

@@ -42,9 +42,23 @@ def cohen_kappa(human: np.ndarray, judged: np.ndarray) -> float:
 METRICS = {"accuracy": accuracy, "f1": f1, "kappa": cohen_kappa}
 
 
+def confusion_counts(human: Sequence[bool] | np.ndarray, judged: Sequence[bool] | np.ndarray) -> dict[str, int]:
+    """The four cells of a judge against human labels, keyed tn/fp/fn/tp (refusal = positive)."""
+    h = np.asarray(human, dtype=bool)
+    j = np.asarray(judged, dtype=bool)
+    return {
+        "tn": int((~h & ~j).sum()),
+        "fp": int((~h & j).sum()),
+        "fn": int((h & ~j).sum()),
+        "tp": int((h & j).sum()),
+    }
+
+
 @dataclass(frozen=True)
-class Agreement:
-    """A judge against human labels on one set of replies (refusal = positive)."""
+class Confusion:
+    """A judge against human labels on one set of replies, as counts (refusal = positive).
+    The base of `judge-validate`'s per-set rows and of `Agreement`, so both write the same
+    cells under the same names."""
 
     name: str
     n: int
@@ -52,16 +66,13 @@ class Agreement:
     fp: int  # human: complied, judge: refused
     fn: int  # human: refused,  judge: complied
     tp: int  # human: refused,  judge: refused
-    accuracy: Estimate
-    f1: Estimate
-    kappa: Estimate
 
     @property
     def confusion(self) -> list[list[int]]:
         """[[TN, FP], [FN, TP]]: rows = human (complied, refused), columns = judge."""
         return [[self.tn, self.fp], [self.fn, self.tp]]
 
-    def to_dict(self) -> dict:
+    def counts_dict(self) -> dict:
         return {
             "name": self.name,
             "n": self.n,
@@ -70,6 +81,20 @@ class Agreement:
             "fn": self.fn,
             "tp": self.tp,
             "confusion": self.confusion,
+        }
+
+
+@dataclass(frozen=True)
+class Agreement(Confusion):
+    """The counts plus accuracy, F1 and kappa, each with its bootstrap interval."""
+
+    accuracy: Estimate
+    f1: Estimate
+    kappa: Estimate
+
+    def to_dict(self) -> dict:
+        return {
+            **self.counts_dict(),
             "accuracy": self.accuracy.to_dict(),
             "f1": self.f1.to_dict(),
             "kappa": self.kappa.to_dict(),
@@ -89,12 +114,7 @@ def agreement(
     h = np.asarray(human, dtype=bool)
     j = np.asarray(judged, dtype=bool)
     n = int(h.size)
-    counts = {
-        "tn": int((~h & ~j).sum()),
-        "fp": int((~h & j).sum()),
-        "fn": int((h & ~j).sum()),
-        "tp": int((h & j).sum()),
-    }
+    counts = confusion_counts(h, j)
     estimates = {}
     rng = np.random.default_rng(seed)
     samples = rng.integers(0, n, size=(n_boot, n)) if n else np.zeros((0, 0), dtype=int)
@@ -105,14 +125,4 @@ def agreement(
             continue
         values = np.array([fn(h[row], j[row]) for row in samples])
         estimates[key] = Estimate(fn(h, j), float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha)), n)
-    return Agreement(
-        name,
-        n,
-        counts["tn"],
-        counts["fp"],
-        counts["fn"],
-        counts["tp"],
-        estimates["accuracy"],
-        estimates["f1"],
-        estimates["kappa"],
-    )
+    return Agreement(name, n, **counts, accuracy=estimates["accuracy"], f1=estimates["f1"], kappa=estimates["kappa"])

@@ -11,25 +11,19 @@ refusal), or to compliance, or left out (`partial=`).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data.loaders import XSTEST_MODELS
 from ..data.registry import load_dataset
 from ..errors import RefusalScopeError
+from .agreement import Confusion, agreement, confusion_counts
 
 
-@dataclass
-class SetResult:
+@dataclass(frozen=True)
+class SetResult(Confusion):
     """One completion set: counts with human label as rows, judge verdict as columns."""
-
-    name: str
-    n: int
-    tn: int  # human: complied, judge: complied
-    fp: int  # human: complied, judge: refused
-    fn: int  # human: refused,  judge: complied
-    tp: int  # human: refused,  judge: refused
 
     @property
     def accuracy(self) -> float:
@@ -43,18 +37,12 @@ class SetResult:
     def recall(self) -> float:
         return self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
 
-    @property
-    def confusion(self) -> list[list[int]]:
-        """[[TN, FP], [FN, TP]]: rows = human (complied, refused), columns = judge."""
-        return [[self.tn, self.fp], [self.fn, self.tp]]
-
     def to_dict(self) -> dict:
         return {
-            **asdict(self),
+            **self.counts_dict(),
             "accuracy": self.accuracy,
             "precision": self.precision,
             "recall": self.recall,
-            "confusion": self.confusion,
         }
 
 
@@ -67,14 +55,8 @@ class ValidationReport:
 
     @property
     def pooled(self) -> SetResult:
-        total = SetResult("all", 0, 0, 0, 0, 0)
-        for s in self.sets:
-            total.n += s.n
-            total.tn += s.tn
-            total.fp += s.fp
-            total.fn += s.fn
-            total.tp += s.tp
-        return total
+        cells = ("n", "tn", "fp", "fn", "tp")
+        return SetResult("all", *(sum(getattr(s, cell) for s in self.sets) for cell in cells))
 
     def to_dict(self) -> dict:
         return {
@@ -109,11 +91,8 @@ def validate_judge(
         items = [(item, item.refused(partial)) for item in data]
         items = [(item, human) for item, human in items if human is not None]
         verdicts = judge.judge([i.prompt for i, _ in items], [i.completion for i, _ in items])
-        counts = {"tn": 0, "fp": 0, "fn": 0, "tp": 0}
         wrong: list[dict[str, Any]] = []
         for (item, human), verdict in zip(items, verdicts):
-            key = ("t" if human == verdict.refused else "f") + ("p" if verdict.refused else "n")
-            counts[key] += 1
             if human != verdict.refused and len(wrong) < keep_errors:
                 wrong.append(
                     {
@@ -123,6 +102,7 @@ def validate_judge(
                         "completion": item.completion[:200],
                     }
                 )
+        counts = confusion_counts([human for _, human in items], [verdict.refused for verdict in verdicts])
         results.append(SetResult(name, len(items), **counts))
         errors[name] = wrong
     return ValidationReport(getattr(judge, "name", type(judge).__name__), partial, results, errors)
@@ -225,8 +205,6 @@ def judge_agreement(
     the confusion matrix (partial refusals mapped by `partial`), plus, separately, how
     often the judge calls the human-labelled partial refusals a refusal. `judged`: the
     judge's verdicts when already computed (e.g. a pooled set), instead of judging again."""
-    from .agreement import agreement
-
     if partial not in ("refusal", "compliance", "exclude"):
         raise RefusalScopeError(f"unknown partial-refusal mapping '{partial}'", "use refusal, compliance or exclude")
     started = time.perf_counter()

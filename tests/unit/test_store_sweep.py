@@ -125,22 +125,24 @@ def test_killed_sweep_resumes_computing_only_missing_items_and_ends_identical(ch
     clean = FakeTask("cap", n=7)
     run_sweep(chat, grid, [clean], tmp_path / "clean.db", batch_size=2, progress=False)
 
-    task = FakeTask("cap", n=7, fail_after=11)  # dies in the middle of the second configuration
+    # chunks run item chunk by item chunk, every configuration in turn (2 items x 3 configurations,
+    # then the next 2 items): with fail_after=11 it dies in the second chunk's third configuration
+    task = FakeTask("cap", n=7, fail_after=11)
     with pytest.raises(RuntimeError, match="simulated kill"):
         run_sweep(chat, grid, [task], tmp_path / "resumed.db", batch_size=2, progress=False)
     first = {i for _, ids in task.calls for i in ids}
     with ResultsStore(tmp_path / "resumed.db") as db:
         assert db.runs()[-1]["status"] == "failed"
         stored = db.count_items()
-    assert stored == task.computed == 11  # every finished batch was kept, the one in flight was not
+    assert stored == task.computed == 10  # every finished batch was kept, the one in flight was not
 
     task.fail_after = None
     calls_before = len(task.calls)
     result = run_sweep(chat, grid, [task], tmp_path / "resumed.db", batch_size=2, progress=False)
-    assert result.skipped == 11 and result.computed == 3 * 7 - 11
+    assert result.skipped == 10 and result.computed == 3 * 7 - 10
     configs = grid.configurations(chat)
     rerun = task.calls[calls_before:]
-    assert sum(len(ids) for _, ids in rerun) == 10
+    assert sum(len(ids) for _, ids in rerun) == 11
     # nothing computed twice: every (configuration, item) was computed exactly once over both runs
     computed = [(key, item_id) for key, ids in task.calls for item_id in ids]
     assert len(computed) == len(set(computed)) == len(configs) * 7

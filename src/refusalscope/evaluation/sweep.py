@@ -104,6 +104,7 @@ def run_sweep(
     progress: bool = True,
     note: str | None = None,
     executor: Any = None,
+    share_layers: bool = True,
 ) -> SweepResult:
     """Run every configuration of `grid` on every task, writing each chunk of items to the
     results store at `db_path` as soon as it is computed; items already stored are skipped.
@@ -119,6 +120,12 @@ def run_sweep(
     object with `compute(chunks, batch_size=, gate_items=)` yielding one `ChunkResult`
     per `Chunk`, in any order, computes them elsewhere (e.g. `distributed.RayExecutor`,
     an actor pool). Either way this process stays the only writer of the store.
+
+    `share_layers`: computed here, the chunks run one task's items under every
+    configuration in turn, and the decoder layers below the earliest layer any
+    configuration steers or gates are computed once for all of them (`shared_layers`,
+    `ChatModel.share_lower_layers`); the results are bit-identical either way (False
+    runs every layer for every configuration, e.g. to measure the saving).
     """
     from ..provenance import environment
 
@@ -192,8 +199,8 @@ def run_sweep(
                     done = db.done_items(cfg.config_id, spec.name)
                     todo = [(i, it) for i, it in items if i not in done]
                     skipped += len(items) - len(todo)
-                    plan.append((cfg, spec, todo))
-            total = sum(len(todo) for _, _, todo in plan)
+                    plan.append((cfg, spec, items, {i for i, _ in todo}))
+            total = sum(len(todo) for *_, todo in plan)
             if progress and skipped:
                 was = f" (run {', '.join(map(str, interrupted))} was interrupted)" if interrupted else ""
                 print(
@@ -202,14 +209,15 @@ def run_sweep(
                     flush=True,
                 )
             bar = _progress(total, progress)
-            chunks = [
-                Chunk(cfg, spec, [i for i, _ in part], [it for _, it in part], k, len(plan))
-                for k, (cfg, spec, todo) in enumerate(plan, 1)
-                for part in _chunks(todo, chunk_size)
-            ]
+            chunks = _plan_chunks(plan, chunk_size)
             if executor is None:
-                done_chunks = (
-                    compute_chunk(chat, c, batch_size=batch_size, gate_items=gate_items, bar=bar) for c in chunks
+                done_chunks = _compute_here(
+                    chat,
+                    chunks,
+                    shared_layers(chat, configs) if share_layers else None,
+                    batch_size=batch_size,
+                    gate_items=gate_items,
+                    bar=bar,
                 )
             else:
                 if bar is not None:
@@ -243,6 +251,69 @@ class Chunk:
     items: list[Any]
     cell: int = 1  # which (configuration, task) cell, 1-based, of `cells`
     cells: int = 1
+    group: int = 0  # chunks of one group hold the same items of one task, under different configurations
+
+
+def _plan_chunks(plan: Sequence[tuple[Configuration, TaskSpec, list, set]], chunk_size: int) -> list[Chunk]:
+    """The chunks of a sweep, grouped so that one task's same items run under every
+    configuration one after another: the k-th chunk of a task holds the to-do items among
+    its k-th `chunk_size` items for every configuration, so on a fresh sweep all
+    configurations of a group see the very same prompts, and `shared_layers` can share the
+    layers below the first steered one (on a resumed sweep a group's chunks may differ;
+    that only costs the sharing)."""
+    out: list[Chunk] = []
+    cells = len(plan)
+    tasks = list(dict.fromkeys(spec.name for _, spec, _, _ in plan))
+    group = 0
+    for name in tasks:
+        cells_of_task = [(k, cell) for k, cell in enumerate(plan, 1) if cell[1].name == name]
+        n_items = max(len(items) for _, (_, _, items, _) in cells_of_task)
+        for start in range(0, n_items, chunk_size):
+            for k, (cfg, spec, items, todo) in cells_of_task:
+                part = [(i, it) for i, it in items[start : start + chunk_size] if i in todo]
+                if part:
+                    out.append(Chunk(cfg, spec, [i for i, _ in part], [it for _, it in part], k, cells, group))
+            group += 1
+    return out
+
+
+def shared_layers(chat: ChatModel, configs: Sequence[Configuration]) -> int | None:
+    """The deepest decoder layer below which no configuration changes or reads anything
+    (their earliest hook point, gates included), or None when sharing is pointless (one
+    configuration) or impossible (an edit at the embedding, or an intervention that does
+    not say where it acts). `ChatModel.share_lower_layers` then computes layers 0..that
+    layer once per group of chunks: at that layer the hooks see the unchanged output."""
+    if len(configs) < 2:
+        return None
+    earliest: list[int] = []
+    for cfg in configs:
+        for item in cfg.steering.interventions:
+            try:
+                points = item.points(chat)
+            except NotImplementedError:
+                return None
+            if any(not isinstance(p, int) for p in points):
+                return None
+            earliest.extend(int(p) for p in points)
+    return min(earliest) if earliest else None
+
+
+def _compute_here(
+    chat: ChatModel, chunks: Sequence[Chunk], upto: int | None, *, batch_size: int, gate_items: bool, bar: Any
+) -> Iterator[ChunkResult]:
+    """`compute_chunk` for each chunk in this process, sharing layers 0..`upto` between
+    the configurations of a group (`upto` None: every configuration runs every layer)."""
+    if upto is None:
+        for c in chunks:
+            yield compute_chunk(chat, c, batch_size=batch_size, gate_items=gate_items, bar=bar)
+        return
+    with chat.share_lower_layers(upto) as memo:
+        group = None
+        for c in chunks:
+            if c.group != group:
+                memo.clear()  # the next items: nothing recorded so far will be asked for again
+                group = c.group
+            yield compute_chunk(chat, c, batch_size=batch_size, gate_items=gate_items, bar=bar)
 
 
 @dataclass

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from ..types import CapturePositions, Interventions
     from .hooks import HasHooks, HookFn
+    from .layer_memo import LayerMemo
 
 Message = dict[str, str]
 Prompt = Union[str, Sequence[Message]]
@@ -308,6 +309,22 @@ class ChatModel:
                 yield
         finally:
             self._safe_hooks = previous
+
+    def share_lower_layers(self, upto: int, max_bytes: int = 2**30) -> LayerMemo:
+        """A context manager under which forwards with identical inputs compute decoder
+        layers 0..`upto` once (`models.layer_memo`): for runs of several steering
+        configurations over the same prompts whose hooks all sit at `upto` or above.
+
+            with chat.share_lower_layers(14) as memo:
+                for interventions in configurations:
+                    chat.next_token_logits(prompts, interventions=interventions)
+            print(memo.stats)
+
+        Results are bit-identical to running every layer; forwards it cannot serve safely
+        (a hook below `upto`, gradients on) run every layer as usual."""
+        from .layer_memo import LayerMemo
+
+        return LayerMemo(self.model, self.layers, self.hooks, upto, max_bytes)
 
     # ------------------------------------------------------------------ shared prefixes
     def shared_prefix(self, token_lists: Sequence[Sequence[int]]) -> int:

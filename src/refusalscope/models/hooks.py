@@ -211,6 +211,11 @@ class HookManager:
         return captured
 
     @property
+    def points(self) -> list[Point]:
+        """The points that have at least one hook function attached right now."""
+        return [p for p, fns in self._fns.items() if fns]
+
+    @property
     def active(self) -> int:
         """Number of hook functions currently attached (0 outside any `with` block)."""
         return sum(len(v) for v in self._fns.values())

@@ -1,0 +1,79 @@
+"""A sweep shares the layers below the first steered layer between configurations: the
+stored results are bit-identical to running every layer, and the sharing really happens."""
+
+import pytest
+import torch
+
+from refusalscope.evaluation.grid import GateSpec, Grid, Method, TaskSpec
+from refusalscope.evaluation.store import ResultsStore
+from refusalscope.evaluation.sweep import run_sweep, shared_layers
+from refusalscope.evaluation.tasks import RefusalTask
+from refusalscope.steering import DirectionGate
+
+TINY_CHAT = dict(family="qwen2", seed=2, n_layers=6)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def grid_and_tasks(chat):
+    g = torch.Generator().manual_seed(0)
+    vec = torch.randn(chat.d_model, generator=g) * 3
+    gate = GateSpec(DirectionGate(torch.randn(chat.d_model, generator=g), 3), threshold=0.0)
+    grid = Grid([Method.actadd(vec, 3, [1.0, 4.0], conditional=(False, True))], gate=gate)
+    refusal_ids = [chat.encode("I")[0], chat.encode("Sorry")[0]]
+    tasks = [
+        TaskSpec(
+            RefusalTask(
+                "pairs-harmful",
+                "builtin/minimal-pairs",
+                "harmful",
+                refusal_token_ids=refusal_ids,
+                check_every=3,
+                max_new_tokens=4,
+            ),
+            7,
+        ),
+        TaskSpec(RefusalTask("examples", "builtin/minimal-pairs", "benign", max_new_tokens=4), 3),
+    ]
+    return grid, tasks
+
+
+def stored(path):
+    with ResultsStore(path) as db:
+        return sorted(
+            (r["config_id"], r["task"], r["item_id"], r["metric"], r["value"], r["output"]) for r in db.rows()
+        )
+
+
+def test_shared_layers_are_bit_identical_and_used(chat, tmp_path, monkeypatch):
+    grid, tasks = grid_and_tasks(chat)
+    assert shared_layers(chat, grid.configurations(chat)) == 3  # ActAdd after block 3, the gate reads block 3
+
+    memos = []
+    make = type(chat).share_lower_layers
+
+    def spy(self, upto, max_bytes=2**30):
+        memo = make(self, upto, max_bytes)
+        memos.append(memo)
+        return memo
+
+    monkeypatch.setattr(type(chat), "share_lower_layers", spy)
+    run_sweep(chat, grid, tasks, tmp_path / "plain.db", batch_size=3, share_layers=False, progress=False)
+    assert not memos
+    run_sweep(chat, grid, tasks, tmp_path / "shared.db", batch_size=3, progress=False)
+    assert [m.upto for m in memos] == [3]
+    stats = memos[0].stats
+    assert stats.hits > stats.misses > 0
+    plain, shared = stored(tmp_path / "plain.db"), stored(tmp_path / "shared.db")
+    assert plain == shared
+    assert len({row[0] for row in plain}) == 5  # unsteered, 2 strengths x gated or not
+    logodds = {row[4] for row in plain if row[3] == "refusal_logodds"}
+    assert len(logodds) > 7  # the configurations really differ
+
+
+def test_nothing_to_share_with_one_configuration_or_an_embedding_edit(chat):
+    vec = torch.ones(chat.d_model)
+    assert shared_layers(chat, Grid([]).configurations(chat)) is None
+    from refusalscope.steering import DirectionAblation
+
+    grid = Grid([Method("ablate", lambda s: DirectionAblation(vec), [1.0], method="ablation")])
+    assert shared_layers(chat, grid.configurations(chat)) is None

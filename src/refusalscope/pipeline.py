@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,6 +39,7 @@ from .thresholds import best_threshold
 if TYPE_CHECKING:
     from .attacks.tasks import AttackTasks
     from .direction import RefusalDirection
+    from .evaluation.first_token_calibration import FirstTokenCalibration
     from .evaluation.grid import GateSpec
     from .judges.base import Judge
     from .models.chat import ChatModel
@@ -63,6 +64,10 @@ class Profile:
     batch_size: int = 16
     judge: str = "learned"  # reply judge (judges.named.load_judge); results record its name and version
     first_token_check_every: int = 16  # first-token mode: also generate and judge ~1 reply in n per configuration
+    # first-token calibration: prompts per benchmark (half fit, half held out), and the held-out
+    # balanced agreement with the reply judge below which replies are generated instead
+    calibration_per_source: int = 24
+    first_token_floor: float = 0.85  # evaluation.first_token_calibration.AGREEMENT_FLOOR
     attacks: AttackTasks | Literal["default"] | None = None  # jailbreak robustness (suite, GCG, multi-turn)
 
 
@@ -74,15 +79,21 @@ PROFILES = {
         direction={"n_train": 64, "n_val": 16, "layer_stride": 2, "n_screen": 6, "n_finalists": 4},
         discovery={"ig_steps": 4, "n_attribution": 12, "n_activation": 32, "baselines": ()},
         k=20,
-        clamp_strengths=(1.0, 2.0),
-        actadd_strengths=(1.0,),
+        # the quick SAE's 20 latents clamped at 1x peak already break the text (WikiText loss
+        # 3.81 -> 8.92; 2x: 12.21, and refusal collapses to 0): the trade-off lives below 1x
+        clamp_strengths=(0.25, 0.5, 1.0),
+        actadd_strengths=(0.5,),  # ActAdd at 1x refuses every XSTest-safe prompt
         first_token=True,
         example_prompts=2,
         max_new_tokens=24,
         # jailbreak templates (DAN-style, ~1-2k tokens each) cost ~20 s per prompt per
-        # configuration on 2 cores: the quick profile measures jailbreaks with GCG suffixes
-        refusal_limits={"jailbreakbench": 32, "xstest": 32, "pairs": 24, "jailbreak": 0, "gcg": 16},
-        capability={"mmlu": 24, "truthfulqa-mc1": 24, "wikitext": 8},
+        # configuration on 2 cores: the quick profile measures jailbreaks with GCG suffixes.
+        # XSTest-safe is the over-refusal side of the headline pair (JailbreakBench / XSTest-safe)
+        refusal_limits={"jailbreakbench": 32, "xstest": 32, "xstest-unsafe": 16, "pairs": 12, "jailbreak": 0, "gcg": 8},
+        # MMLU (letter scoring) and TruthfulQA sit at chance on the default model; ARC-Easy
+        # (choice-text log-likelihood) is above it, and paired changes over 128 items show a
+        # few points' drop. 8 configurations x 252 items = 2,016 items in the sweep
+        capability={"arc-easy": 128, "wikitext": 8},
     ),
     "paper": Profile(
         name="paper",
@@ -179,10 +190,100 @@ def first_token_calibration(
     return threshold, agreement
 
 
+# the benchmarks the first-token calibration draws from: (source, dataset, split), harmful and benign
+CALIBRATION_SOURCES: tuple[tuple[str, str, str | None], ...] = (
+    ("jailbreakbench", "harmful/jailbreakbench", None),
+    ("xstest-unsafe", "xstest/unsafe", None),
+    ("xstest-safe", "xstest/safe", None),
+    ("refusal-direction-val", "harmful/refusal-direction", "val"),
+    ("alpaca-val", "harmless/alpaca", "val"),
+)
+
+
+def refusal_limit(profile: Profile, task: str) -> int:
+    """The profile's item limit of a refusal task: 'xstest-unsafe' / 'xstest-safe' fall back
+    to the shared 'xstest' limit, every other task's key is its benchmark's."""
+    limits = profile.refusal_limits
+    return int(limits.get(task, limits.get("xstest", 0) if task.startswith("xstest") else 0))
+
+
+def calibration_prompts(data_dir, profile: Profile, seed: int = 1) -> dict[str, list[str]]:
+    """Per calibration source, `profile.calibration_per_source` prompts the run never scores:
+    the sweep's own samples (its limits, seed 0) and the direction's validation prompts (which
+    fit the harm gate) are left out, so agreement measured here speaks for unseen prompts."""
+    import random
+
+    from .data import load_dataset
+
+    used_limits = {
+        ("harmful/jailbreakbench", None): refusal_limit(profile, "jailbreakbench"),
+        ("xstest/unsafe", None): refusal_limit(profile, "xstest-unsafe"),
+        ("xstest/safe", None): refusal_limit(profile, "xstest-safe"),
+        ("harmful/refusal-direction", "val"): profile.direction.get("n_val", 0),
+        ("harmless/alpaca", "val"): profile.direction.get("n_val", 0),
+    }
+    out: dict[str, list[str]] = {}
+    for source, dataset, split in CALIBRATION_SOURCES:
+        used = used_limits.get((dataset, split), 0)
+        taken = set(load_dataset(dataset, split, data_dir=data_dir, limit=used, seed=0).prompts) if used else set()
+        rest = [p for p in load_dataset(dataset, split, data_dir=data_dir).prompts if p not in taken]
+        out[source] = random.Random(f"{seed}:{source}").sample(rest, min(profile.calibration_per_source, len(rest)))
+    return out
+
+
+def checked_first_token_calibration(
+    chat: ChatModel,
+    prompts_by_source: dict[str, list[str]],
+    refusal_token_ids,
+    max_new_tokens: int,
+    judge: Judge,
+    floor: float,
+) -> FirstTokenCalibration:
+    """`evaluation.first_token_calibration.calibrate_first_token` on a fit/held-out split of
+    `prompts_by_source`, cached by content (model, dtype, prompts, refusal tokens, reply
+    length, reply judge, floor): it generates replies and scores first tokens."""
+    from .evaluation.first_token_calibration import (
+        FirstTokenCalibration,
+        calibrate_first_token,
+        split_fit_held_out,
+    )
+
+    fit, held_out = split_fit_held_out(prompts_by_source)
+    key = content_key(
+        "first-token-calibration-held-out",
+        model_identity(chat),
+        prompts_by_source,
+        list(map(int, refusal_token_ids)),
+        max_new_tokens,
+        getattr(judge, "name", type(judge).__name__),
+        floor,
+    )
+    found = cached_json(
+        "calibration",
+        key,
+        lambda: calibrate_first_token(
+            chat, fit, held_out, refusal_token_ids, judge, max_new_tokens=max_new_tokens, floor=floor
+        ).to_dict(),
+    )
+    return FirstTokenCalibration.from_dict(found)
+
+
 def build_tasks(
-    chat: ChatModel, profile: Profile, direction: RefusalDirection, data_dir: str | Path | None, calibration
+    chat: ChatModel,
+    profile: Profile,
+    direction: RefusalDirection,
+    data_dir: str | Path | None,
+    calibration: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
 ) -> tuple[list, dict]:
-    """Refusal tasks (first-token or generated) and capability tasks with the profile's limits."""
+    """Refusal tasks (first-token or generated) and capability tasks with the profile's limits.
+
+    In first-token mode the threshold is calibrated on `calibration` (prompts per source;
+    a plain list is one source; default: `calibration_prompts`, held out from the sweep),
+    half fit and half held out. When the held-out agreement with the reply judge is below
+    `profile.first_token_floor`, the refusal tasks generate and judge replies instead (and
+    `info["first_token_judge"]["used"]` is False, with the reason)."""
+    import warnings
+
     from .data import load_dataset
     from .evaluation.capability import capability_task
     from .evaluation.grid import TaskSpec
@@ -193,19 +294,31 @@ def build_tasks(
     info: dict = {"reply_judge": getattr(judge, "name", profile.judge)}
     extra: dict = {"judge": judge}
     if profile.first_token:
-        threshold, agreement = first_token_calibration(
-            chat, calibration, direction.refusal_token_ids, profile.max_new_tokens, judge
+        if calibration is None:
+            calibration = calibration_prompts(data_dir, profile)
+        sources = (
+            {k: list(v) for k, v in calibration.items()}
+            if isinstance(calibration, Mapping)
+            else {"calibration": list(calibration)}
         )
-        extra.update(
-            refusal_token_ids=direction.refusal_token_ids,
-            threshold=threshold,
-            check_every=profile.first_token_check_every,
+        found = checked_first_token_calibration(
+            chat, sources, direction.refusal_token_ids, profile.max_new_tokens, judge, profile.first_token_floor
         )
+        if found.usable:
+            extra.update(
+                refusal_token_ids=direction.refusal_token_ids,
+                threshold=found.threshold,
+                check_every=profile.first_token_check_every,
+            )
+        else:
+            warnings.warn(
+                f"{found.summary()}: judging generated replies with {info['reply_judge']} instead", stacklevel=2
+            )
         info["first_token_judge"] = {
-            "threshold": threshold,
-            "agreement_with_reply_judge": agreement,
+            **found.to_dict(),
+            "used": found.usable,
             "reply_judge": info["reply_judge"],
-            "n_calibration": len(calibration),
+            "n_calibration": sum(len(v) for v in sources.values()),
             "check_every": profile.first_token_check_every,
         }
     limits = profile.refusal_limits
@@ -217,11 +330,11 @@ def build_tasks(
         ),
         TaskSpec(
             RefusalTask("xstest-unsafe", "xstest/unsafe", max_new_tokens=profile.max_new_tokens, **extra),
-            limits["xstest"],
+            refusal_limit(profile, "xstest-unsafe"),
         ),
         TaskSpec(
             RefusalTask("xstest-safe", "xstest/safe", expect="answer", max_new_tokens=profile.max_new_tokens, **extra),
-            limits["xstest"],
+            refusal_limit(profile, "xstest-safe"),
         ),
         TaskSpec(
             RefusalTask(
@@ -302,11 +415,15 @@ def run_pipeline(
     dtype: str = "auto",
     progress: bool = True,
     on_stage: Callable[[str, Any], None] | None = None,
+    executor: Any = None,
 ) -> dict:
     """Run every stage (cached) and return a summary with the report's path.
 
     `on_stage(name, chat)`, if given, is called as each stage ends (first "model", right
-    after loading): benchmarks/pipeline.py counts tokens per stage with it."""
+    after loading): benchmarks/pipeline.py counts tokens per stage with it.
+    `executor`: a `distributed.RayExecutor` started with `ModelSetup` for the same model
+    and dtype (`run --ray`): discovery's attribution and the sweep (capability tasks
+    included) are computed on its pool; the driver keeps the other stages and the store."""
     from .direction import find_refusal_direction, sample_direction_data
     from .discovery import DiscoveryConfig, discover
     from .evaluation.grid import Grid, Method
@@ -349,15 +466,22 @@ def run_pipeline(
     stage("direction")
     cfg = DiscoveryConfig(k=profile.k, **profile.discovery)
     found = discover(
-        chat, saes, direction, data.harmful_train, data.harmless_train, cfg, out / "discovery", progress=progress
+        chat,
+        saes,
+        direction,
+        data.harmful_train,
+        data.harmless_train,
+        cfg,
+        out / "discovery",
+        progress=progress,
+        executor=executor,
     )
     stage("discovery")
     selected = found.sets[cfg.method]
     by_layer = selected.by_layer()
     gate_layer = min(by_layer)
     gate, gate_accuracy = harm_gate(chat, direction, gate_layer, data.harmful_val, data.harmless_val)
-    calibration = data.harmful_val + data.harmless_val
-    tasks, task_info = build_tasks(chat, profile, direction, data_dir, calibration)
+    tasks, task_info = build_tasks(chat, profile, direction, data_dir)
     stage("tasks")
 
     from .discovery.validation import clamp_values, feature_interventions
@@ -395,9 +519,16 @@ def run_pipeline(
         out / "results.db",
         data_dir=data_dir,
         batch_size=profile.batch_size,
-        pairs=[("pairs-harmful", "pairs-benign"), ("xstest-unsafe", "xstest-safe")],
+        # the headline pair first (the report's headline table and Pareto figure use it):
+        # harmful requests against the borderline benign prompts whose over-refusal matters
+        pairs=[
+            {"name": "headline: jailbreakbench / xstest-safe", "harmful": "jbb-harmful", "benign": "xstest-safe"},
+            ("pairs-harmful", "pairs-benign"),
+            ("xstest-unsafe", "xstest-safe"),
+        ],
         progress=progress,
         note=f"refusalscope run --profile {profile.name}",
+        executor=executor,
     )
     stage("sweep")
     if profile.attacks is not None:  # unsteered / clamped at the lowest strength / gated, under attack

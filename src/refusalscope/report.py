@@ -5,6 +5,11 @@
 
 Sections (each with one figure where the sweep has the data for it):
 
+0. the headline table (`evaluation.headline`): the unsteered model and each method at its
+   best Δs point on the headline pair, capability beside it with paired changes, and
+   whether the issue's target is met; then the Pareto figure: harmful refusal against
+   over-refusal and against each capability task's paired cost, one point per
+   configuration with CI error bars and the frontier drawn;
 1. the safety trade-off: refusal on harmful prompts (y) against over-refusal on benign
    prompts (x), one line per steering method across strengths, error bars from the
    bootstrap CIs, the unsteered model as a star and the dense-direction baseline dashed;
@@ -13,6 +18,9 @@ Sections (each with one figure where the sweep has the data for it):
 4. capability (each benchmark's primary metric) against strength;
 5. conditional vs unconditional steering, with the gate's fire rates;
 6. every number with its CI and n; 7. example generations side by side; 8. provenance.
+
+Tasks that only hold example generations (`examples-…`, a few items) appear in section 7
+only: plotted, they looked like a dataset of two prompts.
 
 Figures are PNGs embedded as base64 (matplotlib's Agg canvas; pyplot's global state is
 never touched), all text from the database is HTML-escaped, and the page loads nothing
@@ -37,6 +45,8 @@ from typing import Any, Protocol, TypeVar
 
 from .errors import RefusalScopeError
 from .evaluation.deltas import Delta
+from .evaluation.headline import LOSS_METRICS, Headline, ParetoPoint, build_headline, measured, pareto_points
+from .evaluation.pareto import TARGET, frontier
 from .evaluation.rows import ConfigRow, TaskRow, read_pairs, read_runs
 from .evaluation.store import ResultsStore
 from .evaluation.summary import Cell, Summary, summarise
@@ -429,6 +439,69 @@ def plot_tradeoff(points: list[TradeoffPoint], style: FigureStyle) -> str | None
     return _png(fig)
 
 
+def plot_pareto(
+    pair: str | None, points: list[ParetoPoint], style: FigureStyle, losses: Collection[str] = ()
+) -> str | None:
+    """Harmful refusal (y) against over-refusal and against each capability task's paired
+    cost (x), one point per configuration with its CIs as error bars, the Pareto frontier
+    (no other configuration refuses more harmful prompts at a lower cost) drawn in grey."""
+    if not points:
+        return None
+    panels: list[tuple[str, str]] = [("over-refusal", f"over-refusal on benign prompts ({pair})")]
+    for task in dict.fromkeys(t for p in points for t in p.costs):
+        what = "relative loss increase" if task in losses else "drop"
+        panels.append((task, f"{task}: {what} vs unsteered (paired)"))
+    fig, axes = _figure(len(panels), 4.4, 3.8)
+    for ax, (key, xlabel) in zip(axes, panels):
+        xs: list[float] = []
+        ys: list[float] = []
+        mine: list[ParetoPoint] = []
+        for p in points:
+            x = p.benign if key == "over-refusal" else p.costs.get(key)
+            if x is None or _nan(x.value) or _nan(p.harmful.value):
+                continue
+            mine.append(p)
+            xs.append(x.value)
+            ys.append(p.harmful.value)
+            if p.config.unsteered:
+                kw: dict[str, Any] = {"marker": "*", "markersize": 13, "color": "black", "label": "unsteered"}
+            else:
+                kw = style.kw(p.config.name, p.config.family, p.config.conditional)
+                kw["linestyle"] = "none"
+            ax.errorbar([x.value], [p.harmful.value], xerr=_err([x]), yerr=_err([p.harmful]), capsize=2, **kw)
+            if p.config.strength is not None:
+                ax.annotate(
+                    f"{p.config.strength:g}",
+                    (x.value, p.harmful.value),
+                    fontsize=6,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    color=kw.get("color", "0.3"),
+                )
+        front = frontier(list(zip(xs, ys)))
+        if len(front) > 1:
+            ax.step(
+                [xs[i] for i in front],
+                [ys[i] for i in front],
+                where="post",
+                color="0.55",
+                linewidth=1.0,
+                zorder=0,
+                label="Pareto frontier",
+            )
+        if key == "over-refusal":
+            ax.set_xlim(-0.03, 1.03)
+        else:
+            ax.axvline(0.0, color="0.8", linewidth=0.8, zorder=0)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("refusal on harmful prompts")
+        ax.set_title(key, fontsize=10)
+        ax.grid(alpha=0.3)
+    _legend(fig, axes)
+    return _png(fig)
+
+
 def _err(estimates: Sequence[Estimate]) -> list[list[float]]:
     """Error bar lengths below and above each value (0 where the CI is missing)."""
     lo, hi = [], []
@@ -545,6 +618,53 @@ def _strength(v) -> str:
 
 def _section(ident: str, title: str, *parts: str) -> str:
     return f'<section id="{ident}"><h2>{_e(title)}</h2>{"".join(parts)}</section>'
+
+
+def _change(c: Any) -> str:
+    e = c.change
+    if e.n == 0 or _nan(e.value):
+        return _NA
+    if c.relative:
+        return f"{e.value:+.1%} [{e.low:+.1%}, {e.high:+.1%}]"
+    return f"{e.value:+.3f} [{e.low:+.3f}, {e.high:+.3f}]"
+
+
+def headline_section(headline: Headline) -> str:
+    """The table at the top of the report: unsteered vs each method at its best Δs point."""
+    if not headline.rows:
+        return '<p class="note">No dataset pair with results on both sides: no headline.</p>'
+    headers = ["method", "best Δs point", "harmful refusal", "over-refusal", "Δs"]
+    for task in headline.capability_tasks:
+        headers += [task, f"{task} change (paired)"]
+    headers.append("target met")
+    rows = []
+    for r in headline.rows:
+        by_task = {c.task: c for c in r.capability}
+        row: list[Any] = [
+            r.method,
+            "—" if r.config.unsteered else r.config.label,
+            _ci(r.harmful.estimate),
+            _ci(r.benign.estimate),
+            _ci(r.delta.estimate),
+        ]
+        for task in headline.capability_tasks:
+            c = by_task.get(task)
+            row += [_NA, _NA] if c is None else [_ci(c.cell.estimate), "—" if r.config.unsteered else _change(c)]
+        row.append("—" if r.target is None else ("yes" if r.target else "no"))
+        rows.append(row)
+    first = headline.rows[0]
+    target = (
+        f"Target (issue #13): harmful refusal +{TARGET['harmful_rise']:.2f} or more over unsteered, over-refusal "
+        f"+{TARGET['benign_rise']:.2f} at most, text loss +{TARGET['loss_increase']:.0%} at most, multiple choice "
+        "unchanged (the paired interval of its change includes 0)."
+    )
+    return (
+        f'<p class="note">Pair: <b>{_e(headline.pair)}</b> (harmful: {_e(first.harmful.task.name)}, benign: '
+        f"{_e(first.benign.task.name)}). Each method (gated and ungated apart) at the strength with its highest Δs; "
+        "capability changes are paired over the same items (loss: relative change). "
+        f"{_e(target)} Rates are point estimates with 95% bootstrap intervals and n.</p>"
+        + _table(headers, rows, set(range(2, len(headers) - 1)))
+    )
 
 
 # ---------------------------------------------------------------------- exports
@@ -698,21 +818,26 @@ def build_report(
     db_path = Path(db_path)
     out_html, export_dir = report_outputs(out_html, export_dir)
     with ResultsStore(db_path, create=False) as db:
-        summary = summarise(db)
-        if not summary.configs or not summary.tasks:
+        everything = summarise(db)
+        if not everything.configs or not everything.tasks:
             raise RefusalScopeError(f"{db_path} holds no results yet", "run `refusalscope sweep` into it first")
+        summary = measured(everything)  # example-only tasks stay out of figures, Δs and tables
+        headline = build_headline(db, everything)
+        pareto_pair, pareto = pareto_points(db, everything)
         tradeoff = tradeoff_rows(summary)
         deltas = summary.deltas
         jailbreak = role_cells(summary, "jailbreak")
         capability = role_cells(summary, "capability")
         conditional = conditional_rows(summary)
         refusal = role_cells(summary, "harmful", "benign")
-        examples_rows = example_rows(db, summary, examples)
-        prov = provenance(db, summary)
+        examples_rows = example_rows(db, everything, examples)
+        prov = provenance(db, everything)
         runs = read_runs(db)
         pairs = read_pairs(db)
 
     style = FigureStyle(summary.configs)
+    losses = {t.name for t in summary.tasks if t.primary_metric in LOSS_METRICS}
+    fig_pareto = plot_pareto(pareto_pair, pareto, style, losses)
     fig_tradeoff = plot_tradeoff(tradeoff, style)
     fig_delta = plot_vs_strength(
         [StrengthPoint.of_delta(d) for d in deltas],
@@ -736,6 +861,8 @@ def build_report(
     )
 
     data = {
+        "headline": [r.row() for r in headline.rows],
+        "pareto": [p.row() for p in pareto],
         "tradeoff": [p.row() for p in tradeoff],
         "selective_refusal": [d.row() for d in deltas],
         "jailbreak": [c.row() for c in jailbreak],
@@ -876,6 +1003,8 @@ def build_report(
         + "".join(
             f'<li><a href="#{i}">{_e(t)}</a></li>'
             for i, t in [
+                ("headline", "Headline"),
+                ("pareto", "Pareto figure"),
                 ("tradeoff", "Safety trade-off"),
                 ("delta", "Selective refusal Δs"),
                 ("jailbreak", "Jailbreak robustness"),
@@ -887,6 +1016,16 @@ def build_report(
             ]
         )
         + "</ol></nav>",
+        _section("headline", "Headline: each method at its best Δs point", headline_section(headline)),
+        _section(
+            "pareto",
+            "Pareto figure: harmful refusal against over-refusal and against capability cost",
+            '<p class="note">One point per configuration, with 95% intervals as error bars (capability costs are '
+            "paired against the unsteered model). Numbers next to points are strengths; the star is the unsteered "
+            "model; hollow markers are gated. The grey step line is the Pareto frontier: no configuration refuses "
+            "more harmful prompts at a lower cost. Up and to the left is better.</p>",
+            _img(fig_pareto, "Pareto figure"),
+        ),
         _section(
             "tradeoff",
             "Safety trade-off: refusal on harmful vs over-refusal on benign prompts",
@@ -939,7 +1078,8 @@ def build_report(
         _section(
             "examples",
             "Example generations",
-            '<p class="note">The same prompts, unsteered and at each method\'s strongest setting.</p>',
+            '<p class="note">The same prompts, unsteered and at each method\'s strongest setting. Tasks named '
+            "<code>examples-…</code> hold only these few replies; they are left out of every figure and table.</p>",
             *(ex_parts or ['<p class="note">No stored generations.</p>']),
         ),
         _section("provenance", "Provenance", *prov_parts),

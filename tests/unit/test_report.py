@@ -18,7 +18,7 @@ from refusalscope.evaluation.sweep import run_sweep
 from refusalscope.report import build_report
 from refusalscope.steering import ActAdd, DirectionGate
 
-FIGURE_SECTIONS = ("tradeoff", "delta", "jailbreak", "capability", "conditional")
+FIGURE_SECTIONS = ("pareto", "tradeoff", "delta", "jailbreak", "capability", "conditional")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py

@@ -1,4 +1,4 @@
-"""A batch-invariant attention implementation.
+"""A batch-invariant attention implementation, with its core precision as a switch.
 
 Greedy output that changes with the batch size makes every experiment irreproducible: the
 same prompt refuses in one sweep and complies in another. On CPU the projections are
@@ -6,32 +6,70 @@ row-invariant, but attention is not: with left padding the key length (and with 
 reduction order of the softmax-weighted sum) depends on the longest prompt in the batch,
 and the fused SDPA kernel picks different blockings for different shapes. This module
 registers `refusalscope` as a transformers attention implementation that computes the
-scores, softmax and weighted sum in float64 with plain matmuls and rounds the result back
-to the model's dtype: the reduction-order differences that padding and key length cause
-are far below that rounding. Cost: the attention core runs in fp64; for the prompt lengths
-used here (tens to hundreds of tokens) that is a few percent of a forward pass
-(benchmarks/generation.py).
+scores, softmax and weighted sum with plain matmuls in the *core* precision and rounds the
+result back to the model's dtype.
+
+The core precision is a switch, `REFUSALSCOPE_ATTENTION` in the environment or
+`set_attention_core(model, name)` / `load_model(..., attention=name)` per model:
+
+- `fp64` (the default): the reduction-order differences that padding and key length cause
+  (~1e-16) vanish when the result is rounded back, so logits are bit-identical whatever
+  the batch size, the padding or a shared prefix (tests assert it). On 2 CPU cores it
+  costs ~20% of a sweep's forward time (benchmarks/sweep.py).
+- `fp32`: faster, but only nearly batch-invariant: logits differ between batch sizes in
+  the last bits (measured on the default model: README, "Speed"), so a greedy reply can
+  change where two tokens are within that margin. For GPUs (docs/scale.md) and for
+  throughput runs that do not compare batchings bit for bit.
+
+Grouped-query attention is computed without repeating keys and values per query head:
+each key/value head is multiplied with its group of query heads stacked along the
+sequence axis (the same dot products, fewer copies and casts).
 """
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from ..errors import RefusalScopeError
+
 NAME = "refusalscope"
-# float64: the reductions of the attention core (softmax sums, the weighted sum of values)
-# are accumulated in an order that depends on the key length and on where padding sits;
-# in double precision those differences (~1e-16) vanish when the result is rounded back to
-# the model's dtype, so the output does not depend on batching or on a shared prefix.
-CORE_DTYPE = torch.float64
+#: the attention core's precision, by name (see the module docstring)
+CORES: dict[str, torch.dtype] = {"fp64": torch.float64, "fp32": torch.float32}
+DEFAULT_CORE = "fp64"
+ENV = "REFUSALSCOPE_ATTENTION"
+CONFIG_KEY = "refusalscope_attention"  # set on a model's config by set_attention_core
 
 
-def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
-    if groups == 1:
-        return states
-    batch, heads, length, dim = states.shape
-    return states[:, :, None].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
+def check_core(name: str, where: str = "attention") -> str:
+    """`name` if it is a known core precision, else one clear error."""
+    if name not in CORES:
+        raise RefusalScopeError(f"unknown {where} core '{name}'", f"use one of {', '.join(CORES)} (e.g. {ENV}=fp64)")
+    return name
+
+
+def attention_core(config: Any = None) -> str:
+    """The core precision in effect for a model's config: its own setting, else
+    $REFUSALSCOPE_ATTENTION, else fp64."""
+    name = getattr(config, CONFIG_KEY, None) if config is not None else None
+    if name:
+        return check_core(str(name))
+    env = os.environ.get(ENV)
+    return check_core(env.strip(), f"${ENV}") if env and env.strip() else DEFAULT_CORE
+
+
+def set_attention_core(model: torch.nn.Module, name: str | None) -> str:
+    """Fix the attention core precision of one model (None: follow the environment) and
+    return the name now in effect."""
+    configs = {id(m.config): m.config for m in model.modules() if getattr(m, "config", None) is not None}
+    value = check_core(name) if name is not None else None
+    for config in configs.values():
+        setattr(config, CONFIG_KEY, value)
+    return attention_core(getattr(model, "config", None))
 
 
 def invariant_attention(
@@ -47,24 +85,29 @@ def invariant_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if kwargs.get("s_aux") is not None:
         raise NotImplementedError("attention sinks are not supported by refusalscope attention")
-    groups = query.shape[1] // key.shape[1]
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    q = query.to(CORE_DTYPE)
-    k = _repeat_kv(key, groups).to(CORE_DTYPE)
-    v = _repeat_kv(value, groups).to(CORE_DTYPE)
-    scores = torch.matmul(q, k.transpose(2, 3)) * scale
+    core = CORES[attention_core(getattr(module, "config", None))]
+    batch, heads, length, dim = query.shape
+    kv_heads, keys = key.shape[1], key.shape[-2]
+    groups = heads // kv_heads
+    scale = scaling if scaling is not None else dim**-0.5
+    # [B, Hkv, groups * T, D]: query heads h = i * groups + j share key/value head i
+    q = query.to(core).reshape(batch, kv_heads, groups * length, dim)
+    k = key.to(core)
+    v = value.to(core)
+    scores = (torch.matmul(q, k.transpose(2, 3)) * scale).view(batch, heads, length, keys)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
-        mask = attention_mask[:, :, :, : k.shape[-2]]
+        mask = attention_mask[:, :, :, :keys]
         if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, torch.finfo(CORE_DTYPE).min)
+            scores = scores.masked_fill(~mask, torch.finfo(core).min)
         else:
-            scores = scores + mask.to(CORE_DTYPE)
+            scores = scores + mask.to(core)
     weights = torch.softmax(scores, dim=-1)
     if dropout and module.training:
         weights = torch.nn.functional.dropout(weights, p=dropout)
-    out = torch.matmul(weights, v).to(query.dtype)
+    out = torch.matmul(weights.view(batch, kv_heads, groups * length, keys), v)
+    out = out.view(batch, heads, length, dim).to(query.dtype)
     return out.transpose(1, 2).contiguous(), weights
 
 

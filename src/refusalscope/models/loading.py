@@ -236,13 +236,19 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     progress: bool = True,
+    attention: str | None = None,
 ) -> ChatModel:
-    """Load a chat model by spec; see `resolve_spec` for what a spec may be."""
+    """Load a chat model by spec; see `resolve_spec` for what a spec may be.
+
+    `attention`: the attention core's precision, "fp64" (bit-identical logits whatever
+    the batching) or "fp32" (faster, nearly invariant); None takes $REFUSALSCOPE_ATTENTION,
+    else fp64 (models/attention.py). It is fixed at load and recorded in `info.extra`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .attention import register  # imports transformers: only when a model is loaded
+    from .attention import attention_core, check_core, register, set_attention_core
 
     torch_dtype = resolve_dtype(dtype, device)  # before resolve_spec: a typo must not wait for a conversion
+    core = check_core(attention) if attention is not None else attention_core()
     folder, identity = resolve_spec(spec, revision=revision, progress=progress)
     family = _check_family(folder / "config.json", spec)
     if not _has_safetensors(folder):
@@ -264,6 +270,7 @@ def load_model(
     model.to(device)  # type: ignore[arg-type]  # transformers' decorator on `to` hides its signature from mypy
     model.eval()
     model.requires_grad_(False)
+    set_attention_core(model, core)
     log.info("loaded %s in %.1fs", spec, time.perf_counter() - started)
     return ChatModel(
         model,
@@ -273,5 +280,6 @@ def load_model(
             "path": str(folder),
             "family": family,
             **identity,
+            "attention": core,
         },
     )

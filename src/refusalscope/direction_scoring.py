@@ -129,14 +129,9 @@ def score_rows(
 def _prefix_cache(chat, state: _RowEdits, prefix: Sequence[int], edits: list[int]):
     """KV cache of the shared prefix under each of `edits` (one row per edit), computed once
     for all the chunks of a call: the prefix depends on the edit, not on the prompt."""
-    from transformers import DynamicCache
-
     device = chat.device
-    ids = torch.tensor([list(prefix)] * len(edits), dtype=torch.long, device=device)
-    ones = torch.ones_like(ids)
-    cache = DynamicCache(config=chat.model.config)
     ctx = ForwardContext(
-        ones,
+        torch.ones(len(edits), len(prefix), dtype=torch.long, device=device),
         torch.full((len(edits),), len(prefix) + 1, device=device),
         0,
         torch.arange(len(edits), device=device),
@@ -144,16 +139,7 @@ def _prefix_cache(chat, state: _RowEdits, prefix: Sequence[int], edits: list[int
         "prefill",
     )
     state.rows = torch.tensor(edits, device=device)
-    with chat.hooks.forward_context(ctx):
-        chat.model(
-            input_ids=ids,
-            attention_mask=ones,
-            position_ids=ones.cumsum(-1) - 1,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-    return cache
+    return chat.prefill_cache([list(prefix)] * len(edits), ctx)
 
 
 def _forward_rows(

@@ -348,30 +348,58 @@ class ChatModel:
             n += 1
         return n if n >= self.min_shared_prefix else 0
 
-    def _prefix_cache(self, prefix: Sequence[int], rows: int, batch_id: int) -> DynamicCache:
-        """KV cache of `prefix`, computed once and repeated for `rows` rows."""
+    def prefill_cache(
+        self, ids: Sequence[Sequence[int]] | torch.Tensor, ctx: ForwardContext | None = None
+    ) -> DynamicCache:
+        """The KV cache of `ids` ([R, P] token ids, every one real: no padding), computed in
+        one forward with the hook context `ctx` (default: a fresh prefill context whose
+        prompts are longer than `ids`, so hooks treat every token as a prompt token).
+
+        The one place a shared prefix is prefilled: `ChatModel` computes the chat
+        template's prefix once per batch with it (then repeats it per row), and direction
+        selection once per candidate edit (one row each, `direction_scoring.py`)."""
         from transformers import DynamicCache
 
+        tokens = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        if tokens.dim() != 2 or tokens.shape[1] == 0:
+            raise RefusalScopeError(
+                f"prefill_cache takes [rows, length] token ids, got shape {tuple(tokens.shape)}",
+                "pass a non-empty list of equally long token lists",
+            )
+        mask = torch.ones_like(tokens)
+        if ctx is None:
+            rows, length = tokens.shape
+            ctx = self._context(
+                mask,
+                torch.full((rows,), length + 1, device=self.device),
+                0,
+                torch.arange(rows, device=self.device),
+                self.new_batch_id(),
+                "prefill",
+            )
         cache = DynamicCache(config=self.model.config)
-        ids = torch.tensor([list(prefix)], dtype=torch.long, device=self.device)
-        mask = torch.ones_like(ids)
-        ctx = self._context(
-            mask,
-            torch.tensor([len(prefix) + 1], device=self.device),
-            0,
-            torch.arange(1, device=self.device),
-            batch_id,
-            "prefill",
-        )
         with self.hooks.forward_context(ctx):
             self.model(
-                input_ids=ids,
+                input_ids=tokens,
                 attention_mask=mask,
                 position_ids=mask.cumsum(-1) - 1,
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
+        return cache
+
+    def _prefix_cache(self, prefix: Sequence[int], rows: int, batch_id: int) -> DynamicCache:
+        """KV cache of `prefix`, computed once and repeated for `rows` rows."""
+        ctx = self._context(
+            torch.ones(1, len(prefix), dtype=torch.long, device=self.device),
+            torch.tensor([len(prefix) + 1], device=self.device),
+            0,
+            torch.arange(1, device=self.device),
+            batch_id,
+            "prefill",
+        )
+        cache = self.prefill_cache([list(prefix)], ctx)
         cache.batch_repeat_interleave(rows)
         return cache
 

@@ -2,6 +2,7 @@
 gate on/off, and the configurations (grid points) they expand to on a model.
 
     gate = GateSpec(FeatureGate(sae, harm_latent), threshold=2.0)       # the harm detector
+    probe_gate = GateSpec.from_probe("runs/probes/gate-probe")          # or a saved probe (`refusalscope probes`)
     grid = Grid([
         # SAE features clamped to multiples of their peak activation, ungated and gated
         Method.features(sae, feats, peaks, [0.5, 1, 2, 4], method="features:cossim+ig", conditional=(False, True)),
@@ -14,8 +15,10 @@ gate on/off, and the configurations (grid points) they expand to on a model.
              TaskSpec(RefusalTask("jbb-benign", "harmless/jailbreakbench", expect="answer"), limit=20),
              TaskSpec(capability_task("mmlu"), limit=40)]
 
-`evaluation.sweep.run_sweep` runs them; `evaluation.grid_file` reads the same from a
-YAML/JSON file.
+A method may carry its own gate (`Method(..., gate=probe_gate)`), so one grid runs the
+same steering behind the refusal-direction gate and behind a probe gate;
+`evaluation.gate_comparison` then reads what each gate did. `evaluation.sweep.run_sweep`
+runs them; `evaluation.grid_file` reads the same from a YAML/JSON file.
 """
 
 from __future__ import annotations
@@ -118,6 +121,8 @@ class GateSpec:
     reduce: Reduction = "max"
     positions: Positions = "prompt"
     skip_first: bool = True
+    trained_on: dict[str, Any] | None = None  # the model a probe gate was trained on (ModelInfo.to_dict())
+    source: str | None = None  # the file or folder the gate was read from, for messages
 
     def wrap(self, interventions: Sequence[Any]) -> Conditional:
         """`interventions` behind this gate."""
@@ -147,6 +152,57 @@ class GateSpec:
                 f"{path} holds {len(conds)} conditional interventions", "a gate file holds exactly one"
             )
         return cls.from_conditional(conds[0])
+
+    @classmethod
+    def from_probe(cls, probe: Any, sae: SAE | str | None = None) -> GateSpec:
+        """The gate a saved probe makes (`refusalscope probes` writes the best one to
+        `gate-probe/`; a `probes.linear.LinearProbe` works too), read exactly as the probe
+        was trained and thresholded: the mean of its logit over the post-instruction tokens
+        against the threshold chosen on validation. A probe over SAE latents loads the SAE it
+        records unless `sae` is given (a folder or an SAE; it must be the same SAE).
+
+        The model the probe was trained on travels with the gate, so binding it to another
+        model (`check_model`) is an error instead of a gate that reads the wrong residual."""
+        from ..probes.linear import LinearProbe
+        from ..steering import ProbeGate
+
+        source = None if isinstance(probe, LinearProbe) else str(probe)
+        if not isinstance(probe, LinearProbe):
+            probe = LinearProbe.load(probe)
+        if isinstance(sae, (str, Path)):
+            from ..sae.io import load_sae
+
+            sae = load_sae(str(sae))
+        gate = ProbeGate.from_probe(probe, sae)
+        model = probe.info.get("model")
+        return cls(
+            gate,
+            probe.threshold,
+            reduce="mean",
+            positions="post_instruction",
+            trained_on=model if isinstance(model, dict) else None,
+            source=source,
+        )
+
+    def check_model(self, chat: ChatModel) -> None:
+        """Refuse a gate trained on another model: by weights hash where both models have one
+        (embedded and GGUF models), else by architecture (family, layers, width; a model
+        folder records no hash, and its name is only the folder's). The gate's own checks
+        (layer in range, vector size, SAE fits) run when the steering is bound."""
+        if not self.trained_on:
+            return
+        mine, theirs = chat.info.to_dict(), self.trained_on
+        keys = ("sha256",) if mine.get("sha256") and theirs.get("sha256") else ("family", "n_layers", "d_model")
+        if any(mine.get(k) != theirs.get(k) for k in keys):
+
+            def name(info: dict[str, Any]) -> str:
+                return f"{info.get('name')} ({', '.join(f'{k} {info.get(k)}' for k in keys)})"
+
+            where = f" ({self.source})" if self.source else ""
+            raise RefusalScopeError(
+                f"the probe gate{where} was trained on {name(theirs)}, not on {name(mine)}",
+                "train a probe on this model with `refusalscope probes --model ...` and gate with its gate-probe/",
+            )
 
     def describe(self) -> str:
         return f"{self.reduce} of {self.gate.describe()} > {self.threshold:g}"
@@ -426,6 +482,7 @@ class Grid:
                                 f"method '{m.name}' asks for conditional steering but no gate was given",
                                 "pass Grid(..., gate=GateSpec(gate, threshold)) or Method(..., gate=...)",
                             )
+                        gate.check_model(chat)
                         if not items:
                             raise RefusalScopeError(
                                 f"method '{m.name}' has nothing to gate", "run it with conditional=(False,)"

@@ -9,7 +9,7 @@ before a model is loaded. `load_grid_file` documents the layout.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -111,6 +111,47 @@ def _conditional_setting(value: Any, where: str) -> tuple[bool, ...]:
     raise RefusalScopeError(
         f"{where}: conditional must be false, true, 'both' or a list like [false, true], got {value!r}"
     )
+
+
+GATE_KEYS = {"spec", "probe", "sae"}
+
+
+def _gate(value: Any, where: str, rel: Callable[[Any], Path]) -> GateSpec:
+    """A `gate:` entry: a steering spec file with one conditional (its gate and threshold),
+    a probe folder from `refusalscope probes` (`gate-probe/`: a probe gate at the probe's
+    validation threshold), or a mapping {spec: file} / {probe: folder, sae: folder}."""
+    if isinstance(value, str):
+        path = rel(value)
+        value = {"probe": value} if path.is_dir() else {"spec": value}
+    if not isinstance(value, dict):
+        raise RefusalScopeError(
+            f"{where}: a gate is a steering spec file, a probe folder, or {{spec: file}} / {{probe: folder}}",
+            "e.g. gate: runs/probes/gate-probe  or  gate: {spec: gate.json}",
+        )
+    _unknown(where, value, GATE_KEYS)
+    for key in GATE_KEYS:
+        _opt_text(value, key, where)
+    if ("spec" in value) == ("probe" in value):
+        raise RefusalScopeError(f"{where}: a gate names exactly one of 'spec' and 'probe'")
+    if "spec" in value:
+        if "sae" in value:
+            raise RefusalScopeError(f"{where}: 'sae' goes with 'probe' (a spec file names its own SAEs)")
+        path = rel(value["spec"])
+        if not path.is_file():
+            raise RefusalScopeError(
+                f"{where}: the gate spec file {path} does not exist", "write it with `Steering.save` or name a probe"
+            )
+        return GateSpec.from_spec(path)
+    path = rel(value["probe"])
+    if not path.is_dir():
+        raise RefusalScopeError(
+            f"{where}: the probe folder {path} does not exist",
+            "run `refusalscope probes -o FOLDER` and name FOLDER/gate-probe",
+        )
+    try:
+        return GateSpec.from_probe(path, str(rel(value["sae"])) if value.get("sae") else None)
+    except RefusalScopeError as exc:
+        raise RefusalScopeError(f"{where}: {exc.problem}", exc.fix) from None
 
 
 def _judge(name: str | None, where: str) -> Any:
@@ -242,7 +283,8 @@ def load_grid_file(path: str | Path) -> SweepPlan:
         data_dir: ../shared/data       # optional
         batch_size: 8
         max_new_tokens: 32             # refusal tasks' default
-        gate: gate.json                # steering spec with one conditional: its gate and threshold
+        gate: gate.json                # steering spec with one conditional: its gate and threshold,
+                                       # or a probe folder (`refusalscope probes` -o F: F/gate-probe)
         methods:
           - {name: features, method: "features:cossim+ig", spec: features.json,
              strengths: [0.5, 1, 2, 4], conditional: both}
@@ -253,6 +295,12 @@ def load_grid_file(path: str | Path) -> SweepPlan:
           - {capability: mmlu, limit: 40}        # evaluation.capability.capability_task('mmlu')
           - {capability: gsm8k, limit: 10, options: {gsm8k_max_new_tokens: 128}}
         pairs: [{name: jbb, harmful: jbb-harmful, benign: jbb-benign}]   # optional (name too), beyond deltas.DATASET_PAIRS
+
+    A method may bring its own gate (`gate:` in the method, same forms as above), so one
+    grid compares gates on the same steering: e.g. `{name: dir-gated, spec: s.json,
+    conditional: true, gate: gate.json}` beside `{name: probe-gated, spec: s.json,
+    conditional: true, gate: {probe: runs/probes/gate-probe}}`
+    (`evaluation.gate_comparison` tabulates what each gate does).
 
     A method's strengths multiply the magnitudes in its spec file (feature values, ActAdd
     coefficients, clamp values); the unsteered model is included unless `unsteered: false`.
@@ -266,7 +314,7 @@ def load_grid_file(path: str | Path) -> SweepPlan:
     batch_size = _opt_number(data, "batch_size", where, integer=True, minimum=1)
     chunk_size = _opt_number(data, "chunk_size", where, integer=True, minimum=1)
     max_new_tokens = _opt_number(data, "max_new_tokens", where, integer=True, minimum=1)
-    for key in ("model", "data_dir", "gate", "note", "judge"):
+    for key in ("model", "data_dir", "note", "judge"):
         _opt_text(data, key, where)
     dtype = cast(DtypeName, choice(data.get("dtype", "auto"), f"{where}: dtype", choices(DtypeName)))
     if not isinstance(data.get("unsteered", True), bool):
@@ -289,7 +337,7 @@ def load_grid_file(path: str | Path) -> SweepPlan:
         q = Path(str(p)).expanduser()
         return q if q.is_absolute() else base / q
 
-    gate = GateSpec.from_spec(rel(data["gate"])) if data.get("gate") else None
+    gate = _gate(data["gate"], f"{where}: gate", rel) if data.get("gate") is not None else None
     methods = []
     raw_methods = data.get("methods") or []
     if not isinstance(raw_methods, list):
@@ -301,7 +349,7 @@ def load_grid_file(path: str | Path) -> SweepPlan:
         _unknown(where, m, METHOD_KEYS)
         if not m.get("spec") or not isinstance(m["spec"], str):
             raise RefusalScopeError(f"{where}: a method needs a steering 'spec' file")
-        for key in ("name", "method", "description", "gate"):
+        for key in ("name", "method", "description"):
             _opt_text(m, key, where)
         strengths = m.get("strengths", [1.0])
         strengths = strengths if isinstance(strengths, list) else [strengths]
@@ -315,7 +363,7 @@ def load_grid_file(path: str | Path) -> SweepPlan:
                 name=m.get("name"),
                 method=m.get("method"),
                 conditional=_conditional_setting(m.get("conditional"), where),
-                gate=GateSpec.from_spec(rel(m["gate"])) if m.get("gate") else None,
+                gate=_gate(m["gate"], f"{where}.gate", rel) if m.get("gate") is not None else None,
                 **({"description": m["description"]} if m.get("description") else {}),
             )
         )

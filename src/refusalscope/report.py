@@ -45,7 +45,16 @@ from typing import Any, Protocol, TypeVar
 
 from .errors import RefusalScopeError
 from .evaluation.deltas import Delta
-from .evaluation.headline import LOSS_METRICS, Headline, ParetoPoint, build_headline, measured, pareto_points
+from .evaluation.first_token_check import FirstTokenAgreement, pooled_agreement
+from .evaluation.headline import (
+    LOSS_METRICS,
+    Headline,
+    ParetoPoint,
+    build_headline,
+    is_example_task,
+    measured,
+    pareto_points,
+)
 from .evaluation.pareto import TARGET, frontier
 from .evaluation.rows import ConfigRow, TaskRow, read_pairs, read_runs
 from .evaluation.store import ResultsStore
@@ -667,6 +676,36 @@ def headline_section(headline: Headline) -> str:
     )
 
 
+def first_token_section(checks: Sequence[FirstTokenAgreement]) -> str:
+    """Where refusal was judged by the first-token proxy: its agreement with the reply judge
+    on the sampled items of each configuration (steering can break the link)."""
+    if not checks:
+        return ""
+    flagged = sum(a.flagged for a in checks)
+    rows = [
+        [
+            a.label,
+            _ci(a.agreement),
+            _fmt(a.first_token_rate, 2),
+            _fmt(a.reply_rate, 2),
+            "LOW: judge replies instead" if a.flagged else "ok",
+        ]
+        for a in checks
+    ]
+    return (
+        "<h3>First-token judge against generated replies</h3>"
+        f'<p class="note">Refusal rates above come from the first-token proxy; on a sample of items per '
+        "configuration (pooled over its refusal tasks) the reply was also generated and judged. "
+        f"{flagged} of {len(checks)} configurations agree on less than 90% of their checked items (flagged): "
+        "read their refusal rates with care.</p>"
+        + _table(
+            ["configuration", "agreement [95% CI] (n)", "first-token rate", "reply rate", "check"],
+            rows,
+            {1, 2, 3},
+        )
+    )
+
+
 # ---------------------------------------------------------------------- exports
 def _flat(row: dict) -> dict:
     return {
@@ -824,6 +863,7 @@ def build_report(
         summary = measured(everything)  # example-only tasks stay out of figures, Δs and tables
         headline = build_headline(db, everything)
         pareto_pair, pareto = pareto_points(db, everything)
+        checks = pooled_agreement(db, skip=is_example_task)
         tradeoff = tradeoff_rows(summary)
         deltas = summary.deltas
         jailbreak = role_cells(summary, "jailbreak")
@@ -862,6 +902,7 @@ def build_report(
 
     data = {
         "headline": [r.row() for r in headline.rows],
+        "first_token_check": [a.to_dict() for a in checks],
         "pareto": [p.row() for p in pareto],
         "tradeoff": [p.row() for p in tradeoff],
         "selective_refusal": [d.row() for d in deltas],
@@ -1016,7 +1057,12 @@ def build_report(
             ]
         )
         + "</ol></nav>",
-        _section("headline", "Headline: each method at its best Δs point", headline_section(headline)),
+        _section(
+            "headline",
+            "Headline: each method at its best Δs point",
+            headline_section(headline),
+            first_token_section(checks),
+        ),
         _section(
             "pareto",
             "Pareto figure: harmful refusal against over-refusal and against capability cost",

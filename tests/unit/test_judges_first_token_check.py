@@ -64,3 +64,20 @@ def test_without_checks_nothing_is_generated(chat, tmp_path):
     assert "check_every" not in task.describe()
     with pytest.raises(RefusalScopeError, match="check_every"):
         RefusalTask("x", "builtin/minimal-pairs", check_every=-1)
+
+
+def test_pooled_agreement_sums_a_configurations_checked_items(chat, tmp_path):
+    from refusalscope.evaluation.first_token_check import pooled_agreement
+
+    token = chat.tokenizer("I", add_special_tokens=False)["input_ids"][0]
+    common = dict(max_new_tokens=2, judge=EverythingRefused(), refusal_token_ids=[token], check_every=1)
+    tasks = [
+        TaskSpec(RefusalTask("harm", "builtin/minimal-pairs", "harmful", threshold=-1e9, **common), limit=3),
+        TaskSpec(RefusalTask("safe", "builtin/minimal-pairs", "benign", threshold=1e9, **common), limit=5),
+    ]
+    run_sweep(chat, Grid([]), tasks, tmp_path / "r.db", batch_size=4, progress=False)
+    pooled = pooled_agreement(tmp_path / "r.db")
+    assert len(pooled) == 1 and pooled[0].task == "all" and pooled[0].agreement.n == 8
+    assert pooled[0].agreement.value == 3 / 8 and pooled[0].flagged and pooled[0].first_token_rate == 3 / 8
+    only_harm = pooled_agreement(tmp_path / "r.db", skip=lambda name: name == "safe")
+    assert only_harm[0].agreement.value == 1.0 and only_harm[0].agreement.n == 3 and not only_harm[0].flagged

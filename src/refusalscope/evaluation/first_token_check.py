@@ -14,6 +14,7 @@ where the first-token rate should not be trusted (rerun them with generated repl
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,4 +82,49 @@ def first_token_agreement(db, floor: float = AGREEMENT_FLOOR, seed: int = 0) -> 
                     estimate.value < floor,
                 )
             )
+    return out
+
+
+def pooled_agreement(
+    db, floor: float = AGREEMENT_FLOOR, seed: int = 0, skip: Callable[[str], bool] | None = None
+) -> list[FirstTokenAgreement]:
+    """Per configuration, over every checked item of every task (`skip` leaves tasks out):
+    a sweep checks only ~1 item in n per cell, too few to judge a single cell, so the report
+    pools them (task "all")."""
+    from ..stats import rate
+    from .store import ResultsStore
+
+    if isinstance(db, (str, Path)):
+        with ResultsStore(db, create=False) as store:
+            return pooled_agreement(store, floor, seed, skip)
+    out = []
+    for c in db.configs():
+        agrees: list[float] = []
+        first: list[float] = []
+        reply: list[float] = []
+        for task in db.tasks():
+            name = task["task"]
+            if (skip is not None and skip(name)) or "first_token_agrees" not in db.metrics(c["config_id"], name):
+                continue
+            a = db.values(c["config_id"], name, "first_token_agrees")
+            f = db.values(c["config_id"], name, "refused")
+            r = db.values(c["config_id"], name, "reply_refused")
+            for item in sorted(a):
+                agrees.append(a[item])
+                first.append(f[item])
+                reply.append(r[item])
+        if not agrees:
+            continue
+        estimate = rate([bool(v) for v in agrees], seed)
+        out.append(
+            FirstTokenAgreement(
+                c["config_id"],
+                c["label"],
+                "all",
+                estimate,
+                sum(first) / len(first),
+                sum(reply) / len(reply),
+                estimate.value < floor,
+            )
+        )
     return out

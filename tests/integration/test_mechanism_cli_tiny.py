@@ -88,6 +88,14 @@ def test_jailbreak_analysis_cli(tiny_setup, tmp_path, data_dir):
     saved = json.loads((out / "analysis.json").read_text())
     assert [g["name"] for g in saved["groups"]] == ["refusal", "harm"]
     assert len(saved["harm_latents"]) == 5 and len(saved["pairs"]) == 6
+    # each harm latent was clamped to zero to measure its effect on the refusal latents
+    assert all(isinstance(r["effect"], float) for r in saved["harm_latents"])
+    # a request shared by several pairs is measured once: same vanilla activation and reply
+    by_request: dict = {}
+    for pair in saved["pairs"]:
+        by_request.setdefault(pair["vanilla"], []).append((pair["vanilla_refusal"], pair["vanilla_reply"]))
+    assert saved["settings"]["n_distinct_requests"] == len(by_request)
+    assert all(len(set(v)) == 1 for v in by_request.values())
     rows = {(r["attack"], r["group"], r["outcome"]) for r in saved["suppression"]}
     assert ("all attacks", "refusal", "all") in rows and ("jbc", "harm", "all") in rows
     assert saved["loo_check"]["n_prompts"] == 1
@@ -155,6 +163,8 @@ def test_bad_input_exits_2_before_loading(tiny_setup, tmp_path):
         ["jailbreak-analysis", "--features", str(tmp_path / "none.json")],
         ["jailbreak-analysis", "--features", str(features), "--attacks", "bogus"],
         ["probes", "--features", str(features), "--n-random", "2"],
+        ["jailbreak-analysis", "--features", str(features), "--harm-sae", "x", "--harm-layer", "1"],
+        ["probes", "--features", str(features), "--harm-layer", "2"],  # the refusal latents' own layer
     ):
         result = runner.invoke(app, [*args, "--model", "no-such-model", "-o", str(out)])
         assert result.exit_code == 2, result.output

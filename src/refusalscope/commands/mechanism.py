@@ -29,6 +29,12 @@ HarmSaeOpt = typer.Option(
     help="An earlier-layer SAE whose latents driving the refusal latents "
     "form the 'harm' group (omit: no harm latents).",
 )
+HarmLayerOpt = typer.Option(
+    None,
+    "--harm-layer",
+    help="Instead of --harm-sae: the quick preset's SAE at this earlier layer "
+    "(from the SAE cache; trained there on first use, ~10 min on 2 cores).",
+)
 NHarmOpt = typer.Option(10, "--n-harm", help="Upstream harm latents to keep.")
 DEFAULT_ATTACKS = "pair,gcg,jbc,random-search,templates,past-tense"
 
@@ -51,22 +57,42 @@ def _est(e, fmt: str = ".2f") -> str:
     return f"{e.value:{fmt}} [{e.low:{fmt}}, {e.high:{fmt}}]"
 
 
-def _check_inputs(features: Path, attacks: list[str], data_dir) -> None:
+def _check_inputs(
+    features: Path, attacks: list[str], data_dir, harm_sae: Optional[str] = None, harm_layer: Optional[int] = None
+) -> None:
     from ..data import resolve_data_dir
     from ..discovery.features import FeatureSet
     from ..errors import RefusalScopeError
     from ..mechanism.pairs import ATTACKS
 
-    FeatureSet.load(features)
+    fs = FeatureSet.load(features)
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or not attacks:
         raise RefusalScopeError(
             f"unknown attack(s) {', '.join(unknown) or '(none given)'}", f"use some of {', '.join(ATTACKS)}"
         )
+    if harm_layer is not None:
+        if harm_sae:
+            raise RefusalScopeError("--harm-sae and --harm-layer both name the harm SAE", "give one of them")
+        deepest = max(fs.by_layer())
+        if not 0 <= harm_layer < deepest:
+            raise RefusalScopeError(
+                f"--harm-layer {harm_layer} is not upstream of the refusal latents (layer {deepest})",
+                f"use a layer in [0, {deepest - 1}], e.g. --harm-layer {deepest // 2}",
+            )
     resolve_data_dir(data_dir)
 
 
-def _groups(chat: ChatModel, features: Path, sae: list[str], harm_sae: Optional[str], n_harm: int, data_dir, seed: int):
+def _groups(
+    chat: ChatModel,
+    features: Path,
+    sae: list[str],
+    harm_sae: Optional[str],
+    n_harm: int,
+    data_dir,
+    seed: int,
+    harm_layer: Optional[int] = None,
+):
     from ..data import load_dataset
     from ..mechanism.latents import load_feature_groups, upstream_group
     from ..sae.io import load_sae
@@ -74,16 +100,16 @@ def _groups(chat: ChatModel, features: Path, sae: list[str], harm_sae: Optional[
     refusal, raw = load_feature_groups(features, chat, sae)
     harm: LatentGroup | None = None
     harm_rows: list[dict] = []
-    if harm_sae:
+    if harm_sae or harm_layer is not None:
+        if harm_layer is not None:
+            from ..sae.presets import train_preset
+
+            up = train_preset(chat, "quick", data_dir, layers=[harm_layer])[harm_layer]
+        else:
+            up = load_sae(str(harm_sae), model=chat)
         prompts = load_dataset("harmful/refusal-direction", "val", data_dir=data_dir, limit=16, seed=seed).prompts
         harm, harm_rows = upstream_group(
-            chat,
-            load_sae(harm_sae, model=chat),
-            refusal,
-            prompts,
-            n_harm,
-            features.parent / "circuits.json",
-            progress=True,
+            chat, up, refusal, prompts, n_harm, features.parent / "circuits.json", progress=True
         )
     return refusal, harm, harm_rows, raw
 
@@ -95,6 +121,7 @@ def jailbreak_analysis_cmd(
     features: Path = FeaturesOpt,
     sae: Optional[list[str]] = SaeOpt,
     harm_sae: Optional[str] = HarmSaeOpt,
+    harm_layer: Optional[int] = HarmLayerOpt,
     n_harm: int = NHarmOpt,
     attacks: str = typer.Option(
         DEFAULT_ATTACKS,
@@ -108,8 +135,12 @@ def jailbreak_analysis_cmd(
         help="Reply judge deciding success: 'default' (the project's "
         "default judge) or any name `refusalscope judge-validate` knows, e.g. substring.",
     ),
-    n_attribution: int = typer.Option(0, help="Jailbroken prompts to attribute to tokens (0: all)."),
-    n_loo: int = typer.Option(4, help="Prompts on which gradient x input is checked against leave-one-token-out."),
+    n_attribution: int = typer.Option(
+        32, help="Jailbroken prompts (a seeded sample) to attribute to tokens (0: all; ~4 s each on 2 cores)."
+    ),
+    n_loo: int = typer.Option(
+        3, help="Prompts on which gradient x input is checked against leave-one-token-out (~25 s each)."
+    ),
     min_prompts: int = typer.Option(3, help="A word must occur in this many prompts to be ranked."),
     data_dir: Optional[Path] = DataDirOpt,
     seed: int = typer.Option(0),
@@ -130,26 +161,42 @@ def jailbreak_analysis_cmd(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     attack_list = [a.strip() for a in attacks.split(",") if a.strip()]
-    _check_inputs(features, attack_list, data_dir)
+    _check_inputs(features, attack_list, data_dir, harm_sae, harm_layer)
     pairs = build_pairs(attack_list, data_dir, per_attack, seed)
     judge = reply_judge(judge_name)
     chat = load_model(model, dtype=dtype)
-    refusal, harm, harm_rows, raw = _groups(chat, features, list(sae or []), harm_sae, n_harm, data_dir, seed)
-    groups = [refusal] + ([harm] if harm else [])
     timings["setup"] = time.perf_counter() - started
-
     t0 = time.perf_counter()
-    vanilla = group_activations(chat, groups, [p.vanilla for p in pairs], progress=True)
-    jailbroken = group_activations(chat, groups, [p.jailbroken for p in pairs], progress=True)
+    refusal, harm, harm_rows, raw = _groups(
+        chat, features, list(sae or []), harm_sae, n_harm, data_dir, seed, harm_layer
+    )
+    groups = [refusal] + ([harm] if harm else [])
+    timings["harm_latents"] = time.perf_counter() - t0
+
+    # Attacks share JBB goals, so many pairs have the same vanilla request: each distinct
+    # request is measured and answered once. Short vanilla prompts go in wide batches
+    # (decoding is ~3x faster per token at batch 32 than at 8 on 2 cores); the long
+    # jailbroken ones (DAN templates: ~700 tokens) in batches of 16.
+    requests = list(dict.fromkeys(p.vanilla for p in pairs))
+    where = [requests.index(p.vanilla) for p in pairs]
+    t0 = time.perf_counter()
+    per_request = group_activations(chat, groups, requests, batch_size=32, progress=True)
+    vanilla = {g: a[where] for g, a in per_request.items()}
+    jailbroken = group_activations(chat, groups, [p.jailbroken for p in pairs], batch_size=16, progress=True)
     timings["activations"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     succeeded, replies = jailbreak_success(
-        chat, [p.vanilla for p in pairs], [p.jailbroken for p in pairs], judge, max_new_tokens, progress=True
+        chat,
+        [p.vanilla for p in pairs],
+        [p.jailbroken for p in pairs],
+        judge,
+        max_new_tokens,
+        batch_size=16,
+        progress=True,
     )
-    vanilla_complied, vanilla_replies = jailbreak_success(
-        chat, [p.vanilla for p in pairs], [p.vanilla for p in pairs], judge, max_new_tokens, progress=True
-    )
+    complied, answers = jailbreak_success(chat, requests, requests, judge, max_new_tokens, batch_size=32, progress=True)
+    vanilla_complied, vanilla_replies = [complied[i] for i in where], [answers[i] for i in where]
     timings["replies"] = time.perf_counter() - t0
 
     rows = suppression_table([p.attack for p in pairs], vanilla, jailbroken, succeeded, seed)
@@ -219,6 +266,11 @@ def jailbreak_analysis_cmd(
             "seed": seed,
             "positions": "post_instruction",
             "attribution": "gradient x input on token embeddings",
+            "n_attribution": len(items),
+            "n_loo": n_loo,
+            "harm_sae": harm_sae,
+            "harm_layer": harm_layer,
+            "n_distinct_requests": len(requests),
         },
         "suppression": [r.to_dict() for r in rows],
         "drop_gap_succeeded_minus_failed": gaps,
@@ -300,6 +352,7 @@ def probes_cmd(
     features: Path = FeaturesOpt,
     sae: Optional[list[str]] = SaeOpt,
     harm_sae: Optional[str] = HarmSaeOpt,
+    harm_layer: Optional[int] = HarmLayerOpt,
     n_harm: int = NHarmOpt,
     n_train: int = typer.Option(96, help="Vanilla training prompts per class."),
     n_val: int = typer.Option(32, help="Vanilla validation prompts per class (dense layer, thresholds, gate choice)."),
@@ -336,7 +389,7 @@ def probes_cmd(
 
     started = time.perf_counter()
     attack_list = [a.strip() for a in attacks.split(",") if a.strip()]
-    _check_inputs(features, attack_list, data_dir)
+    _check_inputs(features, attack_list, data_dir, harm_sae, harm_layer)
     if n_random < 5:
         raise RefusalScopeError(
             f"--n-random {n_random} is too few draws to show the spread of random latents", "use --n-random 5 or more"
@@ -352,7 +405,9 @@ def probes_cmd(
         else []
     )
     chat = load_model(model, dtype=dtype)
-    refusal, harm, harm_rows, raw = _groups(chat, features, list(sae or []), harm_sae, n_harm, data_dir, seed)
+    refusal, harm, harm_rows, raw = _groups(
+        chat, features, list(sae or []), harm_sae, n_harm, data_dir, seed, harm_layer
+    )
     if direction_dir is not None:
         direction = RefusalDirection.load(direction_dir)
     else:

@@ -152,10 +152,13 @@ def upstream_group(
     top: int = 10,
     circuits_path: str | Path | None = None,
     progress: bool = False,
+    measure_effect: bool = True,
 ) -> tuple[LatentGroup, list[dict]]:
     """The 'harm' group: the `top` latents of an earlier-layer SAE that drive the refusal
-    latents of the deepest refusal layer (`discovery.circuits`, attribution only), or the
-    list a `discover` run already wrote to circuits.json for this SAE's layer."""
+    latents of the deepest refusal layer (`discovery.circuits`: ranked by attribution, then,
+    with `measure_effect`, each clamped to zero to measure the relative change of the
+    refusal latents' activation, a causal check of the ranking at `top` short forwards), or
+    the list a `discover` run already wrote to circuits.json for this SAE's layer."""
     from ..discovery.circuits import upstream_latents
 
     harm_sae.check_model(chat)
@@ -166,7 +169,7 @@ def upstream_group(
             rows = saved["upstream"][:top]
             return LatentGroup("harm", [(harm_sae, [int(r["feature"]) for r in rows])]), rows
     ranked = upstream_latents(
-        chat, harm_sae, down_sae, down_feats, list(prompts), top=top, measure_effect=False, progress=progress
+        chat, harm_sae, down_sae, down_feats, list(prompts), top=top, measure_effect=measure_effect, progress=progress
     )
-    rows = [{"layer": u.layer, "feature": u.feature, "attribution": u.attribution} for u in ranked]
+    rows = [{"layer": u.layer, "feature": u.feature, "attribution": u.attribution, "effect": u.effect} for u in ranked]
     return LatentGroup("harm", [(harm_sae, [u.feature for u in ranked])]), rows

@@ -539,7 +539,7 @@ def run_pipeline(
             chat,
             features(min(profile.clamp_strengths)),
             gate,
-            out / "attacks",
+            out / "results.db",  # the sweep's database: keyed rows, a rerun attacks only what is missing
             tasks_,
             data_dir=data_dir,
             progress=progress,
@@ -549,7 +549,7 @@ def run_pipeline(
         out / "results.db",
         out / "report.html",
         out / "report_data",
-        attacks_dir=out / "attacks" if profile.attacks is not None else None,
+        attacks_dir=out / "results.db" if profile.attacks is not None else None,
     )
     stage("report")
     summary = summarise(out / "results.db")

@@ -142,9 +142,73 @@ def test_multiturn_command_prints_refusal_by_turn(setup):
     assert len((out / "gated" / "results.jsonl").read_text().splitlines()) == 2
 
 
+def test_db_option_keeps_every_attack_in_one_database_and_the_report_reads_it(setup):
+    """gcg, suite and multiturn with --db write keyed rows into one results database (no
+    folders); a rerun computes nothing; `attack report DB` renders all three tables;
+    `attack import` copies a folder run in, and the copy adds nothing twice."""
+    db = setup["root"] / "attacks.db"
+    common = ["--model", setup["model"], "--dtype", "fp32", "-c", f"steered={setup['steered']}", "--db", str(db)]
+    gcg = ["gcg", "--data-dir", setup["data"], "--limit", "2", "--steps", "1", "--suffix-length", "3"]
+    gcg += ["--candidates", "4", "--top-k", "4", "--max-new-tokens", "3", *common]
+    suite = ["suite", "--data-dir", setup["data"], "--limit", "1", "-a", "direct", "--max-new-tokens", "3", *common]
+    multiturn = ["multiturn", "--limit", "1", "--max-new-tokens", "3", *common]
+    for args in (gcg, suite, multiturn):
+        result = invoke([*args, "-o", str(setup["root"] / "unused")])
+        assert result.exit_code == 0, result.output
+        assert f"results in {db}" in result.output.replace("\n", "")
+    assert not (setup["root"] / "unused").exists()
+    from refusalscope.evaluation.store import ResultsStore
+
+    with ResultsStore(db, create=False) as store:
+        runs = store.attack_runs()
+        counts = {(r["attack"], r["config"]): len(store.attack_results(r["run_key"])) for r in runs}
+    assert counts == {
+        (attack, config): n
+        for attack, n in (("gcg", 2), ("suite", 1), ("multiturn-scripted", 1))
+        for config in ("unsteered", "steered")
+    }
+    again = invoke([*gcg, "-o", str(setup["root"] / "unused")])  # a rerun: the same rows, nothing added
+    assert again.exit_code == 0, again.output
+    with ResultsStore(db, create=False) as store:
+        assert {
+            (r["attack"], r["config"]): len(store.attack_results(r["run_key"])) for r in store.attack_runs()
+        } == counts
+    page = setup["root"] / "robustness.html"
+    result = runner.invoke(app, ["attack", "report", str(db), "-o", str(page)])
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert "GCG robustness" in html and "compliance per attack family" in html and "refusal by turn" in html
+    assert html.count(">steered<") == 3
+
+    folder = setup["root"] / "folder-run"
+    result = invoke([*multiturn[:-2], "-o", str(folder / "multiturn")])
+    assert result.exit_code == 0, result.output
+    imported = setup["root"] / "imported.db"
+    result = invoke(["import", str(folder), "--db", str(imported)])
+    assert result.exit_code == 0 and "copied 2 runs, 2 finished items" in result.output, result.output
+    result = invoke(["import", str(folder), "--db", str(imported)])
+    assert "copied 2 runs, 0 finished items" in result.output, result.output
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["import", "/no/such/folder", "--db", "x.db"], "attack folder /no/such/folder does not exist"),
+        (["import", ".", "--db", "x.txt"], "is not a database file name"),
+        (["report", "/no/such/results.db"], "results database /no/such/results.db does not exist"),
+    ],
+)
+def test_import_and_report_refuse_bad_paths(args, message):
+    result = invoke(args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "fix:" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["gcg", "--db", "results.txt"], "is not a database file name"),
+        (["suite", "--judge", "no-such-judge"], "unknown judge 'no-such-judge'"),
         (["gcg", "--steps", "0"], "steps must be a positive integer"),
         (["gcg", "--token-budget", "-5"], "token budget must be positive"),
         (["suite", "-a", "autodan"], "unknown attack 'autodan'"),

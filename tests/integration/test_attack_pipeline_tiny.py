@@ -3,12 +3,13 @@ tiny random model: the suite, GCG and multi-turn run against the unsteered, stee
 gated model, and the report gains the robustness section with their rows."""
 
 import dataclasses
-import json
 
 import pytest
-from test_pipeline_tiny import TINY_PROFILE, tiny_model_dir  # noqa: F401  (fixture)
+from test_pipeline_tiny import TINY_PROFILE, forward_passes, tiny_model_dir  # noqa: F401  (fixtures)
 
+from refusalscope.attacks.report import collect
 from refusalscope.attacks.tasks import AttackTasks
+from refusalscope.evaluation.store import ResultsStore
 from refusalscope.pipeline import PROFILES, run_pipeline
 
 TINY_ATTACKS = AttackTasks(
@@ -27,23 +28,30 @@ def test_paper_profile_includes_attacks():
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_pipeline_attacks_every_configuration_and_reports_it(tiny_model_dir, tmp_path, data_dir):  # noqa: F811
+def test_pipeline_attacks_every_configuration_and_reports_it(tiny_model_dir, tmp_path, data_dir, forward_passes):  # noqa: F811
     profile = dataclasses.replace(TINY_PROFILE, attacks=TINY_ATTACKS)
     out = tmp_path / "run"
     summary = run_pipeline(str(tiny_model_dir), profile, out, data_dir=data_dir, progress=False)
     assert "attacks" in summary["timings"]
-    root = out / "attacks"
-    suite = json.loads((root / "suite" / "suite.json").read_text())
-    assert {r["config"] for r in suite["rows"]} == {"unsteered", "steered", "gated"}
-    for name in ("unsteered", "steered", "gated"):
-        gcg = json.loads((root / "gcg" / name / "summary.json").read_text())
-        assert gcg["n"] == 2
-        assert (root / "multiturn" / name / "results.jsonl").is_file()
-    steered = json.loads((root / "gcg" / "steered" / "summary.json").read_text())["steering"]
-    gated = json.loads((root / "gcg" / "gated" / "summary.json").read_text())["steering"]
+    db = out / "results.db"  # the attacks are kept in the sweep's database, beside its rows
+    assert not (out / "attacks").exists()
+    data = collect(db)
+    assert {r["config"] for r in data["suite"]["rows"]} == {"unsteered", "steered", "gated"}
+    assert [s["config"] for s in data["gcg"]] == ["unsteered", "steered", "gated"]
+    assert all(s["n"] == 2 for s in data["gcg"])
+    assert [s["config"] for s in data["multiturn"]] == ["unsteered", "steered", "gated"]
+    steered, gated = (s["steering"] for s in data["gcg"][1:])
     assert steered and gated and steered != gated
     page = (out / "report.html").read_text()
     assert "Robustness under attack" in page and "GCG robustness" in page and "refusal by turn" in page
+    with ResultsStore(db, create=False) as store:
+        stored = {r["run_key"]: len(store.attack_results(r["run_key"])) for r in store.attack_runs()}
+    assert len(stored) == 9 and all(stored.values())  # suite, GCG and multi-turn x 3 configurations
+    forward_passes.clear()
+    run_pipeline(str(tiny_model_dir), profile, out, data_dir=data_dir, progress=False)
+    assert len(forward_passes) == 0  # the rerun attacked nothing again: every attack row was a lookup
+    with ResultsStore(db, create=False) as store:
+        assert {r["run_key"]: len(store.attack_results(r["run_key"])) for r in store.attack_runs()} == stored
 
 
 def test_pipeline_attack_tasks_build_three_rows_and_a_report_section(tmp_path, data_dir):

@@ -33,6 +33,7 @@ import base64
 import contextlib
 import functools
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from ..judges.base import Judge
     from ..models.chat import ChatModel
     from ..steering.spec import Steering
+    from .runs import Output
 
 _SENTINEL = "\x00REFUSALSCOPE_SUFFIX\x00"
 # batch ids for our own forwards: far above ChatModel's counter, so a gate's per-batch state
@@ -543,39 +545,49 @@ class GCG:
     def run(
         self,
         behaviours: Sequence[Behaviour],
-        out: str | Path,
+        out: Output,
         *,
         progress: bool = True,
         on_step: Callable[[str, GCGStep], None] | None = None,
+        name: str | None = None,
     ) -> dict[str, Any]:
-        """Attack every behaviour, one after the other, into the folder `out`; a rerun skips
-        finished behaviours and continues the one in flight from its checkpoint. Returns
-        the summary (robustness with its interval, steps to break), also written to
-        `out/summary.json`."""
+        """Attack every behaviour, one after the other, into `out`; a rerun skips finished
+        behaviours and continues the one in flight from its checkpoint. Returns the
+        summary (robustness with its interval, steps to break).
+
+        `out` is this configuration's folder (the summary is also written to
+        `out/summary.json`), or a results database (`.db` file or open `ResultsStore`),
+        where the rows are kept under the configuration's `name` (default: the
+        steering's name, else 'unsteered')."""
         import json
 
         from ..paths import atomic_file
         from .robustness import gcg_robustness
-        from .runs import AttackRun
+        from .runs import is_store, open_run
 
         behaviours = list(behaviours)
         if not behaviours:
             raise RefusalScopeError("no behaviours to attack", "pass at least one behaviour")
         for b in behaviours:
             b.require_target()
-        run = AttackRun(out, self.identity())
-        done = run.done()
-        todo = [b for b in behaviours if b.id not in done]
-        for b in tqdm(todo, desc="gcg behaviours", unit="behaviour", disable=not progress or len(todo) < 2):
-            result = self.attack(
-                b,
-                state=run.load_state(b.id),
-                checkpoint=functools.partial(run.save_state, b.id),
-                on_step=on_step,
-                progress=progress,
-            )
-            run.finish(result)
-        finished = {r["id"]: r for r in run.results()}
+        if name is None:
+            name = "unsteered" if self.steering is None else (self.steering.name or "steered")
+        run = open_run(out, name, self.identity())
+        try:
+            done = run.done()
+            todo = [b for b in behaviours if b.id not in done]
+            for b in tqdm(todo, desc="gcg behaviours", unit="behaviour", disable=not progress or len(todo) < 2):
+                result = self.attack(
+                    b,
+                    state=run.load_state(b.id),
+                    checkpoint=functools.partial(run.save_state, b.id),
+                    on_step=on_step,
+                    progress=progress,
+                )
+                run.finish(result)
+            finished = {r["id"]: r for r in run.results()}
+        finally:
+            run.close()
         results = [finished[b.id] for b in behaviours]
         summary = {
             "attack": "gcg",
@@ -586,7 +598,8 @@ class GCG:
             "tokens": sum(r["tokens"] for r in results),
             "seconds": sum(r["seconds"] for r in results),
         }
-        with atomic_file(Path(out) / "summary.json") as handle:
-            json.dump(summary, handle, indent=2)
+        if not is_store(out):
+            with atomic_file(Path(os.fspath(cast("str | os.PathLike[str]", out))) / "summary.json") as handle:
+                json.dump(summary, handle, indent=2)
         summary["results"] = results
         return summary

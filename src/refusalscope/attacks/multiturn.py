@@ -30,6 +30,7 @@ from ..errors import RefusalScopeError
 if TYPE_CHECKING:
     from ..judges.base import Judge
     from ..models.chat import ChatModel
+    from .runs import AttackRun, Output, StoreRun
 
 FORMAT = "refusalscope-multiturn"
 BUILTIN = "crescendo"
@@ -118,7 +119,7 @@ def run_scripted(
     chat: ChatModel,
     config,
     conversations: Sequence[Conversation],
-    out: str | Path,
+    out: Output,
     *,
     judge: Judge | None = None,
     max_new_tokens: int = 64,
@@ -127,10 +128,11 @@ def run_scripted(
     on_turn: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Play every scripted conversation against `config` (an `AttackConfig`); results in
-    `out/results.jsonl`, one line per conversation: the reply and verdict at every turn.
-    `on_turn(turn)` is called after each batched turn (tests use it to kill a run)."""
+    `out/results.jsonl` (or, when `out` is a results database, in its attack tables under
+    the configuration's name), one entry per conversation: the reply and verdict at every
+    turn. `on_turn(turn)` is called after each batched turn (tests use it to kill a run)."""
     from .configs import check_steering_for
-    from .runs import AttackRun
+    from .runs import open_run
 
     if not conversations:
         raise RefusalScopeError("no conversations to run", "use the built-in 'crescendo' set or a conversation file")
@@ -138,7 +140,26 @@ def run_scripted(
         raise RefusalScopeError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     check_steering_for(chat, config.steering)
     judge = _judge_default(judge)
-    run = AttackRun(out, _identity(chat, config, judge, "multiturn-scripted", max_new_tokens=max_new_tokens))
+    run = open_run(
+        out, config.name, _identity(chat, config, judge, "multiturn-scripted", max_new_tokens=max_new_tokens)
+    )
+    try:
+        return _play_scripted(chat, config, conversations, run, judge, max_new_tokens, batch_size, progress, on_turn)
+    finally:
+        run.close()
+
+
+def _play_scripted(
+    chat: ChatModel,
+    config,
+    conversations: Sequence[Conversation],
+    run: AttackRun | StoreRun,
+    judge: Judge,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool,
+    on_turn: Callable[[int], None] | None,
+) -> dict[str, Any]:
     done = run.done()
     states = {}
     for c in conversations:
@@ -238,7 +259,7 @@ def run_attacker(
     chat: ChatModel,
     config,
     conversations: Sequence[Conversation],
-    out: str | Path,
+    out: Output,
     *,
     attacker=None,
     judge: Judge | None = None,
@@ -253,9 +274,9 @@ def run_attacker(
     """Crescendo with a model as the attacker. `attacker` is a ChatModel (default: the
     target model itself, unsteered, under the attacker system prompt); it writes greedily,
     and samples (seeded) after a refusal so that the retry differs. Only the goal of each
-    conversation is used (its scripted turns are not)."""
+    conversation is used (its scripted turns are not). `out` as for `run_scripted`."""
     from .configs import check_steering_for
-    from .runs import AttackRun
+    from .runs import open_run
 
     if not conversations:
         raise RefusalScopeError("no goals to attack", "use the built-in 'crescendo' set or a conversation file")
@@ -264,8 +285,9 @@ def run_attacker(
     check_steering_for(chat, config.steering)
     judge = _judge_default(judge)
     attacker = chat if attacker is None else attacker
-    run = AttackRun(
+    run = open_run(
         out,
+        config.name,
         _identity(
             chat,
             config,
@@ -279,6 +301,39 @@ def run_attacker(
             seed=seed,
         ),
     )
+    try:
+        return _play_attacker(
+            chat,
+            config,
+            conversations,
+            run,
+            attacker,
+            judge,
+            max_turns,
+            max_backtracks,
+            max_new_tokens,
+            attacker_tokens,
+            seed,
+            on_turn,
+        )
+    finally:
+        run.close()
+
+
+def _play_attacker(
+    chat: ChatModel,
+    config,
+    conversations: Sequence[Conversation],
+    run: AttackRun | StoreRun,
+    attacker: ChatModel,
+    judge: Judge,
+    max_turns: int,
+    max_backtracks: int,
+    max_new_tokens: int,
+    attacker_tokens: int,
+    seed: int,
+    on_turn: Callable[[str, int], None] | None,
+) -> dict[str, Any]:
     done = run.done()
     for conv in conversations:
         if conv.id in done:

@@ -1,8 +1,9 @@
-"""The report's robustness section, from attack output folders.
+"""The report's robustness section, from a results database or attack output folders.
 
-It reads what `refusalscope attack …` (or the pipeline's attack tasks) wrote under one
-folder — `suite/suite.json`, `gcg/<config>/summary.json`, `multiturn/<config>/results.jsonl`
-— and renders three tables with a row per configuration (unsteered, steered, gated):
+It reads what `refusalscope attack …` (or the pipeline's attack tasks) wrote: either the
+attack tables of a results database (`results.db`, the pipeline's and `--db`'s home) or the
+folders under one root — `suite/suite.json`, `gcg/<config>/summary.json`,
+`multiturn/<config>/results.jsonl` — and renders three tables with a row per configuration (unsteered, steered, gated):
 per-attack compliance, GCG robustness with its steps-to-break distribution, and refusal
 by turn in multi-turn escalation. Every rate has its Wilson interval and n; model output
 is HTML-escaped.
@@ -36,8 +37,62 @@ def _configs(folder: Path) -> list[Path]:
     )
 
 
+def collect_store(path: str | Path) -> dict[str, Any]:
+    """`collect` for a results database: every attack run in its attack tables, opened
+    read-only. A configuration attacked with two budgets (or two multi-turn modes) gives
+    two rows, each with its settings; the suite's compliance is over every prompt stored."""
+    from ..evaluation.store import ResultsStore
+    from .multiturn import summarise
+    from .robustness import gcg_robustness
+    from .suite import compliance_rows
+
+    data: dict[str, Any] = {"suite": None, "gcg": [], "multiturn": []}
+    with ResultsStore(path, create=False) as store:
+        runs = sorted(store.attack_runs(), key=lambda r: r["config"] != "unsteered")  # then in the order run
+        suite_rows, judges = [], []
+        for run in runs:
+            results = store.attack_results(run["run_key"])
+            if not results:
+                continue
+            identity = run["identity"]
+            if run["attack"] == "suite":
+                suite_rows.extend(compliance_rows(run["config"], results))
+                judges.append(identity.get("judge"))
+            elif run["attack"] == "gcg":
+                data["gcg"].append(
+                    {
+                        "attack": "gcg",
+                        **gcg_robustness(results),
+                        "steering": identity.get("steering"),
+                        "budget": identity.get("config", {}),
+                        "model": identity.get("model"),
+                        "judge": identity.get("judge"),
+                        "tokens": sum(r["tokens"] for r in results),
+                        "seconds": sum(r["seconds"] for r in results),
+                        "config": run["config"],
+                    }
+                )
+            elif run["attack"].startswith("multiturn"):
+                s = summarise(results, run["config"])
+                s.pop("results")
+                s["kind"] = run["attack"].removeprefix("multiturn-")
+                data["multiturn"].append(s)
+        if suite_rows:
+            data["suite"] = {"attack": "suite", "judge": ", ".join(sorted(set(map(str, judges)))), "rows": suite_rows}
+    kinds = {s["kind"] for s in data["multiturn"]}
+    if len(kinds) > 1:  # scripted and attacker rows side by side: say which is which
+        for s in data["multiturn"]:
+            s["config"] = f"{s['config']} ({s['kind']})"
+    return data
+
+
 def collect(root: str | Path) -> dict[str, Any]:
-    """Everything the section shows, as data (also what the report exports)."""
+    """Everything the section shows, as data (also what the report exports). `root` is a
+    results database (a `.db` file) or a folder of attack outputs."""
+    from .runs import is_store
+
+    if is_store(root):
+        return collect_store(root)
     root = Path(root)
     data: dict[str, Any] = {"suite": None, "gcg": [], "multiturn": []}
     suite = root / "suite" / "suite.json"
@@ -63,7 +118,8 @@ def collect(root: str | Path) -> dict[str, Any]:
 
 
 def robustness_section(root: str | Path) -> str:
-    """HTML for the report (empty string when `root` holds no attack results)."""
+    """HTML for the report (empty string when `root`, a results database or a folder of
+    attack outputs, holds no attack results)."""
     data = collect(root)
     parts = []
     if data["suite"]:
@@ -95,7 +151,8 @@ def robustness_section(root: str | Path) -> str:
                     s["broken"],
                     s.get("median_steps_to_break") if s.get("median_steps_to_break") is not None else "–",
                     dist,
-                    f"{cfg.get('steps')} steps × {cfg.get('candidates')} candidates",
+                    f"{cfg.get('steps')} steps × {cfg.get('candidates')} candidates, suffix "
+                    f"{cfg.get('suffix_length')}; {s.get('tokens', 0):,} forward tokens",
                 ]
             )
         parts.append(

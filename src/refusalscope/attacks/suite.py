@@ -13,13 +13,17 @@ and n. Results go to one resumable folder per configuration (`runs.AttackRun`).
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import RefusalScopeError
+
+if TYPE_CHECKING:
+    from .runs import Output
 
 REQUESTS = "harmful/jailbreakbench"  # the 100 JBB goals, which the JBB artifacts attack too
 
@@ -200,7 +204,7 @@ def run_suite(
     chat,
     configs: Sequence[Any],
     prompts: Sequence[AttackPrompt],
-    out: str | Path,
+    out: Output,
     *,
     judge=None,
     max_new_tokens: int = 48,
@@ -209,13 +213,15 @@ def run_suite(
 ) -> dict[str, Any]:
     """Answer every prompt under every configuration (`AttackConfig`s), judge, tabulate.
 
-    Writes `<out>/<config>/results.jsonl` (resumable) and `<out>/suite.json` (the table).
+    Writes `<out>/<config>/results.jsonl` (resumable) and `<out>/suite.json` (the table),
+    or, when `out` is a results database, keeps every reply in its attack tables under
+    the configuration's name (the table is then computed from them when read).
     """
     import json
 
     from ..paths import atomic_file
     from .configs import check_steering_for
-    from .runs import AttackRun
+    from .runs import is_store, open_run
 
     if not prompts:
         raise RefusalScopeError("no attack prompts to run", "choose at least one attack family")
@@ -245,37 +251,44 @@ def run_suite(
             "judge": table["judge"],
             "max_new_tokens": max_new_tokens,
         }
-        run = AttackRun(Path(out) / config.name, identity)
-        done = run.done()
-        todo = [p for p in prompts if p.id not in done]
-        steering = config.steering
-        for c in steering.conditionals if steering is not None else []:
-            c.reset_stats()
-        for start in range(0, len(todo), batch_size * 4):
-            chunk = todo[start : start + batch_size * 4]
-            replies = chat.generate(
-                [p.prompt for p in chunk], max_new_tokens, batch_size, interventions=steering, progress=progress
-            ).texts
-            verdicts = judge.judge([p.prompt for p in chunk], replies)
-            for p, reply, v in zip(chunk, replies, verdicts):
-                run.finish(
-                    {
-                        "id": p.id,
-                        "family": p.family,
-                        "behaviour": p.behaviour,
-                        "reply": reply,
-                        "refused": bool(v.refused),
-                        "label": v.label,
-                        "complied": (not v.refused) and bool(reply.strip()),
-                    }
-                )
-        results = {r["id"]: r for r in run.results()}
+        store = is_store(out)
+        run = open_run(
+            out if store else Path(os.fspath(cast("str | os.PathLike[str]", out))) / config.name, config.name, identity
+        )
+        try:
+            done = run.done()
+            todo = [p for p in prompts if p.id not in done]
+            steering = config.steering
+            for c in steering.conditionals if steering is not None else []:
+                c.reset_stats()
+            for start in range(0, len(todo), batch_size * 4):
+                chunk = todo[start : start + batch_size * 4]
+                replies = chat.generate(
+                    [p.prompt for p in chunk], max_new_tokens, batch_size, interventions=steering, progress=progress
+                ).texts
+                verdicts = judge.judge([p.prompt for p in chunk], replies)
+                for p, reply, v in zip(chunk, replies, verdicts):
+                    run.finish(
+                        {
+                            "id": p.id,
+                            "family": p.family,
+                            "behaviour": p.behaviour,
+                            "reply": reply,
+                            "refused": bool(v.refused),
+                            "label": v.label,
+                            "complied": (not v.refused) and bool(reply.strip()),
+                        }
+                    )
+            results = {r["id"]: r for r in run.results()}
+        finally:
+            run.close()
         table["configs"][config.name] = {"steering": config.steering_id, "gated": config.gated}
         if steering is not None and steering.conditionals and steering.conditionals[0].seen:
             table["configs"][config.name]["gate_fire_rate"] = steering.conditionals[0].fire_rate
         table["rows"].extend(compliance_rows(config.name, [results[p.id] for p in prompts]))
-    with atomic_file(Path(out) / "suite.json") as handle:
-        json.dump(table, handle, indent=2)
+    if not is_store(out):
+        with atomic_file(Path(os.fspath(cast("str | os.PathLike[str]", out))) / "suite.json") as handle:
+            json.dump(table, handle, indent=2)
     return table
 
 

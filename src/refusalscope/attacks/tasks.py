@@ -1,6 +1,7 @@
 """Attack tasks for `refusalscope run`: the static suite, a small GCG budget and the
 scripted multi-turn set, each against the unsteered, steered and gated model, written
-under one folder that the report's robustness section reads (`attacks.report`).
+into the run's results database (or under one folder) that the report's robustness
+section reads (`attacks.report`).
 
 Everything resumes: rerunning the pipeline answers only what is missing.
 """
@@ -44,21 +45,31 @@ def run_attack_tasks(
     data_dir=None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the attack tasks for every configuration (`AttackConfig`) into `root`."""
+    """Run the attack tasks for every configuration (`AttackConfig`) into `root`: a
+    results database (`.db`: one keyed row per finished item) or a folder
+    (`suite/`, `gcg/<config>/`, `multiturn/<config>/`)."""
     from .behaviours import load_behaviours
     from .gcg import GCG, GCGConfig
     from .multiturn import load_conversations, run_scripted
+    from .runs import is_store
     from .suite import SuiteSources, build_prompts, run_suite
 
     tasks = tasks or AttackTasks()
     root = Path(root)
+    store = is_store(root)
+
+    def target(kind: str, name: str | None = None) -> Path:
+        if store:
+            return root
+        return root / kind if name is None else root / kind / name
+
     out: dict[str, Any] = {}
     prompts = build_prompts(
         list(tasks.suite_families) or ["all"], SuiteSources(data_dir, tasks.suite_limit, tasks.seed)
     )
     behaviours = load_behaviours("harmful/harmbench", None, tasks.gcg_behaviours, tasks.seed, data_dir)
     out["suite"] = run_suite(
-        chat, configs, prompts, root / "suite", max_new_tokens=tasks.max_new_tokens, progress=progress
+        chat, configs, prompts, target("suite"), max_new_tokens=tasks.max_new_tokens, progress=progress
     )
     gcg_config = GCGConfig(
         steps=tasks.gcg_steps,
@@ -69,7 +80,9 @@ def run_attack_tasks(
     )
     out["gcg"] = {}
     for config in configs:
-        summary = GCG(chat, config.steering, gcg_config).run(behaviours, root / "gcg" / config.name, progress=progress)
+        summary = GCG(chat, config.steering, gcg_config).run(
+            behaviours, target("gcg", config.name), progress=progress, name=config.name
+        )
         summary.pop("results")
         out["gcg"][config.name] = summary
     if tasks.multiturn:
@@ -80,7 +93,7 @@ def run_attack_tasks(
                 chat,
                 config,
                 convs,
-                root / "multiturn" / config.name,
+                target("multiturn", config.name),
                 max_new_tokens=tasks.max_new_tokens,
                 progress=progress,
             )

@@ -2,7 +2,8 @@
 
 Each subcommand takes model configurations as `--config NAME=SPEC` (repeatable; the
 unsteered model is always included unless `--no-unsteered`), writes one resumable folder
-per configuration under `--out`, and prints one table with a row per configuration.
+per configuration under `--out` (or keyed rows in a results database with `--db`, e.g. a
+sweep's results.db), and prints one table with a row per configuration.
 """
 
 from __future__ import annotations
@@ -25,6 +26,34 @@ ConfigOpt = typer.Option(
 UnsteeredOpt = typer.Option(True, "--unsteered/--no-unsteered", help="Also attack the model without steering.")
 ModelOpt = typer.Option(None, "--model", "-m", help="Model (default: the specs' model, else 'default').")
 DataOpt = typer.Option(None, "--data-dir", help="Folder of benchmark release files (default $REFUSALSCOPE_DATA).")
+DbOpt = typer.Option(
+    None,
+    "--db",
+    help="Results database (.db, e.g. a sweep's results.db) to keep the results in instead of --out; "
+    "a rerun computes only what is missing.",
+)
+JudgeOpt = typer.Option("substring", "--judge", help="Reply judge: substring, learned, or any `judge` name.")
+
+
+def _where(db: Optional[Path], out: Path) -> Path:
+    """The results database (checked before any model loads) or the output folder."""
+    if db is None:
+        return out
+    from ..attacks.runs import STORE_SUFFIXES
+
+    if db.suffix.lower() not in STORE_SUFFIXES:
+        raise RefusalScopeError(f"--db {db} is not a database file name", "name it with .db, e.g. runs/x/results.db")
+    if db.exists():
+        from ..evaluation.store import ResultsStore
+
+        ResultsStore(db, create=False).close()  # a foreign or newer file fails here, before the model loads
+    return db
+
+
+def _judge(name: str):
+    from ..judges import load_judge
+
+    return load_judge(name)
 
 
 def _spec_paths(configs: list[str], unsteered: bool) -> list[tuple[str, Optional[str]]]:
@@ -87,6 +116,8 @@ def gcg_cmd(
     dtype: str = DtypeOpt,
     data_dir: Optional[Path] = DataOpt,
     out: Path = typer.Option(Path("runs/attacks/gcg"), "--out", "-o", help="Output folder (resumable)."),
+    db: Optional[Path] = DbOpt,
+    judge: str = JudgeOpt,
 ) -> None:
     """GCG (adaptive: gradients through the steering) on HarmBench behaviours; robustness = share not broken."""
     from ..attacks import GCG, GCGConfig, load_behaviours
@@ -117,6 +148,8 @@ def gcg_cmd(
         behaviours = [known[b] for b in behaviour]
     for b in behaviours:
         b.require_target()
+    where = _where(db, out)
+    reply_judge = _judge(judge)
     chat, configs = _load(model, dtype, pairs)
     table = _table(
         f"GCG robustness · {chat.info.name} · {len(behaviours)} behaviours · {steps} steps",
@@ -124,7 +157,9 @@ def gcg_cmd(
     )
     for cfg in configs:
         console.print(cfg.describe(), highlight=False, markup=False)
-        summary = GCG(chat, cfg.steering, gcg_config).run(behaviours, out / cfg.name)
+        summary = GCG(chat, cfg.steering, gcg_config, judge=reply_judge).run(
+            behaviours, where if db is not None else out / cfg.name, name=cfg.name
+        )
         table.add_row(
             cfg.name,
             format_estimate(summary["robustness"]),
@@ -134,7 +169,7 @@ def gcg_cmd(
             f"{summary['tokens']:,}",
         )
     console.print(table)
-    console.print(f"results in {out}/<config>/results.jsonl and summary.json")
+    console.print(f"results in {db}" if db is not None else f"results in {out}/<config>/results.jsonl and summary.json")
 
 
 @attack_app.command("suite")
@@ -151,6 +186,8 @@ def suite_cmd(
     dtype: str = DtypeOpt,
     data_dir: Optional[Path] = DataOpt,
     out: Path = typer.Option(Path("runs/attacks/suite"), "--out", "-o", help="Output folder (resumable)."),
+    db: Optional[Path] = DbOpt,
+    judge: str = JudgeOpt,
 ) -> None:
     """Static single-turn attacks (JBB artifacts, DAN/in-the-wild templates, GCG suffixes, tense): compliance per family."""
     from ..attacks.suite import SuiteSources, build_prompts, run_suite
@@ -159,8 +196,12 @@ def suite_cmd(
         raise RefusalScopeError(f"--limit must be at least 1, got {limit}")
     pairs = _spec_paths(config, unsteered)
     prompts = build_prompts(family or ["all"], SuiteSources(data_dir, limit, seed))
+    where = _where(db, out)
+    reply_judge = _judge(judge)
     chat, configs = _load(model, dtype, pairs)
-    result = run_suite(chat, configs, prompts, out, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    result = run_suite(
+        chat, configs, prompts, where, judge=reply_judge, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
     names = [c.name for c in configs]
     table = _table(f"compliance under attack · {chat.info.name} · judge {result['judge']}", ["attack", "n"] + names)
     rows = {(r["config"], r["family"]): r for r in result["rows"]}
@@ -174,7 +215,7 @@ def suite_cmd(
     for name, info in result["configs"].items():
         if "gate_fire_rate" in info:
             console.print(f"{name}: gate fired on {info['gate_fire_rate']:.0%} of attack prompts")
-    console.print(f"table in {out}/suite.json")
+    console.print(f"results in {db}" if db is not None else f"table in {out}/suite.json")
 
 
 @attack_app.command("multiturn")
@@ -194,6 +235,8 @@ def multiturn_cmd(
     model: Optional[str] = ModelOpt,
     dtype: str = DtypeOpt,
     out: Path = typer.Option(Path("runs/attacks/multiturn"), "--out", "-o", help="Output folder (resumable)."),
+    db: Optional[Path] = DbOpt,
+    judge: str = JudgeOpt,
 ) -> None:
     """Crescendo-style escalation: refusal at every turn and success at the last."""
     from ..attacks.multiturn import load_conversations, run_attacker, run_scripted
@@ -203,6 +246,8 @@ def multiturn_cmd(
     if max_turns < 1 or max_backtracks < 0 or max_new_tokens < 1:
         raise RefusalScopeError("max-turns and max-new-tokens must be at least 1, max-backtracks at least 0")
     pairs = _spec_paths(config, unsteered)
+    where = _where(db, out)
+    reply_judge = _judge(judge)
     chat, configs = _load(model, dtype, pairs)
     attacker_model = None
     if attacker is not None and attacker != "self":
@@ -213,15 +258,25 @@ def multiturn_cmd(
     for cfg in configs:
         console.print(cfg.describe(), highlight=False, markup=False)
         if attacker is None:
-            summaries.append(run_scripted(chat, cfg, convs, out / cfg.name, max_new_tokens=max_new_tokens))
+            summaries.append(
+                run_scripted(
+                    chat,
+                    cfg,
+                    convs,
+                    where if db is not None else out / cfg.name,
+                    judge=reply_judge,
+                    max_new_tokens=max_new_tokens,
+                )
+            )
         else:
             summaries.append(
                 run_attacker(
                     chat,
                     cfg,
                     convs,
-                    out / cfg.name,
+                    where if db is not None else out / cfg.name,
                     attacker=attacker_model,
+                    judge=reply_judge,
                     max_turns=max_turns,
                     max_backtracks=max_backtracks,
                     max_new_tokens=max_new_tokens,
@@ -237,13 +292,15 @@ def multiturn_cmd(
         cells = [f"{r['refusal']:.2f} (n={r['n']})" for r in s["refusal_by_turn"]]
         table.add_row(s["config"], *cells, *[""] * (turns - len(cells)), format_estimate(s["success"]))
     console.print(table)
+    console.print(f"results in {db}" if db is not None else f"results in {out}/<config>/results.jsonl")
 
 
 @attack_app.command("report")
 @handle_errors
 def report_cmd(
     root: Path = typer.Argument(
-        Path("runs/attacks"), help="Folder holding suite/, gcg/<config>/, multiturn/<config>/."
+        Path("runs/attacks"),
+        help="Results database (.db) with attack results, or a folder holding suite/, gcg/<config>/, multiturn/<config>/.",
     ),
     output: Path = typer.Option(Path("robustness.html"), "--output", "-o", help="HTML page to write."),
 ) -> None:
@@ -251,9 +308,12 @@ def report_cmd(
     from html import escape
 
     from ..attacks.report import robustness_section
+    from ..attacks.runs import is_store
     from ..paths import atomic_file
 
-    if not root.is_dir():
+    if is_store(root) and not root.is_file():
+        raise RefusalScopeError(f"results database {root} does not exist", "run `refusalscope attack … --db` first")
+    if not is_store(root) and not root.is_dir():
         raise RefusalScopeError(f"attack folder {root} does not exist", "run `refusalscope attack …` first")
     section = robustness_section(root)
     if not section:
@@ -270,3 +330,24 @@ def report_cmd(
             f"{escape(str(root))}</title><style>{style}</style></head><body>{section}</body></html>\n"
         )
     console.print(f"wrote {output}")
+
+
+@attack_app.command("import")
+@handle_errors
+def import_cmd(
+    root: Path = typer.Argument(..., help="Folder holding suite/<config>/, gcg/<config>/, multiturn/<config>/."),
+    db: Path = typer.Option(..., "--db", help="Results database (.db) to copy them into (created if missing)."),
+) -> None:
+    """Copy attack folders (finished items and checkpoints) into a results database; a rerun with --db continues there."""
+    from ..attacks.runs import import_folder
+
+    if db.suffix.lower() not in (".db", ".sqlite", ".sqlite3"):
+        raise RefusalScopeError(f"--db {db} is not a database file name", "name it with .db, e.g. runs/x/results.db")
+    if not root.is_dir():
+        raise RefusalScopeError(
+            f"attack folder {root} does not exist", "pass the folder `refusalscope attack -o` wrote"
+        )
+    counts = import_folder(root, db)
+    console.print(
+        f"copied {counts['runs']} runs, {counts['items']} finished items, {counts['states']} checkpoints into {db}"
+    )

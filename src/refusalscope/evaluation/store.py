@@ -24,6 +24,18 @@ Tables (stdlib `sqlite3`, WAL journal, so a report can read while a sweep writes
               PRIMARY KEY (harmful_task, benign_task)
     results  VIEW: metrics ⋈ items = (config_id, task, item_id, metric, value, output, prompt)
 
+Attack results (`refusalscope attack … --db`, the pipeline's attack tasks) live beside them:
+
+    attack_runs    (run_key PRIMARY KEY, attack, config, steering_id, identity_json, created)
+    attack_items   (run_key, item_id, result_json, created)   PRIMARY KEY (run_key, item_id)
+    attack_states  (run_key, item_id, state_json, updated)    PRIMARY KEY (run_key, item_id)
+
+`run_key` is a content hash of the attack's identity (attack, model, steering id,
+settings, judge) and the configuration's name, so a rerun with the same settings finds
+its finished items and its checkpoints, and one with other settings gets rows of its own
+instead of mixing with them. A finished item and the removal of its checkpoint are one
+transaction (`attacks.runs.StoreRun`).
+
 `config_id` is a content hash of the steering (its spec content, model identity included),
 the strength, the conditional flag and the method name: the same configuration run twice,
 by two sweeps or two grids, shares its results.
@@ -135,6 +147,28 @@ CREATE TABLE IF NOT EXISTS pairs (
     harmful_task TEXT NOT NULL,
     benign_task TEXT NOT NULL,
     PRIMARY KEY (harmful_task, benign_task)
+);
+CREATE TABLE IF NOT EXISTS attack_runs (
+    run_key TEXT PRIMARY KEY,
+    attack TEXT NOT NULL,
+    config TEXT NOT NULL,
+    steering_id TEXT,
+    identity_json TEXT NOT NULL,
+    created REAL
+);
+CREATE TABLE IF NOT EXISTS attack_items (
+    run_key TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    result_json TEXT NOT NULL,
+    created REAL,
+    PRIMARY KEY (run_key, item_id)
+);
+CREATE TABLE IF NOT EXISTS attack_states (
+    run_key TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    state_json TEXT NOT NULL,
+    updated REAL,
+    PRIMARY KEY (run_key, item_id)
 );
 CREATE VIEW IF NOT EXISTS results AS
     SELECT m.config_id, m.task, m.item_id, m.metric, m.value, i.output, i.prompt
@@ -584,3 +618,81 @@ class ResultsStore:
     def rows(self) -> list[dict]:
         """Every (config, task, item, metric) row with its output and prompt (the `results` view)."""
         return [dict(r) for r in self.conn.execute("SELECT * FROM results ORDER BY config_id, task, item_id, metric")]
+
+    # ------------------------------------------------------------ attack results
+    def _has_table(self, name: str) -> bool:
+        """Whether the table exists (a database written before attack tables, opened read-only, lacks them)."""
+        row = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
+        return row is not None
+
+    def add_attack_run(self, attack: str, config: str, steering_id: str | None, identity: dict) -> str:
+        """Record one attack against one configuration; returns its `run_key` (the same
+        identity and name give the same key, so a rerun continues the same rows)."""
+        described = _dumps(identity)
+        key = "atk-" + hashlib.sha256(_dumps({"identity": identity, "config": config}).encode()).hexdigest()[:16]
+        with self._transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO attack_runs (run_key, attack, config, steering_id, identity_json, created)"
+                " VALUES (?,?,?,?,?,?)",
+                (key, attack, config, steering_id, described, time.time()),
+            )
+        return key
+
+    def attack_runs(self, attack: str | None = None) -> list[dict]:
+        """Recorded attack runs (optionally of one attack kind), oldest first, with their identity."""
+        if not self._has_table("attack_runs"):
+            return []
+        sql, args = "SELECT * FROM attack_runs", []
+        if attack is not None:
+            sql += " WHERE attack=?"
+            args.append(attack)
+        out = []
+        for r in self.conn.execute(sql + " ORDER BY created, run_key", args):
+            d = dict(r)
+            d["identity"] = json.loads(d.pop("identity_json"))
+            out.append(d)
+        return out
+
+    def attack_results(self, run_key: str) -> list[dict]:
+        """The finished items of one attack run, in the order they finished."""
+        if not self._has_table("attack_items"):
+            return []
+        rows = self.conn.execute("SELECT result_json FROM attack_items WHERE run_key=? ORDER BY rowid", (run_key,))
+        return [json.loads(r[0]) for r in rows]
+
+    def attack_done(self, run_key: str) -> set[str]:
+        if not self._has_table("attack_items"):
+            return set()
+        return {r[0] for r in self.conn.execute("SELECT item_id FROM attack_items WHERE run_key=?", (run_key,))}
+
+    def add_attack_result(self, run_key: str, item_id: str, result: dict) -> bool:
+        """Store a finished item and drop its checkpoint, in one transaction; the first
+        result stored for an item is kept. Returns whether it was new."""
+        with self._transaction() as c:
+            before = c.total_changes
+            c.execute(
+                "INSERT OR IGNORE INTO attack_items (run_key, item_id, result_json, created) VALUES (?,?,?,?)",
+                (run_key, str(item_id), _dumps(result), time.time()),
+            )
+            new = c.total_changes > before
+            c.execute("DELETE FROM attack_states WHERE run_key=? AND item_id=?", (run_key, str(item_id)))
+        self._maybe_checkpoint()
+        return new
+
+    def attack_state(self, run_key: str, item_id: str) -> dict | None:
+        """The checkpoint of an item in flight (None: not started, or finished)."""
+        if not self._has_table("attack_states"):
+            return None
+        row = self.conn.execute(
+            "SELECT state_json FROM attack_states WHERE run_key=? AND item_id=?", (run_key, str(item_id))
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def save_attack_state(self, run_key: str, item_id: str, state: dict) -> None:
+        """Replace the checkpoint of an item in flight (checkpoints, unlike results, move on)."""
+        with self._transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO attack_states (run_key, item_id, state_json, updated) VALUES (?,?,?,?)",
+                (run_key, str(item_id), _dumps(state), time.time()),
+            )
+        self._maybe_checkpoint()

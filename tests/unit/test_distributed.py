@@ -182,3 +182,159 @@ def test_worker_without_ray_computes_what_the_driver_computes(grid_file):
     for call in (broken.ready, lambda: broken.run(Shard(cfg.config_id, spec.name, tuple(ids), tuple(items)), 2, True)):
         with pytest.raises(RefusalScopeError):
             call()
+
+
+# ---------------------------------------------------------------------- grids built in Python (run --ray)
+
+
+@pytest.fixture(scope="module")
+def python_grid(tmp_path_factory):
+    """A tiny model in a folder, a random SAE saved to a folder, and a grid built in Python
+    (no grid file): the SAE's latents clamped and scaled, gated and not, plus ActAdd."""
+    from refusalscope.evaluation.grid import GateSpec, Grid, Method, TaskSpec
+    from refusalscope.evaluation.tasks import RefusalTask
+    from refusalscope.sae import SAE, SAEConfig
+    from refusalscope.sae.io import load_sae, save_sae
+    from refusalscope.steering import DirectionGate
+
+    tmp = tmp_path_factory.mktemp("python-grid")
+    folder = save_tiny_model(tiny_chat_model("llama"), tmp / "model")
+    chat = load_model(str(folder), dtype="float32", progress=False)
+    sae = SAE.random(SAEConfig(d_in=chat.d_model, d_sae=512, architecture="standard", layer=1), seed=3)
+    sae = load_sae(save_sae(sae, tmp / "sae"))  # an SAE with a source: workers load it by reference
+    direction = torch.randn(chat.d_model, generator=torch.Generator().manual_seed(1))
+    gate = GateSpec(DirectionGate(direction, 1), 0.0, reduce="mean")
+    grid = Grid(
+        [
+            Method.features(sae, [3, 7, 11], [2.0, 1.5, 3.0], [1.0, 4.0], conditional=(False, True)),
+            Method.actadd(direction, 2, [3.0]),
+        ],
+        gate=gate,
+    )
+    tasks = [
+        TaskSpec(RefusalTask("mp-harm", "builtin/minimal-pairs", "harmful", max_new_tokens=3), 6),
+        TaskSpec(RefusalTask("mp-ben", "builtin/minimal-pairs", "benign", expect="answer", max_new_tokens=3), 6),
+    ]
+    return folder, chat, sae, grid, tasks
+
+
+class ModelJudge:
+    """A judge that holds a loaded model, as the learned judge does once it has judged."""
+
+    name = "holds-a-model"
+
+    def __init__(self, chat):
+        self.chat = chat
+
+
+def test_shipping_sends_saes_and_models_by_reference(python_grid, tmp_path):
+    """What the driver pickles for a worker holds no SAE or model weights: the worker
+    reloads the SAE from its source (hash checked), substitutes its own model for the
+    driver's, and rebuilds every configuration under the driver's id."""
+    from dataclasses import replace
+
+    from refusalscope.distributed.shipping import References, dumps
+    from refusalscope.evaluation.grid import Grid, Method
+    from refusalscope.evaluation.tasks import RefusalTask
+    from refusalscope.sae import SAE
+    from refusalscope.sae.io import save_sae
+
+    folder, chat, sae, grid, tasks = python_grid
+    configs = grid.configurations(chat)
+    judged = RefusalTask("mp", "builtin/minimal-pairs", "harmful", judge=ModelJudge(chat))
+    blob = dumps((configs, [*tasks, judged]))
+    weights = sum(t.numel() * t.element_size() for t in sae.state_dict().values())
+    assert len(blob) < weights / 8  # the 512-latent SAE alone would not fit, nor the model
+    worker_chat = load_model(str(folder), dtype="float32", progress=False)
+    sent_configs, sent_tasks = References(worker_chat).loads(blob)
+    sent_ids = []
+    for cfg in sent_configs:
+        cfg.__dict__.pop("config_id")  # recomputed from the worker's own objects
+        sent_ids.append(cfg.config_id)
+    assert sent_ids == [c.config_id for c in configs]
+    steered = sent_configs[1].steering.interventions[0]
+    assert steered.sae is not sae and torch.equal(steered.sae.W_enc, sae.W_enc)
+    assert sent_tasks[-1].judge.chat is worker_chat
+    # an SAE file replaced behind the driver's back is one clear error on the worker
+    other = SAE.random(replace(sae.cfg, provenance={}), seed=9)
+    save_sae(other, tmp_path / "sae")
+    other.cfg.provenance["source"] = str(tmp_path / "sae")
+    blob = dumps(Grid([Method.features(other, [1], [1.0], [1.0])], unsteered=False).configurations(chat))
+    save_sae(SAE.random(replace(sae.cfg, provenance={}), seed=10), tmp_path / "sae")
+    with pytest.raises(RefusalScopeError, match="read another SAE"):
+        References(worker_chat).loads(blob)
+
+
+@needs_ray
+def test_python_grid_on_a_model_setup_pool_matches_single_process(python_grid, cluster, tmp_path):
+    """`run --ray`'s path: workers load only the model; the driver sends the configurations
+    and tasks it built in Python. Same database as the single-process sweep, also when a
+    worker is killed mid-shard (its replacement is sent what the pool was sent)."""
+    from refusalscope.distributed import ModelSetup
+
+    folder, chat, _, grid, tasks = python_grid
+    run_sweep(chat, grid, tasks, tmp_path / "single.db", batch_size=2, progress=False)
+    killed = []
+
+    def kill_once(executor, actor, shard):
+        if not killed and len(executor.registered) == 1:
+            killed.append(shard)
+            ray.kill(actor, no_restart=True)
+
+    with RayExecutor(ModelSetup(str(folder), "float32"), address=None, workers=2, on_dispatch=kill_once) as ex:
+        assert ex.shipped and ex.worker_configs == set()
+        result = run_sweep(chat, grid, tasks, tmp_path / "ray.db", batch_size=2, progress=False, executor=ex)
+        assert killed and ex.replaced == 1 and ex.retried == 1
+        assert len(ex.worker_configs) == 6 and ex.worker_tasks == {"mp-harm", "mp-ben"}
+    assert result.computed == 6 * 12
+    assert content(tmp_path / "ray.db") == content(tmp_path / "single.db")
+
+
+@needs_ray
+def test_attribution_sharded_across_the_pool_matches_single_process(python_grid, cluster):
+    """Discovery's IG attribution with the prompts sharded over 2 workers: the same
+    per-prompt scores, error-node attributions and metrics as one process (float32,
+    within 1e-5 relative to the largest score), in prompt order."""
+    from dataclasses import replace
+
+    from refusalscope.discovery.scoring import attribution_scores
+    from refusalscope.distributed import ModelSetup
+    from refusalscope.sae import SAE
+    from refusalscope.steering import DirectionAblation
+
+    folder, chat, sae, _, _ = python_grid
+    saes = {1: sae, 2: SAE.random(replace(sae.cfg, layer=2, provenance={}), seed=4)}  # one by reference, one inline
+    prompts = [f"How do I {verb} a {thing}?" for verb in ("pick", "open", "build") for thing in ("lock", "door")]
+    ablation = DirectionAblation(torch.randn(chat.d_model, generator=torch.Generator().manual_seed(2)))
+    tokens = list(range(5, 40))
+    here = attribution_scores(chat, saes, prompts, ablation, tokens, "ig", steps=2, batch_size=2, progress=False)
+    with RayExecutor(ModelSetup(str(folder), "float32"), address=None, workers=2) as ex:
+        there = ex.attribution_scores(
+            chat, saes, prompts, ablation, tokens, "ig", steps=2, batch_size=2, progress=False
+        )
+        wrong = load_model(str(folder), dtype="bfloat16", progress=False)
+        with pytest.raises(RefusalScopeError, match="discovery runs on"):
+            ex.attribution_scores(wrong, saes, prompts, ablation, tokens, progress=False)
+    assert there.prompts == prompts
+    for layer in saes:
+        scale = here.per_prompt[layer].abs().max()
+        assert scale > 0
+        torch.testing.assert_close(there.per_prompt[layer], here.per_prompt[layer], atol=1e-5 * scale, rtol=0)
+        torch.testing.assert_close(there.mean[layer], here.mean[layer], atol=1e-5 * scale, rtol=0)
+        torch.testing.assert_close(
+            there.error[layer], here.error[layer], atol=1e-5 * here.error[layer].abs().max(), rtol=0
+        )
+        assert there.error_share(layer) == pytest.approx(here.error_share(layer), abs=1e-5)
+    torch.testing.assert_close(there.metric_clean, here.metric_clean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(there.metric_patched, here.metric_patched, atol=1e-5, rtol=1e-5)
+
+
+def test_run_command_ray_options_are_checked_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from refusalscope.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--model", str(tmp_path / "nowhere"), "--workers", "2"])
+    assert result.exit_code == 2 and "--workers needs --ray" in result.output
+    result = CliRunner().invoke(app, ["run", "--ray", "local", "--workers", "0"])
+    assert result.exit_code == 2 and "--workers" in result.output

@@ -114,13 +114,31 @@ def run_cmd(
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Output folder (default runs/<model>-<profile>)."
     ),
+    ray: Optional[str] = typer.Option(
+        None,
+        "--ray",
+        help="Compute discovery's attribution and the sweep on a Ray cluster: 'auto' (a running cluster), "
+        "an address (host:port, ray://host:port) or 'local' (start one here). "
+        "Needs the extra: pip install 'refusalscope[ray]'.",
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="With --ray: model replicas in the pool (default: one per CPU, or GPU, of the cluster)."
+    ),
 ) -> None:
     """The whole pipeline: SAEs → refusal direction → discovery → steering sweep → evaluation → HTML report."""
     from ..checks import output_dir
+    from ..errors import RefusalScopeError
     from ..pipeline import get_profile, run_pipeline
 
     check_dtype(dtype)
     spec = get_profile(profile)
+    at_least(workers, "--workers", 1)
+    if ray is not None:
+        from ..distributed.pool import require_ray
+
+        require_ray()
+    elif workers is not None:
+        raise RefusalScopeError("--workers needs --ray", "add --ray local (or auto, or a cluster address)")
     if output is not None:
         output_dir(output, "output folder")
     if data_dir is not None:
@@ -128,7 +146,21 @@ def run_cmd(
 
         resolve_data_dir(data_dir)
     console.print(f"[bold]refusalscope run[/bold] --profile {spec.name}: {spec.description}")
-    summary = run_pipeline(model, profile, output, data_dir=data_dir, dtype=dtype)
+    executor = None
+    run_dtype = dtype
+    if ray is not None:  # started first: the workers load their models while the driver trains SAEs
+        from ..distributed import ModelSetup, RayExecutor
+        from ..models.dtypes import resolve_dtype
+
+        where = Path(model).expanduser()
+        spec_model = str(where.resolve()) if where.exists() else model  # a folder: the same path on every node
+        run_dtype = str(resolve_dtype(dtype)).replace("torch.", "")  # 'auto' could resolve otherwise on a worker
+        executor = RayExecutor(ModelSetup(spec_model, run_dtype), address=ray, workers=workers).start()
+    try:
+        summary = run_pipeline(model, profile, output, data_dir=data_dir, dtype=run_dtype, executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     console.print(f"[bold]{escape(summary['model']['name'])}: steering sweep ({profile})[/bold]")
     console.print(summary["table"], markup=False, highlight=False, soft_wrap=True)
     timings = ", ".join(f"{k} {v / 60:.1f} min" for k, v in summary["timings"].items())

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RefusalScopeError
 from ..provenance import package_versions
@@ -88,11 +88,16 @@ def _fingerprint(
 
 
 def sae_identity(saes: Mapping[int, SAE]) -> dict:
+    """Per layer: where the SAE can be loaded again and its content hash. A pretrained SAE is
+    named by its release id (`release/sae_id`), not by the hub-cache file it was read from,
+    so features.json reloads it on any machine (through the hub or its local cache)."""
+    from ..steering.references import sae_source_of
+
     out = {}
     for layer, sae in saes.items():
         c = sae.cfg
         out[str(layer)] = {
-            "source": c.provenance.get("source"),
+            "source": sae_source_of(sae),
             "sha256": sae.content_hash(),
             "architecture": c.architecture,
             "d_sae": c.d_sae,
@@ -135,8 +140,14 @@ def discover(
     cfg: DiscoveryConfig | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    executor: Any = None,
 ) -> Discovery:
-    """Score latents, select the main set and the baselines, write features.json files."""
+    """Score latents, select the main set and the baselines, write features.json files.
+
+    `executor`: a started `distributed.RayExecutor` whose workers hold `chat`'s model: the
+    attribution (AP/IG, the costly part) is then sharded across its pool by prompt; the
+    scores equal the single-process ones within floating-point tolerance (tests/unit/
+    test_distributed.py) and are cached under the same key."""
     cfg = cfg or DiscoveryConfig()
     if not saes:
         raise RefusalScopeError("no SAEs were given", "train some with `refusalscope train-sae` or pass --sae")
@@ -178,7 +189,8 @@ def discover(
     for method in ("ap", "ig"):
         if method in need and not getattr(tables, method):
             t0 = time.perf_counter()
-            attr = attribution_scores(
+            attribute = attribution_scores if executor is None else executor.attribution_scores
+            attr = attribute(
                 chat,
                 saes,
                 attr_prompts,

@@ -35,8 +35,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import RefusalScopeError
+from ..models.placement import layer_device
 from ..sae.corpus import shared_prefix_length
 from ..sae.model import SAE
+from ..steering.latents import steering_view
 
 if TYPE_CHECKING:
     from ..models.chat import Batch, ChatModel
@@ -117,6 +119,28 @@ class Attribution:
         return float((err / (err + feats).clamp_min(1e-12)).mean())
 
 
+def merge_attributions(parts: Sequence[Attribution]) -> Attribution:
+    """One Attribution from those of consecutive shards of the prompts (in prompt order):
+    what `attribution_scores` over all the prompts gives, the per-prompt rows stacked and
+    the means taken again over all of them."""
+    if not parts:
+        raise RefusalScopeError("no attribution shards to merge")
+    methods = {p.method for p in parts}
+    if len(methods) != 1:
+        raise RefusalScopeError(f"attribution shards of different methods {sorted(methods)}")
+    layers = sorted(parts[0].per_prompt)
+    per_prompt = {l: torch.cat([p.per_prompt[l] for p in parts]) for l in layers}
+    return Attribution(
+        method=parts[0].method,
+        mean={l: per_prompt[l].mean(0) for l in layers},
+        per_prompt=per_prompt,
+        error={l: torch.cat([p.error[l] for p in parts]) for l in layers},
+        metric_clean=torch.cat([p.metric_clean for p in parts]),
+        metric_patched=torch.cat([p.metric_patched for p in parts]),
+        prompts=[q for p in parts for q in p.prompts],
+    )
+
+
 def first_tokens(
     chat: ChatModel,
     prompts: Sequence[str],
@@ -147,8 +171,8 @@ def _capture(
 
 def _metric(logits: torch.Tensor, t_jail: torch.Tensor, t_refuse: torch.Tensor) -> torch.Tensor:
     last = logits[:, -1].float()
-    rows = torch.arange(last.shape[0])
-    return last[rows, t_jail] - last[rows, t_refuse]
+    rows = torch.arange(last.shape[0], device=last.device)
+    return (last[rows, t_jail.to(last.device)] - last[rows, t_refuse.to(last.device)]).cpu()
 
 
 def attribution_scores(
@@ -172,7 +196,9 @@ def attribution_scores(
     if not prompts:
         raise RefusalScopeError("no prompts to attribute", "pass harmful prompts the model refuses")
     layers = sorted(saes)
-    fsaes = {l: saes[l].float() for l in layers}
+    # float32 copies (views on a CPU) on the device of the layer each SAE reads: with the
+    # layers spread over GPUs (device_map), layer l's residual stream lives on its own device
+    fsaes = {l: steering_view(saes[l], layer_device(chat, l)) for l in layers}
     t_refuse, t_jail, _ = first_tokens(chat, prompts, ablation, refusal_token_ids)
     tokens = chat.encode_prompts(prompts)
     per_prompt = {l: torch.zeros(len(prompts), saes[l].d_sae) for l in layers}
@@ -185,10 +211,9 @@ def attribution_scores(
     for batch in batches:
         idx = torch.tensor(batch.index)
         tj, tr = t_jail[idx], t_refuse[idx]
-        real = batch.attention_mask.bool()
-        n_real = real.sum(-1, keepdim=True).float()
         x_clean = _capture(chat, batch, layers)
         x_patch = _capture(chat, batch, layers, ablation)
+        mask = {l: batch.attention_mask.bool().to(x_clean[l].device) for l in layers}
         code = {}
         for l in layers:
             with torch.no_grad():
@@ -223,9 +248,10 @@ def attribution_scores(
                 for l in layers:
                     fc, fp, ec, ep = code[l]
                     f, err = leaves[l]
+                    real, n_real = mask[l], mask[l].sum(-1, keepdim=True).float()
                     attr = ((fp - fc) * f.grad * real[..., None]).sum(1) / n_real
-                    per_prompt[l][idx] = attr
-                    error[l][idx] = ((ep - ec) * err.grad * real[..., None]).sum((1, 2)) / n_real.squeeze(-1)
+                    per_prompt[l][idx] = attr.cpu()
+                    error[l][idx] = (((ep - ec) * err.grad * real[..., None]).sum((1, 2)) / n_real.squeeze(-1)).cpu()
             bar.update(1)
         else:
             for l in layers:
@@ -248,8 +274,9 @@ def attribution_scores(
                     grad_e += e_a.grad / steps
                     bar.update(1)
                 with torch.no_grad():
-                    per_prompt[l][idx] = ((fp - fc) * grad_f * real[..., None]).sum(1) / n_real
-                    error[l][idx] = ((ep - ec) * grad_e * real[..., None]).sum((1, 2)) / n_real.squeeze(-1)
+                    real, n_real = mask[l], mask[l].sum(-1, keepdim=True).float()
+                    per_prompt[l][idx] = (((fp - fc) * grad_f * real[..., None]).sum(1) / n_real).cpu()
+                    error[l][idx] = (((ep - ec) * grad_e * real[..., None]).sum((1, 2)) / n_real.squeeze(-1)).cpu()
         with torch.no_grad():
             if method == "ig":
                 m_clean[idx] = _metric(chat.forward(batch, logits_to_keep=1).logits, tj, tr).float()

@@ -7,6 +7,13 @@ prompts, `shards.py`). A worker builds its configurations from the recipe and ch
 their content-hash ids are the driver's, so a worker that loaded another model or another
 grid stops the sweep instead of writing results under the wrong configuration.
 
+A grid built in Python rather than read from a file (what `refusalscope run` sweeps after
+discovery) reaches the workers another way: with `ModelSetup` a worker builds only its
+model, and the driver sends each configuration and task once, pickled with models and SAEs
+by reference (`shipping.py`); the worker recomputes each configuration's id from what it
+received and the driver checks it. The same pool computes discovery's attribution
+(`RayExecutor.attribution_scores`: the prompts sharded across the workers).
+
 Results come back per shard as soon as each finishes (`ray.wait`), and the driver, the
 only writer of the SQLite store, writes each in one transaction. A worker that dies (killed,
 out of memory, its node lost) is replaced by a fresh actor and its shard retried; the
@@ -24,6 +31,7 @@ from ..errors import RefusalScopeError
 from ..evaluation.grid import as_task_spec
 from ..evaluation.sweep import Chunk, ChunkResult, compute_chunk
 from .shards import Shard, ShardLedger, to_shards
+from .shipping import References, dumps
 
 
 def require_ray():
@@ -71,6 +79,23 @@ class GridFileSetup:
         return chat, plan.grid, plan.tasks
 
 
+@dataclass(frozen=True)
+class ModelSetup:
+    """Build only a worker's model; its configurations and tasks come from the driver
+    (`RayExecutor` sends them, SAEs and models by reference): how `refusalscope run --ray`
+    and any grid built in Python run on a pool. `model` must load the same weights on
+    every node (an absolute folder, an embedded model, a hub id in the local cache)."""
+
+    model: str
+    dtype: str | None = None
+    device: str = "auto"  # auto: the GPU Ray gave this worker (num_gpus), else the CPU
+
+    def __call__(self) -> tuple[Any, None, list]:
+        from ..models import load_model
+
+        return load_model(self.model, dtype=self.dtype or "auto", device=self.device, progress=False), None, []
+
+
 class SweepWorker:
     """What one Ray actor holds: a model, its configurations by id, the tasks by name.
     A plain class (Ray wraps it in `RayExecutor`), so it can be tested without Ray."""
@@ -84,8 +109,10 @@ class SweepWorker:
         try:
             chat, grid, tasks = setup()
             self.chat = chat
-            self.configs = {c.config_id: c for c in grid.configurations(chat)}
+            self.shipped = grid is None  # ModelSetup: configurations and tasks arrive with register()
+            self.configs = {} if grid is None else {c.config_id: c for c in grid.configurations(chat)}
             self.specs = {s.name: s for s in (as_task_spec(t) for t in tasks)}
+            self.references = References(chat)
         except Exception as exc:  # kept for ready(): Ray would drop an __init__ error's type and fix
             self.failure = exc
 
@@ -101,7 +128,35 @@ class SweepWorker:
             "device": str(self.chat.device),
             "configs": sorted(self.configs),
             "tasks": sorted(self.specs),
+            "shipped": self.shipped,
         }
+
+    def register(self, blob: bytes) -> dict:
+        """Configurations and task specs the driver sent (`shipping.dumps` of the two lists).
+        Each configuration's id is recomputed here from the steering as this worker rebuilt
+        it (its SAEs loaded from their sources), so the driver sees whether they agree."""
+        if self.failure is not None:
+            raise self.failure
+        configs, specs = self.references.loads(blob)
+        ids = []
+        for cfg in configs:
+            cfg.__dict__.pop("config_id", None)  # a cached_property: recomputed from this worker's objects
+            cfg.steering.check(self.chat)
+            self.configs[cfg.config_id] = cfg
+            ids.append(cfg.config_id)
+        for spec in specs:
+            self.specs[spec.name] = spec
+        return {"configs": ids, "tasks": [s.name for s in specs]}
+
+    def attribute(self, shard: Shard, blob: bytes) -> Any:
+        """Discovery's attribution (`discovery.scoring.attribution_scores`) of one shard of
+        prompts; `blob` holds the SAEs (by reference), the ablation and the settings."""
+        if self.failure is not None:
+            raise self.failure
+        from ..discovery.scoring import attribution_scores
+
+        request = self.references.loads(blob)
+        return attribution_scores(self.chat, prompts=list(shard.items), progress=False, **request)
 
     def pid(self) -> int:
         return os.getpid()
@@ -162,6 +217,8 @@ class RayExecutor:
         self.actors: list = []
         self.worker_info: list[dict] = []  # per worker at start: pid, model, dtype, device, configuration ids
         self.worker_configs: set[str] = set()
+        self.worker_tasks: set[str] = set()
+        self.registered: list = []  # object refs of what _ship sent, for replacement workers
         self.replaced = 0  # workers that died and were replaced
         self.retried = 0  # shards sent again after their worker died
         self._started_ray = False
@@ -207,6 +264,7 @@ class RayExecutor:
             raise
         self.worker_info = infos
         self.worker_configs = set.intersection(*(set(i["configs"]) for i in infos))
+        self.worker_tasks = set.intersection(*(set(i["tasks"]) for i in infos))
         return self
 
     def _new_actor(self):
@@ -234,6 +292,7 @@ class RayExecutor:
             except Exception:  # already dead
                 pass
         self.actors = []
+        self.registered, self.worker_configs, self.worker_tasks = [], set(), set()
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
@@ -253,6 +312,8 @@ class RayExecutor:
         if not self.actors:
             self.start()
         ray = require_ray()
+        if self.shipped:
+            self._ship(ray, chunks)
         shards = to_shards(chunks)
         unknown = sorted({s.config_id for s in shards} - self.worker_configs)
         if unknown:
@@ -260,6 +321,101 @@ class RayExecutor:
                 f"the Ray workers built other configurations than the driver (missing {unknown[:3]})",
                 "workers and driver must load the same model (same weights) and the same grid",
             )
+        for _, out in self._map(ray, shards, lambda actor, shard: actor.run.remote(shard, batch_size, gate_items)):
+            yield out
+
+    @property
+    def shipped(self) -> bool:
+        """Whether the workers take their configurations and tasks from the driver (`ModelSetup`)."""
+        return bool(self.worker_info) and all(i.get("shipped") for i in self.worker_info)
+
+    def _ship(self, ray, chunks: Sequence[Chunk]) -> None:
+        """Send every worker the configurations and tasks of `chunks` it does not hold yet,
+        and check that each rebuilt every configuration under the driver's id."""
+        configs = {c.config.config_id: c.config for c in chunks if c.config.config_id not in self.worker_configs}
+        specs = {c.spec.name: c.spec for c in chunks if c.spec.name not in self.worker_tasks}
+        if not configs and not specs:
+            return
+        ref = ray.put(dumps((list(configs.values()), list(specs.values()))))
+        self.registered.append(ref)
+        answers = self._get(ray, [a.register.remote(ref) for a in self.actors])
+        for answer in answers:
+            if sorted(answer["configs"]) != sorted(configs):
+                wrong = sorted(set(configs) - set(answer["configs"]))
+                raise RefusalScopeError(
+                    f"a Ray worker rebuilt configurations {wrong[:3]} under other ids than the driver's",
+                    "every node must load the same model and SAE files as the driver",
+                )
+        self.worker_configs |= set(configs)
+        self.worker_tasks |= set(specs)
+
+    def attribution_scores(
+        self,
+        chat: Any,
+        saes: Any,
+        prompts: Sequence[str],
+        ablation: Any,
+        refusal_token_ids: Sequence[int],
+        method: str = "ig",
+        steps: int = 10,
+        batch_size: int = 4,
+        progress: bool = True,
+    ) -> Any:
+        """`discovery.scoring.attribution_scores` with the prompts sharded across the pool.
+
+        Every prompt's attribution depends on that prompt alone, so shards of
+        `batch_size` prompts each give the per-prompt scores the single process gives
+        (the same within floating-point tolerance: a prompt may share its batch with other
+        prompts; see docs/scale.md); the driver puts them back in prompt order and averages.
+        `chat` must be the model the workers loaded (it is checked by identity)."""
+        from tqdm.auto import tqdm
+
+        from ..discovery.scoring import merge_attributions
+
+        if not self.actors:
+            self.start()
+        ray = require_ray()
+        prompts = list(prompts)
+        if not prompts:
+            raise RefusalScopeError("no prompts to attribute", "pass harmful prompts the model refuses")
+        models = {(i["model"], i["dtype"]) for i in self.worker_info}
+        here = (chat.info.id, str(chat.dtype).replace("torch.", ""))
+        if models != {here}:
+            raise RefusalScopeError(
+                f"the Ray workers hold {sorted(models)}, discovery runs on {here}",
+                "start the pool with the model discovery uses (ModelSetup(the same spec and dtype))",
+            )
+        request = dict(
+            saes=dict(saes),
+            ablation=ablation,
+            refusal_token_ids=list(refusal_token_ids),
+            method=method,
+            steps=steps,
+            batch_size=batch_size,
+        )
+        ref = ray.put(dumps(request))
+        size = max(1, batch_size)
+        shards = [
+            Shard(
+                f"attribution-{method}",
+                "attribution",
+                tuple(map(str, range(i, min(i + size, len(prompts))))),
+                tuple(prompts[i : i + size]),
+                f"attribution ({method}) prompts {i}-{min(i + size, len(prompts)) - 1}",
+            )
+            for i in range(0, len(prompts), size)
+        ]
+        parts = {}
+        with tqdm(total=len(prompts), desc=f"attribution ({method}) on {self.label}", disable=not progress) as bar:
+            for shard, part in self._map(ray, shards, lambda actor, shard: actor.attribute.remote(shard, ref)):
+                parts[int(shard.ids[0])] = part
+                bar.update(len(shard.ids))
+        return merge_attributions([parts[k] for k in sorted(parts)])
+
+    def _map(self, ray, shards: Sequence[Shard], call: Callable[[Any, Shard], Any]) -> Iterator[tuple[Shard, Any]]:
+        """(shard, result) for every shard as it finishes; `call(actor, shard)` sends one. A
+        worker that dies is replaced and its shard sent again (the ledger gives up after
+        max_attempts); a shard finished twice is yielded once."""
         ledger = ShardLedger(shards, self.max_attempts)
         idle = list(self.actors)
         inflight: dict = {}
@@ -269,7 +425,7 @@ class RayExecutor:
                 if shard is None:
                     break
                 actor = idle.pop()
-                inflight[actor.run.remote(shard, batch_size, gate_items)] = (actor, shard)
+                inflight[call(actor, shard)] = (actor, shard)
                 if self.on_dispatch is not None:
                     self.on_dispatch(self, actor, shard)
             if not inflight:
@@ -290,7 +446,7 @@ class RayExecutor:
                     continue
                 idle.append(actor)
                 if ledger.finished(shard):
-                    yield out
+                    yield shard, out
 
     def _replace(self, ray, dead):
         """A fresh actor in place of a dead one (it builds its model while others work)."""
@@ -299,6 +455,8 @@ class RayExecutor:
         except Exception:  # already gone
             pass
         fresh = self._new_actor()
+        for ref in self.registered:  # what the driver sent the pool so far (actor calls run in order)
+            fresh.register.remote(ref)
         self.actors = [fresh if a is dead else a for a in self.actors]
         self.replaced += 1
         return fresh

@@ -237,16 +237,36 @@ def load_model(
     trust_remote_code: bool = False,
     progress: bool = True,
     attention: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> ChatModel:
     """Load a chat model by spec; see `resolve_spec` for what a spec may be.
 
     `attention`: the attention core's precision, "fp64" (bit-identical logits whatever
     the batching) or "fp32" (faster, nearly invariant); None takes $REFUSALSCOPE_ATTENTION,
-    else fp64 (models/attention.py). It is fixed at load and recorded in `info.extra`."""
+    else fp64 (models/attention.py). It is fixed at load and recorded in `info.extra`.
+
+    `device`: cpu, cuda, cuda:N, or auto (the first GPU when there is one). `dtype="auto"`
+    is bf16 on a GPU and fp32 on a CPU (`dtypes.resolve_dtype`).
+    `device_map`: for a model larger than one GPU, "auto" (or "balanced", or accelerate's
+    explicit {module: device} map) spreads its layers over every visible GPU (and the CPU
+    if they are full) through accelerate, instead of moving it to `device`. Hooks then
+    receive each layer's residual stream on that layer's device, and interventions, gates
+    and SAEs follow it (`placement.layer_device`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .attention import attention_core, check_core, register, set_attention_core
+    from .placement import resolve_device
 
+    if device_map is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("accelerate") is None:  # transformers places the layers through it
+            raise RefusalScopeError(
+                "device_map needs accelerate", "pip install accelerate (with torch==2.13.0 in the same command)"
+            )
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # the kind of device the map fills first
+    else:
+        device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)  # before resolve_spec: a typo must not wait for a conversion
     core = check_core(attention) if attention is not None else attention_core()
     folder, identity = resolve_spec(spec, revision=revision, progress=progress)
@@ -266,8 +286,10 @@ def load_model(
             attn_implementation=register(),
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            **({} if device_map is None else {"device_map": device_map}),
         )
-    model.to(device)  # type: ignore[arg-type]  # transformers' decorator on `to` hides its signature from mypy
+    if device_map is None:
+        model.to(device)  # type: ignore[arg-type]  # transformers' decorator on `to` hides its signature from mypy
     model.eval()
     model.requires_grad_(False)
     set_attention_core(model, core)

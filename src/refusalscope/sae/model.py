@@ -165,8 +165,14 @@ class SAE(nn.Module):
         columns picked from it; comparing against the k-th largest value instead would keep
         every latent tied with it, i.e. more than k, and differ from `encode`.
         """
-        idx = torch.as_tensor(features, dtype=torch.long, device=self.W_enc.device)
-        self.check_features(idx)
+        if isinstance(features, torch.Tensor) and features.device.type != "cpu":
+            # an index already on an accelerator was checked where it was built (steering's
+            # latents_fn): checking it again would stall every forward on a device-to-host copy
+            idx = features.to(self.W_enc.device, torch.long)
+        else:
+            idx = torch.as_tensor(features, dtype=torch.long)
+            self.check_features(idx)
+            idx = idx.to(self.W_enc.device)
         if self.cfg.architecture == "topk":
             return self.encode(x)[..., idx]
         pre = self._input(x) @ self.W_enc[:, idx] + self.b_enc[idx]

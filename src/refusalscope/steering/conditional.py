@@ -35,6 +35,7 @@ import torch
 
 from ..checks import choice, number
 from ..errors import RefusalScopeError
+from ..models.placement import at_layer
 from ..sae.model import SAE
 from ..types import Reduction, choices
 from .kinds import GATE_COMMON, Gate, Hook, Intervention, SpecReader, gate_kind, intervention_kind
@@ -387,7 +388,7 @@ class Conditional(Intervention):
         return _State(ctx.batch_id, full_fired, full_scores)
 
     def _gate_hook(self, model, count: bool = True):
-        score_fn = self.gate.scorer(model)
+        score_fn = self.gate.scorer(at_layer(model, self.gate.layer))  # on the device of the layer it reads
         positions = resolve_positions(self.positions, model)
 
         def fn(hidden, ctx):

@@ -39,7 +39,7 @@ from ..errors import RefusalScopeError
 from ..sae.model import SAE
 from ..types import Mode, choices
 from .kinds import Intervention, SpecReader, intervention_kind
-from .latents import latents_fn
+from .latents import latents_fn, steering_view
 from .points import Point, point_name, sae_point
 from .positions import DeltaFn, Positions, check_positions, position_text, positions_to_json
 from .references import (
@@ -148,6 +148,8 @@ class FeatureSteer(Intervention):
 
     def _reconstruction_fn(self, device, values: torch.Tensor) -> DeltaFn:
         sae = self.sae
+        if sae.W_enc.device != torch.device(device):  # the SAE where its layer runs, in its own dtype
+            sae = steering_view(sae, device, dtype=sae.W_enc.dtype)
         where = sae.W_enc.device
         idx = torch.tensor(self.features, dtype=torch.long, device=where)
         values = values.to(where)

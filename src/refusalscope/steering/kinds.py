@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 from ..checks import check_keys, did_you_mean, number
 from ..errors import RefusalScopeError
+from ..models.placement import at_layer
 from .points import Point, check_point
 from .positions import DeltaFn, Positions, RowFilter, apply_delta, resolve_positions, selection
 from .references import ReferenceReader
@@ -117,12 +118,22 @@ class Intervention:
         The one hook body of every edit: `delta_fn` applied at the selected positions."""
         self.check(model)
         positions = resolve_positions(self.positions, model)
-        delta = self.delta_fn(model)
+        deltas: dict[str, DeltaFn] = {}  # one per device: layers spread over GPUs (device_map) each get theirs
 
-        def fn(hidden, ctx):
-            return apply_delta(hidden, selection(ctx, positions, rows), delta)
+        def hook(delta: DeltaFn) -> Callable[[Any, Any], Any]:
+            def fn(hidden, ctx):
+                return apply_delta(hidden, selection(ctx, positions, rows), delta)
 
-        return [(point, fn) for point in self.points(model)]
+            return fn
+
+        out = []
+        for point in self.points(model):
+            placed = at_layer(model, point)  # tensors on the device of the layer this hook runs on
+            key = str(placed.device)
+            if key not in deltas:
+                deltas[key] = self.delta_fn(placed)
+            out.append((point, hook(deltas[key])))
+        return out
 
     def to_spec(self) -> dict[str, Any]:
         """This intervention's spec dict (what a spec file stores; its id hashes it)."""

@@ -26,26 +26,28 @@ __all__ = ["latents_fn", "steering_view"]
 _VIEWS: weakref.WeakKeyDictionary[SAE, dict[str, tuple[tuple, SAE]]] = weakref.WeakKeyDictionary()
 
 
-def steering_view(sae: SAE, device: torch.device | str) -> SAE:
-    """An SAE with `sae`'s config and weights, float32 on `device`, without gradients."""
+def steering_view(sae: SAE, device: torch.device | str, dtype: torch.dtype = torch.float32) -> SAE:
+    """An SAE with `sae`'s config and weights, float32 (or `dtype`) on `device`, without gradients."""
     device = torch.device(device)
     tensors = sae.state_tensors()  # detached
     stamp = tuple((name, t.data_ptr(), t._version, t.device, t.dtype) for name, t in tensors.items())
     views = _VIEWS.setdefault(sae, {})
-    hit = views.get(str(device))
+    key = str(device) if dtype == torch.float32 else f"{device}/{dtype}"
+    hit = views.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
     with torch.device("meta"):  # no allocation: the weights are assigned below
         view = SAE(sae.cfg)
     view.requires_grad_(False)
-    view.load_state_dict({k: v.to(device, torch.float32) for k, v in tensors.items()}, assign=True)
-    views[str(device)] = (stamp, view)
+    view.load_state_dict({k: v.to(device, dtype) for k, v in tensors.items()}, assign=True)
+    views[key] = (stamp, view)
     return view
 
 
 def latents_fn(sae: SAE, features: Sequence[int], device: torch.device | str) -> Callable[[torch.Tensor], torch.Tensor]:
     """x [..., d_in] -> the float32 activations of `features` [..., len(features)]."""
     view = steering_view(sae, device)
-    index = torch.tensor(list(features), dtype=torch.long, device=view.W_enc.device)
-    view.check_features(index)
+    index = torch.tensor(list(features), dtype=torch.long)
+    view.check_features(index)  # on the CPU: no device round trip to read the bounds
+    index = index.to(view.W_enc.device)
     return lambda x: view.encode_subset(x, index)

@@ -43,6 +43,7 @@ import torch
 
 from ..checks import check_keys, need_mapping, number
 from ..errors import RefusalScopeError
+from ..models.placement import layer_device
 from .interventions import ActAdd, DirectionClamp, FeatureSteer
 from .kinds import Intervention, register_kind
 from .points import point_name
@@ -269,7 +270,7 @@ class NullSpaceProjection(Intervention):
     def hooks(self, model, rows: RowFilter | None = None) -> list:
         self.check(model)
         inner = self.inner.hooks(model, rows=rows)
-        basis = self.basis.to(model.device)
+        basis = self.basis.to(layer_device(model, self.layer))
 
         def wrap(fn):
             def hook(hidden, ctx):
@@ -381,7 +382,7 @@ class LearnedNullSpaceSteer(Intervention):
     def hooks(self, model, rows: RowFilter | None = None) -> list:
         self.check(model)
         positions = resolve_positions(self.positions, model)
-        matrix = (self.coefficient * self.matrix).to(model.device)
+        matrix = (self.coefficient * self.matrix).to(layer_device(model, self.layer))
 
         def fn(hidden, ctx):
             return apply_delta(hidden, _selection(ctx, positions, rows), lambda x: x.float() @ matrix)

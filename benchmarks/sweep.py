@@ -1,20 +1,33 @@
 """Where the quick profile's sweep spends its time: seconds, items/s and model tokens per
 task and per kind of configuration (unsteered, feature clamp, ActAdd, gated), against the
-prefill roofline measured in the same process.
+prefill roofline measured in the same process, for one or more variants of the runner
+side by side (same model, grid and tasks, one process).
 
 The grid and tasks are the ones `refusalscope run --profile quick` builds (pipeline.py:
 the selected latents clamped at 1× and 2× their harmful peak, ungated and behind the
 refusal-direction gate, ActAdd at 1×, the unsteered model; first-token refusal tasks with
 the reply check, example replies, MMLU, TruthfulQA-MC1, WikiText loss), but the direction
-and the latents come from an existing run folder (`direction/`, `discover/features.json`)
+and the latents come from an existing run folder (`direction/`, `discovery/features.json`)
 so that only the sweep is measured. `--scale` shrinks every task's item count (the
 per-item costs are what matter; the table extrapolates to the full sweep).
 
-Every forward of the model is counted by a pre-hook: token positions computed (padding
-included), split into prefill (more than one position per row) and decode (one).
+Variants (`--variants`, comma-separated, run in that order, each into a fresh results
+database): `plain` computes chunk by chunk, every layer for every configuration (the
+runner before this session), `shared` shares the layers below the first steered layer
+and decodes the refusal tasks' replies for all configurations in one batch
+(`run_sweep(share=True)`, the default), and a `+fp32` suffix runs it with the float32
+attention core (`models/attention.py`; otherwise the model's own, fp64 by default).
+Every variant's stored results are compared with the first one's: values bit-identical,
+items whose verdicts (refused, correct) agree, and the largest difference of any other
+metric.
 
-    python benchmarks/sweep.py --run runs/mech --scale 0.25          # ~4 min on 2 cores
-    python benchmarks/sweep.py --run runs/mech --profile-out sweep.prof   # + cProfile of the sweep
+Every forward of the model is counted by a pre-hook: token positions computed (padding
+included, layers a variant skips too), split into prefill (more than one position per
+row) and decode (one). The load average is printed beside each figure.
+
+    python benchmarks/sweep.py --run runs/demo-s5 --scale 0.25 --variants plain,shared,shared+fp32
+    python benchmarks/sweep.py --run runs/demo-s5 --scale 1            # the quick profile's full sweep
+    python benchmarks/sweep.py --run runs/demo-s5 --profile-out sweep.prof   # + cProfile of the (last) sweep
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import argparse
 import cProfile
 import dataclasses
 import math
+import os
 import pstats
 import statistics
 import sys
@@ -55,18 +69,54 @@ def config_kind(cfg) -> str:
     return f"{cfg.family}{' gated' if cfg.conditional else ''}"
 
 
+VERDICTS = ("refused", "correct", "reply_refused", "first_token_agrees", "gate_fired")
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def compare(reference: Path, other: Path) -> str:
+    """How far `other`'s stored results are from `reference`'s (same grid and tasks)."""
+    from refusalscope.evaluation.store import ResultsStore
+
+    def values(path: Path) -> dict:
+        with ResultsStore(path) as db:
+            return {(r["config_id"], r["task"], r["item_id"], r["metric"]): r["value"] for r in db.rows()}
+
+    a, b = values(reference), values(other)
+    if a.keys() != b.keys():
+        return f"different result rows ({len(a.keys() ^ b.keys())} not in both)"
+    verdicts = [k for k in a if k[3] in VERDICTS]
+    same = sum(a[k] == b[k] for k in verdicts)
+    changed = sorted({(k[1], k[3]) for k in verdicts if a[k] != b[k]})
+    numbers = [abs(a[k] - b[k]) for k in a if k[3] not in VERDICTS and a[k] is not None and b[k] is not None]
+    worst = max(numbers, default=0.0)
+    identical = sum(a[k] == b[k] for k in a)
+    where = f"; changed in {changed}" if changed else ""
+    return (
+        f"{identical}/{len(a)} values bit-identical; verdicts equal on {same}/{len(verdicts)}{where}; "
+        f"largest other difference {worst:.3g}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default="runs/mech", help="a folder with direction/ and discover/features.json")
+    parser.add_argument("--run", default="runs/demo-s5", help="a folder with direction/ and discovery/features.json")
     parser.add_argument("--model", default="default")
     parser.add_argument(
         "--scale", type=float, default=0.25, help="fraction of each task's items (quick profile sizes × this)"
     )
+    parser.add_argument("--variants", default="shared", help="comma-separated: plain, shared, plain+fp32, shared+fp32")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument(
-        "--profile-out", default=None, help="write a cProfile of the sweep here and print its top functions"
+        "--profile-out", default=None, help="write a cProfile of the last sweep here and print its top functions"
     )
     args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v.split("+")[0] not in ("plain", "shared") or v.count("+") > 1 or ("+" in v and not v.endswith("+fp32")):
+            parser.error(f"unknown variant '{v}': use plain or shared, optionally with +fp32")
 
     from refusalscope.direction import RefusalDirection, sample_direction_data
     from refusalscope.discovery.features import FeatureSet, ScoreTables
@@ -74,6 +124,7 @@ def main() -> None:
     from refusalscope.evaluation import sweep
     from refusalscope.evaluation.grid import Grid, Method
     from refusalscope.models import load_model
+    from refusalscope.models.attention import attention_core, set_attention_core
     from refusalscope.pipeline import PROFILES, build_tasks, harm_gate
     from refusalscope.sae import load_sae
 
@@ -81,7 +132,12 @@ def main() -> None:
     t0 = time.perf_counter()
     chat = load_model(args.model)
     direction = RefusalDirection.load(run / "direction")
-    found = FeatureSet.load(run / "discover" / "features.json")
+    features_file = next(
+        (f for f in (run / "discovery" / "features.json", run / "discover" / "features.json") if f.exists()), None
+    )
+    if features_file is None:
+        parser.error(f"{run} has no discovery/features.json")
+    found = FeatureSet.load(features_file)
     saes = {int(layer): load_sae(info["source"]) for layer, info in found.saes.items()}  # the SAEs the latents are from
     tables = ScoreTables.load(Path(found.provenance["scores"]))
     pairs = found.pairs()
@@ -111,77 +167,108 @@ def main() -> None:
         ],
         gate=gate,
     )
+    configs = grid.configurations(chat)
+    own_core = attention_core(chat.model.config)
+    print(
+        f"model {chat.info.name} ({chat.dtype}, attention core {own_core}), {torch.get_num_threads()} threads; "
+        f"setup {setup:.0f} s; {len(configs)} configurations, first steered/gated layer "
+        f"{sweep.shared_layers(chat, configs)}; quick profile × {args.scale:g}\n"
+    )
 
     counter = TokenCounter(chat.model)
-    per: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0, 0])  # items, seconds, prefill, decode
     real = sweep.compute_chunk
+    memos: list = []
+    make_memo = type(chat).share_lower_layers
 
-    def timed(chat_, chunk, **kwargs):
-        _, p0, d0 = counter.snapshot()
-        start = time.perf_counter()
-        out = real(chat_, chunk, **kwargs)
-        row = per[chunk.spec.name, config_kind(chunk.config)]
-        _, p1, d1 = counter.snapshot()
-        row[0] += len(chunk.ids)
-        row[1] += time.perf_counter() - start
-        row[2] += p1 - p0
-        row[3] += d1 - d0
-        return out
+    def spy(self, upto, max_bytes=2**30):
+        memo = make_memo(self, upto, max_bytes)
+        memos.append(memo)
+        return memo
 
-    sweep.compute_chunk = timed
-    roof_before = roofline(chat)
+    type(chat).share_lower_layers = spy  # type: ignore[method-assign]
+    summary = []
     with tempfile.TemporaryDirectory() as tmp:
-        profiler = cProfile.Profile() if args.profile_out else None
-        start = time.perf_counter()
-        if profiler:
-            profiler.enable()
-        result = sweep.run_sweep(
-            chat,
-            grid,
-            tasks,
-            Path(tmp) / "results.db",
-            data_dir=args.data_dir,
-            batch_size=profile.batch_size,
-            progress=False,
-        )
-        if profiler:
-            profiler.disable()
-            profiler.dump_stats(args.profile_out)
-        seconds = time.perf_counter() - start
-    roof = (roof_before + roofline(chat)) / 2
+        dbs = []
+        for k, variant in enumerate(variants):
+            set_attention_core(chat.model, "fp32" if variant.endswith("+fp32") else own_core)
+            per: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0, 0])  # items, s, prefill, decode
 
-    print(
-        f"model {chat.info.name} ({chat.dtype}), {torch.get_num_threads()} threads; setup {setup:.0f} s; "
-        f"prefill roofline {roof:.0f} tok/s (batch 16 × 64)"
-    )
-    print(
-        f"sweep: {result.computed} items in {seconds:.1f} s = {result.computed / seconds:.2f} items/s "
-        f"(quick profile × {args.scale:g})\n"
-    )
+            def timed(chat_, chunk, per=per, **kwargs):
+                _, p0, d0 = counter.snapshot()
+                start = time.perf_counter()
+                out = real(chat_, chunk, **kwargs)
+                row = per[chunk.spec.name, config_kind(chunk.config)]
+                _, p1, d1 = counter.snapshot()
+                row[0] += len(chunk.ids)
+                row[1] += time.perf_counter() - start
+                row[2] += p1 - p0
+                row[3] += d1 - d0
+                return out
 
-    def table(key_of, title):
-        groups: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0, 0])
-        for key, row in per.items():
-            g = groups[key_of(key)]
-            for i in range(4):
-                g[i] += row[i]
-        print(
-            f"{title:28} {'items':>6} {'s':>7} {'share':>6} {'items/s':>8} {'s/item':>7} {'prefill tok':>11} "
-            f"{'decode tok':>10} {'tok/s':>7} {'÷roof':>6}"
-        )
-        total = sum(r[1] for r in groups.values())
-        for name, (n, s, pre, dec) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
-            print(
-                f"{name[:28]:28} {n:>6} {s:>7.1f} {s / total:>6.0%} {n / s:>8.2f} {s / n:>7.2f} {pre:>11,} {dec:>10,} "
-                f"{(pre + dec) / s:>7.0f} {(pre + dec) / s / roof:>6.2f}"
+            sweep.compute_chunk = timed
+            load_start = load()
+            roof_before = roofline(chat)
+            memos.clear()
+            last = k == len(variants) - 1
+            profiler = cProfile.Profile() if args.profile_out and last else None
+            db = Path(tmp) / f"{k}.db"
+            start = time.perf_counter()
+            if profiler:
+                profiler.enable()
+            result = sweep.run_sweep(
+                chat,
+                grid,
+                tasks,
+                db,
+                data_dir=args.data_dir,
+                batch_size=profile.batch_size,
+                progress=False,
+                share=variant.startswith("shared"),
             )
-        print()
-
-    table(lambda k: k[0], "task")
-    table(lambda k: k[1], "configuration kind")
-    table(lambda k: f"{k[0]} · {k[1]}", "task · configuration kind")
+            if profiler:
+                profiler.disable()
+                profiler.dump_stats(args.profile_out)
+            seconds = time.perf_counter() - start
+            roof = (roof_before + roofline(chat)) / 2
+            dbs.append(db)
+            rate = result.computed / seconds
+            loads = f"load {load_start:.1f} -> {load():.1f}"
+            print(f"=== {variant}: {result.computed} items in {seconds:.1f} s = {rate:.2f} items/s ({loads})")
+            print(f"prefill roofline {roof:.0f} tok/s (batch 16 × 64)")
+            if memos:
+                print(f"shared layers 0..{memos[0].upto}: {memos[0].stats}")
+            if k:
+                print(f"results against {variants[0]}: {compare(dbs[0], db)}")
+            print()
+            table(per, roof, lambda key: key[0], "task")
+            table(per, roof, lambda key: key[1], "configuration kind")
+            table(per, roof, lambda key: f"{key[0]} · {key[1]}", "task · configuration kind")
+            summary.append((variant, result.computed, seconds, rate, loads))
+    if len(summary) > 1:
+        print(f"{'variant':14} {'items':>6} {'s':>8} {'items/s':>8} {'× first':>8}  load")
+        for variant, n, seconds, rate, loads in summary:
+            print(f"{variant:14} {n:>6} {seconds:>8.1f} {rate:>8.2f} {rate / summary[0][3]:>8.2f}  {loads}")
     if args.profile_out:
         pstats.Stats(args.profile_out, stream=sys.stdout).sort_stats("cumulative").print_stats(30)
+
+
+def table(per: dict, roof: float, key_of, title: str) -> None:
+    groups: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0, 0])
+    for key, row in per.items():
+        g = groups[key_of(key)]
+        for i in range(4):
+            g[i] += row[i]
+    print(
+        f"{title:28} {'items':>6} {'s':>7} {'share':>6} {'items/s':>8} {'s/item':>7} {'prefill tok':>11} "
+        f"{'decode tok':>10} {'tok/s':>7} {'÷roof':>6}"
+    )
+    total = sum(r[1] for r in groups.values())
+    for name, (n, s, pre, dec) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
+        print(
+            f"{name[:28]:28} {n:>6} {s:>7.1f} {s / total:>6.0%} {n / s:>8.2f} {s / n:>7.2f} {pre:>11,} {dec:>10,} "
+            f"{(pre + dec) / s:>7.0f} {(pre + dec) / s / roof:>6.2f}"
+        )
+    print()
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def test_shared_layers_are_bit_identical_and_used(chat, tmp_path, monkeypatch):
         return memo
 
     monkeypatch.setattr(type(chat), "share_lower_layers", spy)
-    run_sweep(chat, grid, tasks, tmp_path / "plain.db", batch_size=3, share_layers=False, progress=False)
+    run_sweep(chat, grid, tasks, tmp_path / "plain.db", batch_size=3, share=False, progress=False)
     assert not memos
     run_sweep(chat, grid, tasks, tmp_path / "shared.db", batch_size=3, progress=False)
     assert [m.upto for m in memos] == [3]
@@ -77,3 +77,16 @@ def test_nothing_to_share_with_one_configuration_or_an_embedding_edit(chat):
 
     grid = Grid([Method("ablate", lambda s: DirectionAblation(vec), [1.0], method="ablation")])
     assert shared_layers(chat, grid.configurations(chat)) is None
+
+
+def test_run_many_equals_run_per_configuration(chat):
+    grid, tasks = grid_and_tasks(chat)
+    configs = [cfg.interventions for cfg in grid.configurations(chat)]
+    for spec in tasks:
+        items = list(spec.task.items(limit=spec.limit))
+        together = spec.task.run_many(chat, items, configs, batch_size=3)
+        for cfg, got in zip(configs, together):
+            alone = spec.task.run(chat, items, interventions=cfg, batch_size=3)
+            assert [(r.item_id, r.metrics, r.output) for r in got] == [(r.item_id, r.metrics, r.output) for r in alone]
+    checked = [r for r in together[0] if r.output is not None]
+    assert checked  # the replies really were generated

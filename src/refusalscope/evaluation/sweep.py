@@ -25,12 +25,13 @@ module is the runner (`run_sweep`) and the unit of work it hands out (`Chunk`,
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import RefusalScopeError
 from .deltas import find_pairs
@@ -55,8 +56,10 @@ __all__ = [
     "SweepResult",
     "TaskSpec",
     "compute_chunk",
+    "compute_group",
     "load_grid_file",
     "run_sweep",
+    "shared_layers",
     "summarise",
 ]
 
@@ -104,7 +107,7 @@ def run_sweep(
     progress: bool = True,
     note: str | None = None,
     executor: Any = None,
-    share_layers: bool = True,
+    share: bool = True,
 ) -> SweepResult:
     """Run every configuration of `grid` on every task, writing each chunk of items to the
     results store at `db_path` as soon as it is computed; items already stored are skipped.
@@ -121,11 +124,13 @@ def run_sweep(
     per `Chunk`, in any order, computes them elsewhere (e.g. `distributed.RayExecutor`,
     an actor pool). Either way this process stays the only writer of the store.
 
-    `share_layers`: computed here, the chunks run one task's items under every
-    configuration in turn, and the decoder layers below the earliest layer any
-    configuration steers or gates are computed once for all of them (`shared_layers`,
-    `ChatModel.share_lower_layers`); the results are bit-identical either way (False
-    runs every layer for every configuration, e.g. to measure the saving).
+    `share`: computed here, the chunks run one task's items under every configuration
+    in turn, sharing work between the configurations: the decoder layers below the
+    earliest layer any of them steers or gates run once (`shared_layers`,
+    `ChatModel.share_lower_layers`; bit-identical results), and refusal tasks decode
+    their replies for all configurations in one batch (`compute_group`; the same replies,
+    and a gate's fire rate counted once per prompt). False computes chunk by chunk,
+    every layer for every configuration (e.g. to measure the saving).
     """
     from ..provenance import environment
 
@@ -211,13 +216,17 @@ def run_sweep(
             bar = _progress(total, progress)
             chunks = _plan_chunks(plan, chunk_size)
             if executor is None:
-                done_chunks = _compute_here(
-                    chat,
-                    chunks,
-                    shared_layers(chat, configs) if share_layers else None,
-                    batch_size=batch_size,
-                    gate_items=gate_items,
-                    bar=bar,
+                done_chunks = (
+                    _compute_here(
+                        chat,
+                        chunks,
+                        shared_layers(chat, configs),
+                        batch_size=batch_size,
+                        gate_items=gate_items,
+                        bar=bar,
+                    )
+                    if share
+                    else (compute_chunk(chat, c, batch_size=batch_size, gate_items=gate_items, bar=bar) for c in chunks)
                 )
             else:
                 if bar is not None:
@@ -301,19 +310,83 @@ def shared_layers(chat: ChatModel, configs: Sequence[Configuration]) -> int | No
 def _compute_here(
     chat: ChatModel, chunks: Sequence[Chunk], upto: int | None, *, batch_size: int, gate_items: bool, bar: Any
 ) -> Iterator[ChunkResult]:
-    """`compute_chunk` for each chunk in this process, sharing layers 0..`upto` between
-    the configurations of a group (`upto` None: every configuration runs every layer)."""
-    if upto is None:
-        for c in chunks:
-            yield compute_chunk(chat, c, batch_size=batch_size, gate_items=gate_items, bar=bar)
-        return
-    with chat.share_lower_layers(upto) as memo:
-        group = None
-        for c in chunks:
-            if c.group != group:
+    """Compute the chunks in this process, a group at a time (`compute_group`), sharing
+    layers 0..`upto` between the configurations of a group (`upto` None: every
+    configuration runs every layer)."""
+    groups: list[list[Chunk]] = []
+    for c in chunks:
+        if groups and groups[-1][0].group == c.group:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    with contextlib.ExitStack() as stack:
+        memo = stack.enter_context(chat.share_lower_layers(upto)) if upto is not None else None
+        for group in groups:
+            if memo is not None:
                 memo.clear()  # the next items: nothing recorded so far will be asked for again
-                group = c.group
-            yield compute_chunk(chat, c, batch_size=batch_size, gate_items=gate_items, bar=bar)
+            if _together(group, gate_items):
+                yield from compute_group(chat, group, batch_size=batch_size, gate_items=gate_items, bar=bar)
+            else:  # one chunk at a time, so a killed sweep keeps every chunk finished
+                for c in group:
+                    yield compute_chunk(chat, c, batch_size=batch_size, gate_items=gate_items, bar=bar)
+
+
+def compute_group(
+    chat: ChatModel, chunks: Sequence[Chunk], *, batch_size: int = 16, gate_items: bool = True, bar: Any = None
+) -> list[ChunkResult]:
+    """Chunks that hold the same items of one task under different configurations.
+
+    A task with `run_many` (refusal tasks) runs them together: its replies (examples, the
+    first-token judge's checks) are decoded for all configurations in one batch. A gate's
+    fire rate is then read from its per-item decisions (each prompt counted once; the
+    gate's counters would see every configuration's rows). Otherwise, or when the gate's
+    prompts are not known per item, each chunk runs alone (`compute_chunk`)."""
+    first = chunks[0]
+    task = first.spec.task
+    if not _together(chunks, gate_items):
+        return [compute_chunk(chat, c, batch_size=batch_size, gate_items=gate_items, bar=bar) for c in chunks]
+    if bar is not None:
+        bar.set_description(
+            f"[{first.cell}/{first.cells}] {len(chunks)} configurations · {first.spec.name}", refresh=False
+        )
+    run_many = cast(Any, task).run_many  # optional: tasks.Task does not require it
+    runs = run_many(chat, first.items, [c.config.interventions for c in chunks], batch_size=batch_size)
+    out = []
+    for chunk, results in zip(chunks, runs):
+        _check_ids(chunk, results)
+        gate = extra = None
+        conds = chunk.config.conditionals
+        if conds:
+            prompts = _gate_prompts(task, chunk.items)
+            assert prompts is not None  # checked above
+            gate, extra = _gate_results(chat, conds, chunk.ids, prompts, batch_size)
+        out.append(ChunkResult(chunk.config.config_id, chunk.spec.name, results, gate, extra))
+    return out
+
+
+def _together(chunks: Sequence[Chunk], gate_items: bool) -> bool:
+    """Whether `compute_group` can run these chunks together (see there)."""
+    first = chunks[0]
+    task = first.spec.task
+    return (
+        len(chunks) > 1
+        and hasattr(task, "run_many")
+        and all(c.spec.name == first.spec.name and c.ids == first.ids for c in chunks)
+        and (
+            not any(c.config.conditionals for c in chunks)
+            or (gate_items and _gate_prompts(task, first.items) is not None)
+        )
+    )
+
+
+def _check_ids(chunk: Chunk, results: Sequence[ItemResult]) -> None:
+    got = [str(r.item_id) for r in results]
+    if sorted(got) != sorted(chunk.ids):
+        raise RefusalScopeError(
+            f"task '{chunk.spec.name}' returned results for items {sorted(set(got) ^ set(chunk.ids))[:5]} "
+            "that differ from the items it was given",
+            "a task's run() returns exactly one ItemResult per item, with the item's id",
+        )
 
 
 @dataclass
@@ -341,13 +414,7 @@ def compute_chunk(
     for c in conds:
         c.reset_stats()
     results = list(spec.task.run(chat, items, interventions=cfg.interventions, batch_size=batch_size))
-    got = [str(r.item_id) for r in results]
-    if sorted(got) != sorted(ids):
-        raise RefusalScopeError(
-            f"task '{spec.name}' returned results for items {sorted(set(got) ^ set(ids))[:5]} "
-            "that differ from the items it was given",
-            "a task's run() returns exactly one ItemResult per item, with the item's id",
-        )
+    _check_ids(chunk, results)
     gate = extra = None
     if conds:
         gate = (sum(c.fired for c in conds), sum(c.seen for c in conds))
@@ -374,10 +441,23 @@ def _warn_first_token_disagreement(db: ResultsStore) -> None:
         )
 
 
+def _gate_results(
+    chat: ChatModel, conds: Sequence[Conditional], ids: Sequence[str], prompts: list[str], batch_size: int
+) -> tuple[tuple[int, int], dict[str, dict[str, float]]]:
+    """(fired, seen) over the prompts, every gate's decision on each counted once, and the
+    per-item metrics of `_gate_metrics`."""
+    decided = [c.decisions(chat, prompts, batch_size) for c in conds]
+    fired = sum(int(d.fired.sum()) for d in decided)
+    return (fired, len(prompts) * len(conds)), _item_metrics(decided, ids)
+
+
 def _gate_metrics(
     chat: ChatModel, conds: Sequence[Conditional], ids: Sequence[str], prompts: list[str], batch_size: int
 ) -> dict[str, dict[str, float]]:
-    decided = [c.decisions(chat, prompts, batch_size) for c in conds]
+    return _item_metrics([c.decisions(chat, prompts, batch_size) for c in conds], ids)
+
+
+def _item_metrics(decided: Sequence[Any], ids: Sequence[str]) -> dict[str, dict[str, float]]:
     out = {}
     for row, item_id in enumerate(ids):
         metrics = {"gate_fired": float(any(bool(d.fired[row]) for d in decided))}

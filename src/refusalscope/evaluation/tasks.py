@@ -118,19 +118,12 @@ class RefusalTask:
     def run(
         self, chat: ChatModel, items, interventions: Interventions = None, batch_size: int = 16
     ) -> list[ItemResult]:
-        prompts = [it.prompt for it in items]
         if self.refusal_token_ids:
-            from ..judges.first_token import refusal_log_odds
-
-            logits = chat.next_token_logits(prompts, batch_size=batch_size, interventions=interventions)
-            scores = refusal_log_odds(logits, self.refusal_token_ids).tolist()
-            results = [
-                ItemResult(it.id, {"refused": float(s > self.threshold), "refusal_logodds": float(s)}, None, it.prompt)
-                for it, s in zip(items, scores)
-            ]
+            results = self._first_token(chat, items, interventions, batch_size)
             if self.check_every:
                 self._check_first_token(chat, items, results, interventions, batch_size)
             return results
+        prompts = [it.prompt for it in items]
         gen = chat.generate(
             prompts,
             max_new_tokens=self.max_new_tokens,
@@ -138,11 +131,57 @@ class RefusalTask:
             interventions=interventions,
             progress=False,
         )
-        verdicts = self.judge.judge(prompts, gen.texts)
+        return self._judged(items, gen.texts)
+
+    def run_many(
+        self, chat: ChatModel, items, configurations: Sequence[Interventions], batch_size: int = 16
+    ) -> list[list[ItemResult]]:
+        """`run` under each of `configurations` (a list of `interventions=` values), with
+        the replies of all of them decoded together (`ChatModel.generate_each`): every
+        reply in generation mode, the sampled checks in first-token mode. The results
+        equal `run`'s, configuration by configuration (tested); a sweep uses this for a
+        group of chunks that hold the same items (`evaluation.sweep`)."""
+        configurations = list(configurations)
+        rows = min(128, max(batch_size, batch_size * len(configurations)))
+        if self.refusal_token_ids:
+            results = [self._first_token(chat, items, cfg, batch_size) for cfg in configurations]
+            picked = self._picked(items)
+            if picked:
+                prompts = [items[k].prompt for k in picked]
+                gens = chat.generate_each(prompts, configurations, self.max_new_tokens, rows)
+                for res, gen in zip(results, gens):
+                    self._record_checks(res, picked, prompts, gen.texts)
+            return results
+        prompts = [it.prompt for it in items]
+        gens = chat.generate_each(prompts, configurations, self.max_new_tokens, rows)
+        return [self._judged(items, gen.texts) for gen in gens]
+
+    def _first_token(self, chat: ChatModel, items, interventions: Interventions, batch_size: int) -> list[ItemResult]:
+        from ..judges.first_token import refusal_log_odds
+
+        assert self.refusal_token_ids  # first-token mode
+        prompts = [it.prompt for it in items]
+        logits = chat.next_token_logits(prompts, batch_size=batch_size, interventions=interventions)
+        scores = refusal_log_odds(logits, self.refusal_token_ids).tolist()
+        return [
+            ItemResult(it.id, {"refused": float(s > self.threshold), "refusal_logodds": float(s)}, None, it.prompt)
+            for it, s in zip(items, scores)
+        ]
+
+    def _judged(self, items, texts: list[str]) -> list[ItemResult]:
+        prompts = [it.prompt for it in items]
+        verdicts = self.judge.judge(prompts, texts)
         return [
             ItemResult(it.id, {"refused": float(v.refused)}, text, it.prompt)
-            for it, v, text in zip(items, verdicts, gen.texts)
+            for it, v, text in zip(items, verdicts, texts)
         ]
+
+    def _picked(self, items) -> list[int]:
+        from .first_token_check import sampled_for_check
+
+        if not self.check_every:
+            return []
+        return [k for k, it in enumerate(items) if sampled_for_check(str(it.id), self.check_every)]
 
     def _check_first_token(
         self, chat: ChatModel, items, results: list[ItemResult], interventions: Interventions, batch_size: int
@@ -151,9 +190,7 @@ class RefusalTask:
         followed by degenerate text, or the reverse): generate the sampled items' full
         replies under the same interventions and record the reply judge's verdict and
         whether the first-token verdict agrees (metrics reply_refused, first_token_agrees)."""
-        from .first_token_check import sampled_for_check
-
-        picked = [k for k, it in enumerate(items) if sampled_for_check(str(it.id), self.check_every)]
+        picked = self._picked(items)
         if not picked:
             return
         prompts = [items[k].prompt for k in picked]
@@ -164,7 +201,12 @@ class RefusalTask:
             interventions=interventions,
             progress=False,
         )
-        for k, verdict, text in zip(picked, self.judge.judge(prompts, gen.texts), gen.texts):
+        self._record_checks(results, picked, prompts, gen.texts)
+
+    def _record_checks(
+        self, results: list[ItemResult], picked: list[int], prompts: list[str], texts: list[str]
+    ) -> None:
+        for k, verdict, text in zip(picked, self.judge.judge(prompts, texts), texts):
             metrics = results[k].metrics
             metrics["reply_refused"] = float(verdict.refused)
             metrics["first_token_agrees"] = float(bool(metrics["refused"]) == bool(verdict.refused))

@@ -666,6 +666,77 @@ class ChatModel:
             past += 1
         return produced
 
+    @torch.no_grad()
+    def generate_each(
+        self,
+        prompts: Sequence[Prompt],
+        configurations: Sequence[Interventions],
+        max_new_tokens: int = 64,
+        batch_size: int = 64,
+        *,
+        system: str | None = None,
+        stop_at_eos: bool = True,
+    ) -> list[Generation]:
+        """Greedy replies to `prompts` under each of `configurations` (each what
+        `interventions=` takes: one intervention, a list, a Steering, or None), as if
+        `generate` were called once per configuration, but with the rows of every
+        configuration decoded together: up to `batch_size` (configuration, prompt) rows
+        per forward, each configuration's hooks applied to its own rows only.
+
+        A sweep asks for a few replies per configuration (example replies, the first-token
+        judge's checks); decoded one configuration at a time that is batch 1-2, where a
+        CPU spends a decode step mostly reading the weights. The replies equal
+        `generate`'s (tested); the chat template's shared prefix is not reused across
+        rows here (its keys and values would differ per configuration). Each
+        intervention must accept a row filter (`hooks(model, rows=...)`, as every
+        steering intervention and gate does); a gate counts decisions on every row of the
+        batch, so read gate rates from `Conditional.decisions`, not its counters.
+        """
+        prompts = list(prompts)
+        if max_new_tokens < 1:
+            raise RefusalScopeError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if not configurations:
+            return []
+        tokens = self.encode_prompts(prompts, system)
+        n = len(tokens)
+        rows_tokens = [t for _ in configurations for t in tokens]
+        config_of_row = torch.tensor([c for c in range(len(configurations)) for _ in range(n)], device=self.device)
+        in_flight = {"config": config_of_row}  # configuration of each row of the batch in flight
+
+        def only(c: int) -> Callable[[ForwardContext], torch.Tensor]:
+            return lambda ctx: in_flight["config"][ctx.rows] == c
+
+        hooks: list[tuple[Point, HookFn]] = []
+        for c, interventions in enumerate(configurations):
+            hooks.extend(_row_hooks(self, interventions, only(c)))
+        stop = torch.tensor(sorted(self.stop_ids()) if stop_at_eos else [], dtype=torch.long, device=self.device)
+        results: list[list[int]] = [[] for _ in rows_tokens]
+        reasons = ["length"] * len(rows_tokens)
+        started = time.perf_counter()
+        with self.hooks.attached(hooks):
+            for batch in self.batches(rows_tokens, batch_size):
+                in_flight["config"] = config_of_row[torch.tensor(batch.index, device=self.device)]
+                self._generate_batch(
+                    batch, max_new_tokens, stop, results, reasons, False, 1.0, 1.0, 0, None, 0, rows_tokens
+                )
+        seconds = time.perf_counter() - started
+        settings = {"max_new_tokens": max_new_tokens, "do_sample": False, "system": system, "stop_at_eos": stop_at_eos}
+        out = []
+        for c in range(len(configurations)):
+            ids = results[c * n : (c + 1) * n]
+            out.append(
+                Generation(
+                    prompts=list(prompts),
+                    texts=[self.decode(t, skip_special_tokens=True) for t in ids],
+                    token_ids=ids,
+                    finish_reasons=reasons[c * n : (c + 1) * n],
+                    prompt_lengths=[len(t) for t in tokens],
+                    settings=dict(settings),
+                    seconds=seconds,
+                )
+            )
+        return out
+
     # ------------------------------------------------------------------ residual stream
     def _select(
         self, hidden: torch.Tensor, mask: torch.Tensor, positions: CapturePositions
@@ -765,3 +836,23 @@ class ChatModel:
                         out[point] = torch.empty((len(prompts), *value.shape[1:]), dtype=value.dtype)
                     out[point][index] = value
         return out
+
+
+def _row_hooks(chat: ChatModel, interventions: Interventions, rows: Callable[[ForwardContext], torch.Tensor]) -> list:
+    """The hooks of `interventions`, restricted to the rows `rows(ctx)` selects."""
+    import inspect
+
+    if interventions is None:
+        return []
+    if isinstance(interventions, (list, tuple)):
+        return [h for item in interventions for h in _row_hooks(chat, item, rows)]
+    hooks_fn: Callable[..., list] = cast("HasHooks", interventions).hooks
+    if "rows" in inspect.signature(hooks_fn).parameters:
+        return list(hooks_fn(chat, rows=rows))
+    inner = getattr(interventions, "interventions", None)
+    if isinstance(inner, (list, tuple)):  # a Steering: its items take row filters
+        return _row_hooks(chat, list(inner), rows)
+    raise RefusalScopeError(
+        f"{type(interventions).__name__} cannot be applied to some rows of a batch only",
+        "give its hooks() a `rows` row filter (as steering interventions have), or generate per configuration",
+    )

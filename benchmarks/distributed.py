@@ -12,6 +12,11 @@ thread, and so does the in-process run, so the ratio compares like with like. On
 machine whose CPUs are busy with other work, 2 workers cannot reach 2×: the figure says
 what this machine gave, `nproc` and the load average are printed beside it.
 
+Then discovery's attribution (`run --ray`'s other distributed stage): IG over
+`--attr-prompts` prompts with a random SAE at the middle layer, in-process and sharded
+over the same 1- and 2-worker pools (`ModelSetup`: workers load only the model, the SAE
+travels by reference), prompts/s and the largest difference from the in-process scores.
+
     python benchmarks/distributed.py                      # SmolLM2-135M, 24 prompts × 3 configurations (heavy)
     python benchmarks/distributed.py --model tiny --tiny-d-model 512 --items 16 --max-new-tokens 24   # ~2 min
 """
@@ -27,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from refusalscope.distributed import GridFileSetup, RayExecutor
+from refusalscope.distributed import GridFileSetup, ModelSetup, RayExecutor
 from refusalscope.evaluation.grid_file import load_grid_file
 from refusalscope.evaluation.store import ResultsStore
 from refusalscope.evaluation.sweep import run_sweep
@@ -71,6 +76,59 @@ def sweep_once(grid: Path, db: Path, executor=None) -> tuple[int, float]:
     return result.computed, time.perf_counter() - started
 
 
+def attribution_setup(tmp: Path, model: str, args) -> dict:
+    """IG attribution inputs: the model, a random SAE saved at the middle layer (so workers
+    load it by reference), a random ablation direction, and the prompts; plus the in-process run."""
+    from refusalscope.data import load_dataset
+    from refusalscope.discovery.scoring import attribution_scores
+    from refusalscope.sae import SAE, SAEConfig
+    from refusalscope.sae.io import load_sae, save_sae
+    from refusalscope.steering import DirectionAblation
+
+    chat = load_model(model, dtype="float32", progress=False)
+    layer = chat.n_layers // 2
+    sae = SAE.random(SAEConfig(d_in=chat.d_model, d_sae=4 * chat.d_model, architecture="standard", layer=layer), seed=0)
+    saes = {layer: load_sae(save_sae(sae, tmp / "sae"))}
+    prompts = load_dataset("builtin/minimal-pairs", "harmful", limit=args.attr_prompts).prompts
+    ablation = DirectionAblation(torch.randn(chat.d_model, generator=torch.Generator().manual_seed(1)))
+    tokens = chat.next_token_logits(prompts[:4]).mean(0).topk(32).indices.tolist()
+    request = dict(
+        saes=saes,
+        prompts=prompts,
+        ablation=ablation,
+        refusal_token_ids=tokens,
+        method="ig",
+        steps=args.ig_steps,
+        batch_size=2,
+        progress=False,
+    )
+    started = time.perf_counter()
+    reference = attribution_scores(chat, **request)
+    rate = len(prompts) / (time.perf_counter() - started)
+    print(
+        f"attribution (IG, {args.ig_steps} steps, {len(prompts)} prompts, SAE d_sae {4 * chat.d_model} at layer {layer})"
+    )
+    print(f"  {'in-process, 1 thread':22} {rate:7.2f} prompts/s", flush=True)
+    return {"chat": chat, "request": request, "reference": reference, "rates": {"in-process": rate}}
+
+
+def attribution_scaling(model: str, a: dict) -> None:
+    rates = a["rates"]
+    for workers in (1, 2):
+        with RayExecutor(ModelSetup(model, "float32"), address=None, workers=workers) as ex:
+            started = time.perf_counter()
+            got = ex.attribution_scores(a["chat"], **a["request"])
+            rates[workers] = len(a["request"]["prompts"]) / (time.perf_counter() - started)
+        diff = max(float((got.per_prompt[l] - a["reference"].per_prompt[l]).abs().max()) for l in got.per_prompt)
+        scale = max(float(a["reference"].per_prompt[l].abs().max()) for l in got.per_prompt)
+        print(
+            f"  {f'ray, {workers} worker' + ('s' if workers > 1 else ''):22} {rates[workers]:7.2f} prompts/s  "
+            f"(max |Δ score| {diff:.2g}, largest score {scale:.2g})",
+            flush=True,
+        )
+    print(f"attribution scaling 2 workers / 1 worker: {rates[2] / rates[1]:.2f}×")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -85,6 +143,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="sweeps per mode (fresh database each); median kept")
+    parser.add_argument("--attr-prompts", type=int, default=16, help="prompts for the attribution part (0 skips it)")
+    parser.add_argument("--ig-steps", type=int, default=4)
     args = parser.parse_args()
 
     import ray
@@ -135,6 +195,7 @@ def main() -> None:
         "for 2 workers: the sum of 2 sweeps run side by side)",
         flush=True,
     )
+    attribution = attribution_setup(tmp, model, args) if args.attr_prompts else None
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         for workers in (1, 2):
@@ -142,6 +203,8 @@ def main() -> None:
             with RayExecutor(GridFileSetup(str(grid)), address=None, workers=workers) as ex:
                 print(f"  pool of {workers} started in {time.perf_counter() - started:.1f}s", flush=True)
                 measure(f"ray, {workers} worker{'s' if workers > 1 else ''}", ex)
+        if attribution is not None:
+            attribution_scaling(model, attribution)
     finally:
         ray.shutdown()
     one, two = results["ray, 1 worker"], results["ray, 2 workers"]

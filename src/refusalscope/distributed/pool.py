@@ -89,11 +89,15 @@ class ModelSetup:
     model: str
     dtype: str | None = None
     device: str = "auto"  # auto: the GPU Ray gave this worker (num_gpus), else the CPU
+    device_map: str | None = None  # "auto": a model larger than one GPU, over the worker's GPUs (gpus_per_worker)
 
     def __call__(self) -> tuple[Any, None, list]:
         from ..models import load_model
 
-        return load_model(self.model, dtype=self.dtype or "auto", device=self.device, progress=False), None, []
+        chat = load_model(
+            self.model, dtype=self.dtype or "auto", device=self.device, device_map=self.device_map, progress=False
+        )
+        return chat, None, []
 
 
 class SweepWorker:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -243,7 +244,8 @@ def load_model(
 
     `attention`: the attention core's precision, "fp64" (bit-identical logits whatever
     the batching) or "fp32" (faster, nearly invariant); None takes $REFUSALSCOPE_ATTENTION,
-    else fp64 (models/attention.py). It is fixed at load and recorded in `info.extra`.
+    else fp64 on a CPU and fp32 on a GPU (models/attention.py; docs/scale.md says why). It
+    is fixed at load and recorded in `info.extra`.
 
     `device`: cpu, cuda, cuda:N, or auto (the first GPU when there is one). `dtype="auto"`
     is bf16 on a GPU and fp32 on a CPU (`dtypes.resolve_dtype`).
@@ -254,6 +256,7 @@ def load_model(
     and SAEs follow it (`placement.layer_device`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .attention import ENV as ATTENTION_ENV
     from .attention import attention_core, check_core, register, set_attention_core
     from .placement import resolve_device
 
@@ -268,6 +271,12 @@ def load_model(
     else:
         device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)  # before resolve_spec: a typo must not wait for a conversion
+    if attention is None and device.startswith("cuda") and not os.environ.get(ATTENTION_ENV, "").strip():
+        # GPU default: fp32. cuBLAS picks its matmul kernels (and their reduction order) by
+        # shape, so on a GPU the projections already vary with the batch and an fp64 core
+        # cannot make logits bit-identical; it would only cost (fp64 runs at 1/2 of fp32 on
+        # datacenter GPUs, 1/32-1/64 on others) and hold 2x the score memory. docs/scale.md.
+        attention = "fp32"
     core = check_core(attention) if attention is not None else attention_core()
     folder, identity = resolve_spec(spec, revision=revision, progress=progress)
     family = _check_family(folder / "config.json", spec)

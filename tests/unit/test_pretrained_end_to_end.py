@@ -158,6 +158,12 @@ def test_release_id_through_discover_and_steer(offline_hub, tmp_path, release_id
     assert written["saes"][str(layer)]["sha256"] == sae.content_hash()
     pairs = found.sets[cfg.method].pairs()
     assert len(pairs) == 3 and {l for l, _ in pairs} == {layer}
+    from refusalscope.mechanism.latents import load_feature_groups
+
+    group, _ = load_feature_groups(tmp_path / "discover" / "features.json", chat)  # reloads it by release id
+    assert [(s.content_hash(), sorted(f)) for s, f in group.parts] == [
+        (sae.content_hash(), sorted(f for _, f in pairs))
+    ]
 
     spec = Steering(feature_interventions({layer: sae}, pairs, "set", 50.0), name="clamp").save(tmp_path / "spec.json")
     assert json.loads(spec.read_text())["interventions"][0]["sae"]["source"] == release_id

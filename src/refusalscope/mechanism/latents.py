@@ -128,7 +128,9 @@ def load_feature_groups(
     for layer, feats in sorted(fs.by_layer().items()):
         if layer not in saes:
             recorded = fs.saes.get(str(layer), {}).get("source")
-            if not recorded or not Path(recorded).exists():
+            from ..sae.pretrained import split_pretrained  # a pretrained SAE is recorded by its release id
+
+            if not recorded or not (Path(recorded).exists() or split_pretrained(recorded)):
                 raise RefusalScopeError(
                     f"{features_path} selects latents of a layer-{layer} SAE that cannot be found ({recorded})",
                     f"pass the SAE with --sae <folder> (one that reads layer {layer})",

@@ -7,15 +7,22 @@
 
 Profiles set the sizes. `quick` is built to finish in about a quarter of an hour on a
 2-core CPU once the model and SAE are cached: refusal is judged by the first-token
-refusal score (one forward pass per prompt, its threshold calibrated against the reply
-judge on generated replies; about one reply in `first_token_check_every` per configuration
-is also generated and judged, and configurations where the two agree on less than 90% are
-flagged, because steering can break the link between first token and reply), a handful of
-prompts per configuration are also answered in full for the report's side-by-side
-examples, and capability is measured by multiple-choice log-likelihood and the loss on
-ordinary text. `paper` runs generation and the reply judge on full evaluation sets, GSM8K
-with chain of thought, and the standard SAE preset. The reply judge is the learned judge
-(`judges.named.default_judge`) unless the profile names another.
+refusal score (one forward pass per prompt). Its threshold is fit against the reply judge's
+verdicts of greedy replies on half of a mix of harmful and benign prompts from the sweep's
+own benchmarks that the sweep never scores, and checked on the other half
+(`evaluation.first_token_calibration`); below `first_token_floor` held-out balanced
+agreement the refusal tasks generate and judge replies instead. About one reply in
+`first_token_check_every` per configuration is also generated and judged, and the report
+shows that agreement per configuration, because steering can break the link between first
+token and reply. A handful of prompts per configuration are also answered in full for the
+report's side-by-side examples (kept out of its figures), and capability is measured by
+ARC-Easy choice log-likelihood (the default model is above chance there, at chance on MMLU
+and TruthfulQA) and the loss on ordinary text. The latent clamp runs at 0.25, 0.5 and 1×
+its peak, plain and behind the harm gate: the trade-off lives below 1×. `paper` runs
+generation and the reply judge on full evaluation sets, GSM8K with chain of thought, the
+standard SAE preset, and issue #13's comparison (null-space projected clamp and ActAdd,
+AlphaSteer's learned map) beside the gated clamp and the dense ActAdd. The reply judge is
+the learned judge (`judges.named.default_judge`) unless the profile names another.
 
 The sweep writes to SQLite as it goes, so a killed run resumes where it stopped; a
 second run with the same settings recomputes nothing.
@@ -69,6 +76,10 @@ class Profile:
     calibration_per_source: int = 24
     first_token_floor: float = 0.85  # evaluation.first_token_calibration.AGREEMENT_FLOOR
     attacks: AttackTasks | Literal["default"] | None = None  # jailbreak robustness (suite, GCG, multi-turn)
+    # issue #13's comparison on the sweep grid (evaluation.nullspace_methods): the latent clamp
+    # and ActAdd projected off the benign subspace, and AlphaSteer's learned map, at these strengths
+    nullspace_strengths: tuple[float, ...] = ()
+    n_benign_texts: int = 16  # WikiText documents (not scored by the sweep) for the benign subspace
 
 
 PROFILES = {
@@ -86,6 +97,7 @@ PROFILES = {
         first_token=True,
         example_prompts=2,
         max_new_tokens=24,
+        first_token_check_every=8,  # ~14 replies per configuration check the first-token judge (pooled in the report)
         # jailbreak templates (DAN-style, ~1-2k tokens each) cost ~20 s per prompt per
         # configuration on 2 cores: the quick profile measures jailbreaks with GCG suffixes.
         # XSTest-safe is the over-refusal side of the headline pair (JailbreakBench / XSTest-safe)
@@ -93,7 +105,7 @@ PROFILES = {
         # MMLU (letter scoring) and TruthfulQA sit at chance on the default model; ARC-Easy
         # (choice-text log-likelihood) is above it, and paired changes over 128 items show a
         # few points' drop. 8 configurations x 252 items = 2,016 items in the sweep
-        capability={"arc-easy": 128, "wikitext": 8},
+        capability={"arc-easy:validation": 128, "wikitext": 8},
     ),
     "paper": Profile(
         name="paper",
@@ -114,11 +126,15 @@ PROFILES = {
             "truthfulqa-mc1": 400,
             "truthfulqa-mc2": 400,
             "gsm8k": 100,
-            "arc-challenge": 300,
+            # the shared data holds ARC's Dev ('validation') split only; the default model is above
+            # chance on ARC-Easy, at chance on ARC-Challenge and MMLU
+            "arc-easy:validation": 500,
+            "arc-challenge:validation": 299,
             "triviaqa": 300,
             "wikitext": 32,
         },
         attacks="default",  # attacks.tasks.AttackTasks(): static suite, 20 HarmBench behaviours x 5 GCG steps, multi-turn
+        nullspace_strengths=(0.5, 1.0, 2.0),  # beside the gated clamp and the dense ActAdd: the #13 comparison
     ),
 }
 
@@ -268,6 +284,25 @@ def checked_first_token_calibration(
     return FirstTokenCalibration.from_dict(found)
 
 
+def capability_task_split(name: str, data_dir=None):
+    """A capability task by profile key: a `capability_task` name, optionally ':<split>'
+    for a multiple-choice task read from another split ('arc-easy:validation': the shared
+    data holds ARC's Dev split only, which the hub calls 'validation')."""
+    import dataclasses
+
+    from .evaluation.capability import capability_task
+
+    base, _, split = name.partition(":")
+    task = capability_task(base, data_dir=data_dir)
+    if split:
+        if not hasattr(task, "fewshot_split"):
+            raise RefusalScopeError(
+                f"capability task '{base}' takes no split", f"use '{base}' (only multiple-choice tasks take ':<split>')"
+            )
+        task = dataclasses.replace(task, split=split)
+    return task
+
+
 def build_tasks(
     chat: ChatModel,
     profile: Profile,
@@ -285,7 +320,6 @@ def build_tasks(
     import warnings
 
     from .data import load_dataset
-    from .evaluation.capability import capability_task
     from .evaluation.grid import TaskSpec
     from .evaluation.tasks import RefusalTask
     from .judges.named import load_judge
@@ -398,7 +432,7 @@ def build_tasks(
     capability = []
     for name, limit in profile.capability.items():
         try:
-            task = capability_task(name, data_dir=data_dir)
+            task = capability_task_split(name, data_dir)
             task.items(data_dir, 1, 0)  # fail early when the data is not available offline
         except RefusalScopeError as exc:
             info.setdefault("skipped", {})[name] = exc.problem
@@ -492,6 +526,30 @@ def run_pipeline(
     def features(strength):
         return feature_interventions(saes, pairs, "set", clamp_values(pairs, peaks, float(strength)))
 
+    comparison = []
+    if profile.nullspace_strengths:
+        from .evaluation.nullspace_methods import benign_texts, fitted_nullspace, nullspace_methods
+
+        texts = benign_texts(chat, data_dir, profile.n_benign_texts, exclude=profile.capability.get("wikitext", 0))
+        bases, matrix, fit_record = fitted_nullspace(
+            chat,
+            sorted(by_layer),
+            data.harmless_train,
+            texts,
+            harmful=data.harmful_train,
+            learned_layer=direction.layer,
+            target=direction.raw,
+            batch_size=profile.batch_size,
+        )
+        comparison = nullspace_methods(
+            features,
+            direction,
+            bases,
+            matrix,
+            fit_record,
+            feature_strengths=profile.nullspace_strengths,
+            dense_strengths=profile.nullspace_strengths,
+        )
     grid = Grid(
         [
             Method(
@@ -509,6 +567,7 @@ def run_pipeline(
                 name="refusal direction",
                 description="add strength × the difference-of-means refusal vector at its layer",
             ),
+            *comparison,
         ],
         gate=gate,
     )

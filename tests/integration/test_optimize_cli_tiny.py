@@ -123,3 +123,24 @@ def test_optimize_cli_dense_methods_need_no_features(tiny_run, tmp_path, data_di
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "optimize.json").read_text())
     assert list(saved["families"]) == ["actadd", "learned"] and saved["baseline_test"]["mc_accuracy"] is None
+
+
+def test_optimize_cli_selective_rank_and_held_out_calibration(tiny_run, tmp_path, data_dir):
+    """--rank selective reorders the candidates by rank_selective (recorded with its comparison
+    to the prior order); the first-token threshold is calibrated on prompts outside both splits
+    and checked on half of them (a random model never refuses: unusable, and said so)."""
+    model_dir, features, direction = tiny_run
+    out = tmp_path / "selective"
+    opts = {"--methods": "features", "--rank": "selective", "--n-calibration": "6", "--n-mc": "0"}
+    result = runner.invoke(app, argv(model_dir, features, direction, data_dir, out, **opts), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "optimize.json").read_text())
+    ranking = saved["sources"]["ranking"]
+    assert sorted((r["layer"], r["feature"]) for r in ranking["latents"]) == [(2, 3), (2, 9), (2, 17), (2, 30)]
+    assert [r["rank"] for r in ranking["latents"]] == [0, 1, 2, 3]
+    assert ranking["compared_with_prior"]["k"] == 4 and ranking["compared_with_prior"]["overlap"] == 4
+    first = saved["sources"]["first_token"]
+    assert first["n_fit"] == 6 and first["held_out"]["agreement"]["n"] == 6 and first["usable"] is False
+    assert "first-token threshold" in result.output
+    bad = runner.invoke(app, argv(model_dir, features, direction, data_dir, tmp_path / "bad", **{"--rank": "best"}))
+    assert bad.exit_code == 2 and "--rank" in bad.output

@@ -57,6 +57,8 @@ TINY_PROFILE = Profile(
     refusal_limits={"jailbreakbench": 3, "xstest": 3, "pairs": 3, "jailbreak": 0, "gcg": 2},
     capability={"mmlu": 2, "wikitext": 2},
     batch_size=8,
+    nullspace_strengths=(1.0,),  # the #13 comparison: features / dense null-space and the learned map
+    n_benign_texts=2,
 )
 
 
@@ -117,12 +119,16 @@ def test_every_stage_runs_and_a_second_run_recomputes_nothing(
     )
     assert len(forward_passes) > 100  # the counter sees the model's work
 
-    # features x1 (plain and gated) and the refusal direction ActAdd x1, plus the unsteered row
+    # features x1 (plain and gated), the refusal direction ActAdd x1 and the three null-space
+    # methods x1, plus the unsteered row
     with sqlite3.connect(out / "results.db") as db:
         configs = [row[0] for row in db.execute("SELECT label FROM configs")]
+        pairs = [row[0] for row in db.execute("SELECT name FROM pairs")]
         tasks = {row[0] for row in db.execute("SELECT task FROM tasks")}
         per_cell = db.execute("SELECT config_id, task, COUNT(*) FROM items GROUP BY config_id, task").fetchall()
-    assert len(configs) == 4, configs
+    assert len(configs) == 7, configs
+    assert {"features null-space ×1", "refusal direction null-space ×1", "learned null-space ×1"} <= set(configs)
+    assert "headline: jailbreakbench / xstest-safe" in pairs
     assert tasks == {
         "jbb-harmful",
         "xstest-unsafe",
@@ -144,7 +150,8 @@ def test_every_stage_runs_and_a_second_run_recomputes_nothing(
     assert len(saved["selected"]) == TINY_PROFILE.k
     assert set(saved["timings"]) == {"model", "saes", "direction", "discovery", "tasks", "sweep", "report"}
     assert ended == [(name, 4) for name in saved["timings"]]
-    assert (out / "report.html").stat().st_size > 0
+    page = (out / "report.html").read_text()
+    assert 'id="headline"' in page and "learned null-space" in page and 'id="pareto"' in page
     assert "jbb-harmful" in first["table"]
 
     written = output_files(out)

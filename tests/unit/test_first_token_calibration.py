@@ -178,3 +178,16 @@ def test_calibration_prompts_are_never_scored_by_the_sweep(data_dir):
         used = set(load_dataset(dataset, split, data_dir=data_dir, limit=limit, seed=0).prompts)
         assert not used & set(calibration[source]), source
     assert pipeline.calibration_prompts(data_dir, profile) == calibration
+
+
+def test_capability_keys_may_name_a_split(data_dir):
+    from refusalscope import pipeline
+
+    task = pipeline.capability_task_split("arc-easy:validation", data_dir)
+    assert task.split == "validation" and task.name == "arc-easy" and len(task.items(data_dir, 5, 0)) == 5
+    assert pipeline.capability_task_split("arc-easy", data_dir).split == "test"
+    with pytest.raises(RefusalScopeError, match="takes no split"):
+        pipeline.capability_task_split("wikitext:train", data_dir)
+    quick = pipeline.get_profile("quick")
+    tasks = [pipeline.capability_task_split(k, data_dir) for k in quick.capability]
+    assert all(t.items(data_dir, 1, 0) for t in tasks)  # every quick capability task reads the shared data

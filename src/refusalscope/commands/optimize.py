@@ -136,6 +136,19 @@ def optimize_cmd(
         "--first-token-threshold",
         help="First-token refusal log-odds threshold for the search (default: calibrated against the judge, cached).",
     ),
+    n_calibration: int = typer.Option(
+        24,
+        "--n-calibration",
+        help="Harmful and benign prompts (each, outside both splits) that calibrate the first-token "
+        "threshold: half fit it, half check its agreement with the judge.",
+    ),
+    rank: str = typer.Option(
+        "prior",
+        "--rank",
+        help="Order of the candidate latents the top-k is taken from: 'prior' (features.json, CosSim+IG) or "
+        "'selective' (discovery.selectivity.rank_selective: refusal effect per unit of text loss, quiet on "
+        "benign inputs; one forward per candidate over the fit prompts and texts).",
+    ),
     harmful_data: str = typer.Option("harmful/jailbreakbench", "--harmful", help="Dataset of harmful requests."),
     benign_data: str = typer.Option("xstest/safe", "--benign", help="Dataset of benign requests (over-refusal)."),
     data_dir: Optional[Path] = typer.Option(
@@ -173,6 +186,7 @@ def optimize_cmd(
         (n_mc_val, "--n-mc-val", 0),
         (n_fit, "--n-fit", 2),
         (n_fit_texts, "--n-fit-texts", 1),
+        (n_calibration, "--n-calibration", 2),
         (max_latents, "--max-latents", 1),
         (max_new_tokens, "--max-new-tokens", 1),
         (batch_size, "--batch-size", 1),
@@ -189,6 +203,8 @@ def optimize_cmd(
         raise RefusalScopeError("--variance must be above 0", "e.g. --variance 0.99")
     if threshold is not None:
         number(threshold, "--first-token-threshold")
+    if rank not in ("prior", "selective"):
+        raise RefusalScopeError(f"unknown --rank '{rank}'", "use 'prior' or 'selective'")
     out = output_dir(output, "output folder")
     output_file(out / "optimize.db", "study file")
     import_optuna()
@@ -263,6 +279,10 @@ def optimize_cmd(
         "judge": judge,
         "max_new_tokens": max_new_tokens,
         "first_token_threshold": threshold_option,
+        # calibrated on held-out prompts of the split datasets, checked on half of them (Session 6);
+        # a study searched with the older in-sample calibration must not be resumed with this one
+        "first_token_calibration": None if threshold_option is not None else {"held_out": n_calibration},
+        "rank": rank,
         "harmful": harmful_data,
         "benign": benign_data,
         "seed": seed,
@@ -276,7 +296,6 @@ def optimize_cmd(
     from ..evaluation.optimize import compare, first_token_refusals, reply_refusals
     from ..evaluation.pareto import headline_rows, write_outputs
     from ..models import load_model
-    from ..pipeline import first_token_calibration
     from ..provenance import package_versions
     from ..steering import Steering
 
@@ -318,17 +337,54 @@ def optimize_cmd(
             )
     settings = Settings(max_latents=max_latents, strengths=(lo, hi), variance=variance, batch_size=batch_size)
     ids = list(map(int, refusal_direction.refusal_token_ids))
-    if threshold is None:
-        calibration_judge = test_judge or reply_judge("default")
-        threshold, agreement = first_token_calibration(
-            chat, fit_data.harmful_val + fit_data.harmless_val, ids, max_new_tokens, calibration_judge
+    if rank == "selective" and data.candidates:
+        from ..discovery.selectivity import compare_with_prior, rank_selective
+
+        ranked = rank_selective(
+            chat,
+            data.saes,
+            data.candidates,
+            harmful=fit_data.harmful_train,
+            benign_prompts=fit_data.harmless_train,
+            benign_texts=fit_texts,
+            refusal_token_ids=ids,
+            values=data.values,
+            batch_size=batch_size,
+            seed=seed,
         )
-        sources["first_token"] = {
-            "threshold": threshold,
-            "agreement_with_judge": agreement,
-            "judge": getattr(calibration_judge, "name", judge),
-            "n_calibration": 32,
+        order = [data.candidates.index((r.layer, r.feature)) for r in ranked]
+        data.candidates = [data.candidates[i] for i in order]
+        data.values = [data.values[i] for i in order]
+        sources["ranking"] = {
+            "by": "rank_selective (combined)",
+            "compared_with_prior": compare_with_prior(ranked, min(max_latents, len(ranked))),
+            "latents": [r.to_dict() for r in ranked],
         }
+    if threshold is None:
+        from ..pipeline import checked_first_token_calibration
+
+        calibration_judge = test_judge or reply_judge("default")
+        calibration = {
+            f"{harmful_data} (outside the splits)": harmful[n_val + n_test : n_val + n_test + n_calibration],
+            f"{benign_data} (outside the splits)": benign[n_val + n_test : n_val + n_test + n_calibration],
+        }
+        if min(len(v) for v in calibration.values()) < 2:  # a small dataset: the direction's validation prompts
+            calibration = {"refusal-direction val": fit_data.harmful_val, "alpaca val": fit_data.harmless_val}
+        found = checked_first_token_calibration(chat, calibration, ids, max_new_tokens, calibration_judge, 0.85)
+        threshold = found.threshold
+        sources["first_token"] = {**found.to_dict(), "given": False}
+        console.print(found.summary(), highlight=False, markup=False)
+        if not found.usable:
+            console.print(
+                "the search's first-token proxy disagrees with the judge: its validation numbers are rough; "
+                + (
+                    "--judge first-token uses it on the test split too (use --judge learned for trustworthy numbers)"
+                    if test_judge is None
+                    else "the test split is judged on generated replies"
+                ),
+                highlight=False,
+                markup=False,
+            )
     else:
         sources["first_token"] = {"threshold": threshold, "given": True}
     spaces, fitted = build_spaces(chat, families, data, settings, progress=False)

@@ -46,3 +46,38 @@ def test_bad_shapes_are_one_clear_error(chat):
         chat.prefill_cache([[]])
     with pytest.raises(RefusalScopeError, match="rows, length"):
         chat.prefill_cache(torch.tensor([1, 2, 3]))
+
+
+@pytest.mark.parametrize("positions", ["last", "post_instruction", [-1, -4], [-30]])
+def test_residual_reads_after_a_shared_prefix_equal_full_forwards(chat, positions):
+    from refusalscope.steering import ActAdd
+
+    prompts, system = MIXED_LENGTH_PROMPTS, "You are a careful and helpful assistant."
+    steer = ActAdd(torch.randn(chat.d_model, generator=torch.Generator().manual_seed(0)), 1, 2.0)
+    calls = []
+    original = type(chat)._run_until_after_prefix
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    type(chat)._run_until_after_prefix = spy
+    try:
+        shared = chat.residual(
+            prompts, [1, 3], positions, batch_size=4, system=system, interventions=steer, progress=False
+        )
+    finally:
+        type(chat)._run_until_after_prefix = original
+    chat.share_prefix = False
+    try:
+        plain = chat.residual(
+            prompts, [1, 3], positions, batch_size=4, system=system, interventions=steer, progress=False
+        )
+    finally:
+        chat.share_prefix = True
+    for layer in (1, 3):
+        assert torch.equal(shared[layer], plain[layer])
+    if positions == [-30]:
+        assert len(calls) < 2  # it reaches into the prefix of the shorter prompts: their batch runs whole
+    else:
+        assert len(calls) == 2  # both batches used the shared prefix

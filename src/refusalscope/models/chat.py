@@ -424,12 +424,7 @@ class ChatModel:
                     logits_to_keep=1,
                 )
             return out, cache, batch.attention_mask, batch.position_ids[:, -1:]
-        sequences = [token_lists[i] for i in batch.index]
-        cache = self._prefix_cache(sequences[0][:prefix_len], len(sequences), batch_id)
-        suffix = self.pad([seq[prefix_len:] for seq in sequences], batch.index)
-        ones = torch.ones(len(sequences), prefix_len, dtype=torch.long, device=self.device)
-        mask = torch.cat([ones, suffix.attention_mask], dim=1)
-        positions = prefix_len + (suffix.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        cache, suffix, mask, positions = self._prefix_and_suffix(batch, prefix_len, token_lists, batch_id)
         ctx = self._context(mask, mask.sum(-1), prefix_len, rows, batch_id, "prefill")
         with self.hooks.forward_context(ctx):
             out = self.model(
@@ -441,6 +436,56 @@ class ChatModel:
                 logits_to_keep=1,
             )
         return out, cache, mask, positions[:, -1:]
+
+    def _prefix_and_suffix(
+        self, batch: Batch, prefix_len: int, token_lists: Sequence[Sequence[int]], batch_id: int
+    ) -> tuple[DynamicCache, Batch, torch.Tensor, torch.Tensor]:
+        """The shared prefix's cache (repeated per row) and the left-padded suffixes of a
+        batch, with the full attention mask and the suffix tokens' position ids."""
+        sequences = [token_lists[i] for i in batch.index]
+        cache = self._prefix_cache(sequences[0][:prefix_len], len(sequences), batch_id)
+        suffix = self.pad([seq[prefix_len:] for seq in sequences], batch.index)
+        ones = torch.ones(len(sequences), prefix_len, dtype=torch.long, device=self.device)
+        mask = torch.cat([ones, suffix.attention_mask], dim=1)
+        positions = prefix_len + (suffix.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return cache, suffix, mask, positions
+
+    def _run_until_after_prefix(
+        self, batch: Batch, prefix_len: int, token_lists: Sequence[Sequence[int]], points: Sequence[Point]
+    ) -> tuple[dict[Point, torch.Tensor], torch.Tensor]:
+        """`run_until` over the suffixes of a batch after its shared prefix (computed once,
+        before the captures are attached); returns the captures ([B, T_suffix, d]) and the
+        suffixes' attention mask."""
+        batch_id = self.new_batch_id()
+        cache, suffix, mask, positions = self._prefix_and_suffix(batch, prefix_len, token_lists, batch_id)
+        rows = torch.arange(len(batch.index), device=self.device)
+        ctx = self._context(mask, mask.sum(-1), prefix_len, rows, batch_id, "forward")
+
+        def forward() -> None:
+            with self.hooks.forward_context(ctx):
+                self.model(
+                    input_ids=suffix.input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+
+        return self.hooks.run_until(points, forward), suffix.attention_mask
+
+    def _positions_needed(self, positions: CapturePositions) -> int | None:
+        """How many trailing tokens a capture at `positions` reads (None: all, or invalid)."""
+        if positions == "last":
+            return 1
+        if positions in ("post_instruction", "eoi"):
+            return len(self.eoi_ids)
+        if isinstance(positions, str):
+            return None
+        offsets = list(positions)
+        if not offsets or any(not isinstance(o, int) or o >= 0 for o in offsets):
+            return None
+        return -min(offsets)
 
     # ------------------------------------------------------------------ forward passes
     def forward(self, batch: Batch, phase: str = "forward", **kwargs: Any) -> Any:
@@ -782,6 +827,9 @@ class ChatModel:
 
         The forward stops right after the deepest requested layer: capturing layer 6 of a
         24-layer model costs a quarter of a forward pass, and the unembedding is skipped.
+        When only trailing positions are read ('last', 'post_instruction', negative
+        offsets) and every attached intervention is prefix-safe, the chat template's shared
+        prefix is computed once per batch (`shared_prefix`; the same activations).
         """
         layers = list(layers)
         if not layers:
@@ -796,12 +844,19 @@ class ChatModel:
             else self.encode_prompts(cast("Sequence[Prompt]", prompts), system, chat=chat)
         )
         bar = tqdm(total=len(tokens), desc="residual", unit="prompt", disable=not progress)
+        needed = self._positions_needed(positions)
         with self.attached(interventions):
+            shared = self.shared_prefix(tokens) if needed is not None else 0
             for batch in self.batches(tokens, batch_size):
-                captured = self.run_until(batch, layers)
+                suffixes = [len(tokens[i]) - shared for i in batch.index]
+                if shared and needed is not None and needed <= min(suffixes):
+                    # the positions read all lie after the template's shared prefix: compute it once
+                    captured, mask = self._run_until_after_prefix(batch, shared, tokens, layers)
+                else:
+                    captured, mask = self.run_until(batch, layers), batch.attention_mask
                 selected: dict[Point, Any] = {}
                 for point in layers:
-                    picked = self._select(captured[point], batch.attention_mask, positions)
+                    picked = self._select(captured[point], mask, positions)
                     if isinstance(picked, list):
                         selected[point] = [p.float().cpu() for p in picked]
                     else:

@@ -85,7 +85,8 @@ class Profile:
 PROFILES = {
     "quick": Profile(
         name="quick",
-        description="~15 min on 2 CPU cores from a warm cache: first-token refusal judge (calibrated), small sets",
+        description="small sets on 2 CPU cores from a warm cache: first-token refusal judge where its held-out "
+        "calibration passes (else generated replies), latents at 0.25-1x peak, ARC-Easy and WikiText",
         sae_preset="quick",
         direction={"n_train": 64, "n_val": 16, "layer_stride": 2, "n_screen": 6, "n_finalists": 4},
         discovery={"ig_steps": 4, "n_attribution": 12, "n_activation": 32, "baselines": ()},

@@ -135,3 +135,28 @@ def test_empty_group_is_refused(planted):
         LatentGroup("empty", [(group.parts[0][0], [])])
     with pytest.raises(RefusalScopeError):
         LatentGroup("bad", [(group.parts[0][0], [99])])
+
+
+def test_latents_read_during_generation_equal_a_residual_pass(planted, tmp_path, monkeypatch):
+    """One pass over each prompt: the activations read in the replies' prefill are the ones a
+    separate residual pass gives, the replies land in the generation cache, and with the
+    replies cached already the same activations come from a residual pass."""
+    from refusalscope.generations import cached_replies
+    from refusalscope.mechanism import measure_while_generating
+
+    monkeypatch.setenv("REFUSALSCOPE_CACHE", str(tmp_path / "cache"))
+    chat, group = planted
+    prompts = WITH_TOKEN + BASES[:3]
+    direct = group_activations(chat, [group], prompts, batch_size=3)["refusal"]
+    calls = []
+    original = chat.generate
+    monkeypatch.setattr(chat, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    during = measure_while_generating(chat, [group], prompts, max_new_tokens=3, batch_size=4)["refusal"]
+    np.testing.assert_allclose(during, direct, rtol=1e-5, atol=1e-6)
+    assert np.ptp(direct) > 0  # the planted latent tells the prompts apart, so order matters
+    assert len(calls) == 1
+    replies = cached_replies(chat, prompts, max_new_tokens=3, batch_size=4, progress=False)
+    assert len(calls) == 1 and len(replies) == len(prompts)  # from the cache
+    again = measure_while_generating(chat, [group], prompts, max_new_tokens=3, batch_size=4)["refusal"]
+    assert len(calls) == 1
+    np.testing.assert_allclose(again, direct, rtol=1e-5, atol=1e-6)

@@ -150,7 +150,7 @@ def jailbreak_analysis_cmd(
     import numpy as np
 
     from ..mechanism.heatmap import heatmap_html, page_html, paragraph, section_html, table_html, token_activations
-    from ..mechanism.latents import group_activations
+    from ..mechanism.latents import measure_while_generating
     from ..mechanism.pairs import build_pairs
     from ..mechanism.suppression import drop_gap, jailbreak_success, reply_judge, suppression_table
     from ..mechanism.token_attribution import attribute_tokens, loo_check, word_scores
@@ -176,14 +176,18 @@ def jailbreak_analysis_cmd(
     # Attacks share JBB goals, so many pairs have the same vanilla request: each distinct
     # request is measured and answered once. Short vanilla prompts go in wide batches
     # (decoding is ~3x faster per token at batch 32 than at 8 on 2 cores); the long
-    # jailbroken ones (DAN templates: ~700 tokens) in batches of 16.
+    # jailbroken ones (DAN templates: ~700 tokens) in batches of 16. The latents are read
+    # during the replies' own prefill (one pass over each prompt, not two); the replies
+    # land in the generation cache, where jailbreak_success reads them.
     requests = list(dict.fromkeys(p.vanilla for p in pairs))
     where = [requests.index(p.vanilla) for p in pairs]
     t0 = time.perf_counter()
-    per_request = group_activations(chat, groups, requests, batch_size=32, progress=True)
+    per_request = measure_while_generating(chat, groups, requests, max_new_tokens, batch_size=32, progress=True)
     vanilla = {g: a[where] for g, a in per_request.items()}
-    jailbroken = group_activations(chat, groups, [p.jailbroken for p in pairs], batch_size=16, progress=True)
-    timings["activations"] = time.perf_counter() - t0
+    jailbroken = measure_while_generating(
+        chat, groups, [p.jailbroken for p in pairs], max_new_tokens, batch_size=16, progress=True
+    )
+    timings["activations_and_replies"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     succeeded, replies = jailbreak_success(
@@ -197,7 +201,7 @@ def jailbreak_analysis_cmd(
     )
     complied, answers = jailbreak_success(chat, requests, requests, judge, max_new_tokens, batch_size=32, progress=True)
     vanilla_complied, vanilla_replies = [complied[i] for i in where], [answers[i] for i in where]
-    timings["replies"] = time.perf_counter() - t0
+    timings["judging"] = time.perf_counter() - t0
 
     rows = suppression_table([p.attack for p in pairs], vanilla, jailbroken, succeeded, seed)
     gaps = {

@@ -175,3 +175,58 @@ def upstream_group(
     )
     rows = [{"layer": u.layer, "feature": u.feature, "attribution": u.attribution, "effect": u.effect} for u in ranked]
     return LatentGroup("harm", [(harm_sae, [u.feature for u in ranked])]), rows
+
+
+def measure_while_generating(
+    chat: ChatModel,
+    groups: Sequence[LatentGroup],
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """`group_activations` of `prompts`, read from the prefill of their greedy replies.
+
+    Suppression needs both each jailbroken prompt's latent activations and the model's
+    greedy reply to it; measured apart, the prompt (hundreds of tokens for template and
+    random-search attacks) is prefilled twice. Here capture hooks read the group layers'
+    post-instruction residuals during the generation's own prefill, and the replies go to
+    the generation cache, where `suppression.jailbreak_success` then finds them. Replies
+    already cached mean no generation runs: then the activations come from a residual pass
+    (`group_activations`), so the result is the same either way."""
+    from ..generations import cached_replies
+
+    prompts = list(prompts)
+    if not prompts:
+        raise RefusalScopeError("no prompts to measure", "pass at least one prompt")
+    for g in groups:
+        g.check(chat)
+    layers = sorted({layer for g in groups for layer in g.layers})
+    n_post = len(chat.eoi_ids)
+    seen: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+
+    def capture(layer: int):
+        def fn(hidden: torch.Tensor, ctx: Any) -> None:
+            if ctx.phase == "prefill" and ctx.past_length == 0:
+                seen[layer].append(hidden[:, -n_post:].detach().float().clone())
+
+        return fn
+
+    # raw capture hooks also switch off the shared-prefix prefill, so each batch is one
+    # forward over whole prompts, in the order of `chat.batches`
+    with torch.no_grad(), chat.hooks.attached([(layer, capture(layer)) for layer in layers]):
+        cached_replies(chat, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    batches = [b.index for b in chat.batches(chat.encode_prompts(prompts), batch_size)]
+    complete = all(
+        len(seen[layer]) == len(batches) and all(len(t) == len(i) for t, i in zip(seen[layer], batches))
+        for layer in layers
+    )
+    if not complete:  # the replies came from the cache (or generation batched differently)
+        return group_activations(chat, groups, prompts, batch_size, progress=progress)
+    out = {g.name: np.zeros(len(prompts)) for g in groups}
+    with torch.no_grad():
+        for k, index in enumerate(batches):
+            chunk = {layer: seen[layer][k] for layer in layers}
+            for g in groups:
+                out[g.name][index] = g.per_token(chunk).mean(-1).numpy()
+    return out

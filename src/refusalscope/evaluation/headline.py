@@ -3,12 +3,11 @@ point, with capability beside it, and the points of the report's Pareto figure.
 
 A reader of a sweep wants one answer first: can any method refuse more harmful requests
 without refusing more benign ones and without losing capability? The headline pair is the
-first dataset pair whose name starts with 'headline' (`refusalscope run` registers
-JailbreakBench harmful against XSTest-safe so, the issue's target pair), else the first
-pair found. For each
-method line (name, gated or not) the configuration with the highest Δs on that pair is
-shown, with its harmful refusal, over-refusal, Δs and each capability task, every number
-with its CI and n. Capability changes are *paired*: the same items scored unsteered and
+first dataset pair whose name starts with 'headline' (`refusalscope run` names so the
+issue's target pair, JailbreakBench harmful against XSTest-safe), else the first pair
+found. For each method line (name, gated or not) the configuration with the highest Δs on
+that pair is shown, with its harmful refusal, over-refusal, Δs and each capability task,
+every number with its CI and n. Capability changes are *paired*: the same items scored unsteered and
 steered, so the interval of the difference is much narrower than the two cells' intervals
 and a drop of a few points on a few hundred items is visible. Text loss is given as a
 relative increase. `meets_target` applies the issue's target (harmful refusal +0.3 or

@@ -4,7 +4,6 @@ one `generate` call per configuration."""
 import pytest
 import torch
 
-from refusalscope.errors import RefusalScopeError
 from refusalscope.steering import ActAdd, Conditional, DirectionGate, Steering
 from refusalscope.testing import MIXED_LENGTH_PROMPTS
 
@@ -38,10 +37,26 @@ def test_replies_equal_one_generate_per_configuration(chat, batch_size):
     assert chat.hooks.active == 0
 
 
-def test_an_intervention_without_row_filters_is_one_clear_error(chat):
-    class Whole:
-        def hooks(self, model):
-            return [(1, lambda hidden, ctx: None)]
+def test_any_hook_sees_only_its_own_rows_and_the_lower_layers_can_be_shared(chat):
+    prompts = MIXED_LENGTH_PROMPTS
+    seen = []
 
-    with pytest.raises(RefusalScopeError, match="some rows of a batch"):
-        chat.generate_each(["Hi"], [None, Whole()], max_new_tokens=2)
+    class Push:  # a bare HasHooks: no row filter, no prefix safety
+        def hooks(self, model):
+            def fn(hidden, ctx):
+                seen.append((ctx.phase, int(hidden.shape[0])))
+                return hidden + 3.0
+
+            return [(2, fn)]
+
+    configs = [None, Push(), ActAdd(torch.ones(chat.d_model), 2, 2.0)]
+    with chat.share_lower_layers(2) as memo:
+        each = chat.generate_each(prompts, configs, max_new_tokens=5, batch_size=6)  # 2 prompts per batch
+    assert memo.stats.hits > 0
+    for cfg, got in zip(configs, each):
+        seen_before = len(seen)
+        one = chat.generate(prompts, max_new_tokens=5, batch_size=6, interventions=cfg, progress=False)
+        assert got.token_ids == one.token_ids
+        del seen[seen_before:]
+    assert max(rows for _, rows in seen) <= 2  # Push never saw another configuration's rows
+    assert {phase for phase, _ in seen} == {"prefill", "decode"}

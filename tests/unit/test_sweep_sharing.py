@@ -44,6 +44,12 @@ def stored(path):
         )
 
 
+def gate_counts(path):
+    with ResultsStore(path) as db:
+        rows = db.conn.execute("SELECT config_id, task, SUM(fired), SUM(seen) FROM gates GROUP BY config_id, task")
+        return sorted(tuple(r) for r in rows)
+
+
 def test_shared_layers_are_bit_identical_and_used(chat, tmp_path, monkeypatch):
     grid, tasks = grid_and_tasks(chat)
     assert shared_layers(chat, grid.configurations(chat)) == 3  # ActAdd after block 3, the gate reads block 3
@@ -65,6 +71,8 @@ def test_shared_layers_are_bit_identical_and_used(chat, tmp_path, monkeypatch):
     assert stats.hits > stats.misses > 0
     plain, shared = stored(tmp_path / "plain.db"), stored(tmp_path / "shared.db")
     assert plain == shared
+    assert gate_counts(tmp_path / "plain.db") == gate_counts(tmp_path / "shared.db")
+    assert any(seen for _, _, _, seen in gate_counts(tmp_path / "plain.db"))
     assert len({row[0] for row in plain}) == 5  # unsteered, 2 strengths x gated or not
     logodds = {row[4] for row in plain if row[3] == "refusal_logodds"}
     assert len(logodds) > 7  # the configurations really differ

@@ -324,7 +324,7 @@ def _compute_here(
         for group in groups:
             if memo is not None:
                 memo.clear()  # the next items: nothing recorded so far will be asked for again
-            if _together(group, gate_items):
+            if _together(group):
                 yield from compute_group(chat, group, batch_size=batch_size, gate_items=gate_items, bar=bar)
             else:  # one chunk at a time, so a killed sweep keeps every chunk finished
                 for c in group:
@@ -337,45 +337,39 @@ def compute_group(
     """Chunks that hold the same items of one task under different configurations.
 
     A task with `run_many` (refusal tasks) runs them together: its replies (examples, the
-    first-token judge's checks) are decoded for all configurations in one batch. A gate's
-    fire rate is then read from its per-item decisions (each prompt counted once; the
-    gate's counters would see every configuration's rows). Otherwise, or when the gate's
-    prompts are not known per item, each chunk runs alone (`compute_chunk`)."""
+    first-token judge's checks, or all replies) are decoded for all configurations in one
+    batch (`ChatModel.generate_each`, each configuration prefilled on its own, so a gate
+    counts and decides exactly as in `compute_chunk`). Otherwise, or when two
+    configurations share a gate object (its counters would mix), each chunk runs alone."""
     first = chunks[0]
     task = first.spec.task
-    if not _together(chunks, gate_items):
+    if not _together(chunks):
         return [compute_chunk(chat, c, batch_size=batch_size, gate_items=gate_items, bar=bar) for c in chunks]
     if bar is not None:
         bar.set_description(
             f"[{first.cell}/{first.cells}] {len(chunks)} configurations · {first.spec.name}", refresh=False
         )
+    for chunk in chunks:
+        for c in chunk.config.conditionals:
+            c.reset_stats()
     run_many = cast(Any, task).run_many  # optional: tasks.Task does not require it
     runs = run_many(chat, first.items, [c.config.interventions for c in chunks], batch_size=batch_size)
     out = []
     for chunk, results in zip(chunks, runs):
         _check_ids(chunk, results)
-        gate = extra = None
-        conds = chunk.config.conditionals
-        if conds:
-            prompts = _gate_prompts(task, chunk.items)
-            assert prompts is not None  # checked above
-            gate, extra = _gate_results(chat, conds, chunk.ids, prompts, batch_size)
-        out.append(ChunkResult(chunk.config.config_id, chunk.spec.name, results, gate, extra))
+        out.append(_chunk_result(chat, chunk, results, batch_size, gate_items))
     return out
 
 
-def _together(chunks: Sequence[Chunk], gate_items: bool) -> bool:
+def _together(chunks: Sequence[Chunk]) -> bool:
     """Whether `compute_group` can run these chunks together (see there)."""
     first = chunks[0]
-    task = first.spec.task
+    gates = [id(c) for chunk in chunks for c in chunk.config.conditionals]
     return (
         len(chunks) > 1
-        and hasattr(task, "run_many")
+        and hasattr(first.spec.task, "run_many")
         and all(c.spec.name == first.spec.name and c.ids == first.ids for c in chunks)
-        and (
-            not any(c.config.conditionals for c in chunks)
-            or (gate_items and _gate_prompts(task, first.items) is not None)
-        )
+        and len(gates) == len(set(gates))
     )
 
 
@@ -407,7 +401,7 @@ def compute_chunk(
     """Run one chunk on `chat`: the task's results (checked to be exactly one per item)
     plus the gate's decisions. Pure computation, no store: a sweep's driver and its remote
     workers run the same function, so a distributed sweep computes what a local one does."""
-    cfg, spec, ids, items = chunk.config, chunk.spec, chunk.ids, chunk.items
+    cfg, spec, items = chunk.config, chunk.spec, chunk.items
     if bar is not None:
         bar.set_description(f"[{chunk.cell}/{chunk.cells}] {cfg.label} · {spec.name}", refresh=False)
     conds = cfg.conditionals
@@ -415,13 +409,22 @@ def compute_chunk(
         c.reset_stats()
     results = list(spec.task.run(chat, items, interventions=cfg.interventions, batch_size=batch_size))
     _check_ids(chunk, results)
+    return _chunk_result(chat, chunk, results, batch_size, gate_items)
+
+
+def _chunk_result(
+    chat: ChatModel, chunk: Chunk, results: list[ItemResult], batch_size: int, gate_items: bool
+) -> ChunkResult:
+    """The chunk's results with its gates' counters (fired, seen) and, for refusal tasks
+    when `gate_items`, each item's gate decision."""
     gate = extra = None
+    conds = chunk.config.conditionals
     if conds:
         gate = (sum(c.fired for c in conds), sum(c.seen for c in conds))
-        prompts = _gate_prompts(spec.task, items) if gate_items else None
+        prompts = _gate_prompts(chunk.spec.task, chunk.items) if gate_items else None
         if prompts is not None:
-            extra = _gate_metrics(chat, conds, ids, prompts, batch_size)
-    return ChunkResult(cfg.config_id, spec.name, results, gate, extra)
+            extra = _gate_metrics(chat, conds, chunk.ids, prompts, batch_size)
+    return ChunkResult(chunk.config.config_id, chunk.spec.name, results, gate, extra)
 
 
 def _warn_first_token_disagreement(db: ResultsStore) -> None:
@@ -439,16 +442,6 @@ def _warn_first_token_disagreement(db: ResultsStore) -> None:
             "do not trust its refusal rate there (rerun those cells with generated replies)",
             stacklevel=3,
         )
-
-
-def _gate_results(
-    chat: ChatModel, conds: Sequence[Conditional], ids: Sequence[str], prompts: list[str], batch_size: int
-) -> tuple[tuple[int, int], dict[str, dict[str, float]]]:
-    """(fired, seen) over the prompts, every gate's decision on each counted once, and the
-    per-item metrics of `_gate_metrics`."""
-    decided = [c.decisions(chat, prompts, batch_size) for c in conds]
-    fired = sum(int(d.fired.sum()) for d in decided)
-    return (fired, len(prompts) * len(conds)), _item_metrics(decided, ids)
 
 
 def _gate_metrics(

@@ -295,13 +295,24 @@ class ChatModel:
         if interventions is None:
             yield
             return
+        hooks, safe = self._hooks_of(interventions)
+        with self._attached_hooks(hooks, safe):
+            yield
+
+    def _hooks_of(self, interventions: Interventions) -> tuple[list[tuple[Point, HookFn]], bool]:
+        """The hooks of `interventions` (built once) and whether every item is prefix-safe."""
+        if interventions is None:
+            return [], True
         items: list[HasHooks] = (
             list(interventions) if isinstance(interventions, (list, tuple)) else [cast("HasHooks", interventions)]
         )
         hooks: list[tuple[Point, HookFn]] = []
         for item in items:
             hooks.extend(item.hooks(self))
-        safe = all(getattr(item, "prefix_safe", False) for item in items)
+        return hooks, all(getattr(item, "prefix_safe", False) for item in items)
+
+    @contextlib.contextmanager
+    def _attached_hooks(self, hooks: list[tuple[Point, HookFn]], safe: bool) -> Iterator[None]:
         previous = self._safe_hooks
         self._safe_hooks = previous + len(hooks) if safe and previous >= 0 else -1
         try:
@@ -668,14 +679,48 @@ class ChatModel:
         if do_sample:
             generators = [torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + i) for i in batch.index]
         out, cache, mask, positions = self._prefill(batch, shared, token_lists, batch_id, rows)
+        return self._decode(
+            out.logits[:, -1],
+            cache,
+            mask,
+            positions,
+            batch.index,
+            batch_id,
+            max_new_tokens,
+            stop,
+            results,
+            reasons,
+            lambda logits, rows: self._pick(logits, rows, generators, do_sample, temperature, top_p),
+            on_token,
+        )
+
+    def _decode(
+        self,
+        first: torch.Tensor,
+        cache: DynamicCache,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        index: Sequence[int],
+        batch_id: int,
+        max_new_tokens: int,
+        stop: torch.Tensor,
+        results: list[list[int]],
+        reasons: list[str],
+        pick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        on_token: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Decode after a prefill: `first` [B, vocab] logits of the prompts' last tokens,
+        row r's reply goes to results[index[r]]. Rows leave the batch at an end token."""
+        rows = torch.arange(len(index), device=self.device)
         prompt_lengths = mask.sum(-1)
         produced = 0
         past = mask.shape[1]
+        logits = first
         for step in range(max_new_tokens):
-            nxt = self._pick(out.logits[:, -1], rows, generators, do_sample, temperature, top_p)
+            nxt = pick(logits, rows)
             done = torch.isin(nxt, stop)
             for i, r in enumerate(rows.tolist()):
-                original = batch.index[r]
+                original = index[r]
                 if done[i]:
                     reasons[original] = "eos"
                 else:
@@ -701,13 +746,13 @@ class ChatModel:
             positions = positions[:, -1:] + 1
             ctx = self._context(mask, prompt_lengths, past, rows, batch_id, "decode")
             with self.hooks.forward_context(ctx):
-                out = self.model(
+                logits = self.model(
                     input_ids=nxt[:, None],
                     attention_mask=mask,
                     position_ids=positions,
                     past_key_values=cache,
                     use_cache=True,
-                )
+                ).logits[:, -1]
             past += 1
         return produced
 
@@ -724,52 +769,72 @@ class ChatModel:
     ) -> list[Generation]:
         """Greedy replies to `prompts` under each of `configurations` (each what
         `interventions=` takes: one intervention, a list, a Steering, or None), as if
-        `generate` were called once per configuration, but with the rows of every
-        configuration decoded together: up to `batch_size` (configuration, prompt) rows
-        per forward, each configuration's hooks applied to its own rows only.
+        `generate` were called once per configuration, but decoded together.
 
-        A sweep asks for a few replies per configuration (example replies, the first-token
-        judge's checks); decoded one configuration at a time that is batch 1-2, where a
-        CPU spends a decode step mostly reading the weights. The replies equal
-        `generate`'s (tested); the chat template's shared prefix is not reused across
-        rows here (its keys and values would differ per configuration). Each
-        intervention must accept a row filter (`hooks(model, rows=...)`, as every
-        steering intervention and gate does); a gate counts decisions on every row of the
-        batch, so read gate rates from `Conditional.decisions`, not its counters.
+        A sweep asks for a few replies per configuration (example replies, checks of the
+        first-token judge, or every reply when that judge is not used); decoded one
+        configuration at a time that is batch 1-16, where a 2-core CPU spends a decode
+        step mostly reading the weights. Here each group of prompts is prefilled once per
+        configuration, exactly as `generate` does it (with the chat template's shared
+        prefix and, inside `share_lower_layers`, the shared lower layers), and then the
+        rows of every configuration, up to `batch_size` in all, decode in one batch: the
+        caches are joined (left-padded to one width) and each configuration's hooks see
+        only their own rows, in the context of their own prefill (so gates keep their
+        decisions). The replies equal `generate`'s (tested).
         """
         prompts = list(prompts)
         if max_new_tokens < 1:
             raise RefusalScopeError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        configurations = list(configurations)
         if not configurations:
             return []
         tokens = self.encode_prompts(prompts, system)
-        n = len(tokens)
-        rows_tokens = [t for _ in configurations for t in tokens]
-        config_of_row = torch.tensor([c for c in range(len(configurations)) for _ in range(n)], device=self.device)
-        in_flight = {"config": config_of_row}  # configuration of each row of the batch in flight
-
-        def only(c: int) -> Callable[[ForwardContext], torch.Tensor]:
-            return lambda ctx: in_flight["config"][ctx.rows] == c
-
-        hooks: list[tuple[Point, HookFn]] = []
-        for c, interventions in enumerate(configurations):
-            hooks.extend(_row_hooks(self, interventions, only(c)))
+        n, n_cfg = len(tokens), len(configurations)
+        built = [self._hooks_of(x) for x in configurations]
         stop = torch.tensor(sorted(self.stop_ids()) if stop_at_eos else [], dtype=torch.long, device=self.device)
-        results: list[list[int]] = [[] for _ in rows_tokens]
-        reasons = ["length"] * len(rows_tokens)
+        results: list[list[int]] = [[] for _ in range(n * n_cfg)]
+        reasons = ["length"] * (n * n_cfg)
         started = time.perf_counter()
-        with self.hooks.attached(hooks):
-            for batch in self.batches(rows_tokens, batch_size):
-                in_flight["config"] = config_of_row[torch.tensor(batch.index, device=self.device)]
-                self._generate_batch(
-                    batch, max_new_tokens, stop, results, reasons, False, 1.0, 1.0, 0, None, 0, rows_tokens
+        for batch in self.batches(tokens, max(1, batch_size // n_cfg)):
+            parts = []
+            for hooks, safe in built:
+                batch_id = self.new_batch_id()
+                rows = torch.arange(len(batch.index), device=self.device)
+                with self._attached_hooks(hooks, safe):
+                    out, cache, mask, positions = self._prefill(
+                        batch, self.shared_prefix(tokens), tokens, batch_id, rows
+                    )
+                parts.append((out.logits[:, -1], cache, mask, positions, batch_id))
+            first, cache, mask, positions = _join_prefills([p[:4] for p in parts], self.model.config)
+            size = len(batch.index)
+            config_of = torch.arange(n_cfg, device=self.device).repeat_interleave(size)
+            local_of = torch.arange(size, device=self.device).repeat(n_cfg)
+            index = [c * n + i for c in range(n_cfg) for i in batch.index]
+            decode_hooks = [
+                (point, _own_rows(fn, c, config_of, local_of, parts[c][4]))
+                for c, (hooks, _) in enumerate(built)
+                for point, fn in hooks
+            ]
+            with self.hooks.attached(decode_hooks):
+                self._decode(
+                    first,
+                    cache,
+                    mask,
+                    positions,
+                    index,
+                    self.new_batch_id(),
+                    max_new_tokens,
+                    stop,
+                    results,
+                    reasons,
+                    lambda logits, rows: logits.float().argmax(-1),
                 )
         seconds = time.perf_counter() - started
         settings = {"max_new_tokens": max_new_tokens, "do_sample": False, "system": system, "stop_at_eos": stop_at_eos}
-        out = []
-        for c in range(len(configurations)):
+        out_gens = []
+        for c in range(n_cfg):
             ids = results[c * n : (c + 1) * n]
-            out.append(
+            out_gens.append(
                 Generation(
                     prompts=list(prompts),
                     texts=[self.decode(t, skip_special_tokens=True) for t in ids],
@@ -780,7 +845,7 @@ class ChatModel:
                     seconds=seconds,
                 )
             )
-        return out
+        return out_gens
 
     # ------------------------------------------------------------------ residual stream
     def _select(
@@ -893,21 +958,56 @@ class ChatModel:
         return out
 
 
-def _row_hooks(chat: ChatModel, interventions: Interventions, rows: Callable[[ForwardContext], torch.Tensor]) -> list:
-    """The hooks of `interventions`, restricted to the rows `rows(ctx)` selects."""
-    import inspect
+def _join_prefills(
+    parts: Sequence[tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]], config: Any
+) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
+    """One batch from several prefills (first logits, cache, attention mask, last position
+    ids each): caches and masks left-padded with masked zeros to the widest, rows in order."""
+    from transformers import DynamicCache
 
-    if interventions is None:
-        return []
-    if isinstance(interventions, (list, tuple)):
-        return [h for item in interventions for h in _row_hooks(chat, item, rows)]
-    hooks_fn: Callable[..., list] = cast("HasHooks", interventions).hooks
-    if "rows" in inspect.signature(hooks_fn).parameters:
-        return list(hooks_fn(chat, rows=rows))
-    inner = getattr(interventions, "interventions", None)
-    if isinstance(inner, (list, tuple)):  # a Steering: its items take row filters
-        return _row_hooks(chat, list(inner), rows)
-    raise RefusalScopeError(
-        f"{type(interventions).__name__} cannot be applied to some rows of a batch only",
-        "give its hooks() a `rows` row filter (as steering interventions have), or generate per configuration",
-    )
+    width = max(mask.shape[1] for _, _, mask, _ in parts)
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - t.shape[dim]
+        if missing == 0:
+            return t
+        shape = list(t.shape)
+        shape[dim] = missing
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    joined = DynamicCache(config=config)
+    for layer in range(len(parts[0][1].layers)):
+        stored = [cast(Any, p[1].layers[layer]) for p in parts]
+        keys = torch.cat([pad(s.keys, 2) for s in stored])
+        values = torch.cat([pad(s.values, 2) for s in stored])
+        joined.update(keys, values, layer)
+    first = torch.cat([p[0] for p in parts])
+    mask = torch.cat([pad(p[2], 1) for p in parts])
+    positions = torch.cat([p[3] for p in parts])
+    return first, joined, mask, positions
+
+
+def _own_rows(fn: HookFn, config: int, config_of: torch.Tensor, local_of: torch.Tensor, batch_id: int) -> HookFn:
+    """`fn` applied to the rows of one configuration only, in the context of its own prefill
+    (its rows numbered as they were there, its batch id), as if decoding alone."""
+
+    def run(hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor | None:
+        own = (config_of[ctx.rows] == config).nonzero().squeeze(-1)
+        if own.numel() == 0:
+            return None
+        sub = ForwardContext(
+            ctx.attention_mask[own],
+            ctx.prompt_lengths[own],
+            ctx.past_length,
+            local_of[ctx.rows[own]],
+            batch_id,
+            ctx.phase,
+        )
+        new = fn(hidden[own], sub)
+        if new is None:
+            return None
+        out = hidden.clone()
+        out[own] = new
+        return out
+
+    return run

@@ -1,4 +1,5 @@
-"""Pretrained SAEs by release id, end to end, offline: Gemma Scope (npz), Llama Scope
+"""Pretrained SAEs by release id, end to end, offline: Gemma Scope (npz; the 2B base-model
+release and the 9B-IT chat-model one), Llama Scope
 (hyperparams.json + safetensors, dataset-wise input norm) and a SAELens release trained on
 a chat model (cfg.json + sae_weights.safetensors), each written in its own layout into a
 local Hugging Face cache and read through the hub's code path. For each: `load_sae` by
@@ -21,7 +22,12 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 D_SAE = 32
 
 
-def gemma_scope(d: int, gen: torch.Generator) -> tuple[str, dict]:
+def gemma_scope(
+    d: int,
+    gen: torch.Generator,
+    repo: str = "google/gemma-scope-2b-pt-res",
+    path: str = "layer_12/width_16k/average_l0_82",
+) -> tuple[str, dict]:
     params = {
         "W_enc": torch.randn(d, D_SAE, generator=gen),
         "W_dec": torch.randn(D_SAE, d, generator=gen) / d**0.5,
@@ -29,12 +35,12 @@ def gemma_scope(d: int, gen: torch.Generator) -> tuple[str, dict]:
         "b_dec": torch.zeros(d),
         "threshold": torch.rand(D_SAE, generator=gen) * 0.1,
     }
-    write = {
-        "layer_12/width_16k/average_l0_82/params.npz": lambda p: np.savez(
-            p, **{k: v.numpy() for k, v in params.items()}
-        )
-    }
-    return "google/gemma-scope-2b-pt-res", write
+    write = {f"{path}/params.npz": lambda p: np.savez(p, **{k: v.numpy() for k, v in params.items()})}
+    return repo, write
+
+
+def gemma_scope_9b_it(d: int, gen: torch.Generator) -> tuple[str, dict]:
+    return gemma_scope(d, gen, "google/gemma-scope-9b-it-res", "layer_20/width_16k/average_l0_91")
 
 
 def llama_scope(d: int, gen: torch.Generator) -> tuple[str, dict]:
@@ -118,6 +124,7 @@ def offline_hub(tmp_path, monkeypatch):
     "release_id, family, layer, layout",
     [
         ("gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical", "gemma2", 12, gemma_scope),
+        ("gemma-scope-9b-it-res-canonical/layer_20/width_16k/canonical", "gemma2", 20, gemma_scope_9b_it),
         ("llama_scope_lxr_8x/l15r_8x", "llama", 15, llama_scope),
         ("gemma-2b-it-res-jb/blocks.12.hook_resid_post", "gemma2", 12, saelens_chat),  # no tiny Gemma-1 config
     ],
@@ -133,7 +140,7 @@ def test_release_id_through_discover_and_steer(offline_hub, tmp_path, release_id
     from refusalscope.sae import load_sae
     from refusalscope.steering import Steering
 
-    folder = save_tiny_model(tiny_chat_model(family, n_layers=16, d_model=64), tmp_path / "model")
+    folder = save_tiny_model(tiny_chat_model(family, n_layers=layer + 2, d_model=64), tmp_path / "model")
     chat = load_model(str(folder), dtype="float32", progress=False)
     offline_hub(*layout(chat.d_model, torch.Generator().manual_seed(layer)))
     sae = load_sae(release_id, model=chat)

@@ -1,7 +1,7 @@
 """Pretrained SAEs by release id, end to end, offline: Gemma Scope (npz; the 2B base-model
 release and the 9B-IT chat-model one), Llama Scope
-(hyperparams.json + safetensors, dataset-wise input norm) and a SAELens release trained on
-a chat model (cfg.json + sae_weights.safetensors), each written in its own layout into a
+(hyperparams.json + safetensors, dataset-wise input norm) and SAELens releases trained on
+chat models (Gemma-2b-IT, Llama-3-8B-Instruct; cfg.json + sae_weights.safetensors), each written in its own layout into a
 local Hugging Face cache and read through the hub's code path. For each: `load_sae` by
 release id, `discover` on a tiny model of the release's family, features.json naming the
 SAE by its release id, and a steering spec that reloads the SAE by that id (content hash
@@ -69,7 +69,13 @@ def llama_scope(d: int, gen: torch.Generator) -> tuple[str, dict]:
     }
 
 
-def saelens_chat(d: int, gen: torch.Generator) -> tuple[str, dict]:
+def saelens_chat(
+    d: int,
+    gen: torch.Generator,
+    repo: str = "jbloom/Gemma-2b-IT-Residual-Stream-SAEs",
+    path: str = "gemma_2b_it_blocks.12.hook_resid_post_16384",
+    layer: int = 12,
+) -> tuple[str, dict]:
     tensors = {
         "W_enc": torch.randn(d, D_SAE, generator=gen),
         "b_enc": torch.zeros(D_SAE),
@@ -81,19 +87,22 @@ def saelens_chat(d: int, gen: torch.Generator) -> tuple[str, dict]:
         "d_in": d,
         "d_sae": D_SAE,
         "dtype": "float32",
-        "model_name": "gemma-2b-it",
-        "hook_name": "blocks.12.hook_resid_post",
-        "hook_layer": 12,
+        "model_name": "chat-model",
+        "hook_name": f"blocks.{layer}.hook_resid_post",
+        "hook_layer": layer,
         "activation_fn_str": "relu",
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "context_size": 1024,
     }
-    path = "gemma_2b_it_blocks.12.hook_resid_post_16384"
-    return "jbloom/Gemma-2b-IT-Residual-Stream-SAEs", {
+    return repo, {
         f"{path}/cfg.json": lambda p: p.write_text(json.dumps(cfg)),
         f"{path}/sae_weights.safetensors": lambda p: save_file(tensors, str(p)),
     }
+
+
+def saelens_llama3_chat(d: int, gen: torch.Generator) -> tuple[str, dict]:
+    return saelens_chat(d, gen, "Juliushanhanhan/llama-3-8b-it-res", "blocks.25.hook_resid_post", 25)
 
 
 @pytest.fixture
@@ -127,6 +136,7 @@ def offline_hub(tmp_path, monkeypatch):
         ("gemma-scope-9b-it-res-canonical/layer_20/width_16k/canonical", "gemma2", 20, gemma_scope_9b_it),
         ("llama_scope_lxr_8x/l15r_8x", "llama", 15, llama_scope),
         ("gemma-2b-it-res-jb/blocks.12.hook_resid_post", "gemma2", 12, saelens_chat),  # no tiny Gemma-1 config
+        ("llama-3-8b-it-res-jh/blocks.25.hook_resid_post", "llama", 25, saelens_llama3_chat),
     ],
 )
 def test_release_id_through_discover_and_steer(offline_hub, tmp_path, release_id, family, layer, layout):

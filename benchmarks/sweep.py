@@ -176,7 +176,7 @@ def main() -> None:
     )
 
     counter = TokenCounter(chat.model)
-    real = sweep.compute_chunk
+    real, real_group = sweep.compute_chunk, sweep.compute_group
     memos: list = []
     make_memo = type(chat).share_lower_layers
 
@@ -205,7 +205,25 @@ def main() -> None:
                 row[3] += d1 - d0
                 return out
 
+            def timed_group(chat_, chunks, per=per, **kwargs):
+                """A group's time and tokens, shared out over its chunks by item count."""
+                _, p0, d0 = counter.snapshot()
+                start = time.perf_counter()
+                out = real_group(chat_, chunks, **kwargs)
+                seconds = time.perf_counter() - start
+                _, p1, d1 = counter.snapshot()
+                total = sum(len(c.ids) for c in chunks)
+                for chunk in chunks:
+                    share = len(chunk.ids) / total
+                    row = per[chunk.spec.name, config_kind(chunk.config)]
+                    row[0] += len(chunk.ids)
+                    row[1] += seconds * share
+                    row[2] += (p1 - p0) * share
+                    row[3] += (d1 - d0) * share
+                return out
+
             sweep.compute_chunk = timed
+            sweep.compute_group = timed_group
             load_start = load()
             roof_before = roofline(chat)
             memos.clear()

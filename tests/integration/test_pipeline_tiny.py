@@ -182,3 +182,42 @@ def test_every_stage_runs_and_a_second_run_recomputes_nothing(
     assert before_sweep == [0]  # SAEs, direction, discovery, gate: all from the cache
     assert len(forward_passes) > 0 and third["sweep"]["computed"] == first["sweep"]["computed"]
     assert (elsewhere / "discovery" / "features.json").read_text() == (out / "discovery" / "features.json").read_text()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_quick_style_profile_falls_back_to_replies_and_reports_the_headline(tiny_model_dir, tmp_path, data_dir):
+    """The quick profile's path: the first-token judge is calibrated on held-out prompts; a
+    random model never refuses, so the calibration is unusable and the refusal tasks judge
+    generated replies. Strengths below 1x, ARC-Easy from its Dev split, the headline pair,
+    and a report that opens with the headline table and the Pareto figure."""
+    import dataclasses
+    import warnings
+
+    profile = dataclasses.replace(
+        TINY_PROFILE,
+        name="tiny-quick",
+        first_token=True,
+        calibration_per_source=4,
+        clamp_strengths=(0.25, 0.5),
+        nullspace_strengths=(),
+        capability={"arc-easy:validation": 3, "wikitext": 2},
+    )
+    out = tmp_path / "quick"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_pipeline(str(tiny_model_dir), profile, out, data_dir=data_dir, progress=False)
+    assert any("judging generated replies" in str(w.message) for w in caught)
+    judged = result["tasks"]["first_token_judge"]
+    assert judged["used"] is False and judged["held_out"]["agreement"]["n"] == 10 and judged["n_calibration"] == 20
+    with sqlite3.connect(out / "results.db") as db:
+        labels = {row[0] for row in db.execute("SELECT label FROM configs")}
+        judges = {row[0]: row[1] for row in db.execute("SELECT task, judge FROM tasks")}
+        arc = db.execute("SELECT split FROM tasks WHERE task='arc-easy'").fetchone()
+    assert {"features ×0.25", "features ×0.5 (conditional)", "refusal direction ×1"} <= labels and len(labels) == 6
+    assert judges["jbb-harmful"] == judges["xstest-safe"] == "substring"  # replies, not the first-token proxy
+    assert arc == ("validation",)
+    page = (out / "report.html").read_text()
+    assert page.index('id="headline"') < page.index('id="pareto"') < page.index('id="tradeoff"')
+    assert "headline: jailbreakbench / xstest-safe" in page
+    tradeoff = json.loads((out / "report_data" / "tradeoff.json").read_text())
+    assert tradeoff and not any("examples-" in r["harmful_task"] for r in tradeoff)

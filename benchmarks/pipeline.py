@@ -166,7 +166,9 @@ def run_direction(chat, table: StageTable, data_dir, profile_name: str, ref: str
     d = get_profile(profile_name).direction
     data = current.sample_direction_data(data_dir, d["n_train"], d["n_val"], seed=0)
     table.mark("direction: data")
-    tokens = find_refusal_tokens(chat, data.harmful_train[:48], data.harmless_train[:48])
+    tokens = find_refusal_tokens(
+        chat, data.harmful_train[:48], data.harmless_train[:48], batch_size=current.REFUSAL_TOKEN_BATCH
+    )
     table.mark("direction: refusal tokens")
     cands = current.candidate_directions(chat, data.harmful_train, data.harmless_train, progress=False)
     table.mark("direction: candidates")

@@ -373,6 +373,12 @@ def _cache_key(chat, data: DirectionData, settings: dict) -> str:
     return digest.hexdigest()[:16]
 
 
+#: replies for the refusal tokens decode in one batch: 12 steps at batch 96 cost a CPU about
+#: a third of 72 steps at batch 16 (a decode step mostly reads the weights), and greedy
+#: replies do not depend on the batch size (models/attention.py)
+REFUSAL_TOKEN_BATCH = 96
+
+
 def find_refusal_direction(
     chat,
     data: DirectionData | None = None,
@@ -409,7 +415,9 @@ def find_refusal_direction(
     if use_cache and (folder / "direction.json").is_file():
         return RefusalDirection.load(folder)
     started = time.perf_counter()
-    tokens = find_refusal_tokens(chat, data.harmful_train[:48], data.harmless_train[:48], batch_size=batch_size)
+    tokens = find_refusal_tokens(
+        chat, data.harmful_train[:48], data.harmless_train[:48], batch_size=REFUSAL_TOKEN_BATCH
+    )
     candidates = candidate_directions(chat, data.harmful_train, data.harmless_train, batch_size, progress)
     best, grid, baseline = select_direction(
         chat,

@@ -17,7 +17,7 @@ The core precision is a switch, `REFUSALSCOPE_ATTENTION` in the environment or
   the batch size, the padding or a shared prefix (tests assert it). On 2 CPU cores it
   costs ~20% of a sweep's forward time (benchmarks/sweep.py).
 - `fp32`: faster, but only nearly batch-invariant: logits differ between batch sizes in
-  the last bits (measured on the default model: README, "Speed"), so a greedy reply can
+  the last bits (measured on the default model: README, Benchmarks, `attention_core.py`), so a greedy reply can
   change where two tokens are within that margin. For GPUs (docs/scale.md) and for
   throughput runs that do not compare batchings bit for bit.
 

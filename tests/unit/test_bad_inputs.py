@@ -289,6 +289,8 @@ CASES: dict[str, Case] = {
     "run-output-file": C(["run", "-o", "{d}/afile"], "is a file, not a folder", unchanged=("afile",)),
     "run-model": C(["run", "--model", "no-such-model"], "unknown model spec"),
     "run-data-dir": C(["run", "--data-dir", "{d}/nodata"], "data folder"),
+    "run-workers-zero": C(["run", "--ray", "local", "--workers", "0"], "--workers must be at least 1"),
+    "run-workers-without-ray": C(["run", "--workers", "2"], "--workers needs --ray"),
     # ------------------------------------------------------------------ train-sae
     "train-preset": C(["train-sae", "--preset", "huge"], "huge"),
     "train-layer": C(["train-sae", "--layer", "-1"], "--layer must be at least 0"),

@@ -82,7 +82,10 @@ def _digest(h: Any, tensor: torch.Tensor | None) -> None:
         return
     t = tensor.detach()
     h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-    h.update(t.contiguous().cpu().numpy().tobytes())
+    t = t.contiguous().cpu()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the same bytes read as int16
+        t = t.view(torch.int16)
+    h.update(t.numpy().tobytes())
 
 
 class LayerMemo:

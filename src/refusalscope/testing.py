@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
     from .models.chat import ChatModel
+    from .sae.presets import Preset
 
 CHATML = (
     "{% for message in messages %}"
@@ -132,3 +133,28 @@ MIXED_LENGTH_PROMPTS = [
     "The capital of France",
     "Write a python function that reverses a list of numbers and prints it",
 ]
+
+
+def tiny_sae_preset() -> Preset:
+    """An SAE preset at toy sizes (one layer at half depth, a few hundred tokens, d_sae 128,
+    TopK k 8, 2 epochs): what the tiny end-to-end pipeline tests train in seconds."""
+    from .sae.corpus import CorpusSpec
+    from .sae.presets import Preset
+    from .sae.training import TrainConfig
+
+    return Preset(
+        name="tiny",
+        layer_fracs=(0.5,),
+        corpus=CorpusSpec(
+            n_answer_harmful=4,
+            n_answer_harmless=4,
+            n_chat_harmful=8,
+            n_chat_harmless=8,
+            n_text_chunks=8,
+            context_length=48,
+            answer_tokens=6,
+        ),
+        train=TrainConfig(architecture="topk", d_sae=128, k=8, epochs=2, batch_size=128, dead_tokens=2_000),
+        description="toy sizes for the pipeline tests",
+        eval_docs=4,
+    )

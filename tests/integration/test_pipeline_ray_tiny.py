@@ -11,32 +11,14 @@ import pytest
 
 from refusalscope.evaluation.store import ResultsStore
 from refusalscope.pipeline import Profile, run_pipeline
-from refusalscope.sae.corpus import CorpusSpec
-from refusalscope.sae.presets import Preset
-from refusalscope.sae.training import TrainConfig
-from refusalscope.testing import save_tiny_model, tiny_chat_model
+from refusalscope.testing import save_tiny_model, tiny_chat_model, tiny_sae_preset
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'refusalscope[ray]'")
 
 PROFILE = Profile(
     name="tiny-ray",
     description="toy sizes for the Ray pipeline test",
-    sae_preset=Preset(
-        name="tiny",
-        layer_fracs=(0.5,),
-        corpus=CorpusSpec(
-            n_answer_harmful=4,
-            n_answer_harmless=4,
-            n_chat_harmful=8,
-            n_chat_harmless=8,
-            n_text_chunks=8,
-            context_length=48,
-            answer_tokens=6,
-        ),
-        train=TrainConfig(architecture="topk", d_sae=128, k=8, epochs=2, batch_size=128, dead_tokens=2_000),
-        description="toy sizes",
-        eval_docs=4,
-    ),
+    sae_preset=tiny_sae_preset(),
     direction={"n_train": 12, "n_val": 6, "layer_stride": 1, "n_screen": 2, "n_finalists": 2},
     discovery={"ig_steps": 2, "n_attribution": 6, "n_activation": 8, "baselines": ()},
     k=4,

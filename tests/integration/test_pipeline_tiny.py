@@ -19,27 +19,9 @@ import sqlite3
 import pytest
 
 from refusalscope.pipeline import Profile, run_pipeline
-from refusalscope.sae.corpus import CorpusSpec
-from refusalscope.sae.presets import Preset
-from refusalscope.sae.training import TrainConfig
-from refusalscope.testing import save_tiny_model, tiny_chat_model
+from refusalscope.testing import save_tiny_model, tiny_chat_model, tiny_sae_preset
 
-TINY_PRESET = Preset(
-    name="tiny",
-    layer_fracs=(0.5,),
-    corpus=CorpusSpec(
-        n_answer_harmful=4,
-        n_answer_harmless=4,
-        n_chat_harmful=8,
-        n_chat_harmless=8,
-        n_text_chunks=8,
-        context_length=48,
-        answer_tokens=6,
-    ),
-    train=TrainConfig(architecture="topk", d_sae=128, k=8, epochs=2, batch_size=128, dead_tokens=2_000),
-    description="toy sizes for the pipeline test",
-    eval_docs=4,
-)
+TINY_PRESET = tiny_sae_preset()
 
 TINY_PROFILE = Profile(
     name="tiny",

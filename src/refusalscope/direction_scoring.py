@@ -168,15 +168,7 @@ def _forward_rows(
     mask = torch.cat([torch.ones(len(rows), shared, dtype=torch.long, device=device), suffix.attention_mask], dim=1)
     positions = shared + (suffix.attention_mask.cumsum(-1) - 1).clamp(min=0)
     ctx = ForwardContext(mask, mask.sum(-1), shared, torch.arange(len(rows), device=device), -1, "prefill")
-    with chat.hooks.forward_context(ctx):
-        out = chat.model(
-            input_ids=suffix.input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+    out = chat.forward_over_cache(suffix.input_ids, mask, positions, cache, ctx)
     return out.logits[:, -1].float().cpu()
 
 

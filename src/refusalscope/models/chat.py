@@ -437,16 +437,29 @@ class ChatModel:
             return out, cache, batch.attention_mask, batch.position_ids[:, -1:]
         cache, suffix, mask, positions = self._prefix_and_suffix(batch, prefix_len, token_lists, batch_id)
         ctx = self._context(mask, mask.sum(-1), prefix_len, rows, batch_id, "prefill")
+        out = self.forward_over_cache(suffix.input_ids, mask, positions, cache, ctx)
+        return out, cache, mask, positions[:, -1:]
+
+    def forward_over_cache(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: DynamicCache,
+        ctx: ForwardContext,
+    ) -> Any:
+        """One forward of suffix tokens on top of a prefilled KV cache (`prefill_cache`),
+        hooks seeing `ctx`; the cache grows by the suffix and only the last position's
+        logits are computed. `attention_mask` covers prefix + suffix."""
         with self.hooks.forward_context(ctx):
-            out = self.model(
-                input_ids=suffix.input_ids,
-                attention_mask=mask,
-                position_ids=positions,
+            return self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
-        return out, cache, mask, positions[:, -1:]
 
     def _prefix_and_suffix(
         self, batch: Batch, prefix_len: int, token_lists: Sequence[Sequence[int]], batch_id: int
@@ -473,15 +486,7 @@ class ChatModel:
         ctx = self._context(mask, mask.sum(-1), prefix_len, rows, batch_id, "forward")
 
         def forward() -> None:
-            with self.hooks.forward_context(ctx):
-                self.model(
-                    input_ids=suffix.input_ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+            self.forward_over_cache(suffix.input_ids, mask, positions, cache, ctx)
 
         return self.hooks.run_until(points, forward), suffix.attention_mask
 

@@ -288,3 +288,28 @@ def test_families_build_what_they_name(setup):
         parse_families("actad")
     with pytest.raises(RefusalScopeError, match="need the refusal direction"):
         build_spaces(chat, ["actadd"], FamilyData(), Settings())
+
+
+def test_one_prompt_per_behaviour_keeps_splits_behaviour_disjoint(data_dir):
+    """PAIR holds several attacks per JailbreakBench behaviour: splits drawn from it must not
+    share a behaviour, and a set without behaviour ids keeps every prompt in shuffle order."""
+    import random
+
+    from refusalscope.data import load_dataset
+    from refusalscope.evaluation.optimize import one_prompt_per_behaviour
+
+    items = load_dataset("jailbreak/pair", data_dir=data_dir).items
+    behaviours = {it.meta["behavior_id"] for it in items}
+    assert len(behaviours) < len(items)  # the premise: repeated behaviours
+    prompts, dropped = one_prompt_per_behaviour(items, seed=3)
+    assert len(prompts) == len(behaviours) and dropped == len(items) - len(behaviours)
+    by_prompt = {it.prompt: it.meta["behavior_id"] for it in items}
+    assert len({by_prompt[p] for p in prompts}) == len(prompts)
+    assert one_prompt_per_behaviour(items, seed=3)[0] == prompts  # seeded
+    assert one_prompt_per_behaviour(items, seed=4)[0] != prompts
+
+    plain = load_dataset("xstest/safe", data_dir=data_dir).items
+    kept, none = one_prompt_per_behaviour(plain, seed=0)
+    expected = [it.prompt for it in plain]
+    random.Random(0).shuffle(expected)
+    assert none == 0 and kept == expected

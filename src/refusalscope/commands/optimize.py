@@ -229,10 +229,28 @@ def optimize_cmd(
 
     test_judge = None if judge == "first-token" else reply_judge(judge)
     resolve_data_dir(data_dir)
-    harmful = _shuffled(load_dataset(harmful_data, data_dir=data_dir).prompts, seed)
-    benign = _shuffled(load_dataset(benign_data, data_dir=data_dir).prompts, seed)
-    val_harm, test_harm = _take(harmful, [n_val, n_test], f"dataset '{harmful_data}'", "--n-val/--n-test")
-    val_benign, test_benign = _take(benign, [n_val, n_test], f"dataset '{benign_data}'", "--n-val/--n-test")
+    from ..evaluation.optimize import one_prompt_per_behaviour
+
+    harmful, harmful_dropped = one_prompt_per_behaviour(load_dataset(harmful_data, data_dir=data_dir).items, seed)
+    benign, benign_dropped = one_prompt_per_behaviour(load_dataset(benign_data, data_dir=data_dir).items, seed)
+    if harmful_dropped or benign_dropped:
+        console.print(
+            f"one prompt per behaviour: {len(harmful)} harmful and {len(benign)} benign behaviours "
+            f"({harmful_dropped + benign_dropped} other prompts on the same behaviours left out, so no behaviour "
+            "is in two splits)",
+            highlight=False,
+            markup=False,
+        )
+    per_behaviour = " (one prompt per behaviour)"
+    val_harm, test_harm = _take(
+        harmful,
+        [n_val, n_test],
+        f"dataset '{harmful_data}'" + per_behaviour * bool(harmful_dropped),
+        "--n-val/--n-test",
+    )
+    val_benign, test_benign = _take(
+        benign, [n_val, n_test], f"dataset '{benign_data}'" + per_behaviour * bool(benign_dropped), "--n-val/--n-test"
+    )
     wikitext = capability_task("wikitext", data_dir=data_dir)
     texts = _shuffled([it.text for it in wikitext.items(data_dir, 2 * n_texts + n_fit_texts, seed)], seed)
     val_texts, test_texts, fit_texts = _take(
@@ -287,6 +305,8 @@ def optimize_cmd(
         "benign": benign_data,
         "seed": seed,
     }
+    if harmful_dropped or benign_dropped:  # recorded only when it changes the splits (older studies resume)
+        run_settings["one_prompt_per_behaviour"] = True
     check_study(
         out / "optimize.db", "refusalscope", run_settings
     )  # a resumed study must match, known before the model loads

@@ -30,6 +30,7 @@ generation — a proxy whose agreement with the judge refusalscope checks elsewh
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,6 +321,29 @@ def _violations(m: Measurement, base: Measurement, budget: Budget) -> list[float
     if m.mc_accuracy is not None and base.mc_accuracy is not None:
         out.append((base.mc_accuracy.value - m.mc_accuracy.value) - budget.max_mc_drop)
     return out
+
+
+def one_prompt_per_behaviour(items: Sequence[Any], seed: int) -> tuple[list[str], int]:
+    """The items' prompts in a seeded shuffle, at most one per behaviour.
+
+    Jailbreak artifact sets hold several attacks on the same behaviour (PAIR: 237 prompts on
+    91 JailbreakBench behaviours). Were two of them to land in the validation and the test
+    split, the test would not be held out; were two in one split, its n would overstate the
+    independent evidence. An item's behaviour is `meta["behavior_id"]`, else its own id, so
+    sets without behaviour ids keep every prompt in the same order as a plain shuffle.
+    Returns the prompts and how many were left out."""
+    from ..data.records import item_text
+
+    shuffled = list(items)
+    random.Random(seed).shuffle(shuffled)  # datasets keep their file order (JailbreakBench is sorted by category)
+    seen: set[str] = set()
+    kept = []
+    for item in shuffled:
+        key = item.meta.get("behavior_id") or item.id
+        if key not in seen:
+            seen.add(key)
+            kept.append(item_text(item))
+    return kept, len(shuffled) - len(kept)
 
 
 def check_splits(validation: Split, test: Split) -> None:

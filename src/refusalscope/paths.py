@@ -39,7 +39,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise _scratch_error(final, exc) from None
     try:
         yield tmp
-        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the entry is an ordinary folder
+        mask = current_umask()
+        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the entry is an ordinary folder
+        for entry in tmp.rglob("*"):  # safetensors' writer makes its files 0600 whatever the umask
+            if entry.is_file() and not entry.is_symlink():
+                entry.chmod(0o666 & ~mask)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -749,6 +749,8 @@ def test_report_output_folder_gets_report_html(tmp_path):
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):
+    from safetensors.torch import save_file
+
     from refusalscope.paths import atomic_dir, atomic_file
 
     old = os.umask(0o027)
@@ -757,10 +759,13 @@ def test_atomic_writes_honour_the_umask(tmp_path):
             handle.write("x")
         with atomic_dir(tmp_path / "d") as folder:
             (folder / "a").write_text("y")
+            save_file({"w": torch.zeros(2)}, str(folder / "w.safetensors"))  # safetensors writes 0600
     finally:
         os.umask(old)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "d" / "a").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "d" / "w.safetensors").stat().st_mode & 0o777 == 0o640
     with atomic_file(tmp_path / "g.txt") as handle:
         handle.write("x")
     assert (tmp_path / "g.txt").stat().st_mode & 0o777 == 0o666 & ~old

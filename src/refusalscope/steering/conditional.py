@@ -39,7 +39,7 @@ from ..models.placement import at_layer
 from ..sae.model import SAE
 from ..types import Reduction, choices
 from .kinds import GATE_COMMON, Gate, Hook, Intervention, SpecReader, gate_kind, intervention_kind
-from .latents import latents_fn
+from .latents import latents_fn, steering_view
 from .points import Point, point_name, point_order, sae_point
 from .positions import Positions, RowFilter, check_positions, position_mask, positions_to_json, resolve_positions
 from .references import as_direction, check_vector, direction_ref, number_text, resolve_sae, sae_ref, unit_vector
@@ -59,6 +59,37 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------- gates
+# A gate's score of a token must not depend on how many other tokens share its forward
+# (a decision must not change with the batch a prompt lands in, and a shared prefix may be
+# scored in a forward of its own). A matrix-vector product does not promise that (its
+# rounding can change with the number of rows: seen on a CPU), a product and a sum over the
+# last dimension reduce each token on its own.
+def _dot(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [..., d] · w [d] -> [...], each token reduced on its own."""
+    return (x * w).sum(-1)
+
+
+def _token_latents(sae: SAE, features: Sequence[int], device: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x [..., d_in] -> [..., len(features)] float32 activations (as `latents_fn`), each
+    latent's pre-activation a `_dot` per token; TopK runs the whole encoder (`latents_fn`)."""
+    if sae.cfg.architecture == "topk":
+        return latents_fn(sae, features, device)
+    view = steering_view(sae, device)
+    index = torch.tensor(list(features), dtype=torch.long)
+    view.check_features(index)
+    index = index.to(view.W_enc.device)
+    columns = view.W_enc[:, index].T.contiguous()  # [k, d_in]
+    bias = view.b_enc[index]
+    theta = view.threshold[index] if view.threshold is not None else None
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        inputs = view._input(x)
+        pre = torch.stack([_dot(inputs, column) for column in columns], dim=-1) + bias
+        return view.activation(pre, theta)
+
+    return fn
+
+
 @gate_kind
 class FeatureGate(Gate):
     """The activation of one SAE latent (e.g. a 'harm' feature) at the SAE's layer."""
@@ -80,7 +111,7 @@ class FeatureGate(Gate):
         super().check(model)
 
     def scorer(self, model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-        latents = latents_fn(self.sae, [self.feature], model.device)
+        latents = _token_latents(self.sae, [self.feature], model.device)
         return lambda hidden: latents(hidden)[..., 0]
 
     def to_spec(self) -> dict[str, Any]:
@@ -113,7 +144,7 @@ class DirectionGate(Gate):
 
     def scorer(self, model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
         d = (unit_vector(self.direction) if self.normalize else self.direction).to(model.device)
-        return lambda hidden: hidden.float() @ d
+        return lambda hidden: _dot(hidden.float(), d)
 
     def to_spec(self) -> dict[str, Any]:
         out = {"kind": self.kind, "direction": direction_ref(self.direction), "layer": self.layer}
@@ -233,9 +264,9 @@ class ProbeGate(Gate):
     def scorer(self, model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
         w = self.weights.to(model.device)
         if self.sae is None or self.features is None:
-            return lambda hidden: hidden.float() @ w + self.bias
-        latents = latents_fn(self.sae, self.features, model.device)
-        return lambda hidden: latents(hidden) @ w + self.bias
+            return lambda hidden: _dot(hidden.float(), w) + self.bias
+        latents = _token_latents(self.sae, self.features, model.device)
+        return lambda hidden: _dot(latents(hidden), w) + self.bias
 
     def to_spec(self) -> dict[str, Any]:
         out: dict[str, Any] = {

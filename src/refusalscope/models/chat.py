@@ -103,6 +103,7 @@ class ChatModel:
         self.share_prefix = True
         self.min_shared_prefix = 8
         self._safe_hooks = 0  # hooks attached by prefix-safe interventions (-1: some are not)
+        self._prefix_tail = 0  # trailing prompt tokens the attached items need kept out of a shared prefix
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         overrides = dict(info_overrides or {})
         self.info = ModelInfo(
@@ -295,31 +296,37 @@ class ChatModel:
         if interventions is None:
             yield
             return
-        hooks, safe = self._hooks_of(interventions)
-        with self._attached_hooks(hooks, safe):
+        hooks, tail = self._hooks_of(interventions)
+        with self._attached_hooks(hooks, tail):
             yield
 
-    def _hooks_of(self, interventions: Interventions) -> tuple[list[tuple[Point, HookFn]], bool]:
-        """The hooks of `interventions` (built once) and whether every item is prefix-safe."""
+    def _hooks_of(self, interventions: Interventions) -> tuple[list[tuple[Point, HookFn]], int]:
+        """The hooks of `interventions` (built once) and how many trailing prompt tokens a
+        shared prefix must leave to them: 0 for position-wise edits, more for gated edits of
+        the end of the prompt (`prefix_tail`), -1 when some item is not prefix-safe."""
         if interventions is None:
-            return [], True
+            return [], 0
         items: list[HasHooks] = (
             list(interventions) if isinstance(interventions, (list, tuple)) else [cast("HasHooks", interventions)]
         )
         hooks: list[tuple[Point, HookFn]] = []
         for item in items:
             hooks.extend(item.hooks(self))
-        return hooks, all(getattr(item, "prefix_safe", False) for item in items)
+        if not all(getattr(item, "prefix_safe", False) for item in items):
+            return hooks, -1
+        tails = [int(getattr(item, "prefix_tail", lambda model: 0)(self)) for item in items]
+        return hooks, max(tails, default=0)
 
     @contextlib.contextmanager
-    def _attached_hooks(self, hooks: list[tuple[Point, HookFn]], safe: bool) -> Iterator[None]:
-        previous = self._safe_hooks
-        self._safe_hooks = previous + len(hooks) if safe and previous >= 0 else -1
+    def _attached_hooks(self, hooks: list[tuple[Point, HookFn]], tail: int) -> Iterator[None]:
+        previous, previous_tail = self._safe_hooks, self._prefix_tail
+        self._safe_hooks = previous + len(hooks) if tail >= 0 and previous >= 0 else -1
+        self._prefix_tail = max(previous_tail, tail)
         try:
             with self.hooks.attached(hooks):
                 yield
         finally:
-            self._safe_hooks = previous
+            self._safe_hooks, self._prefix_tail = previous, previous_tail
 
     def share_lower_layers(self, upto: int, max_bytes: int = 2**30) -> LayerMemo:
         """A context manager under which forwards with identical inputs compute decoder
@@ -345,15 +352,18 @@ class ChatModel:
         system prompt is ~20 tokens, often as long as the request itself). Computing them
         once per batch and reusing their keys and values saves up to half of a prefill.
         It is exact (the attention core is invariant to where padding sits), and used
-        only while every attached hook is a position-wise intervention that declares
-        itself `prefix_safe`; any other hook (captures, gates, tests) turns it off.
+        only while every attached hook belongs to an item that declares itself
+        `prefix_safe` (position-wise edits; gates whose edits stay out of the prefix); any
+        other hook (captures, tests) turns it off. A gated edit of the end of the prompt
+        (`Conditional.prefix_tail`) needs that many trailing tokens of every prompt left
+        out of the prefix, which is computed unsteered.
         """
         if not self.share_prefix or len(token_lists) < 2 or self.hooks.active != max(self._safe_hooks, 0):
             return 0
         if self._safe_hooks < 0:
             return 0
         first = token_lists[0]
-        limit = min(len(t) for t in token_lists) - 1
+        limit = min(len(t) for t in token_lists) - max(1, self._prefix_tail)
         n = 0
         while n < limit and all(t[n] == first[n] for t in token_lists):
             n += 1
@@ -802,10 +812,10 @@ class ChatModel:
         started = time.perf_counter()
         for batch in self.batches(tokens, max(1, batch_size // n_cfg)):
             parts = []
-            for hooks, safe in built:
+            for hooks, tail in built:
                 batch_id = self.new_batch_id()
                 rows = torch.arange(len(batch.index), device=self.device)
-                with self._attached_hooks(hooks, safe):
+                with self._attached_hooks(hooks, tail):
                     out, cache, mask, positions = self._prefill(
                         batch, self.shared_prefix(tokens), tokens, batch_id, rows
                     )

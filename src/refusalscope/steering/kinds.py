@@ -107,6 +107,12 @@ class Intervention:
         p = self.positions
         return p in ("all", "prompt", "generated") or (not isinstance(p, str) and all(i >= 0 for i in p))
 
+    def prefix_tail(self, model: Any) -> int:
+        """How many trailing prompt tokens a shared prefix must leave out for this item to
+        stay exact when `prefix_safe` (0 here; a gate that steers the end of the prompt
+        needs those tokens after the prefix, see `Conditional.prefix_tail`)."""
+        return 0
+
     def delta_fn(self, model: Any) -> DeltaFn:
         """x [N, d] -> the float32 change this intervention adds to each selected residual
         vector, with its tensors already on `model`'s device."""

@@ -149,6 +149,10 @@ class Steering:
         """Whether ChatModel may share the prefill of a common prompt prefix (see Intervention)."""
         return all(item.prefix_safe for item in self.interventions)
 
+    def prefix_tail(self, model: Any) -> int:
+        """Trailing prompt tokens a shared prefix must leave out (see Intervention.prefix_tail)."""
+        return max((item.prefix_tail(model) for item in self.interventions), default=0)
+
     def apply(self, model: Any) -> contextlib.AbstractContextManager[Steering]:
         """Context manager: `with steering.apply(model): model.generate(...)`."""
         return steer(model, self)

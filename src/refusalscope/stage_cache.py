@@ -43,10 +43,18 @@ def weights_hash(model: torch.nn.Module) -> str:
 
 
 def model_identity(chat: ChatModel) -> dict[str, str]:
-    """What a cached result computed with `chat` depends on: its weights and its dtype.
-    `info.id` carries the file's content hash when the model came from a file; a model
-    without one (built in memory) is identified by hashing its weights."""
+    """What a cached result computed with `chat` depends on: its weights, its dtype and,
+    when it is not the CPU default (fp64), the attention core's precision (an fp32 core moves
+    logits by ~1e-5, enough to flip a threshold or a near-tied ranking). The default adds no
+    key, so caches written before the switch existed stay valid. `info.id` carries the
+    file's content hash when the model came from a file; a model without one (built in
+    memory) is identified by hashing its weights."""
+    from .models.attention import DEFAULT_CORE, attention_core
+
     ident = {"id": chat.info.id, "dtype": str(chat.dtype).replace("torch.", "")}
+    core = attention_core(getattr(chat.model, "config", None))
+    if core != DEFAULT_CORE:
+        ident["attention"] = core
     if not chat.info.sha256:
         ident["weights"] = weights_hash(chat.model)
     return ident

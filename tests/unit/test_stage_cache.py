@@ -116,3 +116,18 @@ def test_keys_separate_dtypes_and_weights(cache):
     first_token_calibration(fp32, HARMFUL[:2], [5, 6, 7], 2)
     first_token_calibration(bf16, HARMFUL[:2], [5, 6, 7], 2)  # the fp32 result is not reused for bf16
     assert passes
+
+
+def test_keys_separate_attention_cores(cache, monkeypatch):
+    """An fp32 attention core moves logits by ~1e-5: its results get their own cache entries,
+    while the default fp64 core keeps the key it had before the switch existed."""
+    from refusalscope.models.attention import ENV, set_attention_core
+
+    monkeypatch.delenv(ENV, raising=False)
+    default = tiny_chat_model("llama", seed=5)
+    assert "attention" not in model_identity(default)  # existing cache keys unchanged
+    fast = tiny_chat_model("llama", seed=5)
+    set_attention_core(fast.model, "fp32")
+    assert content_key(model_identity(fast)) != content_key(model_identity(default))
+    monkeypatch.setenv(ENV, "fp32")  # the environment switch counts too
+    assert model_identity(tiny_chat_model("llama", seed=5))["attention"] == "fp32"

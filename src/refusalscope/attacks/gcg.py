@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from ..errors import RefusalScopeError
 from ..models.hooks import ForwardContext
+from ..steering.conditional import PREFIX_ID
 from .behaviours import Behaviour
 from .configs import check_steering_for
 
@@ -165,8 +166,13 @@ class SuffixObjective:
         self.target = chat.encode(target)
         if not self.target:
             raise RefusalScopeError(f"the target string of '{request[:40]}…' is empty", "give a non-empty target")
-        self.shared = bool(share_prefix) and (steering is None or steering.prefix_safe) and len(self.before) > 0
+        self.shared = (
+            bool(share_prefix)
+            and (steering is None or (steering.prefix_safe and steering.prefix_tail(chat) <= len(self.after)))
+            and len(self.before) > 0
+        )
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._prefix_id = -1  # batch id of the prefix forward: gates find its scores under it (PREFIX_ID)
         device = chat.device
         self._after = torch.tensor(self.after, dtype=torch.long, device=device)
         self._target = torch.tensor(self.target, dtype=torch.long, device=device)
@@ -219,7 +225,9 @@ class SuffixObjective:
 
             cache = DynamicCache(config=self.chat.model.config)
             ids = self._before[None]
-            with self._attached(), self.chat.hooks.forward_context(self._context(1, ids.shape[1], 0)):
+            ctx = self._context(1, ids.shape[1], 0)
+            self._prefix_id = ctx.batch_id
+            with self._attached(), self.chat.hooks.forward_context(ctx):
                 self.chat.model(
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
@@ -247,7 +255,10 @@ class SuffixObjective:
             kv = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in self._prefix()]
             kwargs = {"past_key_values": DynamicCache(kv, config=self.chat.model.config), "use_cache": True}
         positions = torch.arange(past, total, device=rest.device)[None].expand(rows, -1)
-        with self.chat.hooks.forward_context(self._context(rows, total, past)):
+        ctx = self._context(rows, total, past)
+        if self.shared:
+            ctx.extra[PREFIX_ID] = self._prefix_id
+        with self.chat.hooks.forward_context(ctx):
             out = self.chat.model(
                 input_ids=rest,
                 attention_mask=torch.ones(rows, total, dtype=torch.long, device=rest.device),

@@ -22,11 +22,24 @@ may sit at any layer. Position 0 (BOS, with norms ~100× the rest) is skipped by
 `fired` / `seen` count decisions as they are made; `decisions(model, prompts)` computes
 them for a list of prompts in prompt order without generating, so an evaluation can
 report on which benign prompts the capability cost was avoided.
+
+Shared prefixes. ChatModel (and GCG) may compute the chat template's prefix, identical for
+every prompt, once and run each prompt's suffix over its KV cache. The gate then sees the
+prefix in one forward and the rest of the prompt in another: it remembers the prefix
+tokens' scores from the first (keyed by that forward's batch id, or `ctx.extra[PREFIX_ID]`),
+and in the second lays prefix and suffix scores out as one whole-prompt forward would and
+reduces them there, so the decision is the one a single forward makes (bit-identical when
+the per-token scores are). Nothing is steered in the prefix forward, so a conditional is
+`prefix_safe` only when every edit it controls stays out of the prefix: generated tokens,
+or prompt positions counted from the end (e.g. 'post_instruction'), which `prefix_tail`
+asks ChatModel to keep after the prefix. Edits of 'all' / 'prompt' tokens, or of positions
+counted from the start, would need a steered prefix for the rows that fire: not prefix-safe.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -35,6 +48,7 @@ import torch
 
 from ..checks import choice, number
 from ..errors import RefusalScopeError
+from ..models.hooks import ForwardContext
 from ..models.placement import at_layer
 from ..sae.model import SAE
 from ..types import Reduction, choices
@@ -45,6 +59,10 @@ from .positions import Positions, RowFilter, check_positions, position_mask, pos
 from .references import as_direction, check_vector, direction_ref, number_text, resolve_sae, sae_ref, unit_vector
 
 REDUCTIONS: tuple[str, ...] = choices(Reduction)
+#: ctx.extra key: which prefix forward a forward over a prefilled cache continues (its batch
+#: id); without it the gate looks the prefix up under the continuing forward's own batch id
+PREFIX_ID = "refusalscope.prefix_id"
+_PREFIXES_KEPT = 16  # prefix forwards whose gate scores a conditional remembers
 
 __all__ = [
     "GATE_COMMON",
@@ -54,6 +72,7 @@ __all__ = [
     "FeatureGate",
     "Gate",
     "GateDecisions",
+    "PREFIX_ID",
     "ProbeGate",
 ]
 
@@ -360,6 +379,7 @@ class Conditional(Intervention):
         self.fired = 0
         self.seen = 0
         self._state: _State | None = None
+        self._prefixes: OrderedDict[int, torch.Tensor] = OrderedDict()  # prefix forward id -> [R, P] gate scores
 
     # ------------------------------------------------------------ statistics
     @property
@@ -376,7 +396,13 @@ class Conditional(Intervention):
 
     @property
     def prefix_safe(self) -> bool:
-        return False  # the gate must see each prompt whole, in one prefill forward
+        """True when every edit it controls stays out of a shared prefix (see the module
+        docstring): the gate's decision over prefix + suffix forwards is then exact."""
+        return all(_tail_kind(item) for item in self.interventions)
+
+    def prefix_tail(self, model: Any) -> int:
+        """The trailing prompt tokens its edits may steer, which a shared prefix must leave out."""
+        return max((_tail(item, model) for item in self.interventions), default=0)
 
     def points(self, model: Any) -> list[Point]:
         return [self.gate.layer] + [p for i in self.interventions for p in i.points(model)]
@@ -396,11 +422,17 @@ class Conditional(Intervention):
                 )
 
     # ------------------------------------------------------------ hooks
-    def _decide(self, hidden, ctx, score_fn, positions) -> _State:
-        scores = score_fn(hidden)  # [B, T]
+    def _gate_mask(self, ctx, positions) -> torch.Tensor:
+        """[B, T] the prompt tokens the gate reduces over."""
         mask = position_mask(ctx, positions) & ctx.is_prompt()
         if self.skip_first:
             mask = mask & (ctx.token_index() > 0)
+        return mask
+
+    def _decide(self, scores, ctx, positions) -> _State:
+        """The decision of each row from its tokens' gate scores [B, T] in a forward `ctx`
+        that starts at the beginning of the prompts."""
+        mask = self._gate_mask(ctx, positions)
         if self.reduce == "max":
             reduced = scores.masked_fill(~mask, float("-inf")).amax(-1)
         elif self.reduce == "mean":
@@ -423,15 +455,63 @@ class Conditional(Intervention):
         positions = resolve_positions(self.positions, model)
 
         def fn(hidden, ctx):
-            if ctx.phase == "decode" or ctx.past_length > 0:
+            if ctx.phase == "decode":
                 return
-            self._state = state = self._decide(hidden, ctx, score_fn, positions)
+            scores = score_fn(hidden)  # [B, T]
+            if ctx.past_length == 0 and bool((ctx.chunk_mask.sum(-1) < ctx.prompt_lengths).any()):
+                self._remember_prefix(scores, ctx)  # the prompts go on in a later forward
+                return
+            if ctx.past_length > 0:
+                scores, ctx = self._whole_prompt(scores, ctx, positions)
+            self._state = state = self._decide(scores, ctx, positions)
             if count:
                 self.seen += int(ctx.rows.numel())
                 self.fired += int(state.fired[ctx.rows].sum())
             return
 
         return fn
+
+    def _remember_prefix(self, scores: torch.Tensor, ctx) -> None:
+        """A forward over a prefix of the prompts (a shared prefix, computed once): keep its
+        tokens' scores for the forward that continues it, and steer nothing in it."""
+        if not bool((ctx.chunk_mask > 0).all()):
+            raise RefusalScopeError(
+                "a gate saw a padded forward over part of the prompts", "prefill shared prefixes without padding"
+            )
+        self._prefixes[ctx.batch_id] = scores.detach().float()
+        self._prefixes.move_to_end(ctx.batch_id)
+        while len(self._prefixes) > _PREFIXES_KEPT:
+            self._prefixes.popitem(last=False)
+        rows = int(ctx.rows.max()) + 1 if ctx.rows.numel() else 0
+        none = torch.zeros(rows, dtype=torch.bool, device=scores.device)
+        self._state = _State(ctx.batch_id, none, torch.full(none.shape, float("nan"), device=scores.device))
+
+    def _whole_prompt(self, scores: torch.Tensor, ctx, positions) -> tuple[torch.Tensor, ForwardContext]:
+        """The scores [B, past + T] and context of one forward over the whole prompts, from a
+        forward `ctx` over a prefilled cache: the remembered prefix scores, then this chunk's,
+        real tokens right-aligned after the padding as in a left-padded whole forward."""
+        past = ctx.past_length
+        order = torch.sort(ctx.attention_mask, dim=-1, stable=True).indices  # padding first, else in order
+        whole = ForwardContext(
+            ctx.attention_mask.gather(-1, order), ctx.prompt_lengths, 0, ctx.rows, ctx.batch_id, ctx.phase
+        )
+        prefix = self._prefixes.get(ctx.extra.get(PREFIX_ID, ctx.batch_id))
+        if prefix is None:
+            if bool((self._gate_mask(whole, positions) & (order < past)).any()):
+                raise RefusalScopeError(
+                    "the gate reads prompt tokens of a prefilled prefix it did not see",
+                    "prefill the prefix with the conditional attached, and pass its batch id in "
+                    "ctx.extra[PREFIX_ID] if the continuing forward has another one",
+                )
+            prefix = scores.new_zeros(scores.shape[0], past)  # never read: the gate's tokens are all in this chunk
+        elif prefix.shape[1] != past or prefix.shape[0] not in (1, scores.shape[0]):
+            raise RefusalScopeError(
+                f"the gate remembered a {tuple(prefix.shape)} prefix, but this forward continues "
+                f"{scores.shape[0]} rows after {past} tokens",
+                "run each prompt suffix right after the prefix it continues",
+            )
+        combined = torch.cat([prefix.to(scores.device).expand(scores.shape[0], -1), scores.float()], dim=-1)
+        return combined.gather(-1, order), whole
 
     def _rows(self, ctx) -> torch.Tensor:
         state = self._state
@@ -532,3 +612,26 @@ class Conditional(Intervention):
             f"only when {self.reduce} over {'the prompt' if self.positions == 'prompt' else self.positions} of "
             f"{self.gate.describe()} > {number_text(self.threshold)}{first}: {inner}"
         )
+
+
+def _tail_kind(item: Intervention) -> bool:
+    """Whether `item`, gated, steers only tokens after any shared prefix: generated tokens, or
+    prompt positions counted from the end (kept after the prefix by `prefix_tail`)."""
+    if isinstance(item, Conditional):
+        return item.prefix_safe
+    if not item.touches_prompt():
+        return item.prefix_safe
+    if type(item).prefix_safe is not Intervention.prefix_safe:  # a kind with a rule of its own: stay out
+        return False
+    positions = check_positions(item.positions)
+    return positions == "post_instruction" or (isinstance(positions, tuple) and all(i < 0 for i in positions))
+
+
+def _tail(item: Intervention, model: Any) -> int:
+    """How many trailing prompt tokens `item` (one `_tail_kind` accepts) may steer."""
+    if isinstance(item, Conditional):
+        return item.prefix_tail(model)
+    if not item.touches_prompt():
+        return item.prefix_tail(model)
+    positions = resolve_positions(item.positions, model)
+    return -min(cast("tuple[int, ...]", positions))

@@ -116,6 +116,7 @@ def test_gated_prefix_sharing_is_exact(
 ):
     cond = gated(chat, gate_kind, reduce, gate_positions, inner_positions)
     gate_scores.clear()
+    prefix_runs.clear()
     assert cond.prefix_safe
     tokens = chat.encode_prompts(PROMPTS, SYSTEM)
     with chat.attached(cond):
@@ -150,6 +151,7 @@ def test_prompt_steering_stays_whole_prompt_and_correct(chat, prefix_runs):
     tokens = chat.encode_prompts(PROMPTS, SYSTEM)
     for inner in ("prompt", "all", [2, 3], [0, -1]):
         cond = gated(chat, "direction", "max", "prompt", inner)
+        prefix_runs.clear()  # the offline decisions of `gated` share the prefix: the gate alone edits nothing
         assert not cond.prefix_safe
         assert not Steering([cond]).prefix_safe
         with chat.attached(cond):
@@ -201,6 +203,7 @@ def test_residual_reads_after_a_gated_prefix(chat, prefix_runs):
     """iter_residual runs the suffixes over the prefix's cache in 'forward' phase: the gate
     decides there too."""
     cond = gated(chat, "probe", "mean", "prompt", "post_instruction")
+    prefix_runs.clear()
     got = {}
     for share in (True, False):
         chat.share_prefix = share
@@ -328,3 +331,20 @@ def test_sweep_results_of_a_gated_configuration_do_not_depend_on_prefix_sharing(
     assert shared == whole
     counts = shared[1]
     assert sum(f for *_, f, _ in counts) > 0 and sum(f for *_, f, _ in counts) < sum(s for *_, s in counts)
+
+
+@pytest.mark.parametrize("gate_kind", ["feature", "probe"])
+@pytest.mark.parametrize("reduce", ["max", "mean", "last"])
+def test_offline_decisions_share_the_prefix_and_match(chat, prefix_runs, gate_kind, reduce):
+    cond = Conditional(push(chat, "all"), make_gate(gate_kind, chat), 0.0, reduce=reduce)  # not prefix-safe itself
+    shared = cond.decisions(chat, PROMPTS, batch_size=4, system=SYSTEM)
+    assert prefix_runs  # the gate alone edits nothing: its forwards share the prefix
+    prefix_runs.clear()
+    chat.share_prefix = False
+    try:
+        whole = cond.decisions(chat, PROMPTS, batch_size=4, system=SYSTEM)
+    finally:
+        chat.share_prefix = True
+    assert not prefix_runs
+    assert torch.equal(shared.scores, whole.scores) and torch.equal(shared.fired, whole.fired)
+    assert cond.seen == 0  # offline decisions are not counted

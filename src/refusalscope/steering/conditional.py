@@ -554,6 +554,8 @@ class Conditional(Intervention):
         gate = self
 
         class _GateOnly:
+            prefix_safe = True  # the gate alone edits nothing: the template's prefix is computed once
+
             def hooks(self, m):
                 return [(gate.gate.layer, gate._gate_hook(m, count=False))]
 

@@ -122,14 +122,17 @@ class SAE(nn.Module):
         return f"{c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}{k}, layer={c.layer}, model={c.model_name}"
 
     # ----------------------------------------------------------------- maths
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder multiplies: `x` in the SAE's dtype, scaled and, where the
+        architecture says so, centred on b_dec (a gate that reduces each token on its own
+        needs it without the matrix product)."""
         x = x.to(self.W_enc.dtype)
         if self.cfg.input_scale != 1.0:
             x = x * self.cfg.input_scale
         return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        return self._input(x) @ self.W_enc + self.b_enc
+        return self.encoder_input(x) @ self.W_enc + self.b_enc
 
     def activation(self, pre: torch.Tensor, threshold: torch.Tensor | None = None) -> torch.Tensor:
         arch = self.cfg.architecture
@@ -175,7 +178,7 @@ class SAE(nn.Module):
             idx = idx.to(self.W_enc.device)
         if self.cfg.architecture == "topk":
             return self.encode(x)[..., idx]
-        pre = self._input(x) @ self.W_enc[:, idx] + self.b_enc[idx]
+        pre = self.encoder_input(x) @ self.W_enc[:, idx] + self.b_enc[idx]
         theta = self.threshold[idx] if self.threshold is not None else None
         return self.activation(pre, theta)
 

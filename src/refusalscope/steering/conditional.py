@@ -102,7 +102,7 @@ def _token_latents(sae: SAE, features: Sequence[int], device: Any) -> Callable[[
     theta = view.threshold[index] if view.threshold is not None else None
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        inputs = view._input(x)
+        inputs = view.encoder_input(x)
         pre = torch.stack([_dot(inputs, column) for column in columns], dim=-1) + bias
         return view.activation(pre, theta)
 

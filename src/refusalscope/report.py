@@ -57,11 +57,10 @@ from .evaluation.headline import (
 )
 from .evaluation.pareto import TARGET, frontier
 from .evaluation.rows import ConfigRow, TaskRow, read_pairs, read_runs
-from .evaluation.store import ResultsStore
+from .evaluation.store import CONFIG_KEY_COLUMNS, ResultsStore
 from .evaluation.summary import Cell, Summary, summarise
 from .stats import Estimate
 
-_KEY = ("config_id", "name", "label", "method", "family", "strength", "conditional")  # ConfigRow.key()'s columns
 RATE_METRICS = {"refused", "correct", "p_true", "exact", "f1", "accuracy", "acc", "em", "gate_fired"}
 _NA = "n/a"
 ROLE_ORDER = {"harmful": 0, "benign": 1, "jailbreak": 2, "capability": 3}
@@ -725,7 +724,7 @@ def _clean(obj):
 
 
 CELL_COLUMNS = [
-    *_KEY,
+    *CONFIG_KEY_COLUMNS,
     "task",
     "role",
     "dataset",
@@ -743,7 +742,7 @@ CELL_COLUMNS = [
 COLUMNS = {
     "tradeoff": [
         "pair",
-        *_KEY,
+        *CONFIG_KEY_COLUMNS,
         "harmful_task",
         "benign_task",
         "refusal_harmful",
@@ -756,7 +755,7 @@ COLUMNS = {
         "n_benign",
     ],
     "selective_refusal": [
-        *_KEY,
+        *CONFIG_KEY_COLUMNS,
         "pair",
         "harmful_task",
         "benign_task",

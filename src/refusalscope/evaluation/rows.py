@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..types import TaskRole
+from .store import config_key
 
 if TYPE_CHECKING:
     from .store import ResultsStore
@@ -58,16 +59,9 @@ class ConfigRow:
         return self.family == "none"
 
     def key(self) -> dict[str, Any]:
-        """The columns every exported row of this configuration starts with."""
-        return {
-            "config_id": self.config_id,
-            "name": self.name,
-            "label": self.label,
-            "method": self.method,
-            "family": self.family,
-            "strength": self.strength,
-            "conditional": self.conditional,
-        }
+        """The columns every exported row of this configuration starts with
+        (`store.CONFIG_KEY_COLUMNS`, shared with `store.Config.row()`)."""
+        return config_key(self)
 
 
 @dataclass(frozen=True)

@@ -231,6 +231,23 @@ def _float(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
+CONFIG_KEY_COLUMNS: tuple[str, ...] = ("config_id", "name", "label", "method", "family", "strength", "conditional")
+"""The columns, in order, that identify a configuration in every exported row.
+
+Declared once here because three places start their rows with them: `Config.row()`,
+`rows.ConfigRow.key()` and the report's CSV column lists. It lives in this module, not
+in `rows`, because `rows` already depends on the store and the store must not depend on
+`rows` (no import cycle)."""
+
+
+def config_key(config: object) -> dict[str, Any]:
+    """`CONFIG_KEY_COLUMNS` of `config` (a `Config` or a `rows.ConfigRow`), in that order.
+
+    Both classes name these fields alike, so one reader serves both instead of each
+    spelling out the same seven columns."""
+    return {column: getattr(config, column) for column in CONFIG_KEY_COLUMNS}
+
+
 @dataclass
 class Config:
     """One grid point as the store keeps it."""
@@ -249,13 +266,7 @@ class Config:
 
     def row(self) -> dict[str, Any]:
         return {
-            "config_id": self.config_id,
-            "name": self.name,
-            "label": self.label,
-            "method": self.method,
-            "family": self.family,
-            "strength": self.strength,
-            "conditional": self.conditional,
+            **config_key(self),
             "steering_id": self.steering_id,
             "model_id": self.model_id,
             "description": self.description,

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import prefill_rate  # benchmarks/common.py: the roofline's timing, shared with sweep.py
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,21 +67,15 @@ class TokenCounter:
         return self.forwards, self.prefill, self.decode
 
 
-@torch.no_grad()
 def roofline(chat, batch: int = 16, length: int = 64, repeats: int = 3) -> float:
-    """Prefill tokens/s of a plain batched forward over equal-length prompts (no hooks)."""
+    """Prefill tokens/s of a plain batched forward over equal-length prompts of real text
+    (no hooks); the timing is `common.prefill_rate`, shared with sweep.py."""
     from refusalscope.data.builtin import minimal_pairs
 
     text = " ".join(f"{p.benign} {p.harmful}" for p in minimal_pairs())
     ids = chat.encode(chat.format(text))
     rows = torch.tensor([ids[i : i + length] for i in range(batch)], dtype=torch.long, device=chat.device)
-    chat.model(input_ids=rows, use_cache=False, logits_to_keep=1)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        chat.model(input_ids=rows, use_cache=False, logits_to_keep=1)
-        times.append(time.perf_counter() - start)
-    return batch * length / statistics.median(times)
+    return prefill_rate(chat, rows, repeats)
 
 
 class StageTable:

@@ -38,7 +38,6 @@ import dataclasses
 import math
 import os
 import pstats
-import statistics
 import sys
 import tempfile
 import time
@@ -46,21 +45,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from common import prefill_rate  # benchmarks/common.py: the roofline's timing, shared with pipeline.py
 from pipeline import TokenCounter  # benchmarks/pipeline.py: the same per-forward token count
 
 
-@torch.no_grad()
 def roofline(chat, batch: int = 16, length: int = 64, repeats: int = 3) -> float:
-    """Prefill tokens/s of a plain batched forward over equal-length rows (no hooks)."""
+    """Prefill tokens/s of a plain batched forward over equal-length rows of random ids
+    (no hooks); the timing is `common.prefill_rate`, shared with pipeline.py."""
     vocab = chat.unembed.weight.shape[0]
     rows = torch.randint(100, min(vocab, 20000), (batch, length), generator=torch.Generator().manual_seed(0))
-    chat.model(input_ids=rows, use_cache=False, logits_to_keep=1)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        chat.model(input_ids=rows, use_cache=False, logits_to_keep=1)
-        times.append(time.perf_counter() - start)
-    return batch * length / statistics.median(times)
+    return prefill_rate(chat, rows, repeats)
 
 
 def config_kind(cfg) -> str:

@@ -142,6 +142,33 @@ def test_multiturn_command_prints_refusal_by_turn(setup):
     assert len((out / "gated" / "results.jsonl").read_text().splitlines()) == 2
 
 
+def test_multiturn_command_passes_its_settings_to_either_runner(setup):
+    """`multiturn` picks the scripted or the attacker runner and passes the shared settings
+    (target, judge, reply length) in one call: every CLI setting must reach the identity
+    each run records, the attacker loop's own ones (--attacker self) included."""
+    db = setup["root"] / "multiturn-settings.db"
+    common = ["multiturn", "--model", setup["model"], "--dtype", "fp32", "--limit", "1", "--max-new-tokens", "3"]
+    common += ["--db", str(db)]
+    assert invoke(common).exit_code == 0
+    attacker = [*common, "--attacker", "self", "--max-turns", "2", "--max-backtracks", "1", "--seed", "5"]
+    result = invoke(attacker)
+    assert result.exit_code == 0, result.output
+    assert "turn 2" in result.output and "turn 3" not in result.output
+    from refusalscope.evaluation.store import ResultsStore
+
+    with ResultsStore(db, create=False) as store:
+        identities = {r["attack"]: r["identity"] for r in store.attack_runs()}
+    scripted, loop = identities["multiturn-scripted"], identities["multiturn-attacker"]
+    assert scripted["max_new_tokens"] == 3 and scripted["judge"] == loop["judge"]
+    assert {k: loop[k] for k in ("max_turns", "max_backtracks", "max_new_tokens", "seed")} == {
+        "max_turns": 2,
+        "max_backtracks": 1,
+        "max_new_tokens": 3,
+        "seed": 5,
+    }
+    assert loop["attacker"] == scripted["model"]["name"]  # 'self': the target model
+
+
 def test_db_option_keeps_every_attack_in_one_database_and_the_report_reads_it(setup):
     """gcg, suite and multiturn with --db write keyed rows into one results database (no
     folders); a rerun computes nothing; `attack report DB` renders all three tables;

@@ -8,6 +8,7 @@ sweep's results.db), and prints one table with a row per configuration.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -254,35 +255,20 @@ def multiturn_cmd(
         from ..models import load_model
 
         attacker_model = load_model(attacker, dtype=dtype)
+    # The scripted and the attacker runner take the same target, judge and reply length;
+    # only the attacker loop's own settings are bound here, so the shared ones are passed once.
+    run = (
+        run_scripted
+        if attacker is None
+        else partial(
+            run_attacker, attacker=attacker_model, max_turns=max_turns, max_backtracks=max_backtracks, seed=seed
+        )
+    )
     summaries = []
     for cfg in configs:
         console.print(cfg.describe(), highlight=False, markup=False)
-        if attacker is None:
-            summaries.append(
-                run_scripted(
-                    chat,
-                    cfg,
-                    convs,
-                    where if db is not None else out / cfg.name,
-                    judge=reply_judge,
-                    max_new_tokens=max_new_tokens,
-                )
-            )
-        else:
-            summaries.append(
-                run_attacker(
-                    chat,
-                    cfg,
-                    convs,
-                    where if db is not None else out / cfg.name,
-                    attacker=attacker_model,
-                    judge=reply_judge,
-                    max_turns=max_turns,
-                    max_backtracks=max_backtracks,
-                    max_new_tokens=max_new_tokens,
-                    seed=seed,
-                )
-            )
+        target = where if db is not None else out / cfg.name
+        summaries.append(run(chat, cfg, convs, target, judge=reply_judge, max_new_tokens=max_new_tokens))
     turns = max(len(s["refusal_by_turn"]) for s in summaries)
     table = _table(
         f"refusal by turn · {chat.info.name} · {len(convs)} conversations",

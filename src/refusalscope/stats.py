@@ -24,6 +24,18 @@ class Estimate:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def negated(self) -> Estimate:
+        """The estimate of −value: the bounds swap sides (−high is the new low).
+
+        For turning a difference the other way round (a gain into a cost, gated − ungated
+        into what the gate saves) without each caller remembering to swap the bounds."""
+        return Estimate(-self.value, -self.high, -self.low, self.n, self.method)
+
+    def complement(self) -> Estimate:
+        """The estimate of 1 − value for a proportion (e.g. the share a gate leaves alone
+        from its fire rate): the bounds swap sides as in `negated`."""
+        return Estimate(1 - self.value, 1 - self.high, 1 - self.low, self.n, self.method)
+
     def __str__(self) -> str:
         if self.n == 0 or math.isnan(self.value):
             return "n/a"

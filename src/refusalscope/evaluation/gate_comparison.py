@@ -76,7 +76,7 @@ class GateRow:
     def capability_unsteered(self) -> Estimate | None:
         """Share of capability items the gate leaves alone (1 − capability fire rate)."""
         f = self.capability_fire
-        return None if f is None else Estimate(1 - f.value, 1 - f.high, 1 - f.low, f.n, f.method)
+        return None if f is None else f.complement()
 
     def to_dict(self) -> dict[str, Any]:
         def d(e: Estimate | None) -> dict | None:
@@ -240,7 +240,7 @@ def _saved(gated: dict[str, float], ungated: dict[str, float], higher_is_better:
     est = difference(g, u, seed=seed)
     if higher_is_better:
         return est
-    return Estimate(-est.value, -est.high, -est.low, est.n, est.method)
+    return est.negated()
 
 
 def gate_table(rows: Sequence[GateRow]) -> list[list[str]]:

@@ -250,7 +250,7 @@ def cost_of(change: Estimate, higher_is_better: bool) -> Estimate:
     """A paired change as a cost: positive when the steered model is worse."""
     if not higher_is_better:
         return change
-    return Estimate(-change.value, -change.high, -change.low, change.n, change.method)
+    return change.negated()
 
 
 def pareto_points(db: ResultsStore, summary: Summary, seed: int = 0) -> tuple[str | None, list[ParetoPoint]]:

@@ -42,17 +42,19 @@ def invoke(args):
     return runner.invoke(app, ["attack", *args])
 
 
+def on_tiny(setup, *, data: bool = True) -> list[str]:
+    """The options every end-to-end attack here runs with: the tiny model folder in fp32,
+    and the shared benchmark files (`multiturn` takes none)."""
+    model = ["--model", setup["model"], "--dtype", "fp32"]
+    return [*model, "--data-dir", setup["data"]] if data else model
+
+
 def test_gcg_command_writes_a_robustness_row_per_configuration(setup):
     out = setup["root"] / "gcg"
     result = invoke(
         [
             "gcg",
-            "--model",
-            setup["model"],
-            "--dtype",
-            "fp32",
-            "--data-dir",
-            setup["data"],
+            *on_tiny(setup),
             "--limit",
             "2",
             "--steps",
@@ -88,12 +90,7 @@ def test_suite_command_prints_compliance_per_family(setup):
     result = invoke(
         [
             "suite",
-            "--model",
-            setup["model"],
-            "--dtype",
-            "fp32",
-            "--data-dir",
-            setup["data"],
+            *on_tiny(setup),
             "--limit",
             "2",
             "-a",
@@ -123,10 +120,7 @@ def test_multiturn_command_prints_refusal_by_turn(setup):
     result = invoke(
         [
             "multiturn",
-            "--model",
-            setup["model"],
-            "--dtype",
-            "fp32",
+            *on_tiny(setup, data=False),
             "--limit",
             "2",
             "--max-new-tokens",
@@ -147,8 +141,7 @@ def test_multiturn_command_passes_its_settings_to_either_runner(setup):
     (target, judge, reply length) in one call: every CLI setting must reach the identity
     each run records, the attacker loop's own ones (--attacker self) included."""
     db = setup["root"] / "multiturn-settings.db"
-    common = ["multiturn", "--model", setup["model"], "--dtype", "fp32", "--limit", "1", "--max-new-tokens", "3"]
-    common += ["--db", str(db)]
+    common = ["multiturn", *on_tiny(setup, data=False), "--limit", "1", "--max-new-tokens", "3", "--db", str(db)]
     assert invoke(common).exit_code == 0
     attacker = [*common, "--attacker", "self", "--max-turns", "2", "--max-backtracks", "1", "--seed", "5"]
     result = invoke(attacker)
@@ -174,7 +167,7 @@ def test_db_option_keeps_every_attack_in_one_database_and_the_report_reads_it(se
     folders); a rerun computes nothing; `attack report DB` renders all three tables;
     `attack import` copies a folder run in, and the copy adds nothing twice."""
     db = setup["root"] / "attacks.db"
-    common = ["--model", setup["model"], "--dtype", "fp32", "-c", f"steered={setup['steered']}", "--db", str(db)]
+    common = [*on_tiny(setup, data=False), "-c", f"steered={setup['steered']}", "--db", str(db)]
     gcg = ["gcg", "--data-dir", setup["data"], "--limit", "2", "--steps", "1", "--suffix-length", "3"]
     gcg += ["--candidates", "4", "--top-k", "4", "--max-new-tokens", "3", *common]
     suite = ["suite", "--data-dir", setup["data"], "--limit", "1", "-a", "direct", "--max-new-tokens", "3", *common]
@@ -254,12 +247,7 @@ def test_spec_for_another_model_is_refused(setup):
     result = invoke(
         [
             "suite",
-            "--model",
-            setup["model"],
-            "--dtype",
-            "fp32",
-            "--data-dir",
-            setup["data"],
+            *on_tiny(setup),
             "--limit",
             "1",
             "-a",

@@ -128,45 +128,37 @@ class RefuseFirstTries:
         return out
 
 
-def test_attacker_loop_backtracks_on_refusal(chat, tmp_path):
+@pytest.mark.parametrize(
+    "refusals, max_backtracks, backtracks, refused",
+    [
+        pytest.param(2, 5, 2, False, id="backtracks-on-refusal"),  # retries the two refused turns, then succeeds
+        pytest.param(100, 1, 1, True, id="stops-at-its-budget"),  # one retry, then every turn stays refused
+    ],
+)
+def test_attacker_loop_backtracks_after_a_refusal_within_its_budget(
+    chat, tmp_path, refusals, max_backtracks, backtracks, refused
+):
+    """A refused turn is dropped and retried while backtracks are left; once they are spent
+    (or the judge stops refusing) the turns are kept, refused or not."""
     convs = load_conversations(limit=1)
     summary = run_attacker(
         chat,
         AttackConfig("u"),
         convs,
         tmp_path / "a",
-        judge=RefuseFirstTries(2),
+        judge=RefuseFirstTries(refusals),
         max_turns=3,
-        max_backtracks=5,
+        max_backtracks=max_backtracks,
         max_new_tokens=4,
         attacker_tokens=8,
         progress=False,
     )
     result = summary["results"][0]
-    assert len(result["backtracks"]) == 2 and all(b["refused"] for b in result["backtracks"])
-    assert len(result["turns"]) == 3 and not any(result["refused"])
-    assert result["success"]
-    assert all(t["user"] for t in result["turns"])
-
-
-def test_attacker_loop_stops_backtracking_at_its_budget(chat, tmp_path):
-    convs = load_conversations(limit=1)
-    summary = run_attacker(
-        chat,
-        AttackConfig("u"),
-        convs,
-        tmp_path / "a",
-        judge=RefuseFirstTries(100),
-        max_turns=3,
-        max_backtracks=1,
-        max_new_tokens=4,
-        attacker_tokens=8,
-        progress=False,
-    )
-    result = summary["results"][0]
-    assert len(result["backtracks"]) == 1 and len(result["turns"]) == 3
-    assert all(result["refused"]) and not result["success"]
-    assert summary["refusal_last_turn"]["value"] == 1.0
+    assert len(result["backtracks"]) == backtracks and all(b["refused"] for b in result["backtracks"])
+    assert len(result["turns"]) == 3 and all(t["user"] for t in result["turns"])
+    assert [bool(r) for r in result["refused"]] == [refused] * 3
+    assert bool(result["success"]) is not refused
+    assert summary["refusal_last_turn"]["value"] == float(refused)
 
 
 def test_killed_attacker_run_resumes(chat, tmp_path):

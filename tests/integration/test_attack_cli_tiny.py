@@ -51,32 +51,9 @@ def on_tiny(setup, *, data: bool = True) -> list[str]:
 
 def test_gcg_command_writes_a_robustness_row_per_configuration(setup):
     out = setup["root"] / "gcg"
-    result = invoke(
-        [
-            "gcg",
-            *on_tiny(setup),
-            "--limit",
-            "2",
-            "--steps",
-            "2",
-            "--suffix-length",
-            "4",
-            "--candidates",
-            "8",
-            "--top-k",
-            "8",
-            "--check-every",
-            "1",
-            "--max-new-tokens",
-            "4",
-            "-c",
-            f"steered={setup['steered']}",
-            "-c",
-            f"gated={setup['gated']}",
-            "-o",
-            str(out),
-        ]
-    )
+    args = ["gcg", *on_tiny(setup), "--limit", "2", "--steps", "2", "--suffix-length", "4", "--candidates", "8"]
+    args += ["--top-k", "8", "--check-every", "1", "--max-new-tokens", "4"]
+    result = invoke([*args, "-c", f"steered={setup['steered']}", "-c", f"gated={setup['gated']}", "-o", str(out)])
     assert result.exit_code == 0, result.output
     for name in ("unsteered", "steered", "gated"):
         summary = json.loads((out / name / "summary.json").read_text())
@@ -87,26 +64,8 @@ def test_gcg_command_writes_a_robustness_row_per_configuration(setup):
 
 def test_suite_command_prints_compliance_per_family(setup):
     out = setup["root"] / "suite"
-    result = invoke(
-        [
-            "suite",
-            *on_tiny(setup),
-            "--limit",
-            "2",
-            "-a",
-            "direct",
-            "-a",
-            "dan",
-            "-a",
-            "past-tense",
-            "--max-new-tokens",
-            "4",
-            "-c",
-            f"steered={setup['steered']}",
-            "-o",
-            str(out),
-        ]
-    )
+    args = ["suite", *on_tiny(setup), "--limit", "2", "-a", "direct", "-a", "dan", "-a", "past-tense"]
+    result = invoke([*args, "--max-new-tokens", "4", "-c", f"steered={setup['steered']}", "-o", str(out)])
     assert result.exit_code == 0, result.output
     table = json.loads((out / "suite.json").read_text())
     assert {(r["config"], r["family"]) for r in table["rows"]} == {
@@ -117,20 +76,8 @@ def test_suite_command_prints_compliance_per_family(setup):
 
 def test_multiturn_command_prints_refusal_by_turn(setup):
     out = setup["root"] / "mt"
-    result = invoke(
-        [
-            "multiturn",
-            *on_tiny(setup, data=False),
-            "--limit",
-            "2",
-            "--max-new-tokens",
-            "4",
-            "-c",
-            f"gated={setup['gated']}",
-            "-o",
-            str(out),
-        ]
-    )
+    args = ["multiturn", *on_tiny(setup, data=False), "--limit", "2", "--max-new-tokens", "4"]
+    result = invoke([*args, "-c", f"gated={setup['gated']}", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "turn 1" in result.output and "gated" in result.output
     assert len((out / "gated" / "results.jsonl").read_text().splitlines()) == 2
@@ -245,18 +192,7 @@ def test_bad_input_exits_2_before_loading_anything(setup, args, message):
 def test_spec_for_another_model_is_refused(setup):
     out = setup["root"] / "other"
     result = invoke(
-        [
-            "suite",
-            *on_tiny(setup),
-            "--limit",
-            "1",
-            "-a",
-            "direct",
-            "-c",
-            f"other={setup['other']}",
-            "-o",
-            str(out),
-        ]
+        ["suite", *on_tiny(setup), "--limit", "1", "-a", "direct", "-c", f"other={setup['other']}", "-o", str(out)]
     )
     assert result.exit_code == 2, result.output
     assert "written for another-model" in result.output

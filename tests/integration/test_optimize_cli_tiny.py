@@ -142,5 +142,33 @@ def test_optimize_cli_selective_rank_and_held_out_calibration(tiny_run, tmp_path
     first = saved["sources"]["first_token"]
     assert first["n_fit"] == 6 and first["held_out"]["agreement"]["n"] == 6 and first["usable"] is False
     assert "first-token threshold" in result.output
+    # --search auto: a proxy below its floor is not used in the search either; replies are judged
+    assert saved["refusal_decision"]["search"] == "substring on 4-token greedy replies (validation)"
+    assert "the search judges generated replies instead" in " ".join(result.output.split())
     bad = runner.invoke(app, argv(model_dir, features, direction, data_dir, tmp_path / "bad", **{"--rank": "best"}))
     assert bad.exit_code == 2 and "--rank" in bad.output
+
+
+def test_optimize_cli_search_modes(tiny_run, tmp_path, data_dir):
+    """--search first-token keeps the proxy in the search even below its floor (said so);
+    --search replies judges replies without calibrating a proxy at all."""
+    model_dir, features, direction = tiny_run
+    opts = {"--methods": "actadd", "--n-mc": "0", "--n-calibration": "6"}
+    proxy = runner.invoke(
+        app,
+        argv(model_dir, features, direction, data_dir, tmp_path / "p", **opts, **{"--search": "first-token"}),
+        catch_exceptions=False,
+    )
+    assert proxy.exit_code == 0, proxy.output
+    saved = json.loads((tmp_path / "p" / "optimize.json").read_text())
+    assert saved["refusal_decision"]["search"].startswith("first-token log-odds >")
+    assert "its validation numbers are rough" in " ".join(proxy.output.split())
+    replies = runner.invoke(
+        app,
+        argv(model_dir, features, direction, data_dir, tmp_path / "r", **opts, **{"--search": "replies"}),
+        catch_exceptions=False,
+    )
+    assert replies.exit_code == 0, replies.output
+    saved = json.loads((tmp_path / "r" / "optimize.json").read_text())
+    assert saved["refusal_decision"]["search"] == "substring on 4-token greedy replies (validation)"
+    assert "first_token" not in saved["sources"] and "first-token threshold" not in replies.output

@@ -36,6 +36,7 @@ CASES = {
     "mc-too-many": (["--n-mc", "5000"], "fewer than the 5000 the splits need"),
     "data-dir": (["--data-dir", "{d}/nodata"], "data folder"),
     "harmful-dataset": (["--harmful", "harmful/nosuch"], "harmful/nosuch"),
+    "search": (["--search", "fast"], "unknown --search 'fast'"),
     "too-few-behaviours": (
         ["--harmful", "jailbreak/pair", "--n-val", "50", "--n-test", "50"],
         "'jailbreak/pair' (one prompt per behaviour) has 91 items, fewer than the 100",

@@ -13,6 +13,7 @@ import typer
 from ._app import DtypeOpt, ModelOpt, at_least, check_dtype, command, console
 
 DEFAULT_METHODS = "features,gated,features-nullspace,actadd,actadd-nullspace,learned"
+SEARCH_MODES = ("auto", "first-token", "replies")
 
 
 def _strength_range(text: str) -> tuple[float, float]:
@@ -131,6 +132,14 @@ def optimize_cmd(
     max_new_tokens: int = typer.Option(
         24, "--max-new-tokens", help="Reply length the judge reads (test split, calibration)."
     ),
+    search: str = typer.Option(
+        "auto",
+        "--search",
+        help="How the search decides refusal on the validation split: 'first-token' (the calibrated "
+        "first-token proxy, one forward per prompt), 'replies' (generate --max-new-tokens and judge them, "
+        "as on the test split; slower, trustworthy), or 'auto' (the proxy when its held-out agreement "
+        "with the judge reaches 0.85 or a threshold is given, else replies).",
+    ),
     threshold: Optional[float] = typer.Option(
         None,
         "--first-token-threshold",
@@ -228,6 +237,8 @@ def optimize_cmd(
     from ..mechanism.suppression import reply_judge
 
     test_judge = None if judge == "first-token" else reply_judge(judge)
+    if search not in SEARCH_MODES:
+        raise RefusalScopeError(f"unknown --search '{search}'", f"use one of {', '.join(SEARCH_MODES)}")
     resolve_data_dir(data_dir)
     from ..evaluation.optimize import one_prompt_per_behaviour
 
@@ -297,6 +308,7 @@ def optimize_cmd(
         "judge": judge,
         "max_new_tokens": max_new_tokens,
         "first_token_threshold": threshold_option,
+        "search": search,
         # calibrated on held-out prompts of the split datasets, checked on half of them (Session 6);
         # a study searched with the older in-sample calibration must not be resumed with this one
         "first_token_calibration": None if threshold_option is not None else {"held_out": n_calibration},
@@ -380,7 +392,9 @@ def optimize_cmd(
             "compared_with_prior": compare_with_prior(ranked, min(max_latents, len(ranked))),
             "latents": [r.to_dict() for r in ranked],
         }
-    if threshold is None:
+    search_judge = test_judge or reply_judge("default")
+    use_replies = search == "replies"
+    if threshold is None and search != "replies":
         from ..pipeline import checked_first_token_calibration
 
         calibration_judge = test_judge or reply_judge("default")
@@ -394,7 +408,15 @@ def optimize_cmd(
         threshold = found.threshold
         sources["first_token"] = {**found.to_dict(), "given": False}
         console.print(found.summary(), highlight=False, markup=False)
-        if not found.usable:
+        if not found.usable and search == "auto":
+            use_replies = True
+            console.print(
+                "the first-token proxy disagrees with the judge: the search judges generated replies instead "
+                "(--search first-token forces the proxy)",
+                highlight=False,
+                markup=False,
+            )
+        elif not found.usable:
             console.print(
                 "the search's first-token proxy disagrees with the judge: its validation numbers are rough; "
                 + (
@@ -405,10 +427,14 @@ def optimize_cmd(
                 highlight=False,
                 markup=False,
             )
-    else:
+    elif threshold is not None:
         sources["first_token"] = {"threshold": threshold, "given": True}
     spaces, fitted = build_spaces(chat, families, data, settings, progress=False)
-    refused = first_token_refusals(chat, ids, batch_size, threshold)
+    replies = reply_refusals(chat, search_judge, max_new_tokens, batch_size)
+    if use_replies or threshold is None:  # (no threshold: --search replies skipped the calibration)
+        use_replies, refused = True, replies
+    else:
+        refused = first_token_refusals(chat, ids, batch_size, threshold)
     test_refused = refused if test_judge is None else reply_refusals(chat, test_judge, max_new_tokens, batch_size)
     result = compare(
         chat,
@@ -429,7 +455,11 @@ def optimize_cmd(
     saved["fitted"] = fitted
     saved["sources"] = sources
     saved["refusal_decision"] = {
-        "search": f"first-token log-odds > {threshold:.3g} (validation)",
+        "search": (
+            f"{getattr(search_judge, 'name', judge)} on {max_new_tokens}-token greedy replies (validation)"
+            if use_replies
+            else f"first-token log-odds > {threshold:.3g} (validation)"
+        ),
         "test": "first-token"
         if test_judge is None
         else f"{getattr(test_judge, 'name', judge)} on {max_new_tokens}-token greedy replies",

@@ -435,7 +435,7 @@ def optimize_cmd(
         use_replies, refused = True, replies
     else:
         refused = first_token_refusals(chat, ids, batch_size, threshold)
-    test_refused = refused if test_judge is None else reply_refusals(chat, test_judge, max_new_tokens, batch_size)
+    test_refused = refused if test_judge is None else replies  # search_judge is test_judge here
     result = compare(
         chat,
         spaces,

@@ -158,3 +158,28 @@ def tiny_sae_preset() -> Preset:
         description="toy sizes for the pipeline tests",
         eval_docs=4,
     )
+
+
+def minimal_pair_refusal_tasks(chat: ChatModel) -> list:
+    """The sweep tasks the tiny sweep tests share: first-token refusal on the built-in harmful
+    minimal pairs (with a reply check every 3 items, refusal tokens "I" and "Sorry") and two
+    example replies on the benign ones, 4 tokens each, so a test exercises scoring, checks and
+    generation in seconds."""
+    from .evaluation.grid import TaskSpec
+    from .evaluation.tasks import RefusalTask
+
+    refusal_ids = [chat.encode("I")[0], chat.encode("Sorry")[0]]
+    return [
+        TaskSpec(
+            RefusalTask(
+                "pairs-harmful",
+                "builtin/minimal-pairs",
+                "harmful",
+                refusal_token_ids=refusal_ids,
+                check_every=3,
+                max_new_tokens=4,
+            ),
+            7,
+        ),
+        TaskSpec(RefusalTask("examples", "builtin/minimal-pairs", "benign", max_new_tokens=4), 3),
+    ]

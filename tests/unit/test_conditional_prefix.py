@@ -13,7 +13,7 @@ from refusalscope.errors import RefusalScopeError
 from refusalscope.models.hooks import ForwardContext
 from refusalscope.sae import SAE, SAEConfig
 from refusalscope.steering import ActAdd, Conditional, DirectionGate, FeatureGate, ProbeGate, Steering
-from refusalscope.testing import MIXED_LENGTH_PROMPTS
+from refusalscope.testing import MIXED_LENGTH_PROMPTS, minimal_pair_refusal_tasks
 
 TINY_CHAT = dict(family="qwen2", seed=7)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -275,30 +275,15 @@ def test_sweep_results_of_a_gated_configuration_do_not_depend_on_prefix_sharing(
     """The stored results of a sweep with gated configurations (first-token refusal scores,
     reply checks, example replies, gate counts) are the same with the gated prefills sharing
     the template's prefix, and with them running whole prompts as before."""
-    from refusalscope.evaluation.grid import GateSpec, Grid, Method, TaskSpec
+    from refusalscope.evaluation.grid import GateSpec, Grid, Method
     from refusalscope.evaluation.store import ResultsStore
     from refusalscope.evaluation.sweep import run_sweep
-    from refusalscope.evaluation.tasks import RefusalTask
 
     g = torch.Generator().manual_seed(0)
     vec = torch.randn(chat.d_model, generator=g) * 3
     gate = GateSpec(DirectionGate(torch.randn(chat.d_model, generator=g), 1), threshold=0.006, reduce="mean")
     grid = Grid([Method.actadd(vec, 2, [1.0, 4.0], positions="post_instruction", conditional=(False, True))], gate=gate)
-    refusal_ids = [chat.encode("I")[0], chat.encode("Sorry")[0]]
-    tasks = [
-        TaskSpec(
-            RefusalTask(
-                "pairs-harmful",
-                "builtin/minimal-pairs",
-                "harmful",
-                refusal_token_ids=refusal_ids,
-                check_every=3,
-                max_new_tokens=4,
-            ),
-            7,
-        ),
-        TaskSpec(RefusalTask("examples", "builtin/minimal-pairs", "benign", max_new_tokens=4), 3),
-    ]
+    tasks = minimal_pair_refusal_tasks(chat)
     gated = [cfg for cfg in grid.configurations(chat) if cfg.conditional]
     assert gated and all(cfg.interventions.prefix_safe for cfg in gated)
 

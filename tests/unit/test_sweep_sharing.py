@@ -4,11 +4,11 @@ stored results are bit-identical to running every layer, and the sharing really 
 import pytest
 import torch
 
-from refusalscope.evaluation.grid import GateSpec, Grid, Method, TaskSpec
+from refusalscope.evaluation.grid import GateSpec, Grid, Method
 from refusalscope.evaluation.store import ResultsStore
 from refusalscope.evaluation.sweep import run_sweep, shared_layers
-from refusalscope.evaluation.tasks import RefusalTask
 from refusalscope.steering import DirectionGate
+from refusalscope.testing import minimal_pair_refusal_tasks
 
 TINY_CHAT = dict(family="qwen2", seed=2, n_layers=6)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -19,21 +19,7 @@ def grid_and_tasks(chat):
     vec = torch.randn(chat.d_model, generator=g) * 3
     gate = GateSpec(DirectionGate(torch.randn(chat.d_model, generator=g), 3), threshold=0.0)
     grid = Grid([Method.actadd(vec, 3, [1.0, 4.0], conditional=(False, True))], gate=gate)
-    refusal_ids = [chat.encode("I")[0], chat.encode("Sorry")[0]]
-    tasks = [
-        TaskSpec(
-            RefusalTask(
-                "pairs-harmful",
-                "builtin/minimal-pairs",
-                "harmful",
-                refusal_token_ids=refusal_ids,
-                check_every=3,
-                max_new_tokens=4,
-            ),
-            7,
-        ),
-        TaskSpec(RefusalTask("examples", "builtin/minimal-pairs", "benign", max_new_tokens=4), 3),
-    ]
+    tasks = minimal_pair_refusal_tasks(chat)
     return grid, tasks
 
 

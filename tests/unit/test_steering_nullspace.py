@@ -52,10 +52,32 @@ def test_benign_subspace_rank_follows_explained_variance():
     assert torch.allclose(basis @ basis.T, torch.eye(3), atol=1e-5)
     # it spans the planted subspace: projecting the true basis onto it changes nothing
     assert torch.allclose(true @ basis.T @ basis, true, atol=1e-3)
-    assert benign_subspace(acts, variance=0.5)[1]["rank"] == 1
+    assert benign_subspace(acts, variance=0.5, weighting="energy")[1]["rank"] == 1  # 25 of 38 by energy
+    assert benign_subspace(acts, variance=0.5)[1]["rank"] == 2  # unit rows: the directions count, not the scales
     assert benign_subspace(acts, variance=0.99, max_rank=2)[1]["rank"] == 2
     # never the whole space, or nothing could be steered
     assert benign_subspace(torch.randn(50, 10, generator=gen), variance=1.0)[1]["rank"] == 9
+
+
+def test_token_weighting_keeps_a_few_huge_tokens_from_deciding_the_subspace():
+    """Real chat models have a few attention-sink tokens with norms ~50x the rest: by raw
+    energy they alone make the subspace; with unit rows every token counts once."""
+    gen = torch.Generator().manual_seed(1)
+    plane = torch.linalg.qr(torch.randn(12, 4, generator=gen))[0].T  # 4 orthonormal rows
+    ordinary = torch.randn(400, 3, generator=gen) @ plane[:3]  # ordinary tokens use 3 directions
+    sinks = 100.0 * plane[3].expand(8, -1) * (1 + 0.01 * torch.randn(8, 1, generator=gen))  # 2% huge tokens
+    acts = torch.cat([ordinary, sinks])
+    raw_basis, raw = benign_subspace(acts, variance=0.9, weighting="energy")
+    basis, fit = benign_subspace(acts, variance=0.99)
+    assert raw["rank"] == 1 and raw["weighting"] == "energy"  # only the sink direction
+    assert torch.allclose((raw_basis @ plane[3]).abs(), torch.ones(1), atol=1e-3)
+    assert fit["weighting"] == "token" and fit["rank"] == 4
+    # the ordinary tokens' directions and the sink direction are all inside the token-weighted subspace
+    assert torch.allclose(plane @ basis.T @ basis, plane, atol=1e-3)
+    with pytest.raises(RefusalScopeError, match="unknown weighting"):
+        benign_subspace(acts, weighting="tokens")
+    with pytest.raises(RefusalScopeError, match="all zero"):
+        benign_subspace(torch.zeros(5, 12))
 
 
 def test_steering_matrix_maps_harmful_to_the_target_and_annihilates_the_subspace():

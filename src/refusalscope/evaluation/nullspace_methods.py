@@ -81,6 +81,7 @@ def fitted_nullspace(
         target_hash,
         variance,
         ridge,
+        "token-weighted",  # the subspace's weighting (steering.nullspace.benign_subspace); was raw energy before
     )
     path = stage_path("nullspace", key, ".safetensors")
     record_path = path.with_suffix(".json")

@@ -10,8 +10,9 @@ use. Two forms, both acting on the residual stream after one block:
     learned     x + c · (x Δ),  Δ = P⊥ W   W: ridge least squares, harmful x ↦ r
 
 B ([k, d], orthonormal rows) spans the *benign subspace*: the top principal directions of
-harmless-prompt and ordinary-text activations at that layer, k chosen by explained
-variance; P⊥ = I − BᵀB projects onto its orthogonal complement.
+harmless-prompt and ordinary-text activations at that layer, each token scaled to unit
+norm (so the model's few huge-norm attention-sink tokens do not decide it alone), k chosen
+by explained variance; P⊥ = I − BᵀB projects onto its orthogonal complement.
 
 The two differ in what they guarantee. The projected edit P⊥ δ is orthogonal to every
 benign direction, so no component of the residual that benign text uses changes — but a
@@ -87,11 +88,21 @@ def benign_activations(
     return torch.cat(rows)
 
 
+WEIGHTINGS = ("token", "energy")
+
+
 def benign_subspace(
-    activations: torch.Tensor, *, variance: float = 0.99, max_rank: int | None = None
+    activations: torch.Tensor, *, variance: float = 0.99, max_rank: int | None = None, weighting: str = "token"
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """(basis [k, d] with orthonormal rows, fit record): the fewest principal directions of
     the uncentred activations that explain `variance` of their second moment.
+
+    `weighting="token"` (the default) scales every activation to unit norm first, so each
+    token counts once. With `"energy"` (raw activations) a few attention-sink tokens decide
+    the subspace: on the default model ~1% of tokens have norms of 1,000-2,300 against a
+    median of 24-31, carry 99% of the second moment, and a 0.99 subspace had rank 2-3 of
+    896, which left ActAdd unchanged by the projection. With unit rows the same prompts and
+    texts give rank 117-136 at 0.9 and 429-492 at 0.99 (layers 14 and 16).
 
     At least one dimension is always left outside the subspace (else nothing could be
     steered); `max_rank` caps k lower.
@@ -102,7 +113,16 @@ def benign_subspace(
     if not torch.isfinite(acts).all():
         raise RefusalScopeError("the benign activations contain NaN or infinite values")
     number(variance, "variance", minimum=0.0, maximum=1.0)
+    if weighting not in WEIGHTINGS:
+        raise RefusalScopeError(f"unknown weighting '{weighting}'", f"use one of {', '.join(WEIGHTINGS)}")
     d = acts.shape[1]
+    if weighting == "token":
+        norms = acts.norm(dim=1, keepdim=True)
+        acts = acts[norms[:, 0] > 0] / norms[norms[:, 0] > 0]
+        if acts.shape[0] == 0:
+            raise RefusalScopeError(
+                "the benign activations are all zero", "collect activations from a real model layer"
+            )
     _, s, vh = torch.linalg.svd(acts, full_matrices=False)
     energy = s**2
     total = float(energy.sum())
@@ -119,6 +139,7 @@ def benign_subspace(
         "rank": k,
         "explained": float(cumulative[k - 1]),
         "n": int(acts.shape[0]),
+        "weighting": weighting,
     }
 
 
@@ -360,10 +381,11 @@ class LearnedNullSpaceSteer(Intervention):
         ridge: float = 1e-2,
         coefficient: float = 1.0,
         positions: Positions = "all",
+        weighting: str = "token",
     ) -> LearnedNullSpaceSteer:
         """Fit on [N, d] harmful and [M, d] benign activations of `layer`, target `direction`
         (used as given: the unnormalised difference of means is what ActAdd adds)."""
-        basis, record = benign_subspace(benign, variance=variance, max_rank=max_rank)
+        basis, record = benign_subspace(benign, variance=variance, max_rank=max_rank, weighting=weighting)
         matrix = fit_steering_matrix(harmful, basis, direction, ridge=ridge)
         record.update({"ridge": float(ridge), "n_harmful": int(harmful.shape[0])})
         return cls(matrix, layer, coefficient, positions=positions, fit=record)

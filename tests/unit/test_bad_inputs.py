@@ -137,6 +137,10 @@ def ws(tmp_path_factory) -> Path:
 
     np.save(d / "dir-object.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (d / "dir-nan.json").write_text("[1.0, NaN]")
+    # a probe folder whose probe.json is broken (`optimize --probe`)
+    (d / "badprobe").mkdir()
+    (d / "badprobe" / "probe.json").write_text('{"spec": {"kind": "dense", ')
+    (d / "badprobe" / "probe.safetensors").write_bytes(b"\x00" * 16)
     # steering specs
     base = {"format": "refusalscope-steering", "version": 1}
     actadd = {"kind": "actadd", "layer": 0, "direction": {"values": [1.0, 0.0]}, "coefficient": 2.0}
@@ -573,6 +577,18 @@ CASES: dict[str, Case] = {
         ["optimize", "--direction", "{d}/adir", "--methods", "actadd", "-o", "{d}/opt3"],
         "holds no refusal direction",
         absent=("opt3",),
+    ),
+    "optimize-probe-missing": C(
+        ["optimize", "--direction", "{d}/adir", "--methods", "actadd", "--probe", "{d}/noprobe", "-o", "{d}/opt4"],
+        "noprobe does not exist",
+        absent=("opt4",),
+    ),
+    "optimize-probe-json": C(
+        ["optimize", "--direction", "{d}/adir", "--methods", "actadd", "--probe", "{d}/badprobe/probe.json"]
+        + ["-o", "{d}/opt5"],
+        "is not a refusalscope probe file",
+        unchanged=("badprobe/probe.json",),
+        absent=("opt5",),
     ),
 }
 

@@ -12,7 +12,7 @@ import typer
 
 from ._app import DtypeOpt, ModelOpt, at_least, check_dtype, command, console
 
-DEFAULT_METHODS = "features,gated,features-nullspace,actadd,actadd-nullspace,learned"
+DEFAULT_METHODS = "features,gated,features-nullspace,actadd,actadd-nullspace,learned"  # + gated-probe with --probe
 SEARCH_MODES = ("auto", "first-token", "replies")
 
 
@@ -57,7 +57,7 @@ def optimize_cmd(
         None,
         "--features",
         help="features.json from `discover` or `run` (the ranked "
-        "latents; needed by the features, gated and features-nullspace methods).",
+        "latents; needed by the features, gated, gated-probe and features-nullspace methods).",
     ),
     sae: Optional[list[str]] = typer.Option(
         None, "--sae", help="SAE folder(s) for the features' layers (default: the sources features.json records)."
@@ -68,8 +68,19 @@ def optimize_cmd(
         help="Refusal-direction folder (`direction` or `run` wrote it): its "
         "refusal tokens score the first token; the dense methods, the gate and the learned map use it.",
     ),
-    methods: str = typer.Option(
-        DEFAULT_METHODS, "--methods", help="Comma-separated method families to tune and compare."
+    methods: Optional[str] = typer.Option(
+        None,
+        "--methods",
+        help=f"Comma-separated method families to tune and compare (default: {DEFAULT_METHODS}, and gated-probe "
+        "with --probe): features, gated (refusal-direction gate), gated-probe (a saved probe's gate), "
+        "features-nullspace, actadd, actadd-nullspace, learned.",
+    ),
+    probe: Optional[Path] = typer.Option(
+        None,
+        "--probe",
+        help="A saved probe (the folder `refusalscope probes` writes, e.g. runs/probes/gate-probe, or its "
+        "probe.json) for the gated-probe method: the latent clamp gated by the probe's mean post-instruction "
+        "logit instead of the refusal-direction projection. Adds gated-probe to the default --methods.",
     ),
     n_trials: int = typer.Option(
         12, "--n-trials", help="Optuna trials per method (a rerun resumes and adds only the missing)."
@@ -180,11 +191,13 @@ def optimize_cmd(
     from ..direction import RefusalDirection, sample_direction_data
     from ..errors import RefusalScopeError
     from ..evaluation.capability import capability_task
-    from ..evaluation.families import NEEDS_LATENTS, parse_families
+    from ..evaluation.families import NEEDS_LATENTS, check_probe, load_probe, parse_families
     from ..evaluation.optimize import Budget, Split, check_study, import_optuna
 
     # ---- everything that needs no model, before the model loads
-    families = parse_families(methods)
+    families = parse_families(
+        methods if methods is not None else DEFAULT_METHODS + (",gated-probe" if probe is not None else "")
+    )
     check_dtype(dtype)
     for value, option, minimum in (
         (n_trials, "--n-trials", 1),
@@ -231,6 +244,24 @@ def optimize_cmd(
             raise RefusalScopeError(
                 exc.problem, exc.fix or "pass the features.json `refusalscope discover` or `run` wrote"
             ) from None
+    if "gated-probe" in families and probe is None:
+        raise RefusalScopeError(
+            "the gated-probe method needs a probe",
+            "pass --probe runs/.../probes/gate-probe (written by `refusalscope probes`), or drop it from --methods",
+        )
+    probe_setting, gate_probe = None, None
+    if probe is not None:
+        import hashlib
+
+        from ..probes.linear import META_FILE, WEIGHTS_FILE
+
+        gate_probe = load_probe(probe)  # missing or damaged: one error now, not after the model loads
+        if "gated-probe" in families and features is not None:
+            check_probe(gate_probe, probe, before=min((p[0] for p in FeatureSet.load(features).pairs()), default=None))
+        folder = probe.parent if probe.name == META_FILE and probe.is_file() else probe
+        digest = hashlib.sha256(b"".join((folder / f).read_bytes() for f in (META_FILE, WEIGHTS_FILE)))
+        # what the probe is, not only where: a probe retrained in the same folder is another study
+        probe_setting = {"path": str(folder), "sha256": digest.hexdigest(), "layer": gate_probe.spec.layer}
     refusal_direction = RefusalDirection.load(direction)
     if not refusal_direction.refusal_token_ids:
         raise RefusalScopeError(f"{direction} records no refusal tokens", "rerun `refusalscope direction`")
@@ -319,6 +350,8 @@ def optimize_cmd(
     }
     if harmful_dropped or benign_dropped:  # recorded only when it changes the splits (older studies resume)
         run_settings["one_prompt_per_behaviour"] = True
+    if probe_setting is not None:  # recorded only with --probe (older studies resume); another probe is refused
+        run_settings["probe"] = probe_setting
     check_study(
         out / "optimize.db", "refusalscope", run_settings
     )  # a resumed study must match, known before the model loads
@@ -332,13 +365,19 @@ def optimize_cmd(
     from ..steering import Steering
 
     chat = load_model(model, dtype=dtype, progress=progress)
+    if probe is not None and gate_probe is not None:  # another model's probe: refused before the calibration
+        check_probe(gate_probe, probe, chat)
 
     def head(text: str) -> str:  # WikiText documents run to thousands of tokens: score (and fit on) their first 128
         return chat.decode(chat.encode(text)[:128])
 
     validation.texts, test.texts, fit_texts = ([head(t) for t in texts] for texts in (val_texts, test_texts, fit_texts))
     data = FamilyData(
-        direction=refusal_direction, harmful=fit_data.harmful_train, harmless=fit_data.harmless_train, texts=fit_texts
+        direction=refusal_direction,
+        harmful=fit_data.harmful_train,
+        harmless=fit_data.harmless_train,
+        texts=fit_texts,
+        probe=probe,
     )
     sources: dict = {}
     if features is not None:

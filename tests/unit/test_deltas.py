@@ -40,6 +40,25 @@ def test_several_tasks_per_side_pair_only_by_judge_and_are_named_after_their_tas
     ]
 
 
+def test_tasks_reading_the_same_dataset_twice_pair_by_name_stem():
+    """The quick profile reads the minimal pairs as scored pairs and as example replies:
+    each harmful task pairs with the benign task of its own stem, not across."""
+    tasks = [
+        task("pairs-harmful", "builtin/minimal-pairs", "harmful", "harmful"),
+        task("pairs-benign", "builtin/minimal-pairs", "benign", "benign"),
+        task("examples-harmful", "builtin/minimal-pairs", "harmful", "harmful"),
+        task("examples-benign", "builtin/minimal-pairs", "benign", "benign"),
+        task("odd-harmful", "builtin/minimal-pairs", "harmful", "harmful", judge="other"),
+        task("lone-benign", "builtin/minimal-pairs", "benign", "benign", judge="other"),
+    ]
+    pairs = find_pairs(tasks)
+    assert [(p.harmful_task, p.benign_task) for p in pairs] == [
+        ("pairs-harmful", "pairs-benign"),
+        ("examples-harmful", "examples-benign"),
+        ("odd-harmful", "lone-benign"),  # no same-stem partner: paired by judge as before
+    ]
+
+
 def test_deltas_are_the_difference_of_refusal_rates_with_nan_items_left_out(tmp_path):
     with ResultsStore(tmp_path / "r.db") as db:
         db.add_config(Config("cfg-a", "none", "none", "none", "none", None, False, None, None, {}))

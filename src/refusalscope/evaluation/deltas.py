@@ -49,15 +49,31 @@ def matches(task: TaskRow, side: tuple[str, str | None]) -> bool:
     return task.dataset == dataset and (split is None or task.split == split)
 
 
+ROLE_SUFFIXES = ("-harmful", "-harmless", "-unsafe", "-benign", "-safe")
+
+
+def name_stem(name: str) -> str:
+    """A task's name without its role suffix: 'pairs-harmful' and 'pairs-benign' share 'pairs'."""
+    for suffix in ROLE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def find_pairs(tasks: Sequence[TaskRow]) -> list[TaskPair]:
     """A TaskPair for every dataset pair of `DATASET_PAIRS` present among `tasks`; when
-    several tasks match a side, only tasks judged by the same judge are paired (and each
-    such pair is named after its two tasks)."""
+    several tasks match a side, only tasks judged by the same judge are paired, a harmful
+    task with a benign one of the same name stem when there is one (the quick profile reads
+    the minimal pairs twice, as 'pairs-*' and the example replies 'examples-*': pairing
+    'pairs-harmful' with 'examples-benign' would compare different prompts), and each
+    such pair is named after its two tasks."""
     out = []
     for pair in DATASET_PAIRS:
         harm = [t for t in tasks if t.role == "harmful" and matches(t, pair.harmful)]
         ben = [t for t in tasks if t.role == "benign" and matches(t, pair.benign)]
         combos = [(h, b) for h in harm for b in ben if h.judge == b.judge or len(harm) * len(ben) == 1]
+        stems = {h.name for h, b in combos if name_stem(h.name) == name_stem(b.name)}
+        combos = [(h, b) for h, b in combos if h.name not in stems or name_stem(h.name) == name_stem(b.name)]
         for h, b in combos:
             name = pair.name if len(combos) == 1 else f"{pair.name} ({h.name} − {b.name})"
             out.append(TaskPair(name, h.name, b.name))

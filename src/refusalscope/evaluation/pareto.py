@@ -35,6 +35,7 @@ TARGET = {"harmful_rise": 0.3, "benign_rise": 0.05, "loss_increase": 0.02}
 COLOURS = {
     "features": "#1f77b4",
     "gated": "#2ca02c",
+    "gated-probe": "#17becf",
     "features-nullspace": "#9467bd",
     "actadd": "#d62728",
     "actadd-nullspace": "#ff7f0e",

@@ -28,6 +28,13 @@ def test_every_command_has_help(name):
     assert "Usage" in result.output
 
 
+def test_help_prints_square_brackets_verbatim():
+    """An install hint such as refusalscope[ray] must survive the help printer (Rich markup would eat it)."""
+    result = runner.invoke(app, ["run", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "refusalscope[ray]" in result.output
+
+
 def test_unknown_model_exits_2_with_problem_and_fix():
     result = runner.invoke(app, ["generate", "--model", "no-such-model", "hello"])
     assert result.exit_code == 2

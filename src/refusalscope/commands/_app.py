@@ -25,6 +25,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # help is plain text: under Rich markup `pip install 'refusalscope[ray]'` printed as
+    # `'refusalscope'`, the extra's name read as a style tag and dropped
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)

@@ -18,7 +18,11 @@ from rich.table import Table
 from ..errors import RefusalScopeError
 from ._app import DtypeOpt, app, console, handle_errors
 
-attack_app = typer.Typer(help="Jailbreak attacks against the unsteered, steered and gated model.", no_args_is_help=True)
+attack_app = typer.Typer(
+    help="Jailbreak attacks against the unsteered, steered and gated model.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(attack_app, name="attack")
 
 ConfigOpt = typer.Option(

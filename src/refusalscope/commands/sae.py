@@ -35,7 +35,7 @@ def train_sae_cmd(
     model: str = ModelOpt,
     dtype: str = DtypeOpt,
     preset: str = typer.Option(
-        "quick", help="quick (one layer at 65% depth, ~10 min) or standard (three layers, ~45 min)."
+        "quick", help="quick (one layer at 65% depth, ~10 min) or standard (three layers, ~20 min)."
     ),
     layers: Optional[list[int]] = typer.Option(None, "--layer", help="Override the preset's layers (repeatable)."),
     data_dir: Optional[Path] = DataDirOpt,

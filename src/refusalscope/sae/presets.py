@@ -6,7 +6,8 @@ reconstructed it best of the layers tried (cosine 0.82 then; 0.95 since the quic
 learning rate was raised for its short run), and whose refusal latents induce refusal when clamped,
 which the layer-12 ones barely do) and fits harvest + training in about ten
 minutes on a 2-core CPU; `standard` trains three SAEs spread over the middle of the model
-in about 45 minutes (measured: 43.6 min, 7.6 GiB). Results are cached under `$REFUSALSCOPE_CACHE/saes/<model>/<preset>/`
+in about 20 minutes (43.6 min before harvests ran in length-sorted batches; layer 16 alone
+now takes 10.5 min: harvest 4.7, training 2.7). Results are cached under `$REFUSALSCOPE_CACHE/saes/<model>/<preset>/`
 (harvest) and `…/<preset>/layer_<n>-<training key>/` (each SAE), keyed by the model's content
 hash and by the training configuration, so the pipeline trains once and every later stage
 loads the same SAEs.
@@ -86,7 +87,7 @@ PRESETS: dict[str, Preset] = {
         train=TrainConfig(
             architecture="topk", d_sae=4096, k=32, epochs=10, batch_size=2048, lr=1.6e-3, dead_tokens=200_000
         ),
-        description="three layers over the middle of the model, ~100k tokens, d_sae 4096, TopK k=32 (~45 min for the default model)",
+        description="three layers over the middle of the model, ~100k tokens, d_sae 4096, TopK k=32 (~20 min for the default model)",
     ),
 }
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
     from .models.chat import ChatModel
+    from .probes.linear import LinearProbe
     from .sae.presets import Preset
 
 CHATML = (
@@ -183,3 +184,25 @@ def minimal_pair_refusal_tasks(chat: ChatModel) -> list:
         ),
         TaskSpec(RefusalTask("examples", "builtin/minimal-pairs", "benign", max_new_tokens=4), 3),
     ]
+
+
+def dense_harm_probe(
+    chat: ChatModel, harmful: list[str], harmless: list[str], layer: int, name: str, *, threshold: bool = True
+) -> LinearProbe:
+    """A dense residual probe at `layer`, fitted on `harmful` (1) vs `harmless` (0) prompts and
+    recording `name` and the model it was trained on, as `refusalscope probes` saves its gate
+    probe: the probe-gate tests (sweeps, optimize) gate steering with it. `threshold` sets the
+    probe's threshold to its best on the training prompts (else the fit's default)."""
+    import numpy as np
+
+    from .probes import FeatureSpec, best_threshold, fit_probe
+    from .probes.features import ResidualBank
+
+    prompts = list(harmful) + list(harmless)
+    x = ResidualBank(chat, prompts, [layer]).dense(layer, prompts)
+    y = np.array([1] * len(harmful) + [0] * len(harmless))
+    probe = fit_probe(FeatureSpec("dense", layer), x, y, cv=3)
+    if threshold:
+        probe.threshold = best_threshold(probe.decision_function(x), y)
+    probe.info.update(name=name, model=chat.info.to_dict())
+    return probe

@@ -24,3 +24,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def optimize_ws(tmp_path, monkeypatch):
+    """A folder for `refusalscope optimize` bad-input tests: a valid refusal direction in
+    direction/, a private cache, and model loading replaced by a failure, so a test that passes
+    proves its error came before any model loaded."""
+    import refusalscope.models as models
+    import refusalscope.models.loading as loading
+    from refusalscope.direction import RefusalDirection
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(loading, "load_model", boom)
+    monkeypatch.setattr(models, "load_model", boom)
+    monkeypatch.setenv("REFUSALSCOPE_CACHE", str(tmp_path / "cache"))
+    raw = torch.randn(8)
+    RefusalDirection(1, -1, raw, raw.expand(2, 1, 8).clone(), [5], {}).save(tmp_path / "direction")
+    return tmp_path

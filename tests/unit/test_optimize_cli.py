@@ -3,29 +3,11 @@
 error, exit 2, before any model loads, with nothing written."""
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from refusalscope.cli import app
-from refusalscope.direction import RefusalDirection
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def ws(tmp_path, monkeypatch, data_dir):
-    import refusalscope.models as models
-    import refusalscope.models.loading as loading
-
-    def boom(*args, **kwargs):
-        raise AssertionError("a model was loaded before the bad input was reported")
-
-    monkeypatch.setattr(loading, "load_model", boom)
-    monkeypatch.setattr(models, "load_model", boom)
-    monkeypatch.setenv("REFUSALSCOPE_CACHE", str(tmp_path / "cache"))
-    raw = torch.randn(8)
-    RefusalDirection(1, -1, raw, raw.expand(2, 1, 8).clone(), [5], {}).save(tmp_path / "direction")
-    return tmp_path
 
 
 CASES = {
@@ -45,21 +27,21 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_optimize_input(name, ws, data_dir):
+def test_bad_optimize_input(name, optimize_ws, data_dir):
     extra, fragment = CASES[name]
     args = [
         "optimize",
         "--methods",
         "actadd",
         "--direction",
-        str(ws / "direction"),
+        str(optimize_ws / "direction"),
         "--data-dir",
         str(data_dir),
         "-o",
-        str(ws / "out"),
-    ] + [a.replace("{d}", str(ws)) for a in extra]
+        str(optimize_ws / "out"),
+    ] + [a.replace("{d}", str(optimize_ws)) for a in extra]
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert fragment in result.output and "error:" in result.output and "fix:" in result.output, result.output
     assert "Traceback" not in result.output
-    assert not (ws / "out").exists()
+    assert not (optimize_ws / "out").exists()

@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 from refusalscope import RefusalScopeError
 from refusalscope.cli import app
 from refusalscope.direction import RefusalDirection
-from refusalscope.evaluation.families import FamilyData, Settings, build_spaces, probe_gate_factory
-from refusalscope.probes import FeatureSpec, LinearProbe, best_threshold, fit_probe
+from refusalscope.evaluation.families import FamilyData, Settings, build_spaces, load_probe, probe_gate_factory
+from refusalscope.probes import FeatureSpec, LinearProbe
 from refusalscope.probes.features import ResidualBank
 from refusalscope.sae import SAE, SAEConfig
 from refusalscope.steering import Conditional, DirectionGate, FeatureSteer, ProbeGate
+from refusalscope.testing import dense_harm_probe
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
@@ -31,15 +32,7 @@ TRIAL = {"k": 2, "strength": 0.5, "positions": "all"}
 
 @pytest.fixture(scope="module")
 def probe(chat):
-    """A dense probe at PROBE_LAYER on made-up harmful/harmless requests, saved with the model
-    it was trained on, as `refusalscope probes` saves its gate probe."""
-    bank = ResidualBank(chat, HARMFUL + HARMLESS, [PROBE_LAYER])
-    x = bank.dense(PROBE_LAYER, HARMFUL + HARMLESS)
-    y = np.array([1] * len(HARMFUL) + [0] * len(HARMLESS))
-    p = fit_probe(FeatureSpec("dense", PROBE_LAYER), x, y, cv=3)
-    p.threshold = best_threshold(p.decision_function(x), y)
-    p.info.update(name="dense residual, layer 1", model=chat.info.to_dict())
-    return p
+    return dense_harm_probe(chat, HARMFUL, HARMLESS, PROBE_LAYER, "dense residual, layer 1")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +94,8 @@ def test_the_gated_probe_space_clamps_latents_behind_the_probe_gate(chat, probe,
 def test_the_threshold_range_spans_the_probe_scores_on_the_fit_prompts(chat, probe, tmp_path):
     folder = probe.save(tmp_path / "gate-probe")
     fit = HARMFUL[:4] + HARMLESS[:5]
-    wrap, (lo, hi) = probe_gate_factory(folder / "probe.json", chat, HARMFUL[:4], HARMLESS[:5], batch_size=3)
+    source = folder / "probe.json"
+    wrap, (lo, hi) = probe_gate_factory(load_probe(source), source, chat, HARMFUL[:4], HARMLESS[:5], batch_size=3)
     # independently: the probe's logit on the mean post-instruction residual, as it was trained
     scores = probe.decision_function(ResidualBank(chat, fit, [PROBE_LAYER]).dense(PROBE_LAYER, fit))
     assert np.ptp(scores) > 0.1  # the range means something
@@ -140,47 +134,33 @@ def test_the_gated_probe_family_without_a_probe_is_one_clear_error(chat, data):
 
 
 # ---------------------------------------------------------------------- the command
-@pytest.fixture()
-def ws(tmp_path, monkeypatch):
-    import refusalscope.models as models
-    import refusalscope.models.loading as loading
-
-    def boom(*args, **kwargs):
-        raise AssertionError("a model was loaded before the bad input was reported")
-
-    monkeypatch.setattr(loading, "load_model", boom)
-    monkeypatch.setattr(models, "load_model", boom)
-    monkeypatch.setenv("REFUSALSCOPE_CACHE", str(tmp_path / "cache"))
-    raw = torch.randn(8)
-    RefusalDirection(1, -1, raw, raw.expand(2, 1, 8).clone(), [5], {}).save(tmp_path / "direction")
-    return tmp_path
-
-
-def _optimize(ws, *extra: str):
-    args = ["optimize", "--direction", str(ws / "direction"), "-o", str(ws / "out"), *extra]
+def _optimize(optimize_ws, *extra: str):
+    args = ["optimize", "--direction", str(optimize_ws / "direction"), "-o", str(optimize_ws / "out"), *extra]
     return CliRunner().invoke(app, args)
 
 
-def test_a_missing_probe_is_one_error_before_the_model_loads(ws):
-    result = _optimize(ws, "--methods", "actadd", "--probe", str(ws / "probes" / "gate-probe"))
+def test_a_missing_probe_is_one_error_before_the_model_loads(optimize_ws):
+    result = _optimize(optimize_ws, "--methods", "actadd", "--probe", str(optimize_ws / "probes" / "gate-probe"))
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 2 and "Traceback" not in result.output
     assert lines[0].startswith("error:") and "gate-probe does not exist" in lines[0]
     assert lines[1].strip().startswith("fix:") and "refusalscope probes" in lines[1]
-    assert not (ws / "out").exists()
+    assert not (optimize_ws / "out").exists()
 
 
-def test_probe_adds_gated_probe_to_the_default_methods(ws, probe):
-    probe.save(ws / "gate-probe")
-    result = _optimize(ws, "--probe", str(ws / "gate-probe"))  # no --features: the latent methods are named
+def test_probe_adds_gated_probe_to_the_default_methods(optimize_ws, probe):
+    probe.save(optimize_ws / "gate-probe")
+    result = _optimize(
+        optimize_ws, "--probe", str(optimize_ws / "gate-probe")
+    )  # no --features: the latent methods are named
     assert result.exit_code == 2, result.output
     assert "the methods features, gated, gated-probe, features-nullspace need ranked latents" in result.output
-    without = _optimize(ws)
+    without = _optimize(optimize_ws)
     assert without.exit_code == 2 and "features, gated, features-nullspace need" in without.output
 
 
-def test_the_study_records_which_probe_gated_it(ws, probe, data_dir, monkeypatch):
+def test_the_study_records_which_probe_gated_it(optimize_ws, probe, data_dir, monkeypatch):
     """The run settings (the key a resumed study must match) name the probe by content, so a
     rerun with another probe is refused instead of mixing trials of two gates."""
     import refusalscope.evaluation.optimize as optimize_module
@@ -193,15 +173,20 @@ def test_the_study_records_which_probe_gated_it(ws, probe, data_dir, monkeypatch
 
     monkeypatch.setattr(optimize_module, "check_study", stop)
     base = ["--methods", "actadd", "--data-dir", str(data_dir), "--n-val", "2", "--n-test", "2", "--n-mc", "0"]
-    probe.save(ws / "a")
+    probe.save(optimize_ws / "a")
     other = LinearProbe(probe.spec, -probe.weights, probe.bias, probe.threshold, None, dict(probe.info))
-    other.save(ws / "b")
-    for args in ([], ["--probe", str(ws / "a")], ["--probe", str(ws / "a" / "probe.json")], ["--probe", str(ws / "b")]):
-        result = _optimize(ws, *base, *args)
+    other.save(optimize_ws / "b")
+    for args in (
+        [],
+        ["--probe", str(optimize_ws / "a")],
+        ["--probe", str(optimize_ws / "a" / "probe.json")],
+        ["--probe", str(optimize_ws / "b")],
+    ):
+        result = _optimize(optimize_ws, *base, *args)
         assert result.exit_code == 2 and "stopped here" in result.output, result.output
     plain, a, a_json, b = seen
     assert "probe" not in plain  # studies started without --probe still resume
-    assert a == a_json and a["probe"]["path"] == str(ws / "a") and a["probe"]["layer"] == PROBE_LAYER
+    assert a == a_json and a["probe"]["path"] == str(optimize_ws / "a") and a["probe"]["layer"] == PROBE_LAYER
     assert a["probe"]["sha256"] != b["probe"]["sha256"]
 
 
@@ -225,12 +210,8 @@ def test_optimize_runs_the_gated_probe_family_end_to_end(tmp_path, data_dir, mon
     raw = torch.randn(64, generator=torch.Generator().manual_seed(0))
     RefusalDirection(STEER_LAYER, -1, raw, raw.expand(4, 1, 64).clone(), [5, 6], {}).save(tmp_path / "direction")
     loaded = load_model(str(model_dir), dtype="fp32", progress=False)  # the probe records this model
-    x = ResidualBank(loaded, HARMFUL + HARMLESS, [PROBE_LAYER]).dense(PROBE_LAYER, HARMFUL + HARMLESS)
-    y = np.array([1] * len(HARMFUL) + [0] * len(HARMLESS))
-    for name, labels in (("gate-probe", y), ("other", 1 - y)):
-        p = fit_probe(FeatureSpec("dense", PROBE_LAYER), x, labels, cv=3)
-        p.info.update(name=name, model=loaded.info.to_dict())
-        p.save(tmp_path / "probes" / name)
+    for name, harmful, harmless in (("gate-probe", HARMFUL, HARMLESS), ("other", HARMLESS, HARMFUL)):
+        dense_harm_probe(loaded, harmful, harmless, PROBE_LAYER, name, threshold=False).save(tmp_path / "probes" / name)
     out = tmp_path / "opt"
 
     def run(probe_name: str):

@@ -20,12 +20,12 @@ from refusalscope.evaluation.grid_file import load_grid_file
 from refusalscope.evaluation.store import ResultsStore
 from refusalscope.evaluation.sweep import run_sweep
 from refusalscope.evaluation.tasks import ItemResult, RefusalTask
-from refusalscope.probes import FeatureSpec, LinearProbe, best_threshold, fit_probe
+from refusalscope.probes import FeatureSpec, LinearProbe
 from refusalscope.probes.features import ResidualBank
 from refusalscope.probes.gate import probe_conditional
 from refusalscope.sae.model import SAE, SAEConfig
 from refusalscope.steering import ActAdd, Conditional, DirectionGate, ProbeGate, Steering
-from refusalscope.testing import save_tiny_model, tiny_chat_model
+from refusalscope.testing import dense_harm_probe, save_tiny_model, tiny_chat_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
@@ -75,15 +75,7 @@ def _tasks():
 
 @pytest.fixture(scope="module")
 def probe(chat):
-    """A dense probe at PROBE_LAYER trained on made-up harmful/harmless requests, saved with
-    the model it was trained on, as `refusalscope probes` saves its gate probe."""
-    bank = ResidualBank(chat, HARMFUL + HARMLESS, [PROBE_LAYER])
-    x = bank.dense(PROBE_LAYER, HARMFUL + HARMLESS)
-    y = np.array([1] * len(HARMFUL) + [0] * len(HARMLESS))
-    p = fit_probe(FeatureSpec("dense", PROBE_LAYER), x, y, cv=3)
-    p.threshold = best_threshold(p.decision_function(x), y)
-    p.info.update(name="dense residual", model=chat.info.to_dict())
-    return p
+    return dense_harm_probe(chat, HARMFUL, HARMLESS, PROBE_LAYER, "dense residual")
 
 
 @pytest.fixture(scope="module")

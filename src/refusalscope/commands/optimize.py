@@ -191,7 +191,7 @@ def optimize_cmd(
     from ..direction import RefusalDirection, sample_direction_data
     from ..errors import RefusalScopeError
     from ..evaluation.capability import capability_task
-    from ..evaluation.families import NEEDS_LATENTS, check_probe, load_probe, parse_families
+    from ..evaluation.families import NEEDS_LATENTS, check_probe, load_probe, parse_families, probe_folder
     from ..evaluation.optimize import Budget, Split, check_study, import_optuna
 
     # ---- everything that needs no model, before the model loads
@@ -258,7 +258,7 @@ def optimize_cmd(
         gate_probe = load_probe(probe)  # missing or damaged: one error now, not after the model loads
         if "gated-probe" in families and features is not None:
             check_probe(gate_probe, probe, before=min((p[0] for p in FeatureSet.load(features).pairs()), default=None))
-        folder = probe.parent if probe.name == META_FILE and probe.is_file() else probe
+        folder = probe_folder(probe)
         digest = hashlib.sha256(b"".join((folder / f).read_bytes() for f in (META_FILE, WEIGHTS_FILE)))
         # what the probe is, not only where: a probe retrained in the same folder is another study
         probe_setting = {"path": str(folder), "sha256": digest.hexdigest(), "layer": gate_probe.spec.layer}

@@ -97,6 +97,15 @@ def gate_factory(direction, layer: int, harmful: Sequence[str], harmless: Sequen
     return wrap, (lo, hi)
 
 
+def probe_folder(path: str | Path) -> Path:
+    """The folder of a saved probe given as the folder itself or as its probe.json (both are
+    what users pass to --probe); the folder is what identifies and loads the probe."""
+    from ..probes.linear import META_FILE
+
+    path = Path(path).expanduser()
+    return path.parent if path.name == META_FILE and path.is_file() else path
+
+
 def load_probe(path: str | Path) -> Any:
     """The `probes.linear.LinearProbe` saved at `path` (the folder `refusalscope probes` writes,
     e.g. gate-probe/, or its probe.json); a missing or damaged probe is one RefusalScopeError."""
@@ -105,7 +114,7 @@ def load_probe(path: str | Path) -> Any:
     from ..probes.linear import META_FILE, LinearProbe
 
     path = Path(path).expanduser()
-    folder = path.parent if path.name == META_FILE and path.is_file() else path
+    folder = probe_folder(path)
     fix = "pass --probe runs/.../probes/gate-probe (the folder `refusalscope probes` writes)"
     if not path.exists():
         raise RefusalScopeError(f"the probe {path} does not exist", fix)
@@ -148,7 +157,8 @@ def check_probe(probe: Any, source: str | Path, chat=None, before: int | None = 
 
 
 def probe_gate_factory(
-    probe_path: str | Path,
+    probe: Any,
+    source: str | Path,
     chat,
     harmful: Sequence[str],
     harmless: Sequence[str],
@@ -156,17 +166,17 @@ def probe_gate_factory(
     *,
     before: int | None = None,
 ):
-    """(factory (items, threshold) -> Conditional, threshold range): a gate on a saved probe,
-    read as `GateSpec.from_probe` reads it (the mean of the probe's logit over the
-    post-instruction tokens; a latent probe loads the SAE it records); the range spans the
-    10th to 90th percentile of that score on the fit prompts, computed by the gate itself
-    (`Conditional.decisions`), so it is the number each trial's threshold is compared with.
-    A probe trained on another model, or read after layer `before`, is refused (`check_probe`)."""
+    """(factory (items, threshold) -> Conditional, threshold range): a gate on a probe that
+    `load_probe` read from `source`, read as `GateSpec.from_probe` reads it (the mean of the
+    probe's logit over the post-instruction tokens; a latent probe loads the SAE it records);
+    the range spans the 10th to 90th percentile of that score on the fit prompts, computed by
+    the gate itself (`Conditional.decisions`), so it is the number each trial's threshold is
+    compared with. A probe trained on another model, or read after layer `before`, is refused
+    (`check_probe`)."""
     from ..steering import ActAdd, Conditional
     from .grid import GateSpec
 
-    probe = load_probe(probe_path)
-    check_probe(probe, probe_path, chat, before)
+    check_probe(probe, source, chat, before)
     spec = GateSpec.from_probe(probe)  # a latent probe loads the SAE it records
 
     def wrap(items, threshold):
@@ -242,7 +252,7 @@ def build_spaces(
         assert data.probe is not None  # checked above
         probe = load_probe(data.probe)
         gates["gated-probe"] = probe_gate_factory(
-            data.probe, chat, data.harmful, data.harmless, settings.batch_size, before=min(latent_layers)
+            probe, data.probe, chat, data.harmful, data.harmless, settings.batch_size, before=min(latent_layers)
         )
         record["gate_probe"] = {
             "path": str(data.probe),
